@@ -229,16 +229,20 @@ def _compute_plan(scores: np.ndarray, batch_size: int, strategy: str, seed: int,
     # One generator per (seed, epoch): every replica derives the identical plan.
     rng = np.random.default_rng([seed, epoch])
     items = np.arange(n, dtype=np.int64)
+    local = scores
     if layout["padding"]:
         # Like DistributedSampler: repeat samples from the start of a shuffled list.
         pad = np.resize(rng.permutation(n), layout["padding"])
         items = np.concatenate([items, pad])
+        local = scores[items]
     num_full = layout["full_per_replica"] * num_replicas
     num_tails = num_replicas if layout["tail_size"] else 0
-    full, tails = _plan_items(scores[items], batch_size, num_full, layout["tail_size"],
+    full, tails = _plan_items(local, batch_size, num_full, layout["tail_size"],
                               num_tails, strategy, rng, jitter)
-    full_mine = items[full[rank::num_replicas]]
-    tail_mine = items[tails[rank]] if num_tails else np.empty(0, dtype=np.int64)
+    full_mine = full[rank::num_replicas] if num_replicas > 1 else full
+    tail_mine = tails[rank] if num_tails else np.empty(0, dtype=np.int64)
+    if layout["padding"]:  # positions -> data set indices (they differ only when padded)
+        full_mine, tail_mine = items[full_mine], items[tail_mine]
     return BatchPlan(full_mine, tail_mine)
 
 
@@ -274,11 +278,14 @@ def _jittered_order(scores: np.ndarray, rng: np.random.Generator, jitter: float)
         return np.argsort(scores, kind="stable")
     key_dtype = np.float64 if scores.dtype == np.float64 else np.float32
     std = float(np.std(scores, dtype=np.float64))
-    # Half-width of the uniform noise. The floor of two average gaps keeps small
-    # data sets from repeating their pairs; a constant vector gets a pure shuffle.
+    # Half-width of the uniform noise. On small data sets it is at least the
+    # average gap between neighbours in the middle half of the scores, so that
+    # neighbours can trade places and pairs do not repeat; outliers do not
+    # inflate that floor. A constant vector gets a pure shuffle.
     half = np.sqrt(3.0) * jitter * std
-    if n > 1:
-        half = max(half, 2.0 * (float(scores.max()) - float(scores.min())) / (n - 1))
+    if n > 1 and (float(scores.max()) - float(scores.min())) / (n - 1) > half:
+        q1, q3 = np.percentile(scores, [25.0, 75.0])
+        half = max(half, float(q3 - q1) / (0.5 * n))
     if half == 0.0:
         half = 1.0
     noise = rng.random(n, dtype=key_dtype)
@@ -381,7 +388,8 @@ def _layout_mixed(sorted_items: np.ndarray, scores: np.ndarray, m: int, b: int,
     out_t = np.empty((b, m), dtype=sorted_items.dtype)
     for layer, pos in positions.items():
         out_t[layer] = layers[layer][pos[perm]]
-    return np.ascontiguousarray(out_t.T)
+    # A transposed view: a contiguous copy would cost a tenth of the plan.
+    return out_t.T
 
 
 #: Small odd batch sizes are polished by re-matching until the batch sums'

@@ -1,0 +1,227 @@
+"""A torch ``BatchSampler`` that plans mixed-order minibatches each epoch.
+
+It follows torch's BatchSampler contract (``__iter__`` yields lists of ints,
+``__len__`` is exact, ``set_epoch`` as in ``DistributedSampler``) and the
+planning itself is :func:`mombs.planner.plan_batches`. Nothing in torch is
+patched; use it as ``DataLoader(dataset, batch_sampler=sampler)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sized
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from .planner import DEFAULT_JITTER, STRATEGIES, _check_int, _check_scores, plan_batches, replica_layout
+
+__all__ = ["MixedOrderBatchSampler"]
+
+
+def _resolve_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    dist = torch.distributed
+    initialised = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    _check_int("num_replicas", num_replicas, 1)
+    _check_int("rank", rank, 0)
+    if rank >= num_replicas:
+        raise ValueError(f"rank={rank} must be < num_replicas={num_replicas}")
+    return int(num_replicas), int(rank)
+
+
+class MixedOrderBatchSampler(Sampler[list[int]]):
+    """Yields minibatches of dataset indices, planned from difficulty scores.
+
+    Before ``pivot_epoch`` (or while no scores were given) batches are plain
+    random ones. From ``pivot_epoch`` on, each epoch is planned with
+    ``strategy`` from the scores last passed to :meth:`set_scores`: for
+    ``"mixed"`` every batch carries nearly the same total difficulty
+    (``shared/METHOD.md`` §2).
+
+    Under ``torch.distributed`` (or with ``num_replicas``/``rank`` given) every
+    replica derives the same global plan from the same scores, seed and epoch and
+    keeps its share: each gets ``len(self)`` balanced batches of ``batch_size``,
+    and together they cover the data set once per epoch, padded as
+    ``DistributedSampler`` pads when ``drop_last=False``.
+
+    Args:
+        data_source: the data set (anything with ``len``) or its size ``N``.
+        batch_size: per-replica batch size, ``>= 1``.
+        strategy: ``"mixed"`` (MoMBS), ``"random"`` or ``"anti"``.
+        pivot_epoch: first epoch planned from scores (the paper's PE), ``>= 0``.
+            The default 1 plans from the second epoch on, once one epoch has
+            produced scores; the paper used 5 to 50 (``shared/METHOD.md`` §1).
+        drop_last: drop samples that do not fill a whole batch.
+        seed: seed shared by all replicas, ``>= 0``.
+        num_replicas: world size; defaults to that of the initialised process
+            group, else 1.
+        rank: this replica; defaults to the process group's rank, else 0.
+        jitter: ordering noise of the planner (see :func:`plan_batches`).
+
+    Example:
+        >>> sampler = MixedOrderBatchSampler(len(ds), 16, pivot_epoch=5)
+        >>> loader = DataLoader(ds, batch_sampler=sampler, num_workers=4)
+        >>> for epoch in range(epochs):
+        ...     sampler.set_epoch(epoch)
+        ...     for batch in loader: ...
+        ...     sampler.set_scores(difficulty)  # (N,), higher = harder
+    """
+
+    def __init__(self, data_source: Sized | int, batch_size: int, *, strategy: str = "mixed",
+                 pivot_epoch: int = 1, drop_last: bool = False, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None,
+                 jitter: float = DEFAULT_JITTER):
+        if isinstance(data_source, (int, np.integer)) and not isinstance(data_source, bool):
+            n = int(data_source)
+        elif isinstance(data_source, Sized):
+            n = len(data_source)
+        else:
+            raise ValueError(f"data_source={data_source!r} must be a sized data set or its "
+                             f"number of samples")
+        _check_int("len(data_source)", n, 0)
+        _check_int("batch_size", batch_size, 1)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy={strategy!r} is not known; choose one of {list(STRATEGIES)}")
+        _check_int("pivot_epoch", pivot_epoch, 0)
+        _check_int("seed", seed, 0)
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"drop_last={drop_last!r} must be a bool")
+        if not isinstance(jitter, (int, float)) or not np.isfinite(jitter) or jitter < 0:
+            raise ValueError(f"jitter={jitter!r} must be a finite number >= 0")
+        self.num_replicas, self.rank = _resolve_replicas(num_replicas, rank)
+        self.num_samples_total = n
+        self.batch_size = int(batch_size)
+        self.strategy = strategy
+        self.pivot_epoch = int(pivot_epoch)
+        self.drop_last = drop_last
+        self.seed = int(seed)
+        self.jitter = float(jitter)
+        self.epoch = 0
+        self._scores: np.ndarray | None = None
+        self._skip = 0  # batches of the current epoch already consumed before a resume
+        self._yielded = 0  # batches of the current epoch yielded by __iter__
+        self._warned_no_scores = False
+        self._layout = replica_layout(n, self.batch_size, num_replicas=self.num_replicas,
+                                      drop_last=drop_last)
+
+    # ------------------------------------------------------------------ #
+    # torch's sampler contract
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch that the next ``__iter__`` plans, as ``DistributedSampler`` does."""
+        _check_int("epoch", epoch, 0)
+        if epoch != self.epoch:
+            self._skip = 0
+            self._yielded = 0
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Batches the next ``__iter__`` yields on this replica."""
+        return self._layout["batches_per_replica"] - self._skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        plan = self.plan()
+        skip, self._skip = self._skip, 0
+        self._yielded = skip
+        for i in range(skip, len(plan)):
+            self._yielded = i + 1
+            yield plan[i].tolist()
+
+    # ------------------------------------------------------------------ #
+    # scores and planning
+
+    def set_scores(self, scores) -> None:
+        """Sets the difficulty scores that epochs from ``pivot_epoch`` on are planned with.
+
+        Args:
+            scores: ``(N,)`` finite difficulty scores, higher = harder, indexed
+                like the data set (e.g. :func:`mombs.difficulty_scores`). Every
+                replica must pass the same values. A copy is kept.
+        """
+        arr = _check_scores(scores)
+        if arr.shape[0] != self.num_samples_total:
+            raise ValueError(f"scores has {arr.shape[0]} entries but the data set has "
+                             f"{self.num_samples_total} samples")
+        self._scores = np.array(arr, copy=True)
+
+    @property
+    def scores(self) -> np.ndarray | None:
+        """The scores in use, ``(N,)``, or ``None`` before :meth:`set_scores`."""
+        return self._scores
+
+    def uses_scores(self, epoch: int | None = None) -> bool:
+        """Whether ``epoch`` (default: the current one) is planned from scores."""
+        epoch = self.epoch if epoch is None else epoch
+        return (self.strategy != "random" and epoch >= self.pivot_epoch
+                and self._scores is not None)
+
+    def plan(self):
+        """This replica's :class:`~mombs.planner.BatchPlan` for the current epoch."""
+        if self.uses_scores():
+            scores, strategy = self._scores, self.strategy
+        else:
+            if (self.strategy != "random" and self.epoch >= self.pivot_epoch
+                    and not self._warned_no_scores):
+                warnings.warn(f"epoch {self.epoch} is past pivot_epoch={self.pivot_epoch} but "
+                              f"set_scores() was never called; sampling at random", stacklevel=3)
+                self._warned_no_scores = True
+            scores, strategy = np.zeros(self.num_samples_total, dtype=np.float32), "random"
+        return plan_batches(scores, self.batch_size, strategy=strategy, seed=self.seed,
+                            epoch=self.epoch, drop_last=self.drop_last,
+                            num_replicas=self.num_replicas, rank=self.rank, jitter=self.jitter)
+
+    # ------------------------------------------------------------------ #
+    # checkpointing
+
+    def state_dict(self, *, batches_done: int | None = None) -> dict:
+        """Everything needed to replay the rest of the current epoch.
+
+        Args:
+            batches_done: batches of the current epoch the training loop has
+                consumed. Defaults to the number this sampler has yielded, which
+                is right when iterating it directly; a ``DataLoader`` with
+                workers prefetches, so pass your step count there.
+
+        Returns:
+            A dict of plain Python values and one numpy array (the scores).
+        """
+        done = self._yielded if batches_done is None else batches_done
+        _check_int("batches_done", done, 0)
+        if done > self._layout["batches_per_replica"]:
+            raise ValueError(f"batches_done={done} exceeds the "
+                             f"{self._layout['batches_per_replica']} batches of an epoch")
+        return {
+            "epoch": self.epoch, "batches_done": int(done), "seed": self.seed,
+            "strategy": self.strategy, "pivot_epoch": self.pivot_epoch,
+            "batch_size": self.batch_size, "drop_last": self.drop_last,
+            "num_replicas": self.num_replicas, "num_samples": self.num_samples_total,
+            "jitter": self.jitter,
+            "scores": None if self._scores is None else self._scores.copy(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`; the next ``__iter__`` yields the rest of
+        that epoch's batches, exactly as the interrupted run would have."""
+        for key in ("batch_size", "drop_last", "num_replicas", "num_samples"):
+            mine = self.num_samples_total if key == "num_samples" else getattr(self, key)
+            if state.get(key) != mine:
+                raise ValueError(f"state_dict has {key}={state.get(key)!r} but this sampler has "
+                                 f"{key}={mine!r}; resume with the same settings")
+        scores = state.get("scores")
+        if scores is not None:
+            self.set_scores(np.asarray(scores))
+        else:
+            self._scores = None
+        self.seed = int(state["seed"])
+        self.strategy = state["strategy"]
+        self.pivot_epoch = int(state["pivot_epoch"])
+        self.jitter = float(state["jitter"])
+        self.epoch = int(state["epoch"])
+        self._skip = int(state["batches_done"])
+        self._yielded = self._skip

@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+from conftest import rank_sum
+from mombs import MixedOrderBatchSampler, plan_batches
+
+
+def test_follows_the_batch_sampler_contract():
+    s = MixedOrderBatchSampler(103, 10)
+    batches = list(s)
+    assert len(s) == len(batches) == len(BatchSampler(RandomSampler(range(103)), 10, False))
+    assert all(isinstance(b, list) and all(type(i) is int for i in b) for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(103))
+    s = MixedOrderBatchSampler(range(103), 10, drop_last=True)
+    assert len(s) == len(list(s)) == 10
+    assert all(len(b) == 10 for b in s)
+
+
+def test_random_before_pivot_planned_after():
+    scores = rank_sum(400)
+    s = MixedOrderBatchSampler(400, 8, pivot_epoch=2, seed=3)
+    s.set_scores(scores)
+    plan = plan_batches(scores, 8, seed=3, epoch=2)
+    for epoch in range(4):
+        s.set_epoch(epoch)
+        batches = list(s)
+        sums = np.array([scores[b].sum() for b in batches])
+        if epoch < 2:
+            assert not s.uses_scores()
+            assert batches == plan_batches(np.zeros(400), 8, strategy="random", seed=3, epoch=epoch).tolist()
+            assert sums.std() > 0.3 * np.sqrt(8) * scores.std()
+        else:
+            assert s.uses_scores()
+            assert sums.std() < 0.05 * np.sqrt(8) * scores.std()
+    s.set_epoch(2)
+    assert list(s) == plan.tolist()
+
+
+def test_set_epoch_changes_the_plan_and_same_epoch_repeats_it():
+    s = MixedOrderBatchSampler(200, 4)
+    s.set_scores(rank_sum(200))
+    first = list(s)
+    assert list(s) == first
+    s.set_epoch(1)
+    assert list(s) != first
+
+
+def test_past_pivot_without_scores_warns_and_samples_at_random():
+    s = MixedOrderBatchSampler(50, 5, pivot_epoch=0)
+    with pytest.warns(UserWarning, match="set_scores"):
+        batches = list(s)
+    assert sorted(i for b in batches for i in b) == list(range(50))
+
+
+def test_random_strategy_ignores_scores():
+    s = MixedOrderBatchSampler(50, 5, strategy="random")
+    s.set_scores(np.arange(50.0))
+    assert not s.uses_scores()
+    assert list(s) == plan_batches(np.zeros(50), 5, strategy="random").tolist()
+
+
+def test_works_with_a_dataloader_and_workers():
+    n = 96
+    ds = TensorDataset(torch.arange(n), torch.from_numpy(rank_sum(n)))
+    s = MixedOrderBatchSampler(ds, 8, seed=1)
+    s.set_scores(rank_sum(n))
+    loader = DataLoader(ds, batch_sampler=s, num_workers=2)
+    seen = [x.tolist() for x, _ in loader]
+    assert seen == list(s)
+    assert sorted(i for b in seen for i in b) == list(range(n))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_resume_mid_epoch_gives_exactly_the_remaining_batches(drop_last):
+    scores = rank_sum(301)
+    s = MixedOrderBatchSampler(301, 7, pivot_epoch=1, seed=9, drop_last=drop_last)
+    s.set_scores(scores)
+    s.set_epoch(3)
+    full = list(s)
+    it = iter(s)
+    head = [next(it) for _ in range(11)]
+    state = s.state_dict()
+    assert state["batches_done"] == 11
+
+    fresh = MixedOrderBatchSampler(301, 7, seed=0, drop_last=drop_last)  # settings come from the state
+    fresh.load_state_dict(state)
+    assert len(fresh) == len(full) - 11
+    assert head + list(fresh) == full
+    assert len(fresh) == len(full)  # the next pass is a whole epoch again
+
+
+def test_resume_with_dataloader_step_count():
+    # A DataLoader with workers prefetches, so the loop passes its own step count.
+    ds = TensorDataset(torch.arange(120))
+    s = MixedOrderBatchSampler(ds, 6, seed=2)
+    s.set_scores(rank_sum(120))
+    full = list(s)
+    loader = DataLoader(ds, batch_sampler=s, num_workers=2, prefetch_factor=2)
+    taken = []
+    for step, (x,) in enumerate(loader):
+        taken.append(x.tolist())
+        if step == 4:
+            state = s.state_dict(batches_done=step + 1)
+            break
+    resumed = MixedOrderBatchSampler(ds, 6)
+    resumed.load_state_dict(state)
+    assert taken + [x.tolist() for (x,) in DataLoader(ds, batch_sampler=resumed)] == full
+
+
+def test_state_dict_survives_torch_save(tmp_path):
+    s = MixedOrderBatchSampler(40, 4)
+    s.set_scores(rank_sum(40))
+    next(iter(s))
+    torch.save(s.state_dict(), tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=False)
+    other = MixedOrderBatchSampler(40, 4)
+    other.load_state_dict(state)
+    assert np.array_equal(other.scores, s.scores) and len(other) == len(s) - 1
+
+
+def test_load_state_dict_rejects_other_settings():
+    state = MixedOrderBatchSampler(40, 4).state_dict()
+    with pytest.raises(ValueError, match="batch_size=4"):
+        MixedOrderBatchSampler(40, 5).load_state_dict(state)
+
+
+def test_simulated_replicas_cover_the_data_set_once():
+    n, world = 103, 3
+    scores = rank_sum(n)
+    samplers = [MixedOrderBatchSampler(n, 4, num_replicas=world, rank=r) for r in range(world)]
+    for s in samplers:
+        s.set_scores(scores)
+    batches = [list(s) for s in samplers]
+    assert len({len(b) for b in batches}) == 1  # same number of steps on every rank
+    flat = [i for b in batches for batch in b for i in batch]
+    assert set(flat) == set(range(n)) and len(flat) == 105  # padded to 35 per rank
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(data_source=10, batch_size=0), "batch_size=0"),
+    (dict(data_source=3.5, batch_size=2), "data_source"),
+    (dict(data_source=10, batch_size=2, strategy="best"), "strategy='best'"),
+    (dict(data_source=10, batch_size=2, pivot_epoch=-1), "pivot_epoch=-1"),
+    (dict(data_source=10, batch_size=2, drop_last="yes"), "drop_last='yes'"),
+    (dict(data_source=10, batch_size=2, num_replicas=2, rank=5), "rank=5"),
+    (dict(data_source=10, batch_size=2, jitter=float("nan")), "jitter=nan"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MixedOrderBatchSampler(**kwargs)
+
+
+def test_bad_scores():
+    s = MixedOrderBatchSampler(10, 2)
+    with pytest.raises(ValueError, match="9 entries but the data set has 10"):
+        s.set_scores(np.zeros(9))
+    with pytest.raises(ValueError, match="1 non-finite"):
+        s.set_scores(np.r_[np.zeros(9), np.nan])
+    with pytest.raises(ValueError, match="epoch=-1"):
+        s.set_epoch(-1)
