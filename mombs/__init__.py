@@ -4,18 +4,43 @@ The public surface:
 
 - :func:`plan_batches` plans one epoch of minibatches from difficulty scores.
 - :class:`MixedOrderBatchSampler` is the torch ``BatchSampler`` around it.
+- :func:`feature_noise_uncertainty`, :func:`difficulty_scores` and
+  :func:`quadrants` measure how hard each sample is.
+- :class:`DifficultyAssessor` and :class:`IndexedDataset` put it all into a
+  plain training loop in a few lines.
 """
 
+from .assessor import QUADRANTS, DifficultyTracker, QuadrantResult, difficulty_scores, quadrants, rank_average, spearman
+from .data import IndexedDataset
+from .loop import DifficultyAssessor, per_sample_loss
+from .noise import feature_noise_uncertainty, prediction_entropy
 from .planner import STRATEGIES, BatchPlan, plan_batches, replica_layout
 from .sampler import MixedOrderBatchSampler
+from .schedule import DEFAULT_SCHEDULE, SCHEDULES, AssessmentSchedule, create_schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AssessmentSchedule",
     "BatchPlan",
+    "DEFAULT_SCHEDULE",
+    "DifficultyAssessor",
+    "DifficultyTracker",
+    "IndexedDataset",
     "MixedOrderBatchSampler",
+    "QUADRANTS",
+    "QuadrantResult",
+    "SCHEDULES",
     "STRATEGIES",
+    "create_schedule",
+    "difficulty_scores",
+    "feature_noise_uncertainty",
+    "per_sample_loss",
     "plan_batches",
+    "prediction_entropy",
+    "quadrants",
+    "rank_average",
     "replica_layout",
+    "spearman",
     "__version__",
 ]

@@ -21,3 +21,49 @@ def rank_sum(n: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def scores_1k():
     return rank_sum(1000)
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """A small CNN trained briefly on digits with 20% flipped labels and a rare class.
+
+    Returns ``(model, x, y, flipped, rare)``: ``y`` holds the noisy labels;
+    ``flipped`` and ``rare`` are bool masks of the planted samples.
+    """
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    g = np.random.default_rng(0)
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target)
+    flipped = g.random(len(y)) < 0.2
+    y[flipped] = (y[flipped] + torch.from_numpy(g.integers(1, 10, flipped.sum()))) % 10
+    # Class 9 becomes rare: keep 10 of its correctly labelled samples.
+    nines = np.flatnonzero((y.numpy() == 9) & ~flipped)
+    keep = np.ones(len(y), dtype=bool)
+    keep[nines[10:]] = False
+    x, y, flipped = x[keep], y[keep], flipped[keep]
+    rare = (y.numpy() == 9) & ~flipped
+
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2)))
+    model.add_module("head", nn.Sequential(nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, 10)))
+    with torch.no_grad():
+        for p in model.parameters():  # a private, seeded init: the global RNG stays untouched
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(6):
+        model.train()
+        for b in torch.randperm(len(y), generator=gen).split(32):
+            loss = F.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model, x, y, flipped, rare

@@ -76,3 +76,34 @@ def test_two_gloo_processes_cover_the_epoch_with_balanced_batches(tmp_path, drop
         s.set_scores(scores)
         s.set_epoch(2)
         assert list(s) == res["epochs"][2]
+
+
+def _tracker_worker(rank, world, port, out_dir):
+    from mombs import DifficultyTracker
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        t = DifficultyTracker(10)
+        t.set_epoch(4 + rank)
+        mine = np.arange(rank, 10, world)  # rank 0: even, rank 1: odd indices
+        t.update_loss(mine, mine * 1.5)
+        t.update_uncertainty(mine, -mine.astype(float))
+        t.update_loss([0], [10.0 + rank])  # written by both ranks, as with padding
+        t.sync()
+        t.sync()  # nothing new: must not change anything
+        with open(os.path.join(out_dir, f"tracker{rank}.json"), "w") as fh:
+            json.dump({"loss": t.loss.tolist(), "unc": t.uncertainty.tolist(),
+                       "loss_epoch": t.loss_epoch.tolist(), "scores": t.scores().tolist()}, fh)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_tracker_sync_gathers_all_values_on_every_rank(tmp_path):
+    mp.spawn(_tracker_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"tracker{r}.json").read_text()) for r in range(2))
+    assert r0 == r1
+    expected = np.arange(10) * 1.5
+    expected[0] = 10.5  # the mean of the two ranks' values
+    assert np.allclose(r0["loss"], expected)
+    assert r0["unc"] == (-np.arange(10.0)).tolist()
+    assert r0["loss_epoch"] == [5] + [5, 4] * 4 + [5]  # odd indices: rank 1, at epoch 5

@@ -1,0 +1,99 @@
+"""MoMBS in a plain PyTorch loop: a small CNN on scikit-learn's digits with 30% noisy labels.
+
+Runs offline in about a minute on a laptop CPU:
+
+    python examples/plain_loop.py --epochs 30 --strategy mixed
+    python examples/plain_loop.py --epochs 30 --strategy random   # the baseline
+
+The mombs lines are marked with ``# mombs``.
+"""
+
+import argparse
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader, TensorDataset
+
+import mombs
+
+
+def digits_with_noise(noise: float, seed: int):
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    y = torch.tensor(digits.target)
+    g = np.random.default_rng(seed)
+    perm = g.permutation(len(y))
+    train, test = perm[:1400], perm[1400:]
+    noisy = y[train].clone()
+    flip = g.random(len(train)) < noise
+    # Symmetric noise: a flipped label is one of the 9 other classes.
+    noisy[flip] = (noisy[flip] + torch.from_numpy(g.integers(1, 10, flip.sum()))) % 10
+    return TensorDataset(x[train], noisy), TensorDataset(x[test], y[test]), torch.from_numpy(flip)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                                      nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--pivot-epoch", type=int, default=5)
+    p.add_argument("--noise", type=float, default=0.3)
+    p.add_argument("--strategy", default="mixed", choices=mombs.STRATEGIES)
+    p.add_argument("--schedule", default=mombs.DEFAULT_SCHEDULE, choices=sorted(mombs.SCHEDULES))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    torch.manual_seed(args.seed)  # the script's own choice; the library never seeds globally
+    train_set, test_set, flipped = digits_with_noise(args.noise, args.seed)
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    train = mombs.IndexedDataset(train_set)                                   # mombs
+    sampler = mombs.MixedOrderBatchSampler(train, args.batch_size, strategy=args.strategy,
+                                           pivot_epoch=args.pivot_epoch, seed=args.seed)  # mombs
+    assessor = mombs.DifficultyAssessor(model, train, at="features", sampler=sampler,
+                                        schedule=args.schedule, head=model.head)         # mombs
+    loader = DataLoader(train, batch_sampler=sampler)
+
+    for epoch in range(args.epochs):
+        assessor.start_epoch(epoch)                                           # mombs
+        model.train()
+        for idx, x, y in loader:
+            loss = F.cross_entropy(model(x), y, reduction="none")
+            assessor.observe(idx, loss)                                       # mombs
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+        assessor.end_epoch()                                                  # mombs
+
+        model.eval()
+        with torch.no_grad():
+            xs, ys = test_set.tensors
+            acc = (model(xs).argmax(1) == ys).float().mean().item()
+        print(f"epoch {epoch:3d}  test top-1 {acc:.3f}  planned={sampler.uses_scores()}")
+
+    if assessor.tracker.measured().all():
+        q = assessor.quadrants()
+        poor = q.mask("poorly-labeled")
+        print("quadrant counts:", q.counts)
+        print(f"flipped labels found in 'poorly-labeled': precision {flipped[poor].float().mean():.2f}, "
+              f"recall {poor[flipped.numpy()].mean():.2f} (base rate {flipped.float().mean():.2f})")
+    return acc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Assessment schedules: when, on which samples, and from which pass the
+difficulty measures are taken.
+
+The paper measures loss and uncertainty in a full extra pass over the training
+set every epoch after the pivot, with ``K = 8`` disturbed predictions per
+sample. That costs more than training. The cheaper schedules here reuse the
+loss that the training pass computed anyway, and measure the uncertainty less
+often, on a rotating part of the data, or from the training forward's own
+features. ``benchmarks/overhead.py`` measures what each one costs in time and in
+ranking fidelity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+__all__ = ["AssessmentSchedule", "SCHEDULES", "DEFAULT_SCHEDULE", "create_schedule"]
+
+
+@dataclass(frozen=True)
+class AssessmentSchedule:
+    """How the difficulty measures are taken.
+
+    Attributes:
+        name: a label for logs and results.
+        loss_source: ``"train"`` reuses the per-sample loss of the training
+            forward; ``"pass"`` measures it in an eval-mode assessment pass.
+        uncertainty_source: ``"pass"``: an eval-mode pass with ``k`` disturbed
+            predictions; ``"train"``: the training forward's own features at
+            ``at`` are disturbed and sent through ``head`` (needs a head).
+        uncertainty_every: take the uncertainty every this many epochs (``>= 1``).
+        uncertainty_fraction: share of the data whose uncertainty is taken in
+            each such epoch, rotating so that all of it is covered (``(0, 1]``).
+    """
+
+    name: str
+    loss_source: str = "train"
+    uncertainty_source: str = "pass"
+    uncertainty_every: int = 1
+    uncertainty_fraction: float = 1.0
+
+    def __post_init__(self):
+        if self.loss_source not in ("train", "pass"):
+            raise ValueError(f"loss_source={self.loss_source!r} must be 'train' or 'pass'")
+        if self.uncertainty_source not in ("train", "pass"):
+            raise ValueError(f"uncertainty_source={self.uncertainty_source!r} must be 'train' or 'pass'")
+        if (isinstance(self.uncertainty_every, bool) or not isinstance(self.uncertainty_every, int)
+                or self.uncertainty_every < 1):
+            raise ValueError(f"uncertainty_every={self.uncertainty_every!r} must be an integer >= 1")
+        if not isinstance(self.uncertainty_fraction, (int, float)) or not 0 < self.uncertainty_fraction <= 1:
+            raise ValueError(f"uncertainty_fraction={self.uncertainty_fraction!r} must be in (0, 1]")
+
+    @property
+    def parts(self) -> int:
+        """Number of rotating parts the data is split into."""
+        return math.ceil(1.0 / self.uncertainty_fraction - 1e-9)
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Epochs of measuring needed before the pivot so that every sample has
+        both measures when the first planned epoch starts."""
+        return self.parts if self.uncertainty_source == "pass" else 1
+
+    def first_epoch(self, pivot_epoch: int) -> int:
+        """First epoch whose measurements feed the plan of ``pivot_epoch``."""
+        return max(0, pivot_epoch - self.warmup_epochs)
+
+    def uncertainty_part(self, epoch: int, pivot_epoch: int) -> int | None:
+        """Which rotating part gets its uncertainty taken at the end of ``epoch``
+        (``None``: none this epoch). Only for ``uncertainty_source="pass"``."""
+        start = self.first_epoch(pivot_epoch)
+        if epoch < start:
+            return None
+        step = epoch - start
+        if self.parts > 1:
+            return step % self.parts
+        return 0 if step % self.uncertainty_every == 0 else None
+
+    def part_indices(self, part: int, num_samples: int, seed: int) -> np.ndarray:
+        """Sorted indices of rotating ``part``: a fixed random split of the data."""
+        if self.parts == 1:
+            return np.arange(num_samples)
+        owner = np.random.default_rng([seed, 0x5EED]).integers(0, self.parts, size=num_samples)
+        return np.flatnonzero(owner == part)
+
+
+#: Named schedules (see :class:`AssessmentSchedule`).
+SCHEDULES = {
+    s.name: s
+    for s in (
+        AssessmentSchedule("paper", loss_source="pass"),
+        AssessmentSchedule("reuse-loss"),
+        AssessmentSchedule("every-2", uncertainty_every=2),
+        AssessmentSchedule("every-4", uncertainty_every=4),
+        AssessmentSchedule("rotate-2", uncertainty_fraction=1 / 2),
+        AssessmentSchedule("rotate-4", uncertainty_fraction=1 / 4),
+        AssessmentSchedule("train-features", uncertainty_source="train"),
+    )
+}
+
+#: The cheapest schedule that kept ranking fidelity >= 0.9 in
+#: ``benchmarks/results/overhead_cpu.json``.
+DEFAULT_SCHEDULE = "rotate-4"
+
+
+def create_schedule(schedule: str | AssessmentSchedule = DEFAULT_SCHEDULE, **overrides) -> AssessmentSchedule:
+    """A schedule by name (one of :data:`SCHEDULES`) or as given, with field overrides."""
+    if isinstance(schedule, AssessmentSchedule):
+        base = schedule
+    elif schedule in SCHEDULES:
+        base = SCHEDULES[schedule]
+    else:
+        raise ValueError(f"schedule={schedule!r} is not known; choose one of {sorted(SCHEDULES)}")
+    return replace(base, **overrides) if overrides else base

@@ -1,0 +1,129 @@
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from mombs import (DifficultyAssessor, IndexedDataset, MixedOrderBatchSampler, create_schedule,
+                   difficulty_scores, feature_noise_uncertainty, spearman)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_problem(n=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential()
+    model.add_module("body", nn.Sequential(nn.Linear(5, 16), nn.ReLU()))
+    model.add_module("head", nn.Linear(16, 2))
+    return IndexedDataset(TensorDataset(x, y)), model
+
+
+def run(schedule, epochs=4, pivot=3, **kw):
+    ds, model = tiny_problem()
+    sampler = MixedOrderBatchSampler(ds, 8, pivot_epoch=pivot)
+    assessor = DifficultyAssessor(model, ds, at="body", sampler=sampler, schedule=schedule,
+                                  head=model.head, **kw)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    log = []
+    for epoch in range(epochs):
+        assessor.start_epoch(epoch)
+        assert sampler.epoch == epoch
+        for idx, x, y in DataLoader(ds, batch_sampler=sampler):
+            loss = F.cross_entropy(model(x), y, reduction="none")
+            assessor.observe(idx, loss)
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+        log.append((assessor.end_epoch(), sampler.uses_scores(epoch + 1)))
+    return ds, model, sampler, assessor, log
+
+
+def test_item_carries_its_index():
+    ds = IndexedDataset(TensorDataset(torch.arange(5) * 10, torch.arange(5)))
+    assert [tuple(int(v) for v in ds[i]) for i in (0, 3)] == [(0, 0, 0), (3, 30, 3)]
+    assert IndexedDataset([7, 8])[1] == (1, 8)
+    with pytest.raises(ValueError, match="map-style"):
+        IndexedDataset(iter([1]))
+
+
+def test_paper_schedule_feeds_fresh_full_pass_scores():
+    ds, model, sampler, assessor, log = run("paper")
+    assert [s is None for s, _ in log] == [True, True, False, False]  # measured from epoch pivot-1
+    assert sampler.uses_scores(3)
+    x, y = ds.dataset.tensors
+    model.eval()
+    with torch.no_grad():
+        loss = F.cross_entropy(model(x), y, reduction="none")
+    unc = feature_noise_uncertainty(model, x, at="body", seed=123)
+    # Same measures, other noise draws: the ranking must agree closely.
+    assert spearman(sampler.scores, difficulty_scores(loss, unc)) > 0.95
+    assert (assessor.tracker.loss_epoch == 3).all() and (assessor.tracker.uncertainty_epoch == 3).all()
+
+
+def test_rotating_schedule_covers_everything_by_the_pivot():
+    ds, model, sampler, assessor, log = run("rotate-4", epochs=5, pivot=4)
+    t = assessor.tracker
+    assert [s is None for s, _ in log] == [False] * 5  # starts 4 epochs before the pivot
+    assert [u for _, u in log] == [False, False, False, True, True]
+    assert t.measured().all()
+    # each sample's uncertainty was last taken in the epoch of its part
+    parts = [create_schedule("rotate-4").part_indices(p, len(ds), 0) for p in range(4)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(ds)))
+    assert (t.uncertainty_epoch[parts[0]] == 4).all() and (t.uncertainty_epoch[parts[3]] == 3).all()
+    assert (t.loss_epoch == 4).all()  # the training pass's own losses
+
+
+def test_every_n_schedule_measures_every_n_epochs():
+    *_, assessor, _ = run("every-2", epochs=6, pivot=2)
+    assert (assessor.tracker.uncertainty_epoch == 5).all()
+    *_, assessor, _ = run("every-2", epochs=5, pivot=2)
+    assert (assessor.tracker.uncertainty_epoch == 3).all()
+
+
+def test_train_features_schedule_measures_in_the_training_step():
+    _, model, sampler, assessor, log = run("train-features", epochs=3, pivot=2)
+    assert (assessor.tracker.uncertainty_epoch == 2).all() and (assessor.tracker.loss_epoch == 2).all()
+    assessor.close()
+    assert not model.body._forward_hooks
+
+
+def test_observe_before_the_measuring_window_records_nothing():
+    *_, assessor, _ = run("reuse-loss", epochs=1, pivot=5)
+    assert not assessor.tracker.measured("loss").any()
+
+
+def test_state_dict_round_trip():
+    ds, model, sampler, assessor, _ = run("paper")
+    other = DifficultyAssessor(model, ds, at="body", schedule="paper")
+    other.load_state_dict(assessor.state_dict())
+    assert np.array_equal(other.scores(), assessor.scores()) and other.epoch == assessor.epoch
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(schedule="weekly"), "schedule='weekly' is not known"),
+    (dict(schedule="train-features"), "needs head="),
+    (dict(at="nowhere"), "at='nowhere' is not a submodule"),
+    (dict(measure="max"), "measure='max'"),
+    (dict(k=0), "k=0"),
+])
+def test_bad_arguments(kwargs, match):
+    ds, model = tiny_problem()
+    kwargs.setdefault("at", "body")
+    with pytest.raises(ValueError, match=match):
+        DifficultyAssessor(model, ds, **kwargs)
+
+
+def test_plain_loop_example_runs(capsys):
+    spec = importlib.util.spec_from_file_location("plain_loop", ROOT / "examples" / "plain_loop.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    acc = example.main(["--epochs", "3", "--pivot-epoch", "1", "--schedule", "paper"])
+    out = capsys.readouterr().out
+    assert "planned=True" in out and "precision" in out
+    assert 0.0 <= acc <= 1.0
