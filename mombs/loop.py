@@ -152,7 +152,7 @@ class DifficultyAssessor:
             return
         if self.schedule.loss_source == "train":
             self.tracker.update_loss(indices, loss.detach())
-        if self.schedule.uncertainty_source == "train":
+        if self.schedule.uncertainty_source == "train" and self.measure != "loss":
             if captured is None:
                 raise RuntimeError(f"no features were captured at {self.at!r} in this step; "
                                    f"call observe() right after the training forward")
@@ -170,8 +170,9 @@ class DifficultyAssessor:
         """
         if not self.active:
             return None
+        # A loss-only measure (ablation Mo+l) needs no uncertainty at all.
         part = (self.schedule.uncertainty_part(self.epoch, self.pivot_epoch)
-                if self.schedule.uncertainty_source == "pass" else None)
+                if self.schedule.uncertainty_source == "pass" and self.measure != "loss" else None)
         want_loss = self.schedule.loss_source == "pass"
         if want_loss or part is not None:
             n = len(self.dataset)

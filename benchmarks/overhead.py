@@ -1,0 +1,198 @@
+"""Overhead and ranking fidelity of MoMBS' assessment schedules.
+
+Trains the same model on the same data with the same batch size and epochs
+with random minibatches, and with MoMBS (``K`` disturbed passes, one or more
+assessment schedules), and reports the wall-clock ratio. The MoMBS run also
+measures *ranking fidelity*: at the start of every planned epoch, the Spearman
+correlation between the scores the sampler plans that epoch with and a fresh
+full-pass assessment (eval mode, ``K = 8``) of the same model. That measurement
+is not timed.
+
+Both arms read batches by indexing in-memory tensors, so per-sample data
+loading does not dilute the ratio. The two arms run in one process and
+alternate epoch by epoch, so that drift in the machine's speed (large on a
+shared 2-core machine) hits both alike; the ratio is of their summed times.
+
+    python benchmarks/overhead.py --device cpu                      # default schedule
+    python benchmarks/overhead.py --device cpu --schedules all      # every schedule
+    python benchmarks/overhead.py --device cuda --model resnet32 --batch-size 16
+
+The last line printed is one JSON object for the default (or first) schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+import mombs
+from mombs.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
+from mombs.data.label_noise import symmetric_noise
+from mombs.envinfo import environment_info
+from mombs.models import FEATURE_MODULE, create_model
+
+
+def load_data(args):
+    """``(x, clean, noisy, name)``: the first ``--n`` images of a seeded shuffle."""
+    if args.dataset == "fashion-mnist" and find_fashion_mnist(args.data_dir) is not None:
+        images, labels = load_fashion_mnist("train", args.data_dir)
+        x = torch.from_numpy(images.copy()).float().div_(255).sub_(0.2860).div_(0.3530).unsqueeze(1)
+        name = "fashion-mnist"
+    else:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.tensor(d.images, dtype=torch.float32).div_(16).unsqueeze(1)
+        x = F.interpolate(x, size=28, mode="bilinear", align_corners=False)
+        labels, name = d.target.astype(np.int64), "digits"
+    if args.model == "resnet32":  # CIFAR-sized input
+        x = F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
+    perm = np.random.default_rng(args.seed).permutation(len(labels))[:args.n]
+    clean = labels[perm]
+    noisy, _ = symmetric_noise(clean, args.noise, 10, seed=args.seed)
+    return x[perm], torch.from_numpy(clean), torch.from_numpy(noisy), name
+
+
+def fresh_scores(model, x, y, at, k, batch_size, measure):
+    """A full eval-mode assessment with its own noise: the fidelity reference."""
+    gen = torch.Generator(device=x.device).manual_seed(987654)
+    losses, uncs = [], []
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(y), 512):
+            xb, yb = x[s:s + 512], y[s:s + 512]
+            losses.append(F.cross_entropy(model(xb), yb, reduction="none").cpu())
+            uncs.append(mombs.feature_noise_uncertainty(model, xb, at=at, k=8, generator=gen).cpu())
+    model.train(was)
+    return mombs.difficulty_scores(torch.cat(losses), torch.cat(uncs), measure=measure)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Arm:
+    """One training run, stepped an epoch at a time so that two arms can alternate.
+
+    ``schedule=None`` is the random baseline: plain shuffled batches, no mombs.
+    """
+
+    def __init__(self, args, x, y, device, schedule=None):
+        torch.manual_seed(args.seed)  # the same initial weights in both arms (a script may seed)
+        self.args, self.x, self.y, self.device, self.schedule = args, x, y, device, schedule
+        self.model = create_model(args.model, num_classes=10, in_channels=x.shape[1]).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+        self.at = FEATURE_MODULE[args.model]
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.seconds, self.fidelity = 0.0, []
+        if schedule is not None:
+            data = mombs.IndexedDataset(TensorDataset(x, y))
+            self.sampler = mombs.MixedOrderBatchSampler(len(y), args.batch_size,
+                                                        pivot_epoch=args.pivot_epoch, seed=args.seed)
+            self.assessor = mombs.DifficultyAssessor(self.model, data, at=self.at, sampler=self.sampler,
+                                                     schedule=schedule, k=args.k, head=self.model.fc,
+                                                     batch_size=512, device=device)
+
+    def epoch(self, epoch: int) -> None:
+        model, x, y, args = self.model, self.x, self.y, self.args
+        if self.schedule is not None and epoch >= args.pivot_epoch:
+            # Not timed: the reference assessment that fidelity is measured against.
+            fresh = fresh_scores(model, x, y, self.at, args.k, 512, "both")
+            self.fidelity.append(mombs.spearman(self.sampler.scores, fresh))
+        _sync(self.device)
+        t0 = time.perf_counter()
+        if self.schedule is None:
+            batches = torch.randperm(len(y), generator=self.gen).split(args.batch_size)
+        else:
+            self.assessor.start_epoch(epoch)
+            batches = self.sampler
+        model.train()
+        for idx in batches:
+            idx = torch.as_tensor(idx)
+            xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
+            loss = F.cross_entropy(model(xb), yb, reduction="none")
+            if self.schedule is not None:
+                self.assessor.observe(idx, loss)
+            self.opt.zero_grad(set_to_none=True)
+            loss.mean().backward()
+            self.opt.step()
+        if self.schedule is not None:
+            self.assessor.end_epoch()
+        _sync(self.device)
+        self.seconds += time.perf_counter() - t0
+
+
+def compare(args, x, y, device, schedule):
+    """Random and MoMBS arms, alternating epoch by epoch (and which goes first),
+    so that drift in machine speed hits both alike."""
+    base, arm = Arm(args, x, y, device), Arm(args, x, y, device, schedule)
+    for epoch in range(args.epochs):
+        for a in ((base, arm) if epoch % 2 == 0 else (arm, base)):
+            a.epoch(epoch)
+    arm.assessor.close()
+    return base.seconds, arm.seconds, arm.fidelity
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default=None, help="small_cnn (default on cpu) or resnet32 (default on cuda)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--n", type=int, default=6000, help="training images")
+    p.add_argument("--noise", type=float, default=0.4, help="symmetric label noise rate")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--pivot-epoch", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--schedules", nargs="+", default=[mombs.DEFAULT_SCHEDULE],
+                   help="schedule names, or 'all'")
+    p.add_argument("--repeats", type=int, default=1, help="timing repeats of the pair of arms")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write all records and the environment to this JSON file")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if args.model is None:
+        args.model = "resnet32" if device.type == "cuda" else "small_cnn"
+    schedules = sorted(mombs.SCHEDULES) if args.schedules == ["all"] else args.schedules
+
+    x, clean, noisy, dataset = load_data(args)
+    x, noisy = x.to(device), noisy.to(device)
+    env = environment_info(str(device))
+    records = []
+    for name in schedules:
+        t_rand, t_mombs, fid = 0.0, 0.0, []
+        for _ in range(args.repeats):
+            r, m, fid = compare(args, x, noisy, device, name)
+            t_rand, t_mombs = t_rand + r, t_mombs + m
+        rec = {"schedule": name, "seconds_random": round(t_rand / args.repeats, 3),
+               "seconds_mombs": round(t_mombs / args.repeats, 3),
+               "overhead_ratio": round(t_mombs / t_rand, 4),
+               "rank_spearman": round(float(np.mean(fid)), 4),
+               "rank_spearman_per_epoch": [round(f, 4) for f in fid],
+               "device": env.get("gpu", str(device)), "k": args.k, "model": args.model,
+               "dataset": dataset, "n": len(noisy), "noise": args.noise, "epochs": args.epochs,
+               "pivot_epoch": args.pivot_epoch, "batch_size": args.batch_size, "repeats": args.repeats}
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"benchmark": "overhead", "args": vars(args), "environment": env,
+                       "default_schedule": mombs.DEFAULT_SCHEDULE, "records": records}, fh, indent=1)
+    last = next((r for r in records if r["schedule"] == mombs.DEFAULT_SCHEDULE), records[0])
+    print(json.dumps({k: last[k] for k in ("seconds_random", "seconds_mombs", "overhead_ratio",
+                                           "rank_spearman", "device", "schedule", "k")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Tables, statistics and plots of a comparison. matplotlib is imported lazily."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .assessor import QUADRANTS
+
+__all__ = ["format_table", "write_report"]
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _diff_cell(row) -> str:
+    d = row.get("vs_baseline")
+    if not d:
+        return ""
+    text = f"{100 * d['mean']:+.2f}"
+    if d.get("ci95"):
+        lo, hi = d["ci95"]
+        text += f" [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    if d.get("p") is not None:
+        text += f" p={d['p']:.2f}"
+    return text + f" (n={d['n']})"
+
+
+def format_table(rows: list[dict], *, markdown: bool = False) -> str:
+    """The comparison table: top-1 mean ± std, extra columns where the data has
+    them, and the paired difference against random with its 95% CI and p-value."""
+    extras = [c for c in ("many", "medium", "few", "noisy_fit", "poor_precision", "poor_recall")
+              if any(c in r for r in rows)]
+    head = ["dataset", "B", "loss", "strategy", "n", "top-1 %"] + [
+        {"many": "many %", "medium": "med. %", "few": "few %", "noisy_fit": "noisy fit %",
+         "poor_precision": "PL prec. %", "poor_recall": "PL rec. %"}[c] for c in extras] + [
+        "vs random, pts [95% CI]"]
+    body = []
+    for r in rows:
+        body.append([r["dataset"], str(r["batch_size"]), r["loss"], r["strategy"], str(r["n"]),
+                     f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"]
+                    + [_pct(r.get(c)) for c in extras] + [_diff_cell(r)])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*b) for b in body])
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plots need matplotlib: pip install 'mombs[viz]'") from err
+    return plt
+
+
+def _curves(results, out: Path) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    by = {}
+    for r in results:
+        by.setdefault((r["dataset"], r["batch_size"], r["loss"], r["strategy"]), []).append(r)
+    for (ds, b, loss, s), runs in sorted(by.items()):
+        label = f"{s} (B={b}, {loss})"
+        val = np.array([r["curves"]["val_top1"] for r in runs], dtype=float)
+        axes[0].plot(np.arange(val.shape[1]), 100 * val.mean(0), label=label)
+        fits = [r["curves"].get("noisy_fit") for r in runs]
+        if all(f is not None and None not in f for f in fits):
+            axes[1].plot(100 * np.array(fits, dtype=float).mean(0), label=label)
+    axes[0].set(xlabel="epoch", ylabel="validation top-1 % (mean over seeds)", title="accuracy")
+    axes[1].set(xlabel="epoch", ylabel="% of noisy labels fit in the training pass", title="memorization")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _per_class(results, out: Path) -> str:
+    plt = _plt()
+    by = {}
+    for r in results:
+        by.setdefault(r["strategy"], []).append(r["per_class_top1"])
+    fig, ax = plt.subplots(figsize=(11, 3.5))
+    names = sorted(by)
+    width = 0.8 / len(names)
+    for i, s in enumerate(names):
+        acc = np.array([[np.nan if v is None else v for v in pc] for pc in by[s]], dtype=float)
+        mean = np.nanmean(acc, axis=0)
+        ax.bar(np.arange(len(mean)) + i * width, 100 * mean, width, label=s)
+    ax.set(xlabel="class (training set ordered as given; long-tail: head to tail)", ylabel="test top-1 %",
+           title="per-class accuracy (mean over seeds and batch sizes)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "per_class.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _scatter(res, out: Path) -> str | None:
+    path = Path(res["run_dir"]) / "assessment.npz"
+    if not path.exists():
+        return None
+    plt = _plt()
+    z = np.load(path)
+    loss, unc, codes = z["loss"], z["uncertainty"], z["codes"]
+    noisy = z["noisy"] if z["noisy"].size else None
+    counts = np.bincount(z["y_clean"])
+    tail = counts[z["y_clean"]] < np.median(counts) if counts.min() < counts.max() else None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for c, name in enumerate(QUADRANTS):
+        m = codes == c
+        axes[0].scatter(loss[m], unc[m], s=3, alpha=0.5, label=f"{name} ({m.sum()})")
+    axes[0].set(title="quadrants (median split)")
+    member = noisy if noisy is not None else tail
+    what = "label flipped" if noisy is not None else "tail class"
+    if member is not None:
+        axes[1].scatter(loss[~member], unc[~member], s=3, alpha=0.4, c="tab:gray", label="other")
+        axes[1].scatter(loss[member], unc[member], s=3, alpha=0.6, c="tab:red", label=what)
+    axes[1].set(title=f"true membership: {what}")
+    for ax in axes:
+        ax.set(xscale="symlog", xlabel="loss (eval mode, final model)", ylabel="uncertainty (K=8 entropy)")
+        ax.legend(fontsize=7, markerscale=3)
+    fig.suptitle(f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}")
+    fig.tight_layout()
+    name = f"scatter-{res['strategy']}-b{res['batch_size']}.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def write_report(results: list[dict], rows: list[dict], out_dir, *, title: str = "mombs comparison") -> Path:
+    """Writes ``report.md`` (tables, notes, plots) and ``summary.json`` to ``out_dir``.
+
+    Plots are skipped, with a note, when matplotlib is not installed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    lines = [f"# {title}", "",
+             f"{len(results)} finished runs. Top-1 is the test accuracy of the final epoch; "
+             "the last column is the paired difference against `random` with the same seed "
+             "(mean, 95% t-interval, paired t-test).", "", format_table(rows, markdown=True), ""]
+    if any("poor_precision" in r for r in rows):
+        lines += ["PL prec./rec.: how well the poorly-labeled quadrant (high loss, low uncertainty "
+                  "of the final model) finds the truly flipped labels. Noisy fit: the share of "
+                  "flipped labels the network reproduces in its last training pass (memorization).", ""]
+    try:
+        figs = [_curves(results, out), _per_class(results, out)]
+        seen = set()
+        for r in sorted(results, key=lambda r: r["seed"]):
+            if (r["strategy"], r["batch_size"]) not in seen and r["strategy"] in ("random", "mixed"):
+                seen.add((r["strategy"], r["batch_size"]))
+                figs.append(_scatter(r, out))
+        lines += [f"![{f}]({f})" for f in figs if f]
+    except ImportError as err:
+        lines.append(f"(no plots: {err})")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
