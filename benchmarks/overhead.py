@@ -89,7 +89,10 @@ class Arm:
         torch.manual_seed(args.seed)  # the same initial weights in both arms (a script may seed)
         self.args, self.x, self.y, self.device, self.schedule = args, x, y, device, schedule
         self.model = create_model(args.model, num_classes=10, in_channels=x.shape[1]).to(device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+        # The study runner's recipe (mombs.train): SGD with Nesterov momentum, cosine decay.
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4,
+                                   nesterov=True)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=args.epochs)
         self.at = FEATURE_MODULE[args.model]
         self.gen = torch.Generator().manual_seed(args.seed)
         self.seconds, self.fidelity = 0.0, []
@@ -99,7 +102,7 @@ class Arm:
                                                         pivot_epoch=args.pivot_epoch, seed=args.seed)
             self.assessor = mombs.DifficultyAssessor(self.model, data, at=self.at, sampler=self.sampler,
                                                      schedule=schedule, k=args.k, head=self.model.fc,
-                                                     batch_size=512, device=device)
+                                                     batch_size=64 if device.type == "cpu" else 512, device=device)
 
     def epoch(self, epoch: int) -> None:
         model, x, y, args = self.model, self.x, self.y, self.args
@@ -124,6 +127,7 @@ class Arm:
             self.opt.zero_grad(set_to_none=True)
             loss.mean().backward()
             self.opt.step()
+        self.sched.step()
         if self.schedule is not None:
             self.assessor.end_epoch()
         _sync(self.device)
@@ -152,7 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--pivot-epoch", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--schedules", nargs="+", default=[mombs.DEFAULT_SCHEDULE],
                    help="schedule names, or 'all'")

@@ -103,7 +103,7 @@ SCHEDULES = {
 
 #: The cheapest schedule that kept ranking fidelity >= 0.9 in
 #: ``benchmarks/results/overhead_cpu.json``.
-DEFAULT_SCHEDULE = "rotate-4"
+DEFAULT_SCHEDULE = "rotate-2"
 
 
 def create_schedule(schedule: str | AssessmentSchedule = DEFAULT_SCHEDULE, **overrides) -> AssessmentSchedule:
