@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # download several GB).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean planner-demo
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,24 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+
+# Fashion-MNIST comes from Debian's package when it can be installed; otherwise
+# the demo says so and falls back to scikit-learn's digits, which always work.
 demo: $(VENV)/.installed
-	$(PY) benchmarks/planner.py --demo
+	@if ! $(PY) -c "import sys; from mombs.data.fashion_mnist import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)"; then \
+	  echo "Fashion-MNIST not found; trying: apt-get install -y dataset-fashion-mnist"; \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null 2>&1 || true; \
+	fi
+	@if $(PY) -c "import sys; from mombs.data.fashion_mnist import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)"; then \
+	  $(PY) -m mombs.cli compare --config configs/demo.yaml; \
+	else \
+	  echo "Fashion-MNIST is not available here: falling back to scikit-learn's digits (long-tailed, 150 images in the largest class)."; \
+	  $(PY) -m mombs.cli compare --config configs/demo.yaml --set dataset=digits --set img_max=150 --set imbalance=0.1 --out runs/demo-digits; \
+	fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+planner-demo: $(VENV)/.installed
+	$(PY) benchmarks/planner.py --demo

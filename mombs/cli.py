@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .train import RunConfig
 
-_GRID_KEYS = ("strategies", "seeds", "batch_sizes", "losses", "jobs", "out", "title")
+_GRID_KEYS = ("strategies", "seeds", "batch_sizes", "losses", "jobs", "out", "title", "export")
 
 
 def _parse_value(text: str):
@@ -89,7 +89,23 @@ def main(argv=None) -> int:
     configs = expand_grid(cfg, strategies=options.get("strategies", ["random", "mixed"]),
                           seeds=options.get("seeds", [0, 1, 2]), batch_sizes=options.get("batch_sizes"),
                           losses=options.get("losses"))
-    results = run_grid(configs, out, jobs=int(options.get("jobs", 1)), progress=not args.no_progress)
+    on_result = None
+    if options.get("export"):
+        export = Path(options["export"])
+        export.mkdir(parents=True, exist_ok=True)
+
+        def on_result(run_dir, top1, err):  # one file per finished run, as soon as it finishes
+            if err is None:
+                src = Path(run_dir) / "results.json"
+                (export / f"{Path(run_dir).name}.json").write_text(src.read_text())
+
+    results = run_grid(configs, out, jobs=int(options.get("jobs", 1)), progress=not args.no_progress,
+                       on_result=on_result)
+    if options.get("export"):  # runs finished in an earlier sitting too
+        for res in results:
+            dst = Path(options["export"]) / f"{Path(res['run_dir']).name}.json"
+            if not dst.exists():
+                dst.write_text((Path(res["run_dir"]) / "results.json").read_text())
     rows = summarize(results)
     print(format_table(rows))
     path = write_report(results, rows, out, title=options.get("title", "mombs comparison"))
