@@ -42,7 +42,7 @@ def load_data(args):
     """``(x, clean, noisy, name)``: the first ``--n`` images of a seeded shuffle."""
     if args.dataset == "fashion-mnist" and find_fashion_mnist(args.data_dir) is not None:
         images, labels = load_fashion_mnist("train", args.data_dir)
-        x = torch.from_numpy(images.copy()).float().div_(255).sub_(0.2860).div_(0.3530).unsqueeze(1)
+        x = torch.from_numpy(images).float().div_(255).sub_(0.2860).div_(0.3530).unsqueeze(1)
         name = "fashion-mnist"
     else:
         from sklearn.datasets import load_digits
