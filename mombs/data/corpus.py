@@ -1,0 +1,117 @@
+"""A run's data, built from its config: reader -> subset -> long tail -> split -> label noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .imbalance import long_tailed_indices, shot_groups
+from .label_noise import pair_noise, symmetric_noise
+
+__all__ = ["Corpus", "DATASETS", "load_corpus"]
+
+#: Data set names understood by :func:`load_corpus`.
+DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100")
+
+
+@dataclass
+class Corpus:
+    """In-memory splits. Images are normalized float ``(N, C, H, W)`` tensors;
+    labels are int64 numpy arrays. ``y_train``/``y_val`` are the labels trained
+    on (noisy where noise was added); the clean ones and the noise mask are kept."""
+
+    name: str
+    num_classes: int
+    x_train: torch.Tensor
+    y_train: np.ndarray
+    y_train_clean: np.ndarray
+    noisy_train: np.ndarray | None
+    x_val: torch.Tensor
+    y_val: np.ndarray
+    x_test: torch.Tensor
+    y_test: np.ndarray
+    shot_groups: dict | None = None
+
+    def describe(self) -> dict:
+        d = {"name": self.name, "num_classes": self.num_classes, "train": int(len(self.y_train)),
+             "val": int(len(self.y_val)), "test": int(len(self.y_test)),
+             "train_class_counts": np.bincount(self.y_train_clean, minlength=self.num_classes).tolist()}
+        if self.noisy_train is not None:
+            d["train_noise_rate"] = float(self.noisy_train.mean())
+        return d
+
+
+def _read(name: str, data_dir):
+    """``(x_train uint8/float NHWC, y_train, x_test, y_test, num_classes)``."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = (d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+        perm = np.random.default_rng([0, 0xD161]).permutation(len(x))  # a fixed test split
+        test, train = perm[:450], perm[450:]
+        return x[train], d.target[train].astype(np.int64), x[test], d.target[test].astype(np.int64), 10
+    if name == "fashion-mnist":
+        from .fashion_mnist import load_fashion_mnist
+
+        xtr, ytr = load_fashion_mnist("train", data_dir)
+        xte, yte = load_fashion_mnist("test", data_dir)
+        return xtr[..., None], ytr, xte[..., None], yte, 10
+    if name in ("cifar10", "cifar100"):
+        from .cifar import load_cifar
+
+        c = 10 if name == "cifar10" else 100
+        xtr, ytr = load_cifar(c, "train", data_dir or ".")
+        xte, yte = load_cifar(c, "test", data_dir or ".")
+        return xtr, ytr, xte, yte, c
+    raise ValueError(f"dataset={name!r} is not known; choose one of {list(DATASETS)}")
+
+
+def load_corpus(cfg) -> Corpus:
+    """Builds the splits a :class:`~mombs.train.RunConfig` asks for. All draws use
+    private generators seeded from ``cfg.seed``."""
+    xtr, ytr, xte, yte, num_classes = _read(cfg.dataset, cfg.data_dir)
+    rng = np.random.default_rng([cfg.seed, 0xC0DE])
+    keep = np.arange(len(ytr))
+    if cfg.subset is not None:
+        if cfg.subset > len(ytr):
+            raise ValueError(f"subset={cfg.subset} exceeds the {len(ytr)} training images of {cfg.dataset}")
+        keep = np.sort(rng.choice(len(ytr), size=cfg.subset, replace=False))
+    groups = None
+    if cfg.imbalance is not None:
+        lt = long_tailed_indices(ytr[keep], cfg.imbalance, img_max=cfg.img_max, seed=cfg.seed)
+        keep = keep[lt]
+    # Validation: a seeded share of the (long-tailed) training set, for choices only.
+    perm = rng.permutation(keep.size)
+    n_val = int(round(cfg.val_fraction * keep.size))
+    val_idx, tr_idx = np.sort(keep[perm[:n_val]]), np.sort(keep[perm[n_val:]])
+    y_clean = ytr[tr_idx]
+    y_train, y_val, noisy = y_clean.copy(), ytr[val_idx].copy(), None
+    if cfg.noise == "symmetric":
+        y_train, noisy = symmetric_noise(y_clean, cfg.noise_rate, num_classes, seed=cfg.seed)
+        y_val, _ = symmetric_noise(y_val, cfg.noise_rate, num_classes, seed=cfg.seed + 1)
+    elif cfg.noise == "pair":
+        y_train, noisy = pair_noise(y_clean, cfg.noise_rate, num_classes, seed=cfg.seed)
+        y_val, _ = pair_noise(y_val, cfg.noise_rate, num_classes, seed=cfg.seed + 1)
+    elif cfg.noise == "human":
+        from .cifar import load_cifar100n
+
+        if cfg.dataset != "cifar100" or not cfg.noise_file:
+            raise ValueError("noise='human' needs dataset='cifar100' and noise_file=CIFAR-100_human.pt")
+        human = load_cifar100n(cfg.noise_file)["noisy_label"]
+        y_train, y_val = human[tr_idx], human[val_idx]
+        noisy = y_train != y_clean
+    if cfg.imbalance is not None:
+        groups = shot_groups(np.bincount(y_clean, minlength=num_classes))
+
+    def to_tensor(x):
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float().div_(255)
+
+    x_train, x_val, x_test = to_tensor(xtr[tr_idx]), to_tensor(xtr[val_idx]), to_tensor(xte)
+    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+    std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    norm = lambda t: (t - mean) / std  # noqa: E731
+    return Corpus(cfg.dataset, num_classes, norm(x_train), y_train, y_clean, noisy,
+                  norm(x_val), y_val, norm(x_test), yte, groups)
