@@ -219,7 +219,9 @@ class DifficultyTracker:
 
     def _update(self, kind: str, indices, values) -> None:
         idx = indices.detach().cpu().numpy() if torch.is_tensor(indices) else np.asarray(indices)
-        if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
+        if idx.size == 0:
+            idx = idx.astype(np.int64)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"indices must be a (B,) integer array, got shape {idx.shape} "
                              f"and dtype {idx.dtype}")
         vals = _as_values(kind, values, idx.shape[0])
@@ -249,6 +251,8 @@ class DifficultyTracker:
             return self.loss_epoch >= 0
         if kind == "uncertainty":
             return self.uncertainty_epoch >= 0
+        if kind != "both":
+            raise ValueError(f"kind={kind!r} must be 'loss', 'uncertainty' or 'both'")
         return (self.loss_epoch >= 0) & (self.uncertainty_epoch >= 0)
 
     def scores(self, measure: str = "both") -> np.ndarray:
@@ -299,10 +303,16 @@ class DifficultyTracker:
             dirty[:] = False
 
     def state_dict(self) -> dict:
-        """The values, their epochs and the current epoch (numpy arrays)."""
-        return {"num_samples": self.num_samples, "epoch": self.epoch,
-                "loss": self.loss.copy(), "uncertainty": self.uncertainty.copy(),
-                "loss_epoch": self.loss_epoch.copy(), "uncertainty_epoch": self.uncertainty_epoch.copy()}
+        """The values, their epochs, what is not yet synced and the current epoch.
+
+        Arrays are torch tensors, so ``torch.load`` reads the state with its
+        default ``weights_only=True``.
+        """
+        arrays = {key: torch.from_numpy(getattr(self, key).copy())
+                  for key in ("loss", "uncertainty", "loss_epoch", "uncertainty_epoch")}
+        return {"num_samples": self.num_samples, "epoch": self.epoch, **arrays,
+                "dirty_loss": torch.from_numpy(self._dirty["loss"].copy()),
+                "dirty_uncertainty": torch.from_numpy(self._dirty["uncertainty"].copy())}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores :meth:`state_dict`."""
@@ -311,9 +321,10 @@ class DifficultyTracker:
                              f"has num_samples={self.num_samples}")
         self.epoch = int(state["epoch"])
         for key in ("loss", "uncertainty", "loss_epoch", "uncertainty_epoch"):
-            arr = np.asarray(state[key])
+            arr = state[key].numpy() if torch.is_tensor(state[key]) else np.asarray(state[key])
             if arr.shape != (self.num_samples,):
                 raise ValueError(f"state_dict[{key!r}] has shape {arr.shape}, expected ({self.num_samples},)")
             getattr(self, key)[:] = arr
-        for dirty in self._dirty.values():
-            dirty[:] = False
+        for kind, dirty in self._dirty.items():
+            saved = state.get(f"dirty_{kind}")
+            dirty[:] = False if saved is None else np.asarray(saved, dtype=bool)

@@ -140,7 +140,8 @@ def paired_difference(a: dict, b: dict) -> dict | None:
             from scipy import stats
 
             out["p"] = float(stats.ttest_rel(np.array([a[s] for s in seeds]),
-                                             np.array([b[s] for s in seeds])).pvalue) if se > 0 else 1.0
+                                             np.array([b[s] for s in seeds])).pvalue) if se > 0 else (
+                1.0 if d.mean() == 0 else 0.0)  # identical non-zero differences: no spread at all
         except ImportError:
             pass
     return out

@@ -99,6 +99,8 @@ class DifficultyAssessor:
             raise ValueError(f"k={k!r} must be an integer >= 1")
         if not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
             raise ValueError(f"alpha={alpha!r} must be a number in [0, 1)")
+        if activation not in ("auto", "softmax", "sigmoid"):
+            raise ValueError(f"activation={activation!r} must be 'auto', 'softmax' or 'sigmoid'")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
         if self.schedule.uncertainty_source == "train" and head is None:
@@ -265,7 +267,9 @@ class DifficultyAssessor:
         self.epoch = int(state["epoch"])
         if state.get("generator") is not None:
             self._gen = torch.Generator(device=self._device())
-            self._gen.set_state(state["generator"])
+            self._gen.set_state(state["generator"].cpu())
+        if self.sampler is not None and self.active and self.tracker.measured().any():
+            self.sampler.set_scores(self.scores())
 
     def close(self) -> None:
         """Removes the feature hook of the ``train-features`` schedule, if any."""

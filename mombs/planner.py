@@ -185,8 +185,10 @@ def plan_batches(scores, batch_size: int, *, strategy: str = "mixed", seed: int 
     _check_int("rank", rank, 0)
     if rank >= num_replicas:
         raise ValueError(f"rank={rank} must be < num_replicas={num_replicas}")
-    if not isinstance(jitter, numbers.Real) or not np.isfinite(jitter) or jitter < 0:
+    if not isinstance(jitter, numbers.Real) or isinstance(jitter, bool) or not np.isfinite(jitter) or jitter < 0:
         raise ValueError(f"jitter={jitter!r} must be a finite number >= 0")
+    if not isinstance(drop_last, (bool, np.bool_)):
+        raise ValueError(f"drop_last={drop_last!r} must be a bool")
     return _compute_plan(scores, int(batch_size), strategy, int(seed), int(epoch),
                          bool(drop_last), int(num_replicas), int(rank), float(jitter))
 

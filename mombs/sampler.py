@@ -8,6 +8,7 @@ patched; use it as ``DataLoader(dataset, batch_sampler=sampler)``.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sized
 from typing import Iterator
@@ -92,7 +93,8 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         _check_int("seed", seed, 0)
         if not isinstance(drop_last, bool):
             raise ValueError(f"drop_last={drop_last!r} must be a bool")
-        if not isinstance(jitter, (int, float)) or not np.isfinite(jitter) or jitter < 0:
+        if (not isinstance(jitter, numbers.Real) or isinstance(jitter, bool) or not np.isfinite(jitter)
+                or jitter < 0):
             raise ValueError(f"jitter={jitter!r} must be a finite number >= 0")
         self.num_replicas, self.rank = _resolve_replicas(num_replicas, rank)
         self.num_samples_total = n
@@ -104,6 +106,9 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         self.jitter = float(jitter)
         self.epoch = 0
         self._scores: np.ndarray | None = None
+        # The scores the current epoch was planned from: set_scores() during an
+        # epoch must not change the batches a resume of that epoch replays.
+        self._epoch_scores: np.ndarray | None = None
         self._skip = 0  # batches of the current epoch already consumed before a resume
         self._yielded = 0  # batches of the current epoch yielded by __iter__
         self._warned_no_scores = False
@@ -119,6 +124,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         if epoch != self.epoch:
             self._skip = 0
             self._yielded = 0
+            self._epoch_scores = None
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -126,7 +132,8 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         return self._layout["batches_per_replica"] - self._skip
 
     def __iter__(self) -> Iterator[list[int]]:
-        plan = self.plan()
+        # A resumed epoch replays the scores it was planned from; a fresh pass takes the latest.
+        plan = self._plan(self._epoch_scores if self._skip else self._scores)
         skip, self._skip = self._skip, 0
         self._yielded = skip
         for i in range(skip, len(plan)):
@@ -163,8 +170,14 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
 
     def plan(self):
         """This replica's :class:`~mombs.planner.BatchPlan` for the current epoch."""
-        if self.uses_scores():
-            scores, strategy = self._scores, self.strategy
+        return self._plan(self._scores)
+
+    def _plan(self, scores_in):
+        epoch_uses_scores = (self.strategy != "random" and self.epoch >= self.pivot_epoch
+                             and scores_in is not None)
+        self._epoch_scores = scores_in if epoch_uses_scores else None
+        if epoch_uses_scores:
+            scores, strategy = scores_in, self.strategy
         else:
             if (self.strategy != "random" and self.epoch >= self.pivot_epoch
                     and not self._warned_no_scores):
@@ -196,13 +209,17 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         if done > self._layout["batches_per_replica"]:
             raise ValueError(f"batches_done={done} exceeds the "
                              f"{self._layout['batches_per_replica']} batches of an epoch")
+        def tensor(a):  # tensors, so that torch.load's default weights_only=True reads the state
+            return None if a is None else torch.from_numpy(np.array(a, copy=True))
+
         return {
             "epoch": self.epoch, "batches_done": int(done), "seed": self.seed,
             "strategy": self.strategy, "pivot_epoch": self.pivot_epoch,
             "batch_size": self.batch_size, "drop_last": self.drop_last,
             "num_replicas": self.num_replicas, "num_samples": self.num_samples_total,
             "jitter": self.jitter,
-            "scores": None if self._scores is None else self._scores.copy(),
+            "scores": tensor(self._scores),
+            "epoch_scores": tensor(self._epoch_scores),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -213,11 +230,11 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
             if state.get(key) != mine:
                 raise ValueError(f"state_dict has {key}={state.get(key)!r} but this sampler has "
                                  f"{key}={mine!r}; resume with the same settings")
-        scores = state.get("scores")
-        if scores is not None:
-            self.set_scores(np.asarray(scores))
-        else:
-            self._scores = None
+        def array(a):
+            return None if a is None else _check_scores(a.numpy() if torch.is_tensor(a) else np.asarray(a))
+
+        self._scores = array(state.get("scores"))
+        self._epoch_scores = array(state.get("epoch_scores"))
         self.seed = int(state["seed"])
         self.strategy = state["strategy"]
         self.pivot_epoch = int(state["pivot_epoch"])

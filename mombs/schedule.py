@@ -13,7 +13,7 @@ ranking fidelity.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -52,6 +52,9 @@ class AssessmentSchedule:
             raise ValueError(f"uncertainty_every={self.uncertainty_every!r} must be an integer >= 1")
         if not isinstance(self.uncertainty_fraction, (int, float)) or not 0 < self.uncertainty_fraction <= 1:
             raise ValueError(f"uncertainty_fraction={self.uncertainty_fraction!r} must be in (0, 1]")
+        if self.uncertainty_fraction < 1 and self.uncertainty_every != 1:
+            raise ValueError(f"uncertainty_every={self.uncertainty_every} and uncertainty_fraction="
+                             f"{self.uncertainty_fraction} do not combine: a rotating part is taken every epoch")
 
     @property
     def parts(self) -> int:
@@ -116,4 +119,8 @@ def create_schedule(schedule: str | AssessmentSchedule = DEFAULT_SCHEDULE, **ove
         base = SCHEDULES[schedule]
     else:
         raise ValueError(f"schedule={schedule!r} is not known; choose one of {sorted(SCHEDULES)}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(AssessmentSchedule)})
+    if unknown:
+        raise ValueError(f"unknown schedule field(s) {unknown}; choose from "
+                         f"{[f.name for f in fields(AssessmentSchedule)]}")
     return replace(base, **overrides) if overrides else base

@@ -76,8 +76,8 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be an integer >= 1")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction={self.val_fraction!r} must be in [0, 1)")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction={self.val_fraction!r} must be in (0, 1): choices need a validation split")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr!r} must be > 0")
         return self
@@ -178,7 +178,7 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
 
     # Weight init draws from torch's global generator; fork_rng gives it back untouched.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.default_generator.manual_seed(cfg.seed)  # CPU only: CUDA's global state stays untouched
         model = create_model(cfg.model, num_classes=num_classes, in_channels=x_tr.shape[1]).to(device)
     at = FEATURE_MODULE[cfg.model]
     loss_fn = create_loss(cfg.loss, class_counts=counts, epochs=cfg.epochs).to(device)
@@ -204,7 +204,8 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
     start, log, best = 0, [], {"val": -1.0, "epoch": -1, "state": None}
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False, map_location=device)
+        # CPU first: generator states must stay CPU byte tensors; load_state_dict moves the rest.
+        ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
         if ck["key"] == cfg.key():
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
@@ -215,6 +216,8 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
                 tracker.load_state_dict(ck["tracker"])
             aug_gen.set_state(ck["aug_gen"])
             start, log, best = ck["epoch"] + 1, ck["log"], ck["best"]
+            # The log on disk may hold an epoch that finished after this checkpoint was cut.
+            (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     noisy_mask = data.noisy_train
     bar = None
     if progress:
@@ -300,10 +303,12 @@ def _summarize(cfg, data, model, log, best, x_tr, y_tr, x_te, y_te, at, out: Pat
     y_test = data.y_test
     per_class = [float((pred[y_test == c] == c).mean()) if (y_test == c).any() else None
                  for c in range(num_classes)]
-    final_model_state = copy.deepcopy(model.state_dict())
-    model.load_state_dict(best["state"])
-    top1_best_val = _evaluate(model, x_te, y_te)[0]
-    model.load_state_dict(final_model_state)
+    top1_best_val = top1
+    if best["state"] is not None:
+        final_model_state = copy.deepcopy(model.state_dict())
+        model.load_state_dict(best["state"])
+        top1_best_val = _evaluate(model, x_te, y_te)[0]
+        model.load_state_dict(final_model_state)
 
     loss, unc = _final_assessment(model, x_tr, y_tr, at, cfg.k, cfg.alpha, cfg.seed)
     q = quadrants(loss, unc)

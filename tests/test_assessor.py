@@ -96,3 +96,16 @@ def test_tracker_rejects_bad_updates():
         DifficultyTracker(0)
     with pytest.raises(ValueError, match="num_samples=5"):
         t.load_state_dict(DifficultyTracker(5).state_dict())
+
+
+def test_tracker_state_keeps_what_is_not_yet_synced(tmp_path):
+    t = DifficultyTracker(5)
+    t.update_loss([1, 3], [0.5, 0.7])
+    torch.save(t.state_dict(), tmp_path / "t.pt")
+    other = DifficultyTracker(5)
+    other.load_state_dict(torch.load(tmp_path / "t.pt"))  # weights_only=True by default
+    assert other._dirty["loss"].tolist() == [False, True, False, True, False]
+    assert other.loss[[1, 3]].tolist() == [0.5, 0.7]
+    t.update_loss([], [])  # an empty batch is fine
+    with pytest.raises(ValueError, match="kind='all'"):
+        t.measured("all")

@@ -127,3 +127,10 @@ def test_plain_loop_example_runs(capsys):
     out = capsys.readouterr().out
     assert "planned=True" in out and "precision" in out
     assert 0.0 <= acc <= 1.0
+
+
+def test_schedule_fields_are_checked():
+    with pytest.raises(ValueError, match="do not combine"):
+        create_schedule("rotate-2", uncertainty_every=2)
+    with pytest.raises(ValueError, match="unknown schedule field"):
+        create_schedule("paper", every=3)

@@ -91,3 +91,13 @@ def test_cli_rejects_unknown_options(tmp_path):
         cli.main(["train", "--set", "epoch=3", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="strategy='best'"):
         cli.main(["train", "--set", "strategy=best", "--out", str(tmp_path)])
+
+
+def test_constant_nonzero_paired_differences_are_significant():
+    d = paired_difference({0: 1.5, 1: 2.5, 2: 3.5}, {0: 1.0, 1: 2.0, 2: 3.0})  # exact in binary
+    assert d["mean"] == 0.5 and d["p"] == 0.0
+
+
+def test_a_validation_split_is_required():
+    with pytest.raises(ValueError, match="val_fraction=0"):
+        RunConfig(val_fraction=0).validate()

@@ -114,7 +114,7 @@ def test_state_dict_survives_torch_save(tmp_path):
     s.set_scores(rank_sum(40))
     next(iter(s))
     torch.save(s.state_dict(), tmp_path / "s.pt")
-    state = torch.load(tmp_path / "s.pt", weights_only=False)
+    state = torch.load(tmp_path / "s.pt")  # torch's default, weights_only=True
     other = MixedOrderBatchSampler(40, 4)
     other.load_state_dict(state)
     assert np.array_equal(other.scores, s.scores) and len(other) == len(s) - 1
@@ -160,3 +160,19 @@ def test_bad_scores():
         s.set_scores(np.r_[np.zeros(9), np.nan])
     with pytest.raises(ValueError, match="epoch=-1"):
         s.set_epoch(-1)
+
+
+def test_new_scores_mid_epoch_do_not_change_the_replayed_epoch():
+    s = MixedOrderBatchSampler(200, 8, seed=1)
+    s.set_scores(rank_sum(200, seed=1))
+    s.set_epoch(2)
+    it = iter(s)
+    head = [next(it) for _ in range(5)]
+    full = head + list(it)
+    s.set_scores(rank_sum(200, seed=2))  # e.g. an assessor that measures as it goes
+    state = s.state_dict(batches_done=5)
+    resumed = MixedOrderBatchSampler(200, 8)
+    resumed.load_state_dict(state)
+    assert list(resumed) == full[5:]
+    resumed.set_epoch(3)  # the next epoch is planned from the newest scores
+    assert np.array_equal(resumed.scores, rank_sum(200, seed=2))

@@ -85,7 +85,7 @@ def load_corpus(cfg) -> Corpus:
         keep = keep[lt]
     # Validation: a seeded share of the (long-tailed) training set, for choices only.
     perm = rng.permutation(keep.size)
-    n_val = int(round(cfg.val_fraction * keep.size))
+    n_val = max(1, int(round(cfg.val_fraction * keep.size)))
     val_idx, tr_idx = np.sort(keep[perm[:n_val]]), np.sort(keep[perm[n_val:]])
     y_clean = ytr[tr_idx]
     y_train, y_val, noisy = y_clean.copy(), ytr[val_idx].copy(), None
