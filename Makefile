@@ -32,8 +32,8 @@ demo: $(VENV)/.installed
 	@if $(PY) -c "import sys; from mombs.data.fashion_mnist import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)"; then \
 	  $(PY) -m mombs.cli compare --config configs/demo.yaml; \
 	else \
-	  echo "Fashion-MNIST is not available here: falling back to scikit-learn's digits (long-tailed, 150 images in the largest class)."; \
-	  $(PY) -m mombs.cli compare --config configs/demo.yaml --set dataset=digits --set img_max=150 --set imbalance=0.1 --out runs/demo-digits; \
+	  echo "Fashion-MNIST is not available here: falling back to scikit-learn's digits (long-tailed, 120 images in the largest class)."; \
+	  $(PY) -m mombs.cli compare --config configs/demo.yaml --set dataset=digits --set img_max=120 --set imbalance=0.1 --out runs/demo-digits; \
 	fi
 
 clean:
