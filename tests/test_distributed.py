@@ -107,3 +107,18 @@ def test_tracker_sync_gathers_all_values_on_every_rank(tmp_path):
     assert np.allclose(r0["loss"], expected)
     assert r0["unc"] == (-np.arange(10.0)).tolist()
     assert r0["loss_epoch"] == [5] + [5, 4] * 4 + [5]  # odd indices: rank 1, at epoch 5
+
+
+def test_ddp_example_runs_with_two_gloo_processes():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(_free_port()), str(root / "examples" / "ddp_loop.py"),
+                           "--epochs", "3", "--pivot-epoch", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("epoch")]
+    assert len(lines) == 3 and "world 2" in lines[0] and "planned=True" in lines[-1]
