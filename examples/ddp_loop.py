@@ -9,6 +9,7 @@ agree on the plan without further communication.
 """
 
 import argparse
+import gc
 import os
 import sys
 
@@ -65,6 +66,11 @@ def main(argv=None):
                 acc = (model(xs.to(device)).argmax(1).cpu() == ys).float().mean().item()
             print(f"epoch {epoch}  world {world}  steps/rank {len(sampler)}  planned={sampler.uses_scores()}  "
                   f"test top-1 {acc:.3f}", flush=True)
+    # Release DDP before its process group: a DDP reducer that outlives the group
+    # can abort the process at exit ("terminate called without an active exception").
+    del ddp, opt, model, assessor, loader, sampler
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
