@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from .assessor import MEASURES, DifficultyTracker, QuadrantResult
-from .noise import _disturb, _eval_mode, _resolve_activation, _to_probs, feature_noise_uncertainty, \
+from .noise import _check_noise_args, _disturb, _eval_mode, _resolve_activation, _to_probs, feature_noise_uncertainty, \
     find_module, prediction_entropy
 from .schedule import DEFAULT_SCHEDULE, AssessmentSchedule, create_schedule
 
@@ -95,12 +95,7 @@ class DifficultyAssessor:
         self.schedule = create_schedule(schedule)
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k={k!r} must be an integer >= 1")
-        if not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
-            raise ValueError(f"alpha={alpha!r} must be a number in [0, 1)")
-        if activation not in ("auto", "softmax", "sigmoid"):
-            raise ValueError(f"activation={activation!r} must be 'auto', 'softmax' or 'sigmoid'")
+        _check_noise_args(k, alpha, activation)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
         if self.schedule.uncertainty_source == "train" and head is None:

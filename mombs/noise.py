@@ -80,6 +80,16 @@ def _to_probs(out: torch.Tensor, activation: str) -> torch.Tensor:
     return torch.softmax(out, dim=1) if activation == "softmax" else torch.sigmoid(out)
 
 
+def _check_noise_args(k, alpha, activation) -> None:
+    """The checks shared by every caller that disturbs features."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r} must be an integer >= 1")
+    if not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+        raise ValueError(f"alpha={alpha!r} must be a number in [0, 1)")
+    if activation not in ("auto", "softmax", "sigmoid"):
+        raise ValueError(f"activation={activation!r} must be 'auto', 'softmax' or 'sigmoid'")
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
     """Eval mode for the duration; each module's own flag is restored after."""
@@ -141,12 +151,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
         ValueError: for an unknown ``at`` (listing the names available) or
             out-of-range ``k``, ``alpha`` or ``activation``.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k={k!r} must be an integer >= 1")
-    if not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
-        raise ValueError(f"alpha={alpha!r} must be a number in [0, 1)")
-    if activation not in ("auto", "softmax", "sigmoid"):
-        raise ValueError(f"activation={activation!r} must be 'auto', 'softmax' or 'sigmoid'")
+    _check_noise_args(k, alpha, activation)
     if tiled not in (None, True, False):
         raise ValueError(f"tiled={tiled!r} must be True, False or None")
     module = find_module(model, at)
