@@ -294,7 +294,38 @@ def _jittered_order(scores: np.ndarray, rng: np.random.Generator, jitter: float)
     noise -= key_dtype(0.5)
     noise *= key_dtype(2.0 * half)
     noise += scores
-    return np.argsort(noise)
+    return _order(noise)
+
+
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _order(values: np.ndarray) -> np.ndarray:
+    """Ascending argsort whose result is the same on every machine.
+
+    Every rank of a distributed job derives the plan on its own, so equal keys
+    must not be left to the sort kernel (numpy's quicksort orders ties
+    differently on AVX-512 and AVX2). The keys are rounded to float32, mapped to
+    order-preserving unsigned ints and packed above the position: all keys are
+    then distinct and any correct sort returns the same order, ties by position.
+    Sorting the packed keys costs little more than ``np.argsort`` of float32.
+    Rounding to float32 only ties values closer than 6e-8 relative, which no
+    plan notices.
+    """
+    n = values.shape[0]
+    if n >= 2 ** 32:  # no room for the position: a stable sort is also deterministic
+        return np.argsort(values, kind="stable")
+    bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
+    negative = bits >= np.uint64(0x80000000)
+    # Sign-magnitude to two's-order: flip all bits of negatives, the sign bit of
+    # the rest; -0.0 sorts just before +0.0.
+    np.bitwise_xor(bits, _LOW32, out=bits, where=negative)
+    np.bitwise_or(bits, np.uint64(0x80000000), out=bits, where=~negative)
+    bits <<= np.uint64(32)
+    bits |= np.arange(n, dtype=np.uint64)
+    bits.sort()
+    bits &= _LOW32
+    return bits.astype(np.int64)
 
 
 def _split_stratified(order: np.ndarray, k: int,
@@ -339,7 +370,7 @@ def _layout_mixed(sorted_items: np.ndarray, scores: np.ndarray, m: int, b: int,
         t = (b - 3) // 2  # middle three layers: where sorted scores are most linear
         shift = (ar + m // 2) % m
         ab = values[t] + values[t + 1][shift]
-        up = np.argsort(ab)
+        up = _order(ab)
         groups.append({t: up, t + 1: shift[up], t + 2: rev})
         free = [l for l in free if l not in (t, t + 1, t + 2)]
     for i in range(0, len(free) - 1, 2):
@@ -360,8 +391,8 @@ def _layout_mixed(sorted_items: np.ndarray, scores: np.ndarray, m: int, b: int,
     while len(heap) > 1:
         _, _, node_a, sums_a = heapq.heappop(heap)
         _, _, node_b, sums_b = heapq.heappop(heap)
-        ia = np.argsort(sums_a)
-        ib = np.argsort(sums_b)[::-1]
+        ia = _order(sums_a)
+        ib = _order(sums_b)[::-1]
         sums = sums_a[ia] + sums_b[ib]
         heapq.heappush(heap, (-float(np.ptp(sums)), counter, ("merge", node_a, ia, node_b, ib), sums))
         counter += 1
@@ -408,7 +439,7 @@ def _rematch_layers(positions: dict[int, np.ndarray], values: np.ndarray, *,
     it back matched against the other layers' sums, lowest rest with highest
     item. Each step can only lower the variance of the sums."""
     m = values.shape[1]
-    descending = {l: np.argsort(values[l])[::-1] for l in positions}
+    descending = {l: _order(values[l])[::-1] for l in positions}
     total = sum(values[l][p] for l, p in positions.items())
     for _ in range(max_rounds):
         if float(total.std()) <= target_std:
@@ -416,6 +447,6 @@ def _rematch_layers(positions: dict[int, np.ndarray], values: np.ndarray, *,
         for layer in sorted(positions):
             rest = total - values[layer][positions[layer]]
             new = np.empty(m, dtype=np.int64)
-            new[np.argsort(rest)] = descending[layer]
+            new[_order(rest)] = descending[layer]
             positions[layer] = new
             total = rest + values[layer][new]

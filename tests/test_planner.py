@@ -242,3 +242,34 @@ def test_pairs_are_the_antisorted_matching(n, world, seed):
     q1, q3 = np.percentile(scores, [25.0, 75.0])
     half = max(np.sqrt(3.0) * DEFAULT_JITTER * scores.std(), (q3 - q1) / (0.5 * n))
     assert jittered.std() <= antisorted_pair_sums(scores[items]).std() + 4 * half + 1e-9
+
+
+@given(st.lists(st.sampled_from([-2.5, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, 1e-30, -1e30]), min_size=1, max_size=200),
+       st.booleans())
+def test_order_breaks_ties_by_position(values, double):
+    # The order every rank derives must not depend on the sort kernel: it is the
+    # stable order of the float32-rounded keys, ties by position (and -0.0 just
+    # before +0.0, which numpy's own sorts treat as equal).
+    from mombs.planner import _order
+
+    v = np.array(values, dtype=np.float64 if double else np.float32)
+    got = _order(v)
+    keys = v.astype(np.float32)
+    expected = sorted(range(len(v)), key=lambda i: (float(keys[i]), not np.signbit(keys[i]), i))
+    assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("b", [2, 5, 16])
+def test_mixed_plan_does_not_depend_on_the_sort_kernel(monkeypatch, b):
+    # Half-integer rank sums tie massively. Emulate a numpy whose sorts order
+    # ties the other way round: the plan must not change.
+    scores = np.round(rank_sum(3000, 3) / 4) * 2
+    expected = plan_batches(scores, b, seed=1, num_replicas=2, rank=1).tolist()
+    real = np.argsort
+
+    def reversed_ties(a, *args, **kwargs):
+        a = np.asarray(a)
+        return len(a) - 1 - real(a[::-1], kind="stable") if a.ndim == 1 else real(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "argsort", reversed_ties)
+    assert plan_batches(scores, b, seed=1, num_replicas=2, rank=1).tolist() == expected
