@@ -49,9 +49,10 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
     replica derives the same global plan from the same scores, seed and epoch and
     keeps its share: each gets ``len(self)`` balanced batches of ``batch_size``,
     and together they cover the data set once per epoch, padded as
-    ``DistributedSampler`` pads when ``drop_last=False``. Ranks must run the
-    same numpy build on the same CPU family: equal keys are ordered by numpy's
-    quicksort, whose order for ties may differ between builds.
+    ``DistributedSampler`` pads when ``drop_last=False``. The plan does not
+    depend on the numpy build or CPU: ties are ordered by position, never by the
+    sort kernel. The scores themselves must be equal on every rank (the
+    assessor's ``sync`` makes them so).
 
     Args:
         data_source: the data set (anything with ``len``) or its size ``N``.
