@@ -273,23 +273,30 @@ def _plan_items(scores: np.ndarray, batch_size: int, num_full: int, tail_size: i
     return full, tails
 
 
+def _jitter_half_width(scores: np.ndarray, jitter: float) -> float:
+    """Half-width of the uniform ordering noise for ``scores`` (``n >= 1``).
+
+    It is ``sqrt(3) * jitter * std`` (noise of std ``jitter * std``). On small
+    data sets it is at least the average gap between neighbours in the middle
+    half of the scores, so that neighbours can trade places and pairs do not
+    repeat; outliers do not inflate that floor. A constant vector gets 1.0: a
+    pure shuffle.
+    """
+    n = scores.shape[0]
+    half = np.sqrt(3.0) * jitter * float(np.std(scores, dtype=np.float64))
+    if n > 1 and (float(scores.max()) - float(scores.min())) / (n - 1) > half:
+        q1, q3 = np.percentile(scores, [25.0, 75.0])
+        half = max(half, float(q3 - q1) / (0.5 * n))
+    return half if half > 0.0 else 1.0
+
+
 def _jittered_order(scores: np.ndarray, rng: np.random.Generator, jitter: float) -> np.ndarray:
     """Argsort of ``scores`` plus uniform noise of std ``jitter * std(scores)``."""
     n = scores.shape[0]
     if n == 0 or jitter == 0:
         return np.argsort(scores, kind="stable")
     key_dtype = np.float64 if scores.dtype == np.float64 else np.float32
-    std = float(np.std(scores, dtype=np.float64))
-    # Half-width of the uniform noise. On small data sets it is at least the
-    # average gap between neighbours in the middle half of the scores, so that
-    # neighbours can trade places and pairs do not repeat; outliers do not
-    # inflate that floor. A constant vector gets a pure shuffle.
-    half = np.sqrt(3.0) * jitter * std
-    if n > 1 and (float(scores.max()) - float(scores.min())) / (n - 1) > half:
-        q1, q3 = np.percentile(scores, [25.0, 75.0])
-        half = max(half, float(q3 - q1) / (0.5 * n))
-    if half == 0.0:
-        half = 1.0
+    half = _jitter_half_width(scores, jitter)
     noise = rng.random(n, dtype=key_dtype)
     noise -= key_dtype(0.5)
     noise *= key_dtype(2.0 * half)
@@ -309,8 +316,9 @@ def _order(values: np.ndarray) -> np.ndarray:
     order-preserving unsigned ints and packed above the position: all keys are
     then distinct and any correct sort returns the same order, ties by position.
     Sorting the packed keys costs little more than ``np.argsort`` of float32.
-    Rounding to float32 only ties values closer than 6e-8 relative, which no
-    plan notices.
+    Rounding to float32 ties only values within about 6e-8 of each other
+    relative to their magnitude: far finer than the jitter or the merge sums
+    unless the scores carry an offset millions of times their spread.
     """
     n = values.shape[0]
     if n >= 2 ** 32:  # no room for the position: a stable sort is also deterministic

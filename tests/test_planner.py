@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from conftest import rank_sum
 from mombs import plan_batches, replica_layout
-from mombs.planner import DEFAULT_JITTER
+from mombs.planner import DEFAULT_JITTER, _jitter_half_width
 
 
 def batch_sums(scores, plan):
@@ -237,10 +237,9 @@ def test_pairs_are_the_antisorted_matching(n, world, seed):
     sums, items = pooled_sums(scores, 2, world, seed, jitter=0.0)
     np.testing.assert_array_equal(np.sort(sums), np.sort(antisorted_pair_sums(scores[items])))
     # The jitter moves an item at most 2*half from its sorted slot, so a pair sum
-    # by at most 4*half (half: the documented floor of the jitter's half-width).
+    # by at most 4*half (half: the jitter's half-width, as the planner sets it).
     jittered, items = pooled_sums(scores, 2, world, seed)
-    q1, q3 = np.percentile(scores, [25.0, 75.0])
-    half = max(np.sqrt(3.0) * DEFAULT_JITTER * scores.std(), (q3 - q1) / (0.5 * n))
+    half = _jitter_half_width(scores, DEFAULT_JITTER)
     assert jittered.std() <= antisorted_pair_sums(scores[items]).std() + 4 * half + 1e-9
 
 
