@@ -53,7 +53,7 @@ from mombs.envinfo import environment_info
 from mombs.models import FEATURE_MODULE, create_model
 from mombs.noise import _disturb, find_module
 
-from overhead import load_data
+from overhead import full_pass, load_data
 
 ESTIMATES = ("reuse-loss", "stale-1", "rotate-3", "rotate-4", "rotate-3+train", "rotate-4+train",
              "rotate-4-moved", "train-features")
@@ -86,29 +86,26 @@ def fidelity_run(args, x, y, seed: int) -> dict:
             mean = logits.softmax(-1).reshape(args.k, -1, logits.shape[-1]).mean(0)
         return mombs.prediction_entropy(mean)
 
-    def eval_pass(train_mode_bn: bool = False):
-        """Loss and uncertainty of every sample under the current weights."""
-        loss, unc = torch.empty(n), torch.empty(n)
-        with torch.no_grad():
-            if not train_mode_bn:
-                model.eval()
-                for s in range(0, n, 512):
-                    xb = x[s:s + 512]
-                    loss[s:s + 512] = F.cross_entropy(model(xb), y[s:s + 512], reduction="none")
-                    unc[s:s + 512] = mombs.feature_noise_uncertainty(model, xb, at=at, k=args.k, generator=gen)
-            else:  # batch statistics of random training-size batches, running stats left alone
-                bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-                saved = [m.momentum for m in bns]
-                for m in bns:
-                    m.momentum = 0.0
-                model.train()
-                for idx in torch.randperm(n, generator=gen).split(args.batch_size):
-                    model(x[idx])
-                    unc[idx] = head_uncertainty(captured["f"])
-                for m, mom in zip(bns, saved):
-                    m.momentum = mom
-        model.train()
+    def eval_pass():
+        """Loss and uncertainty of every sample under the current weights (the overhead reference's pass)."""
+        loss, unc = full_pass(model, x, y, at, args.k, gen)
         return loss.numpy(), unc.numpy()
+
+    def trainmode_uncertainty():
+        """Uncertainty with BatchNorm on the batch statistics of random training-size batches, weights frozen."""
+        unc = torch.empty(n)
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.momentum = 0.0  # running statistics left alone
+        model.train()
+        with torch.no_grad():
+            for idx in torch.randperm(n, generator=gen).split(args.batch_size):
+                model(x[idx])
+                unc[idx] = head_uncertainty(captured["f"])
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        return unc.numpy()
 
     parts = {3: _parts(n, 3, seed), 4: _parts(n, 4, seed)}
     rotated = {3: np.zeros(n), 4: np.zeros(n)}
@@ -160,7 +157,7 @@ def fidelity_run(args, x, y, seed: int) -> dict:
             row["unc_epoch_to_epoch"] = mombs.spearman(prev_unc, ev_unc)
             row["loss_epoch_to_epoch"] = mombs.spearman(prev_loss, ev_loss)
             row["unc_train_vs_eval"] = mombs.spearman(train_unc, ev_unc)
-            row["unc_trainmode_frozen"] = mombs.spearman(eval_pass(train_mode_bn=True)[1], ev_unc)
+            row["unc_trainmode_frozen"] = mombs.spearman(trainmode_uncertainty(), ev_unc)
             rows.append({k: v if k == "epoch" else round(float(v), 4) for k, v in row.items()})
             print(json.dumps({"seed": seed, **rows[-1]}), flush=True)
         prev_unc, prev_loss = ev_unc, ev_loss

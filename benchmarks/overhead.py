@@ -59,19 +59,30 @@ def load_data(args):
     return x[perm], torch.from_numpy(clean), torch.from_numpy(noisy), name
 
 
-def fresh_scores(model, x, y, at, k, batch_size, measure):
-    """A full eval-mode assessment with its own noise: the fidelity reference."""
-    gen = torch.Generator(device=x.device).manual_seed(987654)
+def full_pass(model, x, y, at, k, generator, chunk=512):
+    """Eval-mode loss and ``k``-pass feature-noise uncertainty of every sample, in chunks.
+
+    Returns:
+        ``(loss, uncertainty)``, two float tensors of shape ``(N,)`` on the CPU, higher = harder.
+        The model's train/eval mode is restored.
+    """
     losses, uncs = [], []
     was = model.training
     model.eval()
     with torch.no_grad():
-        for s in range(0, len(y), 512):
-            xb, yb = x[s:s + 512], y[s:s + 512]
+        for s in range(0, len(y), chunk):
+            xb, yb = x[s:s + chunk], y[s:s + chunk]
             losses.append(F.cross_entropy(model(xb), yb, reduction="none").cpu())
-            uncs.append(mombs.feature_noise_uncertainty(model, xb, at=at, k=8, generator=gen).cpu())
+            uncs.append(mombs.feature_noise_uncertainty(model, xb, at=at, k=k, generator=generator).cpu())
     model.train(was)
-    return mombs.difficulty_scores(torch.cat(losses), torch.cat(uncs), measure=measure)
+    return torch.cat(losses), torch.cat(uncs)
+
+
+def fresh_scores(model, x, y, at, measure):
+    """The fidelity reference: a full assessment with K = 8 whatever the schedule's K, and its own noise."""
+    gen = torch.Generator(device=x.device).manual_seed(987654)
+    loss, unc = full_pass(model, x, y, at, 8, gen)
+    return mombs.difficulty_scores(loss, unc, measure=measure)
 
 
 def _sync(device):
@@ -108,7 +119,7 @@ class Arm:
         model, x, y, args = self.model, self.x, self.y, self.args
         if self.schedule is not None and epoch >= args.pivot_epoch:
             # Not timed: the reference assessment that fidelity is measured against.
-            fresh = fresh_scores(model, x, y, self.at, args.k, 512, "both")
+            fresh = fresh_scores(model, x, y, self.at, "both")
             self.fidelity.append(mombs.spearman(self.sampler.scores, fresh))
         _sync(self.device)
         t0 = time.perf_counter()
