@@ -60,22 +60,19 @@ def load_data(args):
 
 
 def full_pass(model, x, y, at, k, generator, chunk=512):
-    """Eval-mode loss and ``k``-pass feature-noise uncertainty of every sample, in chunks.
+    """Eval-mode loss and ``k``-pass feature-noise uncertainty of every sample.
+
+    The library's one measuring pass (:func:`mombs.assessment_pass`) over the
+    tensors, ``chunk`` samples a batch.
 
     Returns:
         ``(loss, uncertainty)``, two float tensors of shape ``(N,)`` on the CPU, higher = harder.
         The model's train/eval mode is restored.
     """
-    losses, uncs = [], []
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        for s in range(0, len(y), chunk):
-            xb, yb = x[s:s + chunk], y[s:s + chunk]
-            losses.append(F.cross_entropy(model(xb), yb, reduction="none").cpu())
-            uncs.append(mombs.feature_noise_uncertainty(model, xb, at=at, k=k, generator=generator).cpu())
-    model.train(was)
-    return torch.cat(losses), torch.cat(uncs)
+    data = mombs.IndexedDataset(TensorDataset(x, y))
+    (_, loss), (_, unc) = mombs.assessment_pass(model, data, at=at, k=k, batch_size=chunk,
+                                                device=x.device, generator=generator)
+    return torch.from_numpy(loss), torch.from_numpy(unc)
 
 
 def fresh_scores(model, x, y, at, measure):

@@ -73,9 +73,9 @@ def run_case(scores, batch_size, strategy, random_std, repeats=1, argsort_second
     n = len(scores)
     if argsort_seconds is None:
         argsort_seconds, _ = _timed(lambda: np.argsort(scores), repeats)
-    seconds, plan = _timed(lambda: plan_batches(scores, batch_size, strategy=strategy,
+    seconds, plan = _timed(lambda: plan_batches(scores, batch_size, order=strategy,
                                                 seed=0, epoch=0, drop_last=True), repeats)
-    nxt = plan_batches(scores, batch_size, strategy=strategy, seed=0, epoch=1, drop_last=True)
+    nxt = plan_batches(scores, batch_size, order=strategy, seed=0, epoch=1, drop_last=True)
     flat = plan.full.reshape(-1)
     return {
         "n": n, "batch_size": batch_size, "strategy": strategy,
@@ -104,14 +104,14 @@ def main(argv=None) -> int:
     records = []
     scores = rank_sum_scores(args.n)
     for b in args.batch_sizes:
-        random_std = batch_sum_std(scores, plan_batches(scores, b, strategy="random", drop_last=True))
+        random_std = batch_sum_std(scores, plan_batches(scores, b, order="random", drop_last=True))
         for strategy in ("random", "mixed", "anti"):
             rec = run_case(scores, b, strategy, random_std, repeats=1)
             records.append(rec)
             print(json.dumps(rec), flush=True)
     if args.large_n:
         big = rank_sum_scores(args.large_n, seed=1)
-        random_std = batch_sum_std(big, plan_batches(big, 64, strategy="random", drop_last=True))
+        random_std = batch_sum_std(big, plan_batches(big, 64, order="random", drop_last=True))
         # Interleave the two timings so that machine noise hits both alike.
         sort_t, plan_t = [], []
         for _ in range(args.repeats):

@@ -2,8 +2,8 @@
 
 Runs offline in about a minute on a laptop CPU:
 
-    python examples/plain_loop.py --epochs 30 --strategy mixed
-    python examples/plain_loop.py --epochs 30 --strategy random   # the baseline
+    python examples/plain_loop.py --epochs 30 --order mixed
+    python examples/plain_loop.py --epochs 30 --order random   # the baseline
 
 The mombs lines are marked with ``# mombs``.
 """
@@ -52,7 +52,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--pivot-epoch", type=int, default=5)
     p.add_argument("--noise", type=float, default=0.3)
-    p.add_argument("--strategy", default="mixed", choices=mombs.STRATEGIES)
+    p.add_argument("--order", default="mixed", choices=mombs.ORDERS)
     p.add_argument("--schedule", default=mombs.DEFAULT_SCHEDULE, choices=sorted(mombs.SCHEDULES))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -63,7 +63,7 @@ def main(argv=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     train = mombs.IndexedDataset(train_set)                                   # mombs
-    sampler = mombs.MixedOrderBatchSampler(train, args.batch_size, strategy=args.strategy,
+    sampler = mombs.MixedOrderBatchSampler(train, args.batch_size, order=args.order,
                                            pivot_epoch=args.pivot_epoch, seed=args.seed)  # mombs
     assessor = mombs.DifficultyAssessor(model, train, at="features", sampler=sampler,
                                         schedule=args.schedule, head=model.head)         # mombs

@@ -10,13 +10,14 @@ The public surface:
   plain training loop in a few lines.
 """
 
-from .assessor import QUADRANTS, DifficultyTracker, QuadrantResult, difficulty_scores, quadrants, rank_average, spearman
+from .assessor import DifficultyAssessor, assessment_pass, to_device
 from .data import IndexedDataset
-from .loop import DifficultyAssessor, per_sample_loss
-from .noise import feature_noise_uncertainty, prediction_entropy
-from .planner import STRATEGIES, BatchPlan, plan_batches, replica_layout
+from .difficulty import QUADRANTS, DifficultyTracker, QuadrantResult, difficulty_scores, quadrants, rank_average, spearman
+from .noise import default_output_fn, feature_noise_uncertainty, prediction_entropy
+from .planner import ORDERS, BatchPlan, plan_batches, replica_layout
 from .sampler import MixedOrderBatchSampler
-from .schedule import DEFAULT_SCHEDULE, SCHEDULES, AssessmentSchedule, create_schedule
+from .schedule import DEFAULT_SCHEDULE, SCHEDULES, AssessmentSchedule, create_schedule, planned
+from .tasks import TASKS, TaskAdapter, create_task, per_sample_loss
 
 __version__ = "0.1.0"
 
@@ -31,8 +32,13 @@ __all__ = [
     "QUADRANTS",
     "QuadrantResult",
     "SCHEDULES",
-    "STRATEGIES",
+    "ORDERS",
+    "TASKS",
+    "TaskAdapter",
+    "assessment_pass",
     "create_schedule",
+    "create_task",
+    "default_output_fn",
     "difficulty_scores",
     "feature_noise_uncertainty",
     "per_sample_loss",
@@ -41,6 +47,8 @@ __all__ = [
     "quadrants",
     "rank_average",
     "replica_layout",
+    "planned",
     "spearman",
+    "to_device",
     "__version__",
 ]

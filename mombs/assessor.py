@@ -1,330 +1,421 @@
-"""Per-sample difficulty: rank-sum scores, quadrants and bookkeeping (``shared/METHOD.md`` §1).
+"""The few lines that put MoMBS into a plain PyTorch training loop.
 
-This module knows nothing of data sets or models: it turns per-sample loss and
-uncertainty values into difficulty scores and keeps them up to date.
+.. code-block:: python
+
+    train = IndexedDataset(train_set)                      # items become (index, x, y)
+    sampler = MixedOrderBatchSampler(train, 16, pivot_epoch=5)
+    assessor = DifficultyAssessor(model, train, at="layer3", sampler=sampler)
+    loader = DataLoader(train, batch_sampler=sampler)
+    for epoch in range(epochs):
+        assessor.start_epoch(epoch)                        # also sets the sampler's epoch
+        for idx, x, y in loader:
+            loss = F.cross_entropy(model(x), y, reduction="none")
+            assessor.observe(idx, loss)                    # per-sample losses, no copy of the graph
+            loss.mean().backward(); opt.step(); opt.zero_grad()
+        assessor.end_epoch()                               # measures per schedule, feeds the sampler
+
+The assessor owns the measuring: it runs the schedule's assessment passes over
+the data set it was given, keeps a :class:`~mombs.difficulty.DifficultyTracker`,
+merges ranks under ``torch.distributed`` and hands the scores to the sampler.
+It knows nothing of tasks: a :class:`~mombs.tasks.TaskAdapter` (or ``output_fn``,
+``loss_fn`` and ``uncertainty_fn``) says what the prediction is and how loss and
+uncertainty reduce to one value per sample, so models that return dicts and
+targets that are lists of dicts (detection) work as plain classifiers do.
+
+:func:`assessment_pass` is the one full measuring pass; the runner and the
+benchmarks use it too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
 
-__all__ = [
-    "MEASURES",
-    "QUADRANTS",
-    "DifficultyTracker",
-    "QuadrantResult",
-    "difficulty_scores",
-    "quadrants",
-    "rank_average",
-    "spearman",
-]
+from .difficulty import MEASURES, DifficultyTracker, QuadrantResult
+from .noise import _check_noise_args, _disturb, _eval_mode, _resolve_activation, _to_probs, \
+    feature_noise_uncertainty, find_module, prediction_entropy
+from .schedule import DEFAULT_SCHEDULE, AssessmentSchedule, create_schedule, planned
+from .tasks import TaskAdapter, create_task, per_sample_loss
 
-#: Which ranks :func:`difficulty_scores` sums: both (MoMBS), or one (ablations Mo+l, Mo+u).
-MEASURES = ("both", "loss", "uncertainty")
-
-#: Quadrant names, in code order (``QuadrantResult.codes`` indexes this tuple).
-QUADRANTS = ("poorly-labeled", "under-represented", "well-represented", "overfitted")
+__all__ = ["DifficultyAssessor", "assessment_pass", "per_sample_loss", "to_device"]
 
 
-def _as_values(name: str, values, n: int | None = None) -> np.ndarray:
-    if torch.is_tensor(values):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must have shape (N,), got shape {arr.shape}")
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} entries but {n} were expected")
-    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-    if bad:
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf) out of {arr.size}")
-    return arr
+def to_device(obj, device, *, non_blocking: bool = False):
+    """``obj`` with every tensor in it moved to ``device``.
 
-
-def rank_average(values) -> np.ndarray:
-    """Ascending ranks ``1..N`` with ties given their average rank (``(N,)`` float64).
-
-    The same as ``scipy.stats.rankdata(values, method="average")``.
+    Tensors, mappings, lists and tuples (named tuples too) are walked
+    recursively, so detection targets (a list of dicts of tensors) move like a
+    plain label tensor; anything else is returned as it is.
     """
-    arr = _as_values("values", values)
-    return _compute_ranks(arr)
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, Mapping):
+        moved = {k: to_device(v, device, non_blocking=non_blocking) for k, v in obj.items()}
+        try:
+            return type(obj)(moved)
+        except TypeError:  # a mapping type that cannot be built from a dict
+            return moved
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple
+        return type(obj)(*(to_device(v, device, non_blocking=non_blocking) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device, non_blocking=non_blocking) for v in obj)
+    return obj
 
 
-def _compute_ranks(arr: np.ndarray) -> np.ndarray:
-    n = arr.shape[0]
-    order = np.argsort(arr, kind="stable")
-    sorted_vals = arr[order]
-    # Start of each run of equal values; a run's average rank is (first + last) / 2.
-    new_run = np.empty(n, dtype=bool)
-    new_run[:1] = True
-    np.not_equal(sorted_vals[1:], sorted_vals[:-1], out=new_run[1:])
-    run_id = np.cumsum(new_run) - 1
-    starts = np.flatnonzero(new_run)
-    ends = np.append(starts[1:], n)
-    avg = (starts + ends + 1) / 2.0  # 1-based ranks start+1 .. end
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = avg[run_id]
-    return ranks
+def _default_batch_fn(batch):
+    return batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
 
 
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two ``(N,)`` vectors (average ranks for ties).
+def _select(obj, mask: np.ndarray):
+    """The rows of a batch picked by a ``(B,)`` bool mask: tensors, sequences and mappings."""
+    if torch.is_tensor(obj):
+        return obj[torch.from_numpy(mask).to(obj.device)]
+    if isinstance(obj, Mapping):
+        return type(obj)({k: _select(v, mask) for k, v in obj.items()})
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(v for v, keep in zip(obj, mask) if keep)
+    return obj
 
-    Returns ``nan`` when either vector is constant.
-    """
-    ra, rb = _compute_ranks(_as_values("a", a)), _compute_ranks(_as_values("b", b, len(a)))
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+def _as_index_array(indices) -> np.ndarray:
+    return indices.cpu().numpy() if torch.is_tensor(indices) else np.asarray(indices)
 
 
-def difficulty_scores(loss, uncertainty=None, *, measure: str = "both") -> np.ndarray:
-    """MoMBS difficulty: the sum of the ascending ranks of loss and uncertainty.
+def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty_indices=None,
+                    at: str | None = None, k: int = 8, alpha: float = 0.3,
+                    task: str | TaskAdapter = "classification", loss_fn: Callable | None = None,
+                    output_fn: Callable | None = None, uncertainty_fn: Callable | None = None,
+                    activation: str | None = None, batch_size: int = 256, num_workers: int = 0,
+                    collate_fn: Callable | None = None, batch_fn: Callable | None = None, device=None,
+                    generator: torch.Generator | None = None, chunk_rows: int | None = None
+                    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """One eval-mode measuring pass: per-sample losses and K-pass uncertainties.
 
-    ``d_i = rank(l_i) + rank(u_i)`` (``shared/METHOD.md`` §1). Ranks remove the
-    scale mismatch of the two measures and damp epoch-to-epoch fluctuation.
+    The data set is read once, in index order, over the union of the two index
+    sets; every batch gets one plain forward for its losses and ``k`` disturbed
+    ones (chunked, running mean) for its uncertainties. Nothing is trained and
+    every module's train/eval flag is restored.
 
     Args:
-        loss: ``(N,)`` per-sample losses, higher = worse fit.
-        uncertainty: ``(N,)`` per-sample uncertainties, higher = more uncertain.
-            Not needed for ``measure="loss"``.
-        measure: ``"both"`` (MoMBS), ``"loss"`` (ablation Mo+l) or
-            ``"uncertainty"`` (Mo+u).
+        model: the network.
+        dataset: items ``(index, input, target, ...)`` as
+            :class:`~mombs.data.IndexedDataset` makes them (or what ``batch_fn``
+            reads).
+        loss_indices: ``(n,)`` indices to measure the loss of; ``None``: all,
+            an empty array: none.
+        uncertainty_indices: the same for the uncertainty.
+        at: submodule whose output is disturbed (needed for uncertainties).
+        k: disturbed predictions per sample, ``>= 1``.
+        alpha: noise half-width, ``[0, 1)``.
+        task: a :class:`~mombs.tasks.TaskAdapter` or its registered name; the
+            three ``*_fn`` arguments and ``activation`` override its parts.
+        loss_fn: ``loss_fn(outputs, targets) -> (B,)`` per-sample losses.
+        output_fn: model output -> prediction tensor.
+        uncertainty_fn: ``(B, C, ...)`` mean probabilities -> ``(B,)``.
+        activation: ``"auto"``, ``"softmax"`` or ``"sigmoid"``.
+        batch_size: samples per batch, ``>= 1``.
+        num_workers: ``DataLoader`` workers.
+        collate_fn: the ``DataLoader``'s collate function (e.g. detection's
+            list-of-dicts one); default torch's.
+        batch_fn: ``batch -> (indices, inputs, targets)``.
+        device: where inputs and targets go; default the model's.
+        generator: private noise generator; default one seeded with 0.
+        chunk_rows: most disturbed rows per forward (see
+            :func:`~mombs.feature_noise_uncertainty`).
 
     Returns:
-        ``(N,)`` float64 scores, higher = harder: in ``[2, 2N]`` for ``"both"``,
-        ``[1, N]`` for one measure. Ties share their average rank.
-
-    Raises:
-        ValueError: for an unknown measure, wrong shapes, or NaN/inf values
-            (the message says how many).
+        ``((loss_idx, loss), (unc_idx, unc))``: sorted ``(n,)`` int64 indices and
+        ``(n,)`` float64 values of each measure, higher = harder.
     """
-    if measure not in MEASURES:
-        raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
-    if measure == "loss":
-        return _compute_ranks(_as_values("loss", loss))
-    if uncertainty is None:
-        raise ValueError(f"measure={measure!r} needs uncertainty values")
-    if measure == "uncertainty":
-        return _compute_ranks(_as_values("uncertainty", uncertainty))
-    loss = _as_values("loss", loss)
-    unc = _as_values("uncertainty", uncertainty, loss.shape[0])
-    return _compute_ranks(loss) + _compute_ranks(unc)
+    adapter = create_task(task)
+    loss_fn = loss_fn or adapter.loss_fn
+    output_fn = output_fn or adapter.output_fn
+    uncertainty_fn = uncertainty_fn or adapter.uncertainty_fn
+    activation = activation or adapter.activation
+    batch_fn = batch_fn or _default_batch_fn
+    n = len(dataset)
+    every = np.arange(n, dtype=np.int64)
+    loss_idx = every if loss_indices is None else np.unique(np.asarray(loss_indices, dtype=np.int64))
+    unc_idx = every if uncertainty_indices is None else np.unique(np.asarray(uncertainty_indices, dtype=np.int64))
+    if unc_idx.size and at is None:
+        raise ValueError("at=None: uncertainties need the name of the submodule to disturb")
+    idx = np.union1d(loss_idx, unc_idx)
+    want_loss, want_unc = np.isin(idx, loss_idx), np.isin(idx, unc_idx)
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    losses, uncs = np.zeros(loss_idx.size), np.zeros(unc_idx.size)
+    got_loss, got_unc = [], []
+    data = dataset if idx.size == n else Subset(dataset, idx.tolist())
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_fn)
+    pos = 0
+    with torch.no_grad(), _eval_mode(model):
+        for batch in loader:
+            indices, inputs, targets = batch_fn(batch)
+            ids = _as_index_array(indices)
+            sel = slice(pos, pos + len(ids))
+            pos += len(ids)
+            inputs = to_device(inputs, device, non_blocking=True)
+            m = want_loss[sel]
+            if m.any():
+                value = loss_fn(model(inputs), to_device(targets, device, non_blocking=True))
+                got_loss.append((ids[m], value[torch.from_numpy(m).to(value.device)].detach()
+                                 .to("cpu", torch.float64).numpy()))
+            m = want_unc[sel]
+            if m.any():
+                value = feature_noise_uncertainty(model, inputs if m.all() else _select(inputs, m), at=at,
+                                                  k=k, alpha=alpha, activation=activation,
+                                                  generator=generator, output_fn=output_fn,
+                                                  uncertainty_fn=uncertainty_fn, chunk_rows=chunk_rows)
+                got_unc.append((ids[m], value.to("cpu", torch.float64).numpy()))
+    for found, values, order in ((got_loss, losses, loss_idx), (got_unc, uncs, unc_idx)):
+        if found:
+            ids = np.concatenate([f[0] for f in found])
+            values[np.searchsorted(order, ids)] = np.concatenate([f[1] for f in found])
+    return (loss_idx, losses), (unc_idx, uncs)
 
 
-@dataclass(frozen=True)
-class QuadrantResult:
-    """Quadrant of every sample, from a split of loss and uncertainty.
-
-    Attributes:
-        codes: ``(N,)`` int8 index into :data:`QUADRANTS`.
-        counts: samples per quadrant name.
-        loss_threshold: loss above which a sample counts as high-loss.
-        uncertainty_threshold: uncertainty above which it counts as high-uncertainty.
-    """
-
-    codes: np.ndarray
-    counts: dict
-    loss_threshold: float
-    uncertainty_threshold: float
-
-    @property
-    def labels(self) -> np.ndarray:
-        """``(N,)`` quadrant names."""
-        return np.asarray(QUADRANTS, dtype=object)[self.codes]
-
-    def mask(self, name: str) -> np.ndarray:
-        """``(N,)`` bool mask of the samples in quadrant ``name``."""
-        if name not in QUADRANTS:
-            raise ValueError(f"quadrant {name!r} is not known; choose one of {list(QUADRANTS)}")
-        return self.codes == QUADRANTS.index(name)
-
-
-def quadrants(loss, uncertainty, *, loss_quantile: float = 0.5,
-              uncertainty_quantile: float = 0.5) -> QuadrantResult:
-    """Label each sample by the quadrant of the loss-uncertainty plane it falls in.
-
-    ========  ===========  =================
-    loss      uncertainty  quadrant
-    ========  ===========  =================
-    high      low          poorly-labeled (likely a wrong label)
-    high      high         under-represented (rare or blurry; worth learning)
-    low       low          well-represented
-    low       high         overfitted
-    ========  ===========  =================
-
-    "High" means above the given quantile (the median by default). The sampler
-    uses only the summed score; quadrants are for diagnostics and plots.
+class DifficultyAssessor:
+    """Measures per-sample difficulty during training and feeds a sampler.
 
     Args:
-        loss: ``(N,)`` per-sample losses.
-        uncertainty: ``(N,)`` per-sample uncertainties.
-        loss_quantile: split point of the loss, in ``(0, 1)``.
-        uncertainty_quantile: split point of the uncertainty, in ``(0, 1)``.
-
-    Returns:
-        A :class:`QuadrantResult` with codes, counts and the thresholds used.
-    """
-    loss = _as_values("loss", loss)
-    unc = _as_values("uncertainty", uncertainty, loss.shape[0])
-    for name, q in (("loss_quantile", loss_quantile), ("uncertainty_quantile", uncertainty_quantile)):
-        if not isinstance(q, (int, float)) or not 0 < q < 1:
-            raise ValueError(f"{name}={q!r} must be a number in (0, 1)")
-    if loss.size == 0:
-        lt = ut = float("nan")
-        codes = np.zeros(0, dtype=np.int8)
-    else:
-        lt, ut = float(np.quantile(loss, loss_quantile)), float(np.quantile(unc, uncertainty_quantile))
-        high_l, high_u = loss > lt, unc > ut
-        codes = np.where(high_l, np.where(high_u, 1, 0), np.where(high_u, 3, 2)).astype(np.int8)
-    counts = {name: int((codes == i).sum()) for i, name in enumerate(QUADRANTS)}
-    return QuadrantResult(codes, counts, lt, ut)
-
-
-class DifficultyTracker:
-    """Per-sample loss and uncertainty for ``N`` samples, kept up to date in training.
-
-    Values arrive as ``(indices, values)`` pairs, from the training pass or from
-    an assessment pass. The tracker remembers the epoch each value was last
-    measured in, turns the values into :func:`difficulty_scores`, and under
-    ``torch.distributed`` merges what each rank measured so that every rank sees
-    all ``N`` (:meth:`sync`).
-
-    Args:
-        num_samples: ``N``, the size of the data set, ``>= 1``.
+        model: the network being trained.
+        dataset: the training set, with items ``(index, input, target, ...)``
+            as :class:`~mombs.data.IndexedDataset` makes them. Assessment passes
+            read it in order, without augmentation of their own.
+        at: submodule whose output is disturbed for the uncertainty
+            (``model.named_modules()`` name).
+        sampler: a :class:`~mombs.MixedOrderBatchSampler` (or any sampler with
+            ``set_epoch`` and ``set_scores``) to feed, or ``None``.
+        schedule: a name from :data:`mombs.schedule.SCHEDULES` or an
+            :class:`~mombs.schedule.AssessmentSchedule`.
+        k: disturbed predictions per sample (paper: 8).
+        alpha: noise half-width (default 0.3).
+        measure: ``"both"``, ``"loss"`` or ``"uncertainty"`` (ablations).
+        pivot_epoch: first planned epoch; defaults to the sampler's, else 1.
+        task: a :class:`~mombs.tasks.TaskAdapter` or its name; the arguments
+            below override its parts.
+        loss_fn: ``loss_fn(outputs, targets) -> (B,)`` for assessment passes that
+            measure the loss; ``outputs`` is the model's raw output.
+        output_fn: model output -> prediction tensor (dict outputs, tuples,
+            deep-supervision lists).
+        uncertainty_fn: ``(B, C, ...)`` mean probabilities -> ``(B,)`` uncertainty.
+        activation: ``"auto"``, ``"softmax"`` or ``"sigmoid"``.
+        head: the network after ``at`` as a callable, needed by schedules that
+            disturb the training forward's own features.
+        batch_size: batch size of assessment passes.
+        num_workers: ``DataLoader`` workers of assessment passes.
+        collate_fn: collate function of assessment passes.
+        device: where inputs go; defaults to the model's first parameter's device.
+        batch_fn: ``batch -> (indices, inputs, targets)``; default reads
+            ``batch[0], batch[1], batch[2]``.
+        chunk_rows: most disturbed rows per forward; default the batch size.
+        seed: seed of the noise and of the rotating split.
     """
 
-    def __init__(self, num_samples: int):
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
-        self.num_samples = int(num_samples)
-        self.epoch = 0
-        n = self.num_samples
-        self.loss = np.zeros(n, dtype=np.float64)
-        self.uncertainty = np.zeros(n, dtype=np.float64)
-        #: Epoch each value was last measured in; -1 = never.
-        self.loss_epoch = np.full(n, -1, dtype=np.int64)
-        self.uncertainty_epoch = np.full(n, -1, dtype=np.int64)
-        # Entries this rank wrote since the last sync().
-        self._dirty = {"loss": np.zeros(n, dtype=bool), "uncertainty": np.zeros(n, dtype=bool)}
-
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch that later updates are stamped with."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r} must be an integer >= 0")
-        self.epoch = int(epoch)
-
-    def _update(self, kind: str, indices, values) -> None:
-        idx = indices.detach().cpu().numpy() if torch.is_tensor(indices) else np.asarray(indices)
-        if idx.size == 0:
-            idx = idx.astype(np.int64)
-        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"indices must be a (B,) integer array, got shape {idx.shape} "
-                             f"and dtype {idx.dtype}")
-        vals = _as_values(kind, values, idx.shape[0])
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_samples):
-            raise ValueError(f"indices must lie in [0, {self.num_samples}), got values in "
-                             f"[{idx.min()}, {idx.max()}]")
-        getattr(self, kind)[idx] = vals
-        getattr(self, f"{kind}_epoch")[idx] = self.epoch
-        self._dirty[kind][idx] = True
-
-    def update_loss(self, indices, values) -> None:
-        """Record per-sample losses.
-
-        Args:
-            indices: ``(B,)`` data set indices.
-            values: ``(B,)`` finite losses (a tensor is detached and copied).
-        """
-        self._update("loss", indices, values)
-
-    def update_uncertainty(self, indices, values) -> None:
-        """Record per-sample uncertainties; ``(B,)`` indices and ``(B,)`` finite values."""
-        self._update("uncertainty", indices, values)
-
-    def measured(self, kind: str = "both") -> np.ndarray:
-        """``(N,)`` bool: samples with a loss (``"loss"``), an uncertainty, or both."""
-        if kind == "loss":
-            return self.loss_epoch >= 0
-        if kind == "uncertainty":
-            return self.uncertainty_epoch >= 0
-        if kind != "both":
-            raise ValueError(f"kind={kind!r} must be 'loss', 'uncertainty' or 'both'")
-        return (self.loss_epoch >= 0) & (self.uncertainty_epoch >= 0)
-
-    def scores(self, measure: str = "both") -> np.ndarray:
-        """Difficulty scores from the latest values, ``(N,)``, higher = harder.
-
-        A sample never measured in a measure gets that measure's middle rank,
-        so it is planned as average rather than as easy or hard.
-        """
+    def __init__(self, model: nn.Module, dataset, *, at: str, sampler=None,
+                 schedule: str | AssessmentSchedule = DEFAULT_SCHEDULE, k: int = 8,
+                 alpha: float = 0.3, measure: str = "both", pivot_epoch: int | None = None,
+                 task: str | TaskAdapter = "classification", loss_fn: Callable | None = None,
+                 output_fn: Callable | None = None, uncertainty_fn: Callable | None = None,
+                 activation: str | None = None, head: Callable | None = None,
+                 batch_size: int = 256, num_workers: int = 0, collate_fn: Callable | None = None,
+                 device=None, batch_fn: Callable | None = None, chunk_rows: int | None = None,
+                 seed: int = 0):
+        self.schedule = create_schedule(schedule)
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
-        parts = ("loss", "uncertainty") if measure == "both" else (measure,)
-        total = np.zeros(self.num_samples, dtype=np.float64)
-        for kind in parts:
-            seen = self.measured(kind)
-            ranks = np.full(self.num_samples, (seen.sum() + 1) / 2.0)
-            if seen.any():
-                ranks[seen] = _compute_ranks(getattr(self, kind)[seen])
-            total += ranks
-        return total
+        adapter = create_task(task)
+        activation = activation or adapter.activation
+        _check_noise_args(k, alpha, activation)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+        if self.schedule.uncertainty_source == "train" and head is None:
+            raise ValueError(f"schedule={self.schedule.name!r} disturbs the training features and "
+                             f"needs head=, the network after {at!r}")
+        self._at_module = find_module(model, at)
+        if pivot_epoch is None:
+            pivot_epoch = getattr(sampler, "pivot_epoch", 1)
+        if isinstance(pivot_epoch, bool) or not isinstance(pivot_epoch, int) or pivot_epoch < 0:
+            raise ValueError(f"pivot_epoch={pivot_epoch!r} must be an integer >= 0")
+        self.model, self.dataset, self.at, self.sampler = model, dataset, at, sampler
+        self.k, self.alpha, self.measure, self.pivot_epoch = k, float(alpha), measure, pivot_epoch
+        self.loss_fn = loss_fn or adapter.loss_fn
+        self.output_fn = output_fn or adapter.output_fn
+        self.uncertainty_fn = uncertainty_fn or adapter.uncertainty_fn
+        self.head, self.batch_size, self.num_workers = head, batch_size, num_workers
+        self.collate_fn, self.device, self.chunk_rows = collate_fn, device, chunk_rows
+        self.batch_fn = batch_fn or _default_batch_fn
+        self.activation, self.seed = activation, seed
+        self.tracker = DifficultyTracker(len(dataset))
+        self.epoch = 0
+        self._gen: torch.Generator | None = None
+        self._captured: torch.Tensor | None = None
+        self._hook = None
+        if self.schedule.uncertainty_source == "train":
+            self._hook = self._at_module.register_forward_hook(self._capture)
+        elif self.schedule.uncertainty_source == "output":
+            self._hook = model.register_forward_hook(self._capture_output)
+
+    # ------------------------------------------------------------------ #
+    # the user's three calls
+
+    @property
+    def active(self) -> bool:
+        """Whether this epoch's measurements feed a plan."""
+        return self.epoch >= self.schedule.first_epoch(self.pivot_epoch)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Call before each epoch's training pass; sets the sampler's epoch too."""
+        self.tracker.set_epoch(epoch)
+        self.epoch = int(epoch)
+        self._captured = None
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def observe(self, indices, loss: torch.Tensor) -> None:
+        """Record one training step's per-sample losses.
+
+        Args:
+            indices: ``(B,)`` data set indices of the batch.
+            loss: ``(B,)`` per-sample losses (``reduction="none"``), any float
+                dtype (bfloat16 and float16 from autocast included); detached here.
+        """
+        captured, self._captured = self._captured, None
+        if not self.active:
+            return
+        if self.schedule.loss_source == "train":
+            self.tracker.update_loss(indices, loss.detach())
+        if self.schedule.uncertainty_source in ("train", "output") and self.measure != "loss":
+            if captured is None:
+                where = self.at if self.schedule.uncertainty_source == "train" else "the model's output"
+                raise RuntimeError(f"nothing was captured at {where!r} in this step; "
+                                   f"call observe() right after the training forward")
+            unc = (self._head_uncertainty(captured) if self.schedule.uncertainty_source == "train"
+                   else captured)
+            self.tracker.update_uncertainty(indices, unc)
+
+    def end_epoch(self) -> np.ndarray | None:
+        """Call after each epoch's training pass.
+
+        Runs the schedule's assessment pass, merges ranks across processes and
+        gives the scores to the sampler when the next epoch is planned.
+
+        Returns:
+            The ``(N,)`` difficulty scores (higher = harder) when they were
+            updated, else ``None``.
+        """
+        if not self.active:
+            return None
+        # A loss-only measure (ablation Mo+l) needs no uncertainty at all.
+        part = (self.schedule.uncertainty_part(self.epoch, self.pivot_epoch)
+                if self.schedule.uncertainty_source == "pass" and self.measure != "loss" else None)
+        want_loss = self.schedule.loss_source == "pass"
+        if want_loss or part is not None:
+            n = len(self.dataset)
+            loss_idx = np.arange(n) if want_loss else np.zeros(0, dtype=np.int64)
+            unc_idx = (self.schedule.part_indices(part, n, self.seed) if part is not None
+                       else np.zeros(0, dtype=np.int64))
+            self._assess(loss_idx, unc_idx)
+        self.tracker.sync()
+        scores = self.tracker.scores(self.measure)
+        if self.sampler is not None and planned(self.epoch + 1, self.pivot_epoch):
+            self.sampler.set_scores(scores)
+        return scores
+
+    # ------------------------------------------------------------------ #
+    # measuring
+
+    def _device(self):
+        if self.device is not None:
+            return torch.device(self.device)
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def _generator(self, device) -> torch.Generator:
+        if self._gen is None or self._gen.device != device:
+            self._gen = torch.Generator(device=device).manual_seed(self.seed)
+        return self._gen
+
+    def _assess(self, loss_idx: np.ndarray, unc_idx: np.ndarray) -> None:
+        """One :func:`assessment_pass` over this rank's share of both index sets."""
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+            idx = np.union1d(loss_idx, unc_idx)[rank::world]
+            loss_idx, unc_idx = np.intersect1d(loss_idx, idx), np.intersect1d(unc_idx, idx)
+        device = self._device()
+        (li, lv), (ui, uv) = assessment_pass(
+            self.model, self.dataset, loss_indices=loss_idx, uncertainty_indices=unc_idx, at=self.at,
+            k=self.k, alpha=self.alpha, loss_fn=self.loss_fn, output_fn=self.output_fn,
+            uncertainty_fn=self.uncertainty_fn, activation=self.activation, batch_size=self.batch_size,
+            num_workers=self.num_workers, collate_fn=self.collate_fn, batch_fn=self.batch_fn,
+            device=device, generator=self._generator(device), chunk_rows=self.chunk_rows)
+        if li.size:
+            self.tracker.update_loss(li, lv)
+        if ui.size:
+            self.tracker.update_uncertainty(ui, uv)
+
+    def _capture(self, module, inputs, output):
+        if module.training and torch.is_grad_enabled() and torch.is_tensor(output):
+            self._captured = output.detach()
+
+    def _capture_output(self, module, inputs, output):
+        # The plain entropy of the training forward's own prediction (K = 1, no
+        # noise): computed here, so that only (B,) values are kept.
+        if module.training and torch.is_grad_enabled():
+            with torch.no_grad():
+                pred = self.output_fn(output).detach()
+                act = _resolve_activation(self.activation, pred)
+                probs = _to_probs(pred, act)
+                self._captured = (self.uncertainty_fn(probs) if self.uncertainty_fn is not None
+                                  else prediction_entropy(probs, activation=act))
+
+    def _head_uncertainty(self, features: torch.Tensor) -> torch.Tensor:
+        head = self.head
+        ctx = _eval_mode(head) if isinstance(head, nn.Module) else torch.no_grad()
+        with torch.no_grad(), ctx:
+            pred = self.output_fn(head(_disturb(features, self.k, self.alpha,
+                                                self._generator(features.device))))
+            act = _resolve_activation(self.activation, pred)
+            probs = _to_probs(pred, act)
+            mean = probs.reshape(self.k, -1, *probs.shape[1:]).mean(dim=0)
+        return (self.uncertainty_fn(mean) if self.uncertainty_fn is not None
+                else prediction_entropy(mean, activation=act))
+
+    # ------------------------------------------------------------------ #
+    # results and checkpoints
+
+    def scores(self) -> np.ndarray:
+        """``(N,)`` difficulty scores from the latest measurements, higher = harder."""
+        return self.tracker.scores(self.measure)
 
     def quadrants(self, **kwargs) -> QuadrantResult:
-        """:func:`quadrants` of the latest values."""
-        return quadrants(self.loss, self.uncertainty, **kwargs)
-
-    def sync(self) -> None:
-        """Merge what every rank measured since the last sync; no-op without a process group.
-
-        Each rank contributes the entries it wrote; a sample written by several
-        ranks (padding) gets the mean of their values and the latest epoch.
-        """
-        dist = torch.distributed
-        for kind in ("loss", "uncertainty"):
-            dirty = self._dirty[kind]
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                device = (torch.device("cuda", torch.cuda.current_device())
-                          if dist.get_backend() == "nccl" else torch.device("cpu"))
-                vals = getattr(self, kind)
-                stamp = getattr(self, f"{kind}_epoch")
-                buf = torch.from_numpy(np.stack([np.where(dirty, vals, 0.0), dirty.astype(np.float64)]))
-                buf = buf.to(device)
-                ep = torch.from_numpy(np.where(dirty, stamp, -1)).to(device)
-                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-                dist.all_reduce(ep, op=dist.ReduceOp.MAX)
-                buf, ep = buf.cpu().numpy(), ep.cpu().numpy()
-                got = buf[1] > 0
-                vals[got] = buf[0][got] / buf[1][got]
-                stamp[got] = ep[got]
-            dirty[:] = False
+        """The four quadrants of the latest measurements (see :func:`mombs.quadrants`)."""
+        return self.tracker.quadrants(**kwargs)
 
     def state_dict(self) -> dict:
-        """The values, their epochs, what is not yet synced and the current epoch.
-
-        Arrays are torch tensors, so ``torch.load`` reads the state with its
-        default ``weights_only=True``.
-        """
-        arrays = {key: torch.from_numpy(getattr(self, key).copy())
-                  for key in ("loss", "uncertainty", "loss_epoch", "uncertainty_epoch")}
-        return {"num_samples": self.num_samples, "epoch": self.epoch, **arrays,
-                "dirty_loss": torch.from_numpy(self._dirty["loss"].copy()),
-                "dirty_uncertainty": torch.from_numpy(self._dirty["uncertainty"].copy())}
+        return {"epoch": self.epoch, "tracker": self.tracker.state_dict(),
+                "generator": None if self._gen is None else self._gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restores :meth:`state_dict`."""
-        if int(state["num_samples"]) != self.num_samples:
-            raise ValueError(f"state_dict is for num_samples={state['num_samples']} but this tracker "
-                             f"has num_samples={self.num_samples}")
+        self.tracker.load_state_dict(state["tracker"])
         self.epoch = int(state["epoch"])
-        for key in ("loss", "uncertainty", "loss_epoch", "uncertainty_epoch"):
-            arr = state[key].numpy() if torch.is_tensor(state[key]) else np.asarray(state[key])
-            if arr.shape != (self.num_samples,):
-                raise ValueError(f"state_dict[{key!r}] has shape {arr.shape}, expected ({self.num_samples},)")
-            getattr(self, key)[:] = arr
-        for kind, dirty in self._dirty.items():
-            saved = state.get(f"dirty_{kind}")
-            dirty[:] = False if saved is None else np.asarray(saved, dtype=bool)
+        if state.get("generator") is not None:
+            self._gen = torch.Generator(device=self._device())
+            self._gen.set_state(state["generator"].cpu())
+        if self.sampler is not None and self.active and self.tracker.measured().any():
+            self.sampler.set_scores(self.scores())
+
+    def close(self) -> None:
+        """Removes the feature or output hook of the ``train-*`` schedules, if any."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None

@@ -9,6 +9,7 @@ is never redone and an interrupted one resumes from its checkpoint, so a killed
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .stats import t_quantile, t_two_sided_p
 from .train import RunConfig, run, run_dir_name
 
 __all__ = ["expand_grid", "load_results", "paired_difference", "run_grid", "summarize"]
@@ -110,22 +112,14 @@ def load_results(out_dir, keys=None) -> list[dict]:
     return found
 
 
-def _t_quantile(df: int) -> float:
-    try:
-        from scipy import stats
-
-        return float(stats.t.ppf(0.975, df))
-    except ImportError:  # normal approximation
-        return 1.96
-
-
 def paired_difference(a: dict, b: dict) -> dict | None:
     """Paired comparison of two ``{seed: value}`` dicts on their common seeds.
 
     Returns:
         ``n``, ``mean`` of ``a - b``, its 95% t-interval ``ci95`` and the
-        two-sided paired t-test ``p`` (``None`` when scipy is missing or n < 2),
-        plus the per-seed ``diffs``; ``None`` without common seeds.
+        two-sided paired t-test ``p`` (``None`` when n < 2), plus the per-seed
+        ``diffs``; ``None`` without common seeds. The t distribution is exact
+        (:mod:`mombs.stats`), with or without scipy.
     """
     seeds = sorted(set(a) & set(b))
     if not seeds:
@@ -134,29 +128,56 @@ def paired_difference(a: dict, b: dict) -> dict | None:
     out = {"n": len(d), "mean": float(d.mean()), "diffs": d.tolist(), "ci95": None, "p": None}
     if len(d) >= 2:
         se = d.std(ddof=1) / math.sqrt(len(d))
-        h = _t_quantile(len(d) - 1) * se
+        h = t_quantile(0.975, len(d) - 1) * se
         out["ci95"] = [float(d.mean() - h), float(d.mean() + h)]
-        try:
-            from scipy import stats
-
-            out["p"] = float(stats.ttest_rel(np.array([a[s] for s in seeds]),
-                                             np.array([b[s] for s in seeds])).pvalue) if se > 0 else (
-                1.0 if d.mean() == 0 else 0.0)  # identical non-zero differences: no spread at all
-        except ImportError:
-            pass
+        if se > 0:
+            out["p"] = t_two_sided_p(float(d.mean() / se), len(d) - 1)
+        else:  # identical differences: no spread at all
+            out["p"] = 1.0 if d.mean() == 0 else 0.0
     return out
 
 
+#: Fields that name the arm and the replicate of a run, not the cell it belongs to.
+_ARM_FIELDS = ("strategy", "seed")
+
+
+def _cell_fields(res: dict) -> dict:
+    """The run's outcome fields less strategy and seed, with defaults filled in
+    for fields that older result files do not carry."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    cfg = RunConfig(**{k: v for k, v in res.get("config", {}).items() if k in known})
+    fields = cfg.outcome_fields()
+    for k in _ARM_FIELDS:
+        fields.pop(k)
+    return fields
+
+
 def _group_key(res: dict) -> tuple:
-    return (res["dataset"], res["batch_size"], res["loss"])
+    """A cell: the label columns plus every config field but strategy and seed, so
+    that two configs that differ elsewhere (epochs, subset, noise, ...) never
+    overwrite each other's seeds."""
+    digest = json.dumps(_cell_fields(res), sort_keys=True) if res.get("config") else ""
+    return (res["dataset"], res["batch_size"], res["loss"], digest)
+
+
+def _short(digest: str) -> str:
+    return hashlib.sha1(digest.encode()).hexdigest()[:6]
 
 
 def summarize(results: list[dict], *, metric: str = "top1", baseline: str = "random") -> list[dict]:
-    """One row per (dataset, batch size, loss, strategy): mean, std, n and the paired
-    difference against ``baseline`` in the same group, seed by seed."""
+    """One row per cell and strategy: mean, std, n and the paired difference
+    against ``baseline`` in the same cell, seed by seed.
+
+    A cell is every config field but strategy and seed (see :func:`_group_key`).
+    Cells that share their dataset, batch size and loss but differ elsewhere
+    get a short suffix on the dataset label, so that no two rows read the same.
+    """
     groups: dict[tuple, dict[str, dict[int, dict]]] = {}
     for r in results:
         groups.setdefault(_group_key(r), {}).setdefault(r["strategy"], {})[r["seed"]] = r
+    labels: dict[tuple, int] = {}
+    for key in groups:
+        labels[key[:3]] = labels.get(key[:3], 0) + 1
     rows = []
     for key in sorted(groups):
         by_strategy = groups[key]
@@ -165,7 +186,8 @@ def summarize(results: list[dict], *, metric: str = "top1", baseline: str = "ran
         for strategy in order:
             runs = by_strategy[strategy]
             vals = np.array([r[metric] for r in runs.values()], dtype=np.float64)
-            row = {"dataset": key[0], "batch_size": key[1], "loss": key[2], "strategy": strategy,
+            label = key[0] if labels[key[:3]] == 1 else f"{key[0]} [{_short(key[3])}]"
+            row = {"dataset": label, "batch_size": key[1], "loss": key[2], "strategy": strategy,
                    "n": len(vals), "mean": float(vals.mean()),
                    "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                    "seeds": sorted(runs)}

@@ -7,22 +7,28 @@ elementwise. Noise on the input barely moves the output; noise on a key feature
 map does.
 
 The disturbance is a forward hook on the named submodule: the network's prefix
-runs once, the hook tiles its output ``k`` times with independent noise, and
-the rest of the network runs on the ``k * B`` copies. Networks whose later
-layers reuse earlier activations (U-Net skips) cannot take a tiled batch; for
-them the whole network runs ``k`` times (``tiled=False``, or automatically when
-the tiled pass fails on a shape mismatch).
+runs once per sample, the hook tiles its output with independent noise, and the
+rest of the network runs on the copies. The copies are processed in chunks of
+at most ``chunk_rows`` rows (by default the input batch size) and the
+probabilities are kept as a running mean, so peak memory stays near that of
+one forward at the input batch size whatever ``k`` is. Networks whose later
+layers reuse earlier activations (U-Net skips) cannot take tiled copies; for
+them the whole network runs ``k`` times, again with a running mean
+(``tiled=False``, or automatically when the tiled pass fails with a batch-size
+mismatch; any other error, a CUDA out-of-memory error included, is raised).
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
+from collections.abc import Mapping
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-__all__ = ["feature_noise_uncertainty", "prediction_entropy", "find_module"]
+__all__ = ["default_output_fn", "feature_noise_uncertainty", "find_module", "prediction_entropy"]
 
 _EPS = 1e-12
 
@@ -110,37 +116,114 @@ def _disturb(f: torch.Tensor, reps: int, alpha: float, gen: torch.Generator) -> 
     return tiled + tiled * xi
 
 
+#: Keys under which dict outputs commonly hold the prediction: torchvision
+#: segmentation (``out``), Hugging Face (``logits``), and generic names.
+_OUTPUT_KEYS = ("out", "logits", "pred", "prediction")
+
+
+def default_output_fn(output):
+    """The prediction tensor in a model's output.
+
+    A tensor is returned as it is. A mapping (torchvision segmentation models,
+    Hugging Face ``ModelOutput``) gives its ``"out"``, ``"logits"``, ``"pred"``
+    or ``"prediction"`` entry, or its only tensor. A tuple or list (deep
+    supervision heads, auxiliary outputs) gives its first element, the
+    full-resolution main output by the usual convention.
+
+    Raises:
+        TypeError: when none of these applies; pass ``output_fn=`` then.
+    """
+    if torch.is_tensor(output):
+        return output
+    if isinstance(output, Mapping):
+        for key in _OUTPUT_KEYS:
+            if torch.is_tensor(output.get(key)):
+                return output[key]
+        tensors = [v for v in output.values() if torch.is_tensor(v)]
+        if len(tensors) == 1:
+            return tensors[0]
+        raise TypeError(f"the model returned a {type(output).__name__} with keys {list(output)}; "
+                        f"pass output_fn= to say which entry is the prediction")
+    if isinstance(output, (list, tuple)) and output and torch.is_tensor(output[0]):
+        return output[0]
+    raise TypeError(f"the model returned a {type(output).__name__}; pass output_fn= that maps it "
+                    f"to the prediction tensor (B, C, ...)")
+
+
+class _CannotTile(RuntimeError):
+    """The network after ``at`` did not carry the tiled copies through."""
+
+
+# Fragments of torch's messages for tensors whose batch sizes disagree: what a
+# skip connection that meets tiled copies raises (cat, add, or a shape check).
+_TILE_MISMATCH = ("Sizes of tensors must match", "must match the size of tensor",
+                  "size mismatch", "shape mismatch", "Expected size")
+
+
+def _cannot_tile(err: BaseException) -> bool:
+    """Whether ``err`` says that the tiled copies met untiled activations.
+
+    Out-of-memory errors are never taken for it: they must reach the caller.
+    """
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    if isinstance(err, oom):
+        return False
+    if isinstance(err, _CannotTile):
+        return True
+    return isinstance(err, RuntimeError) and any(f in str(err) for f in _TILE_MISMATCH)
+
+
+# Modules already found not to take tiled copies, so later calls skip the failing try.
+_UNTILEABLE: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _rows(output: torch.Tensor) -> int:
+    return output.shape[0] if output.ndim else 1
+
+
 def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, alpha: float = 0.3,
                               activation: str = "auto", tiled: bool | None = None,
                               generator: torch.Generator | None = None, seed: int = 0,
-                              output_fn: Callable | None = None) -> torch.Tensor:
+                              output_fn: Callable | None = None, uncertainty_fn: Callable | None = None,
+                              chunk_rows: int | None = None) -> torch.Tensor:
     """Entropy of the mean prediction under ``k`` disturbances of a feature map.
 
     ``u_i = H((1/k) * sum_j p(g(f_i * (1 + xi_j))))`` where ``f`` is the output of
     submodule ``at`` and ``g`` the rest of the network (``shared/METHOD.md`` §1).
     The pass runs without gradients and in eval mode, so BatchNorm running
     statistics are untouched; every module's train/eval flag is restored and
-    the hook removed afterwards, also on error.
+    the hook removed afterwards, also on error. The ``k`` predictions are
+    never held at once: they are summed into a running mean, chunk by chunk.
 
     Args:
         model: the network.
-        inputs: what ``model(inputs)`` takes (a tensor, or a tuple/list that is
-            unpacked into positional arguments).
+        inputs: what ``model(inputs)`` takes: a ``(B, ...)`` tensor, or any
+            other object (a list of images, a dict) passed as it is.
         at: name of the submodule whose output is disturbed, as in
             ``model.named_modules()`` (e.g. ``"layer3"``).
         k: number of disturbed passes, ``>= 1`` (paper: 8).
         alpha: noise half-width, ``0 <= alpha < 1`` (default 0.3).
         activation: ``"softmax"`` (multi-class, ``(B, C, ...)`` logits),
             ``"sigmoid"`` (binary or multi-label) or ``"auto"``: sigmoid when the
-            output is ``(B,)`` or ``(B, 1, ...)``, softmax otherwise.
-        tiled: run the rest of the network once on ``k * B`` tiled copies
+            prediction is ``(B,)`` or ``(B, 1, ...)``, softmax otherwise.
+        tiled: run the rest of the network on tiled copies of the feature map
             (``True``), run the whole network ``k`` times (``False``), or try
-            tiled and fall back on a shape error (``None``).
+            tiled and fall back when the copies meet untiled activations
+            (``None``). Only that batch-size mismatch selects the fallback.
         generator: private random generator for the noise; by default one seeded
             with ``seed`` on the feature map's device. The global RNG is never used.
         seed: seed of the default generator.
-        output_fn: maps the model's output to logits, for models that return a
-            dict or tuple.
+        output_fn: maps the model's output to the prediction tensor ``(B, C, ...)``
+            (logits); default :func:`default_output_fn`.
+        uncertainty_fn: reduces the ``(B, C, ...)`` mean probabilities to ``(B,)``
+            uncertainties, higher = more uncertain; default
+            :func:`prediction_entropy` (mean per-position entropy for dense
+            outputs). The hook for task-specific reductions (detection anchors).
+        chunk_rows: most disturbed rows per forward, ``>= 1``; default the input
+            batch size ``B``, so a forward never carries more rows than the
+            caller's batch. Tensor inputs are split into sub-batches of
+            ``max(1, chunk_rows // k)`` samples with their copies; other inputs
+            go whole, ``max(1, chunk_rows // B)`` copies at a time.
 
     Returns:
         ``(B,)`` float32 tensor on the output's device: entropy in nats, averaged
@@ -149,16 +232,17 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
 
     Raises:
         ValueError: for an unknown ``at`` (listing the names available) or
-            out-of-range ``k``, ``alpha`` or ``activation``.
+            out-of-range ``k``, ``alpha``, ``activation`` or ``chunk_rows``.
     """
     _check_noise_args(k, alpha, activation)
     if tiled not in (None, True, False):
         raise ValueError(f"tiled={tiled!r} must be True, False or None")
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
+                                   or chunk_rows < 1):
+        raise ValueError(f"chunk_rows={chunk_rows!r} must be an integer >= 1 or None")
     module = find_module(model, at)
-    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    extract = output_fn or (lambda out: out)
-
-    state = {"reps": k, "gen": generator, "batch": None}
+    extract = output_fn or default_output_fn
+    state = {"reps": 1, "gen": generator, "rows": None}
 
     def hook(_mod, _inp, out):
         if not torch.is_tensor(out):
@@ -166,32 +250,74 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
                             f"feature noise needs a tensor")
         if state["gen"] is None:
             state["gen"] = torch.Generator(device=out.device).manual_seed(seed)
-        state["batch"] = out.shape[0]
+        state["rows"] = _rows(out)
         return _disturb(out, state["reps"], alpha, state["gen"])
 
+    def predict(x, reps):
+        """Probabilities summed over ``reps`` disturbed copies: ``(b, C, ...)``."""
+        state["reps"], state["rows"] = reps, None
+        pred = extract(model(x))
+        if reps > 1 and (state["rows"] is None or _rows(pred) != reps * state["rows"]):
+            raise _CannotTile(f"the output's batch is not {reps} x that of {at!r}")
+        act[0] = act[0] or _resolve_activation(activation, pred)
+        probs = _to_probs(pred, act[0])
+        return probs.reshape(reps, -1, *probs.shape[1:]).sum(dim=0) if reps > 1 else probs
+
+    act = [None]
+    use_tiles = tiled is not False and k > 1 and not (tiled is None and _UNTILEABLE.get(model) == at)
     with torch.no_grad(), _eval_mode(model):
         handle = module.register_forward_hook(hook)
         try:
-            logits = None
-            if tiled is not False:
+            mean = None
+            if use_tiles:
                 try:
-                    logits = extract(model(*args))
-                    batch = state["batch"]
-                    if batch is None or logits.shape[0] != k * batch:
-                        raise RuntimeError("the output's batch is not k * B")
-                except RuntimeError:
-                    if tiled:
+                    mean = _tiled_mean(predict, inputs, k, chunk_rows)
+                except RuntimeError as err:
+                    if tiled or not _cannot_tile(err):
                         raise
-                    logits = None
-            if logits is None:
-                state["reps"] = 1
-                outs = [extract(model(*args)) for _ in range(k)]
-                act = _resolve_activation(activation, outs[0])
-                mean = sum(_to_probs(o, act) for o in outs) / k
-            else:
-                act = _resolve_activation(activation, logits)
-                probs = _to_probs(logits, act)
-                mean = probs.reshape(k, -1, *probs.shape[1:]).mean(dim=0)
+                    _UNTILEABLE[model] = at
+            if mean is None:
+                total = None
+                for _ in range(k):
+                    p = predict(inputs, 1)
+                    total = p if total is None else total.add_(p)
+                mean = total.div_(k)
         finally:
             handle.remove()
-    return prediction_entropy(mean, activation=act).float()
+        reduce = uncertainty_fn or (lambda m: prediction_entropy(m, activation=act[0]))
+        out = reduce(mean)
+    if not torch.is_tensor(out) or out.ndim != 1 or out.shape[0] != mean.shape[0]:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(f"uncertainty_fn must return a ({mean.shape[0]},) tensor, got {got}")
+    return out.float()
+
+
+def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None) -> torch.Tensor:
+    """Running mean of ``k`` disturbed predictions, at most ``chunk_rows`` rows a forward."""
+    if not torch.is_tensor(inputs):
+        # Inputs that cannot be sliced (lists of images, dicts) go whole.
+        first = predict(inputs, 1)
+        copies = 1 if chunk_rows is None else max(1, chunk_rows // max(first.shape[0], 1))
+        total, done = first, 1
+        while done < k:
+            reps = min(copies, k - done)
+            total.add_(predict(inputs, reps))
+            done += reps
+        return total.div_(k)
+    b = inputs.shape[0]
+    rows = chunk_rows or max(b, 1)
+    per = max(1, rows // k)  # samples per forward, each with all its copies
+    copies = min(k, rows)    # copies per forward when one sample's k exceed the rows
+    mean = None
+    for s in range(0, b, per):
+        x = inputs[s:s + per]
+        total, done = None, 0
+        while done < k:
+            reps = min(copies, k - done)
+            p = predict(x, reps)
+            total = p if total is None else total.add_(p)
+            done += reps
+        if mean is None:  # one (B, C, ...) buffer, filled sub-batch by sub-batch
+            mean = total.new_empty((b, *total.shape[1:]))
+        mean[s:s + per] = total.div_(k)
+    return mean

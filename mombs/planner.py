@@ -3,7 +3,7 @@
 This module knows nothing of models or datasets; it uses numpy only. The sampler
 (:mod:`mombs.sampler`) wraps it into a torch ``BatchSampler``.
 
-The ``"mixed"`` strategy is MoMBS' scheduler (paper eq. 7, ``shared/METHOD.md``
+The ``"mixed"`` order is MoMBS' scheduler (paper eq. 7, ``shared/METHOD.md``
 §2): every minibatch gets (nearly) the same total difficulty, so hard samples
 travel with easy ones. It works for any batch size, is randomized across epochs
 and runs in about the time of one ``np.argsort`` plus ``O(N)`` array work:
@@ -37,10 +37,12 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["BatchPlan", "STRATEGIES", "plan_batches", "replica_layout"]
+__all__ = ["BatchPlan", "ORDERS", "plan_batches", "replica_layout"]
 
-#: Strategies understood by :func:`plan_batches`.
-STRATEGIES = ("mixed", "random", "anti")
+#: Orders understood by :func:`plan_batches`. They are the planner's own names,
+#: not the training strategies of :mod:`mombs.strategies` (several of which,
+#: such as ``"mixed-loss"``, plan with ``order="mixed"`` from other scores).
+ORDERS = ("mixed", "random", "anti")
 
 #: Default jitter: std of the ordering noise as a fraction of the scores' std.
 #: The balance cost is about this fraction of a random batch's spread.
@@ -138,7 +140,7 @@ def replica_layout(n: int, batch_size: int, *, num_replicas: int = 1,
             "batches_per_replica": full + (1 if tail else 0)}
 
 
-def plan_batches(scores, batch_size: int, *, strategy: str = "mixed", seed: int = 0,
+def plan_batches(scores, batch_size: int, *, order: str = "mixed", seed: int = 0,
                  epoch: int = 0, drop_last: bool = False, num_replicas: int = 1,
                  rank: int = 0, jitter: float = DEFAULT_JITTER) -> BatchPlan:
     """Plan one epoch of minibatches from per-sample difficulty scores.
@@ -148,7 +150,7 @@ def plan_batches(scores, batch_size: int, *, strategy: str = "mixed", seed: int 
             instance :func:`mombs.difficulty_scores`). Only their order and sums
             matter; ``"random"`` ignores their values but uses their length.
         batch_size: samples per batch (per replica), ``>= 1``; odd sizes work.
-        strategy: ``"mixed"`` (MoMBS: equal per-batch score sums),
+        order: ``"mixed"`` (MoMBS: equal per-batch score sums),
             ``"random"`` (plain shuffle, the baseline) or ``"anti"`` (hard with
             hard, easy with easy; the paper's ablation).
         seed: non-negative seed shared by all replicas.
@@ -173,12 +175,11 @@ def plan_batches(scores, batch_size: int, *, strategy: str = "mixed", seed: int 
 
     Raises:
         ValueError: on a wrong shape, non-finite scores, a bad batch size, an
-            unknown strategy or an out-of-range seed, epoch, rank or jitter.
+            unknown order or an out-of-range seed, epoch, rank or jitter.
     """
     scores = _check_scores(scores)
     _check_int("batch_size", batch_size, 1)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is not known; choose one of {list(STRATEGIES)}")
+    _check_order(order)
     _check_int("seed", seed, 0)
     _check_int("epoch", epoch, 0)
     _check_int("num_replicas", num_replicas, 1)
@@ -189,12 +190,21 @@ def plan_batches(scores, batch_size: int, *, strategy: str = "mixed", seed: int 
         raise ValueError(f"jitter={jitter!r} must be a finite number >= 0")
     if not isinstance(drop_last, (bool, np.bool_)):
         raise ValueError(f"drop_last={drop_last!r} must be a bool")
-    return _compute_plan(scores, int(batch_size), strategy, int(seed), int(epoch),
+    return _compute_plan(scores, int(batch_size), order, int(seed), int(epoch),
                          bool(drop_last), int(num_replicas), int(rank), float(jitter))
 
 
 # --------------------------------------------------------------------------- #
 # Validation helpers (public functions call these; private ones trust inputs).
+
+
+def _check_order(order) -> None:
+    if order not in ORDERS:
+        hint = ""
+        if isinstance(order, str) and order.startswith(("mixed-", "scl", "ohem")):
+            hint = (f"; {order!r} is a training strategy (mombs.strategies.create_strategy), "
+                    f"whose sampler plans with one of these orders")
+        raise ValueError(f"order={order!r} is not known; choose one of {list(ORDERS)}{hint}")
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -224,7 +234,7 @@ def _check_scores(scores) -> np.ndarray:
 # The planner proper. Everything below trusts its inputs.
 
 
-def _compute_plan(scores: np.ndarray, batch_size: int, strategy: str, seed: int, epoch: int,
+def _compute_plan(scores: np.ndarray, batch_size: int, kind: str, seed: int, epoch: int,
                   drop_last: bool, num_replicas: int, rank: int, jitter: float) -> BatchPlan:
     n = scores.shape[0]
     layout = replica_layout(n, batch_size, num_replicas=num_replicas, drop_last=drop_last)
@@ -240,7 +250,7 @@ def _compute_plan(scores: np.ndarray, batch_size: int, strategy: str, seed: int,
     num_full = layout["full_per_replica"] * num_replicas
     num_tails = num_replicas if layout["tail_size"] else 0
     full, tails = _plan_items(local, batch_size, num_full, layout["tail_size"],
-                              num_tails, strategy, rng, jitter)
+                              num_tails, kind, rng, jitter)
     full_mine = full[rank::num_replicas] if num_replicas > 1 else full
     tail_mine = tails[rank] if num_tails else np.empty(0, dtype=np.int64)
     if layout["padding"]:  # positions -> data set indices (they differ only when padded)
@@ -249,13 +259,13 @@ def _compute_plan(scores: np.ndarray, batch_size: int, strategy: str, seed: int,
 
 
 def _plan_items(scores: np.ndarray, batch_size: int, num_full: int, tail_size: int,
-                num_tails: int, strategy: str, rng: np.random.Generator,
+                num_tails: int, kind: str, rng: np.random.Generator,
                 jitter: float) -> tuple[np.ndarray, np.ndarray]:
     """Returns ``full`` ``(num_full, batch_size)`` and ``tails`` ``(num_tails, tail_size)``
     as positions into ``scores``; positions not used are dropped."""
     n = scores.shape[0]
     n_full = num_full * batch_size
-    if strategy == "random":
+    if kind == "random":
         perm = rng.permutation(n)
         tails = perm[n_full:n_full + num_tails * tail_size].reshape(num_tails, tail_size)
         return perm[:n_full].reshape(num_full, batch_size), tails
@@ -266,7 +276,7 @@ def _plan_items(scores: np.ndarray, batch_size: int, num_full: int, tail_size: i
     # random set that leaves the difficulty distribution intact.
     extra, core = _split_stratified(order, n - n_full, rng)
     tail_items, _dropped = _split_stratified(extra, num_tails * tail_size, rng)
-    layout = _layout_mixed if strategy == "mixed" else _layout_anti
+    layout = _layout_mixed if kind == "mixed" else _layout_anti
     full = layout(core, scores, num_full, batch_size, rng)
     tails = (layout(tail_items, scores, num_tails, tail_size, rng)
              if num_tails else np.empty((0, tail_size), dtype=np.int64))

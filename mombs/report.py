@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .assessor import QUADRANTS
+from .difficulty import QUADRANTS
 
 __all__ = ["format_table", "write_report"]
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .planner import DEFAULT_JITTER, STRATEGIES, _check_int, _check_scores, plan_batches, replica_layout
+from .planner import DEFAULT_JITTER, _check_int, _check_order, _check_scores, plan_batches, replica_layout
+from .schedule import planned
 
 __all__ = ["MixedOrderBatchSampler"]
 
@@ -41,7 +42,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
 
     Before ``pivot_epoch`` (or while no scores were given) batches are plain
     random ones. From ``pivot_epoch`` on, each epoch is planned with
-    ``strategy`` from the scores last passed to :meth:`set_scores`: for
+    ``order`` from the scores last passed to :meth:`set_scores`: for
     ``"mixed"`` every batch carries nearly the same total difficulty
     (``shared/METHOD.md`` §2).
 
@@ -57,7 +58,10 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
     Args:
         data_source: the data set (anything with ``len``) or its size ``N``.
         batch_size: per-replica batch size, ``>= 1``.
-        strategy: ``"mixed"`` (MoMBS), ``"random"`` or ``"anti"``.
+        order: the planner's order: ``"mixed"`` (MoMBS), ``"random"`` or
+            ``"anti"``. Registry strategies such as ``"mixed-loss"`` are this
+            sampler with ``order="mixed"`` fed other scores
+            (:func:`mombs.strategies.create_strategy` builds them).
         pivot_epoch: first epoch planned from scores (the paper's PE), ``>= 0``.
             The default 1 plans from the second epoch on, once one epoch has
             produced scores; the paper used 5 to 50 (``shared/METHOD.md`` §1).
@@ -77,7 +81,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         ...     sampler.set_scores(difficulty)  # (N,), higher = harder
     """
 
-    def __init__(self, data_source: Sized | int, batch_size: int, *, strategy: str = "mixed",
+    def __init__(self, data_source: Sized | int, batch_size: int, *, order: str = "mixed",
                  pivot_epoch: int = 1, drop_last: bool = False, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None,
                  jitter: float = DEFAULT_JITTER):
@@ -90,8 +94,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
                              f"number of samples")
         _check_int("len(data_source)", n, 0)
         _check_int("batch_size", batch_size, 1)
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy={strategy!r} is not known; choose one of {list(STRATEGIES)}")
+        _check_order(order)
         _check_int("pivot_epoch", pivot_epoch, 0)
         _check_int("seed", seed, 0)
         if not isinstance(drop_last, bool):
@@ -102,7 +105,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         self.num_replicas, self.rank = _resolve_replicas(num_replicas, rank)
         self.num_samples_total = n
         self.batch_size = int(batch_size)
-        self.strategy = strategy
+        self.order = order
         self.pivot_epoch = int(pivot_epoch)
         self.drop_last = drop_last
         self.seed = int(seed)
@@ -136,7 +139,10 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         # A resumed epoch replays the scores it was planned from; a fresh pass takes the latest.
-        plan = self._plan(self._epoch_scores if self._skip else self._scores)
+        scores = self._epoch_scores if self._skip else self._scores
+        plan = self._plan(scores)
+        # Remember what this epoch was planned from, for a state_dict cut mid-epoch.
+        self._epoch_scores = scores if self._epoch_uses(scores) else None
         skip, self._skip = self._skip, 0
         self._yielded = skip
         for i in range(skip, len(plan)):
@@ -168,27 +174,27 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
     def uses_scores(self, epoch: int | None = None) -> bool:
         """Whether ``epoch`` (default: the current one) is planned from scores."""
         epoch = self.epoch if epoch is None else epoch
-        return (self.strategy != "random" and epoch >= self.pivot_epoch
-                and self._scores is not None)
+        return self.order != "random" and planned(epoch, self.pivot_epoch) and self._scores is not None
 
     def plan(self):
-        """This replica's :class:`~mombs.planner.BatchPlan` for the current epoch."""
+        """This replica's :class:`~mombs.planner.BatchPlan` for the current epoch,
+        from the latest scores. Pure: it changes nothing that a resume replays."""
         return self._plan(self._scores)
 
+    def _epoch_uses(self, scores) -> bool:
+        return self.order != "random" and planned(self.epoch, self.pivot_epoch) and scores is not None
+
     def _plan(self, scores_in):
-        epoch_uses_scores = (self.strategy != "random" and self.epoch >= self.pivot_epoch
-                             and scores_in is not None)
-        self._epoch_scores = scores_in if epoch_uses_scores else None
-        if epoch_uses_scores:
-            scores, strategy = scores_in, self.strategy
+        if self._epoch_uses(scores_in):
+            scores, order = scores_in, self.order
         else:
-            if (self.strategy != "random" and self.epoch >= self.pivot_epoch
+            if (self.order != "random" and planned(self.epoch, self.pivot_epoch)
                     and not self._warned_no_scores):
                 warnings.warn(f"epoch {self.epoch} is past pivot_epoch={self.pivot_epoch} but "
                               f"set_scores() was never called; sampling at random", stacklevel=3)
                 self._warned_no_scores = True
-            scores, strategy = np.zeros(self.num_samples_total, dtype=np.float32), "random"
-        return plan_batches(scores, self.batch_size, strategy=strategy, seed=self.seed,
+            scores, order = np.zeros(self.num_samples_total, dtype=np.float32), "random"
+        return plan_batches(scores, self.batch_size, order=order, seed=self.seed,
                             epoch=self.epoch, drop_last=self.drop_last,
                             num_replicas=self.num_replicas, rank=self.rank, jitter=self.jitter)
 
@@ -217,7 +223,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
 
         return {
             "epoch": self.epoch, "batches_done": int(done), "seed": self.seed,
-            "strategy": self.strategy, "pivot_epoch": self.pivot_epoch,
+            "order": self.order, "pivot_epoch": self.pivot_epoch,
             "batch_size": self.batch_size, "drop_last": self.drop_last,
             "num_replicas": self.num_replicas, "num_samples": self.num_samples_total,
             "jitter": self.jitter,
@@ -239,7 +245,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         self._scores = array(state.get("scores"))
         self._epoch_scores = array(state.get("epoch_scores"))
         self.seed = int(state["seed"])
-        self.strategy = state["strategy"]
+        self.order = state.get("order", state.get("strategy"))  # "strategy": states before 0.2
         self.pivot_epoch = int(state["pivot_epoch"])
         self.jitter = float(state["jitter"])
         self.epoch = int(state["epoch"])

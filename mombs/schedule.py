@@ -17,7 +17,17 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-__all__ = ["AssessmentSchedule", "SCHEDULES", "DEFAULT_SCHEDULE", "create_schedule"]
+__all__ = ["AssessmentSchedule", "SCHEDULES", "DEFAULT_SCHEDULE", "create_schedule", "planned"]
+
+
+def planned(epoch: int, pivot_epoch: int) -> bool:
+    """Whether ``epoch`` is planned from difficulty scores: the pivot rule.
+
+    Epochs before the pivot epoch (the paper's PE) use random batches; from it
+    on, batches are planned from the latest scores (``shared/METHOD.md`` §2).
+    Every part of mombs that asks "is this epoch planned?" asks this function.
+    """
+    return epoch >= pivot_epoch
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,9 @@ class AssessmentSchedule:
             forward; ``"pass"`` measures it in an eval-mode assessment pass.
         uncertainty_source: ``"pass"``: an eval-mode pass with ``k`` disturbed
             predictions; ``"train"``: the training forward's own features at
-            ``at`` are disturbed and sent through ``head`` (needs a head).
+            ``at`` are disturbed and sent through ``head`` (needs a head);
+            ``"output"``: the plain entropy of the training forward's own
+            prediction (``K = 1``, no noise, no extra pass).
         uncertainty_every: take the uncertainty every this many epochs (``>= 1``).
         uncertainty_fraction: share of the data whose uncertainty is taken in
             each such epoch, rotating so that all of it is covered (``(0, 1]``).
@@ -45,8 +57,9 @@ class AssessmentSchedule:
     def __post_init__(self):
         if self.loss_source not in ("train", "pass"):
             raise ValueError(f"loss_source={self.loss_source!r} must be 'train' or 'pass'")
-        if self.uncertainty_source not in ("train", "pass"):
-            raise ValueError(f"uncertainty_source={self.uncertainty_source!r} must be 'train' or 'pass'")
+        if self.uncertainty_source not in ("train", "pass", "output"):
+            raise ValueError(f"uncertainty_source={self.uncertainty_source!r} must be 'train', 'pass' "
+                             f"or 'output'")
         if (isinstance(self.uncertainty_every, bool) or not isinstance(self.uncertainty_every, int)
                 or self.uncertainty_every < 1):
             raise ValueError(f"uncertainty_every={self.uncertainty_every!r} must be an integer >= 1")
@@ -101,6 +114,7 @@ SCHEDULES = {
         AssessmentSchedule("rotate-2", uncertainty_fraction=1 / 2),
         AssessmentSchedule("rotate-4", uncertainty_fraction=1 / 4),
         AssessmentSchedule("train-features", uncertainty_source="train"),
+        AssessmentSchedule("train-entropy", uncertainty_source="output"),
     )
 }
 

@@ -1,111 +1,230 @@
+import importlib.util
+import pathlib
+
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
-from mombs import DifficultyTracker, difficulty_scores, feature_noise_uncertainty, quadrants, rank_average, spearman
+import mombs
+from mombs import (DifficultyAssessor, IndexedDataset, MixedOrderBatchSampler, create_schedule,
+                   difficulty_scores, feature_noise_uncertainty, spearman)
 
-
-def test_rank_sum_with_average_ties():
-    loss = [0.1, 0.5, 0.5, 2.0]
-    unc = [0.9, 0.1, 0.3, 0.3]
-    # loss ranks 1, 2.5, 2.5, 4; uncertainty ranks 4, 1, 2.5, 2.5
-    assert difficulty_scores(loss, unc).tolist() == [5.0, 3.5, 5.0, 6.5]
-    assert difficulty_scores(loss, unc, measure="loss").tolist() == [1.0, 2.5, 2.5, 4.0]
-    assert difficulty_scores(loss, unc, measure="uncertainty").tolist() == [4.0, 1.0, 2.5, 2.5]
-    assert difficulty_scores(torch.tensor(loss), measure="loss").tolist() == [1.0, 2.5, 2.5, 4.0]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_ranks_match_scipy():
-    scipy_stats = pytest.importorskip("scipy.stats")
-    x = np.random.default_rng(0).integers(0, 20, size=500).astype(float)
-    assert np.array_equal(rank_average(x), scipy_stats.rankdata(x))
-    y = x + np.random.default_rng(1).normal(size=500) * 5
-    assert spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic)
+def tiny_problem(n=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential()
+    model.add_module("body", nn.Sequential(nn.Linear(5, 16), nn.ReLU()))
+    model.add_module("head", nn.Linear(16, 2))
+    return IndexedDataset(TensorDataset(x, y)), model
 
 
-def test_bad_scores_input():
-    with pytest.raises(ValueError, match="loss contains 2 non-finite"):
-        difficulty_scores([1.0, np.nan, np.inf], [1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="uncertainty has 2 entries but 3"):
-        difficulty_scores([1.0, 2.0, 3.0], [1.0, 2.0])
-    with pytest.raises(ValueError, match="measure='both' needs uncertainty"):
-        difficulty_scores([1.0])
-    with pytest.raises(ValueError, match="measure='max'"):
-        difficulty_scores([1.0], [1.0], measure="max")
-    with pytest.raises(ValueError, match="loss_quantile=1.2"):
-        quadrants([1.0], [1.0], loss_quantile=1.2)
+def run(schedule, epochs=4, pivot=3, **kw):
+    ds, model = tiny_problem()
+    sampler = MixedOrderBatchSampler(ds, 8, pivot_epoch=pivot)
+    assessor = DifficultyAssessor(model, ds, at="body", sampler=sampler, schedule=schedule,
+                                  head=model.head, **kw)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    log = []
+    for epoch in range(epochs):
+        assessor.start_epoch(epoch)
+        assert sampler.epoch == epoch
+        for idx, x, y in DataLoader(ds, batch_sampler=sampler):
+            loss = F.cross_entropy(model(x), y, reduction="none")
+            assessor.observe(idx, loss)
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+        log.append((assessor.end_epoch(), sampler.uses_scores(epoch + 1)))
+    return ds, model, sampler, assessor, log
 
 
-def test_quadrants_by_hand():
-    loss = np.array([5.0, 5.0, 0.1, 0.1])
-    unc = np.array([0.1, 5.0, 0.1, 5.0])
-    q = quadrants(loss, unc)
-    assert q.labels.tolist() == ["poorly-labeled", "under-represented", "well-represented", "overfitted"]
-    assert q.counts == {"poorly-labeled": 1, "under-represented": 1, "well-represented": 1, "overfitted": 1}
+def test_item_carries_its_index():
+    ds = IndexedDataset(TensorDataset(torch.arange(5) * 10, torch.arange(5)))
+    assert [tuple(int(v) for v in ds[i]) for i in (0, 3)] == [(0, 0, 0), (3, 30, 3)]
+    assert IndexedDataset([7, 8])[1] == (1, 8)
+    with pytest.raises(ValueError, match="map-style"):
+        IndexedDataset(iter([1]))
 
 
-def test_planted_noisy_and_rare_samples_land_in_their_quadrants(digits_model):
-    model, x, y, flipped, rare = digits_model
+def test_paper_schedule_feeds_fresh_full_pass_scores():
+    ds, model, sampler, assessor, log = run("paper")
+    assert [s is None for s, _ in log] == [True, True, False, False]  # measured from epoch pivot-1
+    assert sampler.uses_scores(3)
+    x, y = ds.dataset.tensors
     model.eval()
     with torch.no_grad():
         loss = F.cross_entropy(model(x), y, reduction="none")
-    unc = feature_noise_uncertainty(model, x, at="features")
-    q = quadrants(loss, unc)
-    poor, under = q.mask("poorly-labeled"), q.mask("under-represented")
-    base = flipped.mean()
-    # Mislabeled samples: high loss, yet the model is sure of its (other) class.
-    assert flipped[poor].mean() > 2.5 * base
-    assert poor[flipped].mean() > 0.25
-    # Rare-class samples: high loss and high uncertainty.
-    assert under[rare].mean() > 1.5 * under.mean()
-    assert poor[rare].mean() < 0.2
-    # And the summed score ranks both kinds harder than the clean majority.
-    d = difficulty_scores(loss, unc)
-    clean = ~flipped & ~rare
-    assert d[rare].mean() > d[clean].mean() and d[flipped].mean() > d[clean].mean()
+    unc = feature_noise_uncertainty(model, x, at="body", seed=123)
+    # Same measures, other noise draws: the ranking must agree closely.
+    assert spearman(sampler.scores, difficulty_scores(loss, unc)) > 0.95
+    assert (assessor.tracker.loss_epoch == 3).all() and (assessor.tracker.uncertainty_epoch == 3).all()
 
 
-def test_tracker_bookkeeping():
-    t = DifficultyTracker(6)
-    t.set_epoch(2)
-    t.update_loss(torch.tensor([0, 1, 2]), torch.tensor([3.0, 1.0, 2.0]))
-    t.set_epoch(3)
-    t.update_loss([3], [0.5])
-    t.update_uncertainty(np.array([0, 1, 2, 3, 4, 5]), np.arange(6.0))
-    assert t.loss_epoch.tolist() == [2, 2, 2, 3, -1, -1]
-    assert t.measured().tolist() == [True] * 4 + [False] * 2
-    # loss ranks among the measured four: 4, 2, 3, 1; the unmeasured get the middle, 2.5
-    assert t.scores("loss").tolist() == [4.0, 2.0, 3.0, 1.0, 2.5, 2.5]
-    assert t.scores().tolist() == [5.0, 4.0, 6.0, 5.0, 7.5, 8.5]
-    state = t.state_dict()
-    other = DifficultyTracker(6)
-    other.load_state_dict(state)
-    assert np.array_equal(other.scores(), t.scores()) and other.epoch == 3
+def test_rotating_schedule_covers_everything_by_the_pivot():
+    ds, model, sampler, assessor, log = run("rotate-4", epochs=5, pivot=4)
+    t = assessor.tracker
+    assert [s is None for s, _ in log] == [False] * 5  # starts 4 epochs before the pivot
+    assert [u for _, u in log] == [False, False, False, True, True]
+    assert t.measured().all()
+    # each sample's uncertainty was last taken in the epoch of its part
+    parts = [create_schedule("rotate-4").part_indices(p, len(ds), 0) for p in range(4)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(ds)))
+    assert (t.uncertainty_epoch[parts[0]] == 4).all() and (t.uncertainty_epoch[parts[3]] == 3).all()
+    assert (t.loss_epoch == 4).all()  # the training pass's own losses
 
 
-def test_tracker_rejects_bad_updates():
-    t = DifficultyTracker(4)
-    with pytest.raises(ValueError, match=r"indices must lie in \[0, 4\)"):
-        t.update_loss([1, 4], [0.0, 0.0])
-    with pytest.raises(ValueError, match="loss has 1 entries but 2"):
-        t.update_loss([0, 1], [0.0])
-    with pytest.raises(ValueError, match="1 non-finite"):
-        t.update_uncertainty([0], [float("nan")])
-    with pytest.raises(ValueError, match="num_samples=0"):
-        DifficultyTracker(0)
-    with pytest.raises(ValueError, match="num_samples=5"):
-        t.load_state_dict(DifficultyTracker(5).state_dict())
+def test_every_n_schedule_measures_every_n_epochs():
+    *_, assessor, _ = run("every-2", epochs=6, pivot=2)
+    assert (assessor.tracker.uncertainty_epoch == 5).all()
+    *_, assessor, _ = run("every-2", epochs=5, pivot=2)
+    assert (assessor.tracker.uncertainty_epoch == 3).all()
 
 
-def test_tracker_state_keeps_what_is_not_yet_synced(tmp_path):
-    t = DifficultyTracker(5)
-    t.update_loss([1, 3], [0.5, 0.7])
-    torch.save(t.state_dict(), tmp_path / "t.pt")
-    other = DifficultyTracker(5)
-    other.load_state_dict(torch.load(tmp_path / "t.pt"))  # weights_only=True by default
-    assert other._dirty["loss"].tolist() == [False, True, False, True, False]
-    assert other.loss[[1, 3]].tolist() == [0.5, 0.7]
-    t.update_loss([], [])  # an empty batch is fine
-    with pytest.raises(ValueError, match="kind='all'"):
-        t.measured("all")
+def test_train_features_schedule_measures_in_the_training_step():
+    _, model, sampler, assessor, log = run("train-features", epochs=3, pivot=2)
+    assert (assessor.tracker.uncertainty_epoch == 2).all() and (assessor.tracker.loss_epoch == 2).all()
+    assessor.close()
+    assert not model.body._forward_hooks
+
+
+def test_observe_before_the_measuring_window_records_nothing():
+    *_, assessor, _ = run("reuse-loss", epochs=1, pivot=5)
+    assert not assessor.tracker.measured("loss").any()
+
+
+def test_state_dict_round_trip():
+    ds, model, sampler, assessor, _ = run("paper")
+    other = DifficultyAssessor(model, ds, at="body", schedule="paper")
+    other.load_state_dict(assessor.state_dict())
+    assert np.array_equal(other.scores(), assessor.scores()) and other.epoch == assessor.epoch
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(schedule="weekly"), "schedule='weekly' is not known"),
+    (dict(schedule="train-features"), "needs head="),
+    (dict(at="nowhere"), "at='nowhere' is not a submodule"),
+    (dict(measure="max"), "measure='max'"),
+    (dict(k=0), "k=0"),
+])
+def test_bad_arguments(kwargs, match):
+    ds, model = tiny_problem()
+    kwargs.setdefault("at", "body")
+    with pytest.raises(ValueError, match=match):
+        DifficultyAssessor(model, ds, **kwargs)
+
+
+def test_plain_loop_example_runs(capsys):
+    spec = importlib.util.spec_from_file_location("plain_loop", ROOT / "examples" / "plain_loop.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    acc = example.main(["--epochs", "3", "--pivot-epoch", "1", "--schedule", "paper"])
+    out = capsys.readouterr().out
+    assert "planned=True" in out and "precision" in out
+    assert 0.0 <= acc <= 1.0
+
+
+def test_schedule_fields_are_checked():
+    with pytest.raises(ValueError, match="do not combine"):
+        create_schedule("rotate-2", uncertainty_every=2)
+    with pytest.raises(ValueError, match="unknown schedule field"):
+        create_schedule("paper", every=3)
+
+
+class DetectorLike(nn.Module):
+    """Returns a dict, as torchvision detection and Hugging Face models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(5, 16), nn.ReLU())
+        self.objectness = nn.Linear(16, 6)  # 6 "anchors" per sample, one logit each
+
+    def forward(self, x):
+        return {"objectness": self.objectness(self.backbone(x)), "features": torch.zeros(1)}
+
+
+class BoxSet(torch.utils.data.Dataset):
+    """Items (x, target) with a dict target: per-anchor labels, as a detection set has."""
+
+    def __init__(self, n=48, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 5, generator=g)
+        self.labels = (torch.rand(n, 6, generator=g) < 0.3).float()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], {"anchor_labels": self.labels[i], "image_id": torch.tensor(i)}
+
+
+def collate_detection(items):
+    """Detection's collate: inputs stacked, targets kept as a list of dicts."""
+    idx, xs, targets = zip(*items)
+    return torch.tensor(idx), torch.stack(xs), list(targets)
+
+
+def per_image_bce(outputs, targets):
+    labels = torch.stack([t["anchor_labels"] for t in targets])
+    return F.binary_cross_entropy_with_logits(outputs["objectness"], labels, reduction="none").mean(1)
+
+
+def test_dict_model_with_list_of_dict_targets_trains_through_the_assessor():
+    ds = IndexedDataset(BoxSet())
+    model = DetectorLike()
+    sampler = MixedOrderBatchSampler(ds, 8, pivot_epoch=1, seed=0)
+    assessor = DifficultyAssessor(model, ds, at="backbone", sampler=sampler, schedule="paper",
+                                  output_fn=lambda out: out["objectness"], loss_fn=per_image_bce,
+                                  activation="sigmoid", collate_fn=collate_detection, batch_size=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_detection)
+    for epoch in range(3):
+        assessor.start_epoch(epoch)
+        for idx, x, targets in loader:
+            loss = per_image_bce(model(x), targets)
+            assessor.observe(idx, loss.to(torch.bfloat16))  # autocast-style half-precision losses
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+        assessor.end_epoch()
+    assert assessor.tracker.measured().all() and sampler.uses_scores(3)
+    # The pass's values are the hand-computed ones: eval-mode per-image loss, and
+    # the K = 1, alpha = 0 uncertainty is the mean binary entropy over the anchors.
+    (idx, loss), (uidx, unc) = mombs.assessment_pass(
+        model, ds, at="backbone", k=1, alpha=0.0, output_fn=lambda out: out["objectness"],
+        loss_fn=per_image_bce, activation="sigmoid", collate_fn=collate_detection)
+    with torch.no_grad():
+        targets = [ds.dataset[i][1] for i in range(len(ds))]
+        p = torch.sigmoid(model(ds.dataset.x)["objectness"])
+        expected_unc = -(p * p.log() + (1 - p) * (1 - p).log()).mean(1)
+        expected_loss = per_image_bce(model(ds.dataset.x), targets)
+    assert np.allclose(unc, expected_unc.numpy(), atol=1e-5) and np.allclose(loss, expected_loss.numpy(), atol=1e-6)
+    assert idx.tolist() == uidx.tolist() == list(range(len(ds)))
+
+
+def test_targets_move_to_the_device_recursively():
+    target = [{"boxes": torch.zeros(2, 4), "labels": torch.tensor([1, 2]), "name": "a"}, (torch.ones(1), 3)]
+    moved = mombs.to_device(target, "meta")
+    assert moved[0]["boxes"].device.type == "meta" and moved[0]["name"] == "a"
+    assert moved[1][0].device.type == "meta" and moved[1][1] == 3 and isinstance(moved[1], tuple)
+
+
+def test_train_entropy_schedule_measures_the_plain_entropy_of_the_training_forward():
+    ds, model = tiny_problem()
+    sampler = MixedOrderBatchSampler(ds, 8, pivot_epoch=1)
+    assessor = DifficultyAssessor(model, ds, at="body", sampler=sampler, schedule="train-entropy")
+    assessor.start_epoch(0)
+    model.train()
+    idx, x, y = next(iter(DataLoader(ds, batch_size=8)))
+    logits = model(x)
+    assessor.observe(idx, F.cross_entropy(logits, y, reduction="none"))
+    p = torch.softmax(logits.detach(), 1)
+    assert np.allclose(assessor.tracker.uncertainty[:8], (-(p * p.log()).sum(1)).numpy(), atol=1e-6)
+    assert assessor.end_epoch() is not None  # no extra pass: nothing else to measure
+    assessor.close()

@@ -55,18 +55,38 @@ def test_unknown_names_list_the_valid_ones():
 
 
 def test_registry_holds_every_strategy_of_the_study():
-    assert set(STRATEGY_REGISTRY) == {"random", "mixed", "mixed-loss", "mixed-uncertainty", "anti", "scl-hard",
-                                      "scl-linear", "scl-log", "scl-mixture", "ohem"}
+    assert set(STRATEGY_REGISTRY) == {"random", "mixed", "mixed-loss", "mixed-uncertainty", "mixed-entropy", "anti",
+                                      "scl-hard", "scl-linear", "scl-log", "scl-mixture", "ohem"}
+
+
+def _epoch(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
 
 
 def test_planned_strategies_balance_and_random_before_pivot():
     scores = np.arange(64.0)
-    mixed = create_strategy("mixed", pivot_epoch=2)
-    early = mixed.batches(1, 64, 4, scores=scores, losses=None, seed=0)
-    late = mixed.batches(2, 64, 4, scores=scores, losses=None, seed=0)
+    sampler = create_strategy("mixed", pivot_epoch=2).create_sampler(64, 4, seed=0)
+    sampler.set_scores(scores)
+    early, late = _epoch(sampler, 1), _epoch(sampler, 2)
     assert np.std([scores[b].sum() for b in late]) < 0.2 * np.std([scores[b].sum() for b in early])
-    anti = create_strategy("anti", pivot_epoch=0).batches(0, 64, 4, scores=scores, losses=None, seed=0)
-    assert max(np.ptp(scores[b]) for b in anti) <= 4
+    anti = create_strategy("anti", pivot_epoch=0).create_sampler(64, 4, seed=0)
+    anti.set_scores(scores)
+    assert max(np.ptp(scores[b]) for b in _epoch(anti, 0)) <= 4
+
+
+def test_every_registry_strategy_makes_a_sampler():
+    # The planner's orders and the registry's strategies are different names:
+    # each strategy builds its own sampler (the one-measure ablations plan with order="mixed").
+    for name in STRATEGY_REGISTRY:
+        sampler = create_strategy(name, pivot_epoch=1).create_sampler(40, 8, seed=0)
+        batches = _epoch(sampler, 0)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(40)), name
+    from mombs import MixedOrderBatchSampler
+
+    with pytest.raises(ValueError, match="'mixed-loss' is a training strategy"):
+        MixedOrderBatchSampler(40, 8, order="mixed-loss")
+    assert create_strategy("mixed-loss").create_sampler(40, 8).order == "mixed"
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -76,14 +96,15 @@ def test_planned_strategies_balance_and_random_before_pivot():
 ])
 def test_self_paced_weights_at_lambda_one(name, expected):
     s = create_strategy(name, pivot_epoch=0, start_quantile=0.5)
-    losses = np.array([0.0, 1.0, 2.0])  # median 1.0 -> lambda = 1 at the first epoch
-    w = s.weights(torch.tensor([0.1, 0.5, 1.0, 3.0]), 0, num_epochs=11, losses=losses)
+    s.start_epoch(0, num_epochs=11, losses=np.array([0.0, 1.0, 2.0]))  # median 1.0 -> lambda = 1
+    w = s.weights(torch.tensor([0.1, 0.5, 1.0, 3.0]))
     assert w.tolist() == pytest.approx(expected)
 
 
 def test_self_paced_log_weights_fall_from_one_to_zero():
     s = create_strategy("scl-log", pivot_epoch=0)
-    w = s.weights(torch.tensor([0.0, 0.5, 0.99, 2.0]), 0, num_epochs=11, losses=np.array([0.0, 1.0, 2.0]))
+    s.start_epoch(0, num_epochs=11, losses=np.array([0.0, 1.0, 2.0]))
+    w = s.weights(torch.tensor([0.0, 0.5, 0.99, 2.0]))
     assert w[0] == pytest.approx(1.0) and 0 < w[1] < 1 and w[2] < 0.05 and w[3] == 0
 
 
@@ -92,12 +113,34 @@ def test_self_paced_threshold_grows_to_everything():
     losses = np.linspace(0, 1, 101)
     lams = [s.threshold(e, 12, losses) for e in range(2, 12)]
     assert all(a <= b for a, b in zip(lams, lams[1:])) and lams[0] == pytest.approx(0.5)
-    assert s.weights(torch.tensor([5.0]), 11, num_epochs=12, losses=losses) is None  # all samples in
+    s.start_epoch(11, num_epochs=12, losses=losses)
+    assert s.weights(torch.tensor([5.0])) is None  # all samples in
+    s.start_epoch(1, num_epochs=12, losses=losses)
+    assert s.weights(torch.tensor([5.0])) is None  # before the pivot: every sample counts
+
+
+def test_self_paced_threshold_is_fixed_at_the_start_of_the_epoch():
+    # The tracker updates its losses batch by batch during an epoch; the
+    # threshold must come from the losses as they stood when the epoch began.
+    s = create_strategy("scl-hard", pivot_epoch=0, start_quantile=0.5)
+    losses = np.array([0.0, 1.0, 2.0])
+    s.start_epoch(0, num_epochs=11, losses=losses)
+    before = s.weights(torch.tensor([0.5, 1.5]))
+    losses[:] = [10.0, 11.0, 12.0]  # the in-place updates of a training pass
+    assert torch.equal(s.weights(torch.tensor([0.5, 1.5])), before)
+    assert before.tolist() == [1.0, 0.0]
 
 
 def test_ohem_sees_the_hardest_twice():
-    losses = np.arange(100.0)
-    batches = create_strategy("ohem", pivot_epoch=1, fraction=0.1).batches(
-        1, 100, 16, scores=None, losses=losses, seed=0)
+    sampler = create_strategy("ohem", pivot_epoch=1, fraction=0.1).create_sampler(100, 16, seed=0)
+    sampler.set_scores(np.arange(100.0))
+    before = _epoch(sampler, 0)
+    assert sorted(np.concatenate(before).tolist()) == list(range(100))  # before the pivot: plain random
+    batches = _epoch(sampler, 1)
     counts = np.bincount(np.concatenate(batches), minlength=100)
     assert counts[90:].tolist() == [2] * 10 and counts[:90].tolist() == [1] * 90
+    assert len(sampler) == len(batches) == 7
+    state = sampler.state_dict()
+    other = create_strategy("ohem", pivot_epoch=1, fraction=0.1).create_sampler(100, 16, seed=0)
+    other.load_state_dict(state)
+    assert list(other) == batches

@@ -58,7 +58,8 @@ def test_k_pass_value_matches_the_formula():
     model = Net().eval()
     x = torch.randn(5, 6)
     k, alpha = 8, 0.3
-    u = feature_noise_uncertainty(model, x, at="feat", k=k, alpha=alpha, seed=7)
+    # chunk_rows=k*5: all copies in one forward, the simplest layout to write by hand.
+    u = feature_noise_uncertainty(model, x, at="feat", k=k, alpha=alpha, seed=7, chunk_rows=k * 5)
     # By hand: the same private generator, the same draws.
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -108,13 +109,93 @@ def test_mode_restored_no_grad_and_batchnorm_untouched():
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_prefix_runs_once_and_the_rest_on_k_copies():
+def test_default_chunks_by_hand():
+    """Default chunk_rows = B: sub-batches of B // k samples, each with its k copies."""
+    torch.manual_seed(0)
+    model = Net().eval()
+    x, k, alpha = torch.randn(4, 6), 2, 0.3
+    u = feature_noise_uncertainty(model, x, at="feat", k=k, alpha=alpha, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    parts = []
+    with torch.no_grad():
+        for s in (0, 2):  # two sub-batches of 2 samples x 2 copies = 4 rows each
+            f = model.feat(x[s:s + 2]).repeat(k, 1)
+            xi = torch.rand(f.shape, generator=gen) * 2 * alpha - alpha
+            parts.append(torch.softmax(model.out(model.bn(f + f * xi)), 1).reshape(k, 2, -1).mean(0))
+    probs = torch.cat(parts)
+    assert torch.allclose(u, -(probs * probs.log()).sum(1), atol=1e-5)
+
+
+def test_prefix_runs_once_per_sample_and_no_forward_exceeds_the_batch():
     model = Net().eval()
     calls = {}
     model.feat.register_forward_pre_hook(lambda m, i: calls.setdefault("feat", []).append(i[0].shape[0]))
     model.out.register_forward_pre_hook(lambda m, i: calls.setdefault("out", []).append(i[0].shape[0]))
-    feature_noise_uncertainty(model, torch.randn(5, 6), at="feat", k=8)
-    assert calls == {"feat": [5], "out": [40]}
+    feature_noise_uncertainty(model, torch.randn(5, 6), at="feat", k=8, chunk_rows=40)
+    assert calls == {"feat": [5], "out": [40]}  # one tiled forward when the rows allow it
+    calls.clear()
+    feature_noise_uncertainty(model, torch.randn(16, 6), at="feat", k=8)
+    assert calls == {"feat": [2] * 8, "out": [16] * 8}  # default: at most B rows a forward
+    calls.clear()
+    feature_noise_uncertainty(model, torch.randn(3, 6), at="feat", k=8)
+    assert max(calls["out"]) <= 3 and sum(calls["out"]) == 24  # k > B: the copies are split too
+
+
+def test_chunking_changes_only_the_draws():
+    torch.manual_seed(2)
+    model = Net().eval()
+    x = torch.randn(12, 6)
+    plain = [feature_noise_uncertainty(model, x, at="feat", k=4, alpha=0.0, chunk_rows=c) for c in (1, 5, 12, 48)]
+    assert all(torch.allclose(p, plain[0], atol=1e-6) for p in plain)
+
+
+def _live_tensor_bytes() -> int:
+    """Bytes of every distinct tensor storage alive now (CPU), found through the garbage collector."""
+    import gc
+
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        try:
+            if type(obj) in (torch.Tensor, nn.Parameter) and obj.device.type == "cpu":
+                ptr = obj.untyped_storage().data_ptr()
+                if ptr not in seen:
+                    seen.add(ptr)
+                    total += obj.untyped_storage().nbytes()
+        except Exception:  # objects that fail is_tensor checks or have no storage
+            continue
+    return total
+
+
+class DenseHead(nn.Module):
+    """A dense (segmentation-like) network: conv features -> per-pixel logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(1, 8, 3, padding=1)
+        self.dec = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.dec(torch.relu(self.enc(x)))
+
+
+@pytest.mark.parametrize("counter", ["live tensors"])
+def test_k_pass_peak_memory_does_not_grow_with_k(counter):
+    """K = 2 and K = 32 on a dense output: the largest set of live tensors seen
+    inside any forward stays the same (the K predictions are a running mean)."""
+    torch.manual_seed(0)
+    model = DenseHead().eval()
+    x = torch.randn(8, 1, 32, 32)
+    peaks = {}
+    for k in (2, 32):
+        peak = [0]
+        handle = model.dec.register_forward_hook(lambda m, i, o: peak.__setitem__(0, max(peak[0], _live_tensor_bytes())))
+        baseline = _live_tensor_bytes()
+        feature_noise_uncertainty(model, x, at="enc", k=k)
+        handle.remove()
+        peaks[k] = peak[0] - baseline
+    one_output = 8 * 4 * 32 * 32 * 4  # bytes of one forward's (B, C, H, W) float32 output
+    assert peaks[32] <= peaks[2] + one_output, peaks
+    assert peaks[32] < 4 * one_output * 2, peaks  # nowhere near 32 outputs held at once
 
 
 def test_no_hook_leaks_when_the_forward_raises():
@@ -134,8 +215,54 @@ def test_networks_with_skips_fall_back_to_k_full_passes():
     with torch.no_grad():
         p = torch.softmax(model(x), 1)
     assert torch.allclose(plain, -(p * p.log()).sum(1), atol=1e-6)
+    # Five samples x 4 copies in one forward meet the 5-row skip: the fallback
+    # runs the whole network k times, and tiled=True raises instead.
+    wide = feature_noise_uncertainty(model, x, at="enc", k=4, chunk_rows=64)
+    assert wide.shape == (5,) and torch.isfinite(wide).all()
     with pytest.raises(RuntimeError):
-        feature_noise_uncertainty(model, x, at="enc", k=4, tiled=True)
+        feature_noise_uncertainty(Skip(), x, at="enc", k=4, tiled=True, chunk_rows=64)
+
+
+class OutOfMemoryAfter(nn.Module):
+    """Raises CUDA's out-of-memory error after the disturbed module, as a full GPU would."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.enc(x)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_is_never_swallowed():
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        feature_noise_uncertainty(OutOfMemoryAfter(), torch.randn(6, 4), at="enc", k=4, chunk_rows=64)
+
+
+class DictNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.cls = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return {"logits": self.cls(torch.relu(self.body(x))), "aux": torch.zeros(1)}
+
+
+def test_dict_outputs_output_fn_and_uncertainty_fn():
+    torch.manual_seed(0)
+    model, x = DictNet(), torch.randn(4, 6)
+    auto = feature_noise_uncertainty(model, x, at="body", k=1, alpha=0.0)  # reads "logits"
+    with torch.no_grad():
+        p = torch.softmax(model(x)["logits"], 1)
+    assert torch.allclose(auto, -(p * p.log()).sum(1), atol=1e-6)
+    same = feature_noise_uncertainty(model, x, at="body", k=1, alpha=0.0, output_fn=lambda o: o["logits"])
+    assert torch.allclose(auto, same)
+    top = feature_noise_uncertainty(model, x, at="body", k=1, alpha=0.0, uncertainty_fn=lambda m: 1 - m.max(1).values)
+    assert torch.allclose(top, 1 - p.max(1).values, atol=1e-6)
+    with pytest.raises(ValueError, match="uncertainty_fn must return a \\(4,\\) tensor"):
+        feature_noise_uncertainty(model, x, at="body", k=1, uncertainty_fn=lambda m: m)
 
 
 def test_global_random_state_is_untouched():

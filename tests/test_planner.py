@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from conftest import rank_sum
 from mombs import plan_batches, replica_layout
-from mombs.planner import DEFAULT_JITTER, _jitter_half_width
+from mombs.planner import DEFAULT_JITTER, _jitter_half_width, _order
 
 
 def batch_sums(scores, plan):
@@ -45,7 +45,7 @@ def test_planted_hard_samples_are_spread_one_per_batch():
 
 
 def test_mixed_balances_far_better_than_random_and_anti_is_worse(scores_1k):
-    sums = {s: batch_sums(scores_1k, plan_batches(scores_1k, 8, strategy=s, drop_last=True)).std()
+    sums = {s: batch_sums(scores_1k, plan_batches(scores_1k, 8, order=s, drop_last=True)).std()
             for s in ("mixed", "random", "anti")}
     assert sums["mixed"] < 0.02 * sums["random"]
     assert sums["anti"] > 2.0 * sums["random"]
@@ -55,13 +55,13 @@ def test_mixed_balances_far_better_than_random_and_anti_is_worse(scores_1k):
 def test_balance_ratio_for_many_batch_sizes(batch_size):
     scores = rank_sum(20_000, seed=batch_size)
     mixed = batch_sums(scores, plan_batches(scores, batch_size, drop_last=True)).std()
-    rand = batch_sums(scores, plan_batches(scores, batch_size, strategy="random", drop_last=True)).std()
+    rand = batch_sums(scores, plan_batches(scores, batch_size, order="random", drop_last=True)).std()
     assert mixed / rand < 0.02
 
 
 def test_anti_groups_neighbours():
     scores = np.arange(40.0)
-    for batch in plan_batches(scores, 4, strategy="anti", jitter=0.0):
+    for batch in plan_batches(scores, 4, order="anti", jitter=0.0):
         assert np.ptp(scores[batch]) == 3
 
 
@@ -104,7 +104,7 @@ def test_ties_and_constant_scores(scores):
     assert np.array_equal(np.sort(p0.indices()), np.arange(40))
     assert co_batched_pairs(p0) != co_batched_pairs(p1)
     sums = batch_sums(scores, p0)
-    assert np.ptp(sums) <= np.ptp(batch_sums(scores, plan_batches(scores, 4, strategy="anti")))
+    assert np.ptp(sums) <= np.ptp(batch_sums(scores, plan_batches(scores, 4, order="anti")))
 
 
 def test_integer_scores_are_accepted():
@@ -137,7 +137,7 @@ def test_plan_is_a_sequence():
     (dict(scores=np.zeros(4), batch_size=2.5), "batch_size=2.5"),
     (dict(scores=np.zeros(4), batch_size=True), "batch_size=True"),
     (dict(scores=np.array(["a", "b"]), batch_size=1), "real numbers"),
-    (dict(scores=np.zeros(4), batch_size=2, strategy="zigzag"), "'mixed', 'random', 'anti'"),
+    (dict(scores=np.zeros(4), batch_size=2, order="zigzag"), "'mixed', 'random', 'anti'"),
     (dict(scores=np.zeros(4), batch_size=2, seed=-1), "seed=-1"),
     (dict(scores=np.zeros(4), batch_size=2, epoch=-2), "epoch=-2"),
     (dict(scores=np.zeros(4), batch_size=2, num_replicas=2, rank=2), "rank=2 must be < num_replicas=2"),
@@ -174,7 +174,7 @@ def test_every_index_exactly_once_across_replicas(case):
     scores, b, world, drop_last, strategy, seed = case
     n = len(scores)
     layout = replica_layout(n, b, num_replicas=world, drop_last=drop_last)
-    plans = [plan_batches(scores, b, strategy=strategy, seed=seed, drop_last=drop_last,
+    plans = [plan_batches(scores, b, order=strategy, seed=seed, drop_last=drop_last,
                           num_replicas=world, rank=r) for r in range(world)]
     for plan in plans:
         assert len(plan) == layout["batches_per_replica"]  # the same on every replica
@@ -193,7 +193,7 @@ def test_every_index_exactly_once_across_replicas(case):
 @given(planning_cases())
 def test_plans_are_deterministic_by_seed_and_epoch(case):
     scores, b, world, drop_last, strategy, seed = case
-    kw = dict(strategy=strategy, seed=seed, drop_last=drop_last, num_replicas=world, rank=world - 1)
+    kw = dict(order=strategy, seed=seed, drop_last=drop_last, num_replicas=world, rank=world - 1)
     a, c = plan_batches(scores, b, **kw), plan_batches(scores.copy(), b, **kw)
     assert a.tolist() == c.tolist()
 
@@ -249,8 +249,7 @@ def test_order_breaks_ties_by_position(values, double):
     # The order every rank derives must not depend on the sort kernel: it is the
     # stable order of the float32-rounded keys, ties by position (and -0.0 just
     # before +0.0, which numpy's own sorts treat as equal).
-    from mombs.planner import _order
-
+    
     v = np.array(values, dtype=np.float64 if double else np.float32)
     got = _order(v)
     keys = v.astype(np.float32)
@@ -258,17 +257,29 @@ def test_order_breaks_ties_by_position(values, double):
     assert got.tolist() == expected
 
 
-@pytest.mark.parametrize("b", [2, 5, 16])
+
+def _reference_order(values: np.ndarray) -> np.ndarray:
+    """The canonical order by (float32 key, -0.0 before +0.0, position), by lexsort."""
+    keys = values.astype(np.float32)
+    return np.lexsort((np.arange(len(keys)), ~np.signbit(keys), keys))
+
+
+def _reversed_ties(values: np.ndarray) -> np.ndarray:
+    """A valid ascending sort that breaks ties the other way, as another kernel might."""
+    keys = values.astype(np.float32)
+    return np.lexsort((-np.arange(len(keys)), ~np.signbit(keys), keys))
+
+
+@pytest.mark.parametrize("b", [3, 8])  # sizes whose merges meet tied sums
 def test_mixed_plan_does_not_depend_on_the_sort_kernel(monkeypatch, b):
-    # Half-integer rank sums tie massively. Emulate a numpy whose sorts order
-    # ties the other way round: the plan must not change.
+    # Half-integer rank sums tie massively. Every sort of the plan goes through
+    # _order; the plan must equal the one made with the canonical tie order...
+    import mombs.planner as planner
+
     scores = np.round(rank_sum(3000, 3) / 4) * 2
-    expected = plan_batches(scores, b, seed=1, num_replicas=2, rank=1).tolist()
-    real = np.argsort
-
-    def reversed_ties(a, *args, **kwargs):
-        a = np.asarray(a)
-        return len(a) - 1 - real(a[::-1], kind="stable") if a.ndim == 1 else real(a, *args, **kwargs)
-
-    monkeypatch.setattr(np, "argsort", reversed_ties)
-    assert plan_batches(scores, b, seed=1, num_replicas=2, rank=1).tolist() == expected
+    got = plan_batches(scores, b, seed=1, num_replicas=2, rank=1).tolist()
+    monkeypatch.setattr(planner, "_order", _reference_order)
+    assert plan_batches(scores, b, seed=1, num_replicas=2, rank=1).tolist() == got
+    # ...and the check has teeth: a kernel that orders ties otherwise changes the plan.
+    monkeypatch.setattr(planner, "_order", _reversed_ties)
+    assert plan_batches(scores, b, seed=1, num_replicas=2, rank=1).tolist() != got

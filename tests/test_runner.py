@@ -37,10 +37,10 @@ def test_run_writes_logs_results_and_does_not_redo(tmp_path):
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     cfg = RunConfig(strategy="mixed", **dict(TINY, epochs=3))
     whole = run(cfg, tmp_path / "whole")
-    import mombs.train as train
+    import mombs.train.runner as train
 
     calls = {"n": 0}
-    original = train._evaluate
+    original = train.evaluate
 
     def dying_evaluate(*a, **k):  # kill the run after its second epoch's checkpoint... almost
         calls["n"] += 1
@@ -48,10 +48,10 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(*a, **k)
 
-    monkeypatch.setattr(train, "_evaluate", dying_evaluate)
+    monkeypatch.setattr(train, "evaluate", dying_evaluate)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "cut")
-    monkeypatch.setattr(train, "_evaluate", original)
+    monkeypatch.setattr(train, "evaluate", original)
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
     resumed = run(cfg, tmp_path / "cut")
     assert resumed["top1"] == whole["top1"] and resumed["curves"]["val_top1"] == whole["curves"]["val_top1"]
@@ -101,3 +101,44 @@ def test_constant_nonzero_paired_differences_are_significant():
 def test_a_validation_split_is_required():
     with pytest.raises(ValueError, match="val_fraction=0"):
         RunConfig(val_fraction=0).validate()
+
+
+def _result(strategy, seed, top1, **config):
+    cfg = dict(dataset="digits", strategy=strategy, seed=seed, batch_size=16, **config)
+    return {"dataset": "digits", "batch_size": 16, "loss": "ce", "strategy": strategy, "seed": seed,
+            "top1": top1, "config": cfg}
+
+
+def test_summarize_keeps_cells_that_differ_beyond_dataset_batch_and_loss_apart():
+    # Same dataset, batch size, loss and seeds, but 12 vs 40 epochs: two cells,
+    # never one whose seeds overwrite each other.
+    results = [_result("random", s, 0.80 + 0.01 * s, epochs=12) for s in range(3)]
+    results += [_result("mixed", s, 0.81 + 0.01 * s, epochs=12) for s in range(3)]
+    results += [_result("random", s, 0.60, epochs=40) for s in range(3)]
+    results += [_result("mixed", s, 0.50, epochs=40) for s in range(3)]
+    rows = summarize(results)
+    assert len(rows) == 4 and all(r["n"] == 3 for r in rows)
+    diffs = sorted(round(r["vs_baseline"]["mean"], 6) for r in rows if r["strategy"] == "mixed")
+    assert diffs == [-0.1, 0.01]
+    assert len({r["dataset"] for r in rows}) == 2  # the two cells' labels differ
+    # Result files written before a field existed group with runs at its default.
+    old = _result("random", 0, 0.7)
+    new = _result("mixed", 0, 0.7, k=8)
+    assert len({r["dataset"] for r in summarize([old, new])}) == 1
+
+
+def test_exact_t_quantiles_without_scipy(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy now fails
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    from mombs.stats import t_quantile, t_two_sided_p
+
+    # Reference values of Student's t (tables; scipy.stats.t.ppf agrees to 1e-12).
+    assert t_quantile(0.975, 4) == pytest.approx(2.7764451051977934, abs=1e-9)
+    assert t_quantile(0.975, 1) == pytest.approx(12.706204736174694, abs=1e-9)
+    assert t_quantile(0.975, 9) == pytest.approx(2.262157162798205, abs=1e-9)
+    assert t_two_sided_p(2.7764451051977934, 4) == pytest.approx(0.05, abs=1e-10)
+    d = paired_difference({s: 0.5 + 0.01 * s for s in range(5)}, {s: 0.5 for s in range(5)})
+    h = 2.7764451051977934 * np.std([0, .01, .02, .03, .04], ddof=1) / np.sqrt(5)
+    assert d["ci95"] == pytest.approx([0.02 - h, 0.02 + h]) and d["p"] is not None

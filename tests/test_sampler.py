@@ -29,7 +29,7 @@ def test_random_before_pivot_planned_after():
         sums = np.array([scores[b].sum() for b in batches])
         if epoch < 2:
             assert not s.uses_scores()
-            assert batches == plan_batches(np.zeros(400), 8, strategy="random", seed=3, epoch=epoch).tolist()
+            assert batches == plan_batches(np.zeros(400), 8, order="random", seed=3, epoch=epoch).tolist()
             assert sums.std() > 0.3 * np.sqrt(8) * scores.std()
         else:
             assert s.uses_scores()
@@ -55,10 +55,10 @@ def test_past_pivot_without_scores_warns_and_samples_at_random():
 
 
 def test_random_strategy_ignores_scores():
-    s = MixedOrderBatchSampler(50, 5, strategy="random")
+    s = MixedOrderBatchSampler(50, 5, order="random")
     s.set_scores(np.arange(50.0))
     assert not s.uses_scores()
-    assert list(s) == plan_batches(np.zeros(50), 5, strategy="random").tolist()
+    assert list(s) == plan_batches(np.zeros(50), 5, order="random").tolist()
 
 
 def test_works_with_a_dataloader_and_workers():
@@ -141,7 +141,7 @@ def test_simulated_replicas_cover_the_data_set_once():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(data_source=10, batch_size=0), "batch_size=0"),
     (dict(data_source=3.5, batch_size=2), "data_source"),
-    (dict(data_source=10, batch_size=2, strategy="best"), "strategy='best'"),
+    (dict(data_source=10, batch_size=2, order="best"), "order='best'"),
     (dict(data_source=10, batch_size=2, pivot_epoch=-1), "pivot_epoch=-1"),
     (dict(data_source=10, batch_size=2, drop_last="yes"), "drop_last='yes'"),
     (dict(data_source=10, batch_size=2, num_replicas=2, rank=5), "rank=5"),
@@ -176,3 +176,26 @@ def test_new_scores_mid_epoch_do_not_change_the_replayed_epoch():
     assert list(resumed) == full[5:]
     resumed.set_epoch(3)  # the next epoch is planned from the newest scores
     assert np.array_equal(resumed.scores, rank_sum(200, seed=2))
+
+
+def test_plan_is_pure_so_a_resume_replays_the_scores_the_epoch_used():
+    # Batches 0-1 of epoch 2 come from scores A. Then new scores arrive and
+    # someone calls plan() (to look at the next plan): a resume must still
+    # replay the rest of epoch 2 from A.
+    a, b = np.arange(40.0), np.arange(40.0)[::-1].copy()
+    s = MixedOrderBatchSampler(40, 4, pivot_epoch=1, seed=5)
+    s.set_scores(a)
+    s.set_epoch(2)
+    it = iter(s)
+    first = [next(it), next(it)]
+    s.set_scores(b)
+    peek = s.plan()
+    assert peek.tolist() != [x for x in first]  # plan() shows the new scores' plan...
+    state = s.state_dict(batches_done=2)
+    whole = MixedOrderBatchSampler(40, 4, pivot_epoch=1, seed=5)
+    whole.set_scores(a)
+    whole.set_epoch(2)
+    expected = list(whole)
+    resumed = MixedOrderBatchSampler(40, 4, pivot_epoch=1, seed=5)
+    resumed.load_state_dict(state)
+    assert first + list(resumed) == expected  # ...but the epoch in flight keeps its own

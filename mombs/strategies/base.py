@@ -1,4 +1,11 @@
-"""The strategy interface and its registry."""
+"""The strategy interface and its registry.
+
+A strategy is a recipe for the training loop's two hooks: the batch sampler
+that forms each epoch's minibatches, and an optional per-sample loss weighting.
+It never runs a training loop of its own; the runner (or a user's loop) calls
+:meth:`Strategy.create_sampler` once, :meth:`Strategy.start_epoch` before each
+epoch and :meth:`Strategy.weights` on each batch's per-sample losses.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from ..sampler import MixedOrderBatchSampler
 
 __all__ = ["STRATEGY_REGISTRY", "Strategy", "create_strategy", "register_strategy"]
 
@@ -27,44 +36,53 @@ def register_strategy(name: str) -> Callable[[type], type]:
 class Strategy:
     """How one epoch's minibatches are formed and how per-sample losses are weighted.
 
-    A strategy sees per-sample measurements only through the ``scores`` and
-    ``losses`` handed to it; it knows nothing of models or data sets.
+    A strategy sees per-sample measurements only through the scores its sampler
+    is given and the losses handed to :meth:`start_epoch`; it knows nothing of
+    models or data sets.
 
     Attributes:
         name: registry name.
         measure: which difficulty measures it needs: ``"both"``, ``"loss"``,
-            ``"uncertainty"`` or ``None`` (none).
+            ``"uncertainty"`` or ``None`` (none). A
+            :class:`~mombs.DifficultyAssessor` with this ``measure`` feeds the
+            sampler.
+        schedule: the assessment schedule it needs, or ``None`` for the run's.
         pivot_epoch: first epoch that uses the measures.
     """
 
     name = "base"
     measure: str | None = None
+    schedule: str | None = None
+    #: The planner order of the sampler (see :data:`mombs.planner.ORDERS`).
+    order = "random"
 
     def __init__(self, *, pivot_epoch: int = 1):
         if isinstance(pivot_epoch, bool) or not isinstance(pivot_epoch, int) or pivot_epoch < 0:
             raise ValueError(f"pivot_epoch={pivot_epoch!r} must be an integer >= 0")
         self.pivot_epoch = pivot_epoch
 
-    def batches(self, epoch: int, num_samples: int, batch_size: int, *, scores: np.ndarray | None,
-                losses: np.ndarray | None, seed: int, drop_last: bool = False) -> list[list[int]]:
-        """The epoch's minibatches as lists of data set indices.
+    def create_sampler(self, data_source, batch_size: int, *, seed: int = 0, drop_last: bool = False,
+                       num_replicas: int | None = None, rank: int | None = None):
+        """The batch sampler for ``DataLoader(dataset, batch_sampler=...)``.
+
+        It has ``set_epoch``, ``set_scores``, ``state_dict`` and
+        ``load_state_dict``; plans depend only on the seed, the epoch and the
+        scores it was given.
+        """
+        return MixedOrderBatchSampler(data_source, batch_size, order=self.order, pivot_epoch=self.pivot_epoch,
+                                      drop_last=drop_last, seed=seed, num_replicas=num_replicas, rank=rank)
+
+    def start_epoch(self, epoch: int, *, num_epochs: int, losses: np.ndarray | None) -> None:
+        """Called before each epoch with the per-sample losses as they stand then.
 
         Args:
-            epoch: the epoch being planned.
-            num_samples: ``N``.
-            batch_size: ``B``.
-            scores: ``(N,)`` difficulty, higher = harder, or ``None`` before any measurement.
-            losses: ``(N,)`` latest per-sample losses, or ``None``.
-            seed: run seed; the plan must depend only on it, the epoch and the inputs.
-            drop_last: drop a last incomplete batch.
+            epoch: the epoch about to start.
+            num_epochs: epochs of the whole run.
+            losses: ``(N,)`` latest per-sample losses, or ``None`` while some
+                sample has none. A copy: later updates do not reach it.
         """
-        from ..planner import plan_batches
 
-        return plan_batches(np.zeros(num_samples), batch_size, strategy="random", seed=seed,
-                            epoch=epoch, drop_last=drop_last).tolist()
-
-    def weights(self, batch_losses: torch.Tensor, epoch: int, *, num_epochs: int,
-                losses: np.ndarray | None) -> torch.Tensor | None:
+    def weights(self, batch_losses: torch.Tensor) -> torch.Tensor | None:
         """Per-sample weights ``(B,)`` for the batch's losses, or ``None`` for all ones."""
         return None
 

@@ -4,8 +4,85 @@ previous epoch is seen twice (``shared/METHOD.md`` §3)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch.utils.data import Sampler
 
+from ..planner import _check_int, _check_scores, plan_batches
+from ..schedule import planned
 from .base import Strategy, register_strategy
+
+__all__ = ["HardExampleBatchSampler", "HardExampleRetrain"]
+
+
+class HardExampleBatchSampler(Sampler[list[int]]):
+    """Random batches over all ``N`` samples plus a second copy of the hardest ones.
+
+    Before ``pivot_epoch`` (or before any :meth:`set_scores`) it yields plain
+    random batches. From it on, the ``fraction`` of samples with the highest
+    scores are added once more and the whole list is shuffled into batches, so
+    an epoch has ``ceil(N * (1 + fraction) / B)`` batches.
+
+    Args:
+        data_source: the data set (anything with ``len``) or its size ``N``.
+        batch_size: samples per batch, ``>= 1``.
+        fraction: share of samples seen twice, in ``(0, 1]``.
+        pivot_epoch: first epoch with duplicates, ``>= 0``.
+        drop_last: drop a last incomplete batch.
+        seed: seed of the shuffles, ``>= 0``.
+    """
+
+    def __init__(self, data_source, batch_size: int, *, fraction: float = 0.1, pivot_epoch: int = 1,
+                 drop_last: bool = False, seed: int = 0):
+        n = data_source if isinstance(data_source, (int, np.integer)) else len(data_source)
+        _check_int("len(data_source)", n, 0)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("pivot_epoch", pivot_epoch, 0)
+        _check_int("seed", seed, 0)
+        self.num_samples_total, self.batch_size = int(n), int(batch_size)
+        self.fraction, self.pivot_epoch = float(fraction), int(pivot_epoch)
+        self.drop_last, self.seed = bool(drop_last), int(seed)
+        self.epoch = 0
+        self._scores: np.ndarray | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        _check_int("epoch", epoch, 0)
+        self.epoch = int(epoch)
+
+    def set_scores(self, scores) -> None:
+        """``(N,)`` scores, higher = harder (the loss rank); a copy is kept."""
+        arr = _check_scores(scores)
+        if arr.shape[0] != self.num_samples_total:
+            raise ValueError(f"scores has {arr.shape[0]} entries but the data set has "
+                             f"{self.num_samples_total} samples")
+        self._scores = np.array(arr, copy=True)
+
+    def _batches(self) -> list[np.ndarray]:
+        n, b = self.num_samples_total, self.batch_size
+        if not planned(self.epoch, self.pivot_epoch) or self._scores is None:
+            return list(plan_batches(np.zeros(n), b, order="random", seed=self.seed, epoch=self.epoch,
+                                     drop_last=self.drop_last))
+        hard = np.argsort(self._scores)[::-1][:int(round(self.fraction * n))]
+        items = np.concatenate([np.arange(n), hard])
+        rng = np.random.default_rng([self.seed, self.epoch, 0x0E])
+        items = items[rng.permutation(items.size)]
+        stop = (items.size // b) * b if self.drop_last else items.size
+        return [items[i:i + b] for i in range(0, stop, b)]
+
+    def __iter__(self):
+        for batch in self._batches():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed,
+                "scores": None if self._scores is None else torch.from_numpy(self._scores.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
+        s = state.get("scores")
+        self._scores = None if s is None else _check_scores(s.numpy() if torch.is_tensor(s) else np.asarray(s))
 
 
 @register_strategy("ohem")
@@ -25,13 +102,9 @@ class HardExampleRetrain(Strategy):
             raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
         self.fraction = float(fraction)
 
-    def batches(self, epoch, num_samples, batch_size, *, scores, losses, seed, drop_last=False):
-        if epoch < self.pivot_epoch or losses is None:
-            return super().batches(epoch, num_samples, batch_size, scores=None, losses=None,
-                                   seed=seed, drop_last=drop_last)
-        hard = np.argsort(losses)[::-1][:int(round(self.fraction * num_samples))]
-        items = np.concatenate([np.arange(num_samples), hard])
-        rng = np.random.default_rng([seed, epoch, 0x0E])
-        items = items[rng.permutation(items.size)]
-        stop = (items.size // batch_size) * batch_size if drop_last else items.size
-        return [items[i:i + batch_size].tolist() for i in range(0, stop, batch_size)]
+    def create_sampler(self, data_source, batch_size, *, seed=0, drop_last=False, num_replicas=None,
+                       rank=None):
+        if (num_replicas or 1) > 1:
+            raise ValueError(f"num_replicas={num_replicas}: the ohem sampler is single-process")
+        return HardExampleBatchSampler(data_source, batch_size, fraction=self.fraction,
+                                       pivot_epoch=self.pivot_epoch, drop_last=drop_last, seed=seed)

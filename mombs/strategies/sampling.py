@@ -1,23 +1,9 @@
 """Strategies that only change how minibatches are formed: random, mixed (and
-its one-measure ablations) and anti."""
+its one-measure and plain-entropy variants) and anti."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..planner import plan_batches
 from .base import Strategy, register_strategy
-
-
-class _Planned(Strategy):
-    plan = "mixed"
-
-    def batches(self, epoch, num_samples, batch_size, *, scores, losses, seed, drop_last=False):
-        if epoch < self.pivot_epoch or scores is None:
-            return super().batches(epoch, num_samples, batch_size, scores=None, losses=None,
-                                   seed=seed, drop_last=drop_last)
-        return plan_batches(scores, batch_size, strategy=self.plan, seed=seed, epoch=epoch,
-                            drop_last=drop_last).tolist()
 
 
 @register_strategy("random")
@@ -26,25 +12,37 @@ class RandomBatches(Strategy):
 
 
 @register_strategy("mixed")
-class MixedOrder(_Planned):
+class MixedOrder(Strategy):
     """MoMBS: every batch carries the same summed loss + uncertainty rank."""
     measure = "both"
+    order = "mixed"
 
 
 @register_strategy("mixed-loss")
-class MixedOrderLoss(_Planned):
+class MixedOrderLoss(Strategy):
     """MoMBS with the loss rank alone (ablation Mo+l)."""
     measure = "loss"
+    order = "mixed"
 
 
 @register_strategy("mixed-uncertainty")
-class MixedOrderUncertainty(_Planned):
+class MixedOrderUncertainty(Strategy):
     """MoMBS with the uncertainty rank alone (ablation Mo+u)."""
     measure = "uncertainty"
+    order = "mixed"
+
+
+@register_strategy("mixed-entropy")
+class MixedOrderEntropy(Strategy):
+    """MoMBS with the plain entropy of the training forward's prediction in place
+    of the K-pass disturbed uncertainty (``K = 1``, no noise, no extra pass)."""
+    measure = "both"
+    order = "mixed"
+    schedule = "train-entropy"
 
 
 @register_strategy("anti")
-class AntiOrder(_Planned):
+class AntiOrder(Strategy):
     """Hard with hard, easy with easy: the opposite of MoMBS (ablation)."""
     measure = "both"
-    plan = "anti"
+    order = "anti"

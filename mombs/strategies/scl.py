@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..schedule import planned
 from .base import Strategy, register_strategy
 
 
@@ -23,6 +24,15 @@ class _SelfPaced(Strategy):
         if not isinstance(start_quantile, (int, float)) or not 0 < start_quantile <= 1:
             raise ValueError(f"start_quantile={start_quantile!r} must be in (0, 1]")
         self.start_quantile = float(start_quantile)
+        self.lam: float | None = None  # this epoch's threshold; None: every sample counts
+
+    def start_epoch(self, epoch, *, num_epochs, losses):
+        # The threshold comes from the losses as they stood when the epoch
+        # began: the tracker updates its losses batch by batch during the epoch.
+        lam = None
+        if planned(epoch, self.pivot_epoch) and losses is not None:
+            lam = self.threshold(epoch, num_epochs, np.array(losses, copy=True))
+        self.lam = lam if lam is not None and np.isfinite(lam) else None
 
     def threshold(self, epoch: int, num_epochs: int, losses: np.ndarray) -> float:
         """``lambda`` for ``epoch``: a growing quantile of the latest losses."""
@@ -32,13 +42,10 @@ class _SelfPaced(Strategy):
             return float("inf")
         return float(np.quantile(losses, q))
 
-    def weights(self, batch_losses, epoch, *, num_epochs, losses):
-        if epoch < self.pivot_epoch or losses is None:
+    def weights(self, batch_losses):
+        if self.lam is None:
             return None
-        lam = self.threshold(epoch, num_epochs, losses)
-        if not np.isfinite(lam):
-            return None
-        return self.regularizer(batch_losses.detach(), max(lam, 1e-12))
+        return self.regularizer(batch_losses.detach(), max(self.lam, 1e-12))
 
     def regularizer(self, loss: torch.Tensor, lam: float) -> torch.Tensor:
         raise NotImplementedError

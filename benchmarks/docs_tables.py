@@ -1,0 +1,284 @@
+"""The generated tables in docs/*.md, rendered from the committed result files.
+
+    python benchmarks/docs_tables.py            # print every block
+    python benchmarks/docs_tables.py --write    # rewrite the blocks in docs/*.md in place
+    python benchmarks/docs_tables.py --check    # exit 1 and print a diff if a block is stale
+
+A block in a docs page looks like this, and everything between the two markers
+belongs to this script:
+
+    <!-- generated: NAME (python benchmarks/docs_tables.py) -->
+    ...
+    <!-- end generated: NAME -->
+
+Every block is a pure function of files under ``benchmarks/results/``: no
+training, no timing, only JSON reading. ``tests/test_docs.py`` fails when a
+committed block differs from what this script renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path("benchmarks/results")
+CLASSIFICATION = RESULTS / "classification"
+
+# study_table.py sits next to this script; its `load` names the study's data sets.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MIN_SEEDS = 5
+
+_BLOCK = re.compile(
+    r"(?P<start><!-- generated: (?P<name>[\w.-]+) \(python benchmarks/docs_tables\.py\) -->\n)"
+    r"(?P<body>.*?)"
+    r"(?P<end><!-- end generated: (?P=name) -->)",
+    re.DOTALL,
+)
+_START = re.compile(r"<!-- generated: ([\w.-]+)")
+
+# What each schedule in benchmarks/overhead.py does; the figures come from the results file.
+SCHEDULE_NOTES = {
+    "train-features": ("training pass", "from the training forward's features"),
+    "rotate-4": ("training pass", "on a rotating 1/4 each epoch"),
+    "every-4": ("training pass", "on all, every 4th epoch"),
+    "rotate-2": ("training pass", "on a rotating 1/2 each epoch"),
+    "every-2": ("training pass", "on all, every 2nd epoch"),
+    "reuse-loss": ("training pass", "on all, every epoch"),
+    "paper": ("eval pass", "on all, every epoch"),
+}
+
+# The estimates that benchmarks/fidelity_limits.py compares with a fresh full assessment.
+ESTIMATE_LABELS = {
+    "reuse-loss": "fresh uncertainty (`reuse-loss`)",
+    "rotate-3+train": "rotating third + training-forward uncertainty, rank-averaged",
+    "rotate-4+train": "rotating quarter + training-forward uncertainty",
+    "rotate-3": "rotating third (`rotate-3`)",
+    "rotate-4": "rotating quarter (`rotate-4`)",
+    "rotate-4-moved": "the quarter whose training-loss rank moved most",
+    "train-features": "training forward's own features (`train-features`)",
+    "stale-1": "every uncertainty one epoch old",
+}
+
+# Its diagnostics: how fast the rankings move, and how close the training forward gets.
+DIAGNOSTIC_LABELS = {
+    "unc_epoch_to_epoch": "uncertainty ranking, one epoch against the next",
+    "loss_epoch_to_epoch": "loss ranking, one epoch against the next",
+    "unc_train_vs_eval": "training-forward uncertainty against eval mode",
+    "unc_trainmode_frozen": "train-mode uncertainty against eval mode, weights frozen",
+}
+
+
+def _read(root: Path, rel: Path) -> dict:
+    return json.loads((root / rel).read_text())
+
+
+def _source(rel: Path, res: dict) -> str:
+    """One line naming the results file and the environment it was measured in."""
+    env = res.get("environment", {})
+    parts = [f"{env['cpu']} ({env['cpu_count']} cores)" if "cpu" in env else None,
+             f"device {env['device']}" if "device" in env else None,
+             f"torch {env['torch']}" if "torch" in env else None,
+             f"numpy {env['numpy']}" if "numpy" in env else None,
+             f"commit {env['commit'][:7]}" if env.get("commit") else None]
+    where = ", ".join(p for p in parts if p)
+    return f"From `{rel.as_posix()}`" + (f" ({where})." if where else ".")
+
+
+def _table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _study_runs(root: Path) -> list[dict]:
+    from study_table import load
+
+    return load(root / CLASSIFICATION)
+
+
+def render_study(root: Path) -> str:
+    """The study table exactly as ``benchmarks/study_table.py --markdown`` prints it."""
+    from mombs.compare import summarize
+    from mombs.report import format_table
+
+    runs = _study_runs(root)
+    rows = summarize(runs)
+    short = [r for r in rows if r.get("n", MIN_SEEDS) < MIN_SEEDS]
+    return (format_table(rows, markdown=True)
+            + f"\n\n{len(runs)} runs in `{CLASSIFICATION.as_posix()}/`; "
+              f"cells with fewer than {MIN_SEEDS} seeds: {len(short)}")
+
+
+def render_lt_curves(root: Path, dataset: str = "fashion-mnist-LT", batch_size: int = 16) -> str:
+    """Mean test top-1 over seeds at every epoch the runs tested, one row per strategy."""
+    import numpy as np
+
+    by: dict[str, list[dict]] = {}
+    for r in _study_runs(root):
+        if r["dataset"] == dataset and r["batch_size"] == batch_size:
+            by.setdefault(r["strategy"], []).append(r)
+    if not by:
+        return f"(no runs of {dataset} at batch size {batch_size})"
+    curves = {s: np.array([[np.nan if v is None else v for v in r["curves"]["test_top1"]] for r in runs],
+                          dtype=np.float64) for s, runs in by.items()}
+    tested = sorted(set.intersection(*(set(np.flatnonzero(~np.isnan(c).any(0))) for c in curves.values())))
+    head = ["strategy", "n"] + [f"after epoch {e + 1}" for e in tested]
+    order = sorted(by, key=lambda s: (s != "random", s))
+    body = [[s, str(len(by[s]))] + [f"{100 * curves[s][:, e].mean():.1f}" for e in tested] for s in order]
+    return (f"{dataset}, batch size {batch_size}: test top-1 %, mean over seeds "
+            f"(the `curves.test_top1` of each run file).\n\n" + _table(head, body))
+
+
+def render_planner(root: Path) -> str:
+    rel = RESULTS / "planner.json"
+    res = _read(root, rel)
+    head = ["N", "batch size", "strategy", "× argsort", "balance_ratio", "pair_repeat_rate"]
+    body = [[f"{r['n']:,}", str(r["batch_size"]), r["strategy"], f"{r['seconds_over_argsort']:.2f}",
+             f"{r['balance_ratio']:.1e}", f"{r['pair_repeat_rate']:.1e}"] for r in res["records"]]
+    return _table(head, body) + "\n\n" + _source(rel, res)
+
+
+def render_overhead(root: Path) -> str:
+    rel = RESULTS / "overhead_cpu.json"
+    res = _read(root, rel)
+    head = ["schedule", "loss from", "uncertainty taken", "overhead_ratio", "rank_spearman"]
+    records = sorted(res["records"], key=lambda r: (r["overhead_ratio"], r["schedule"]))
+    body = [[r["schedule"], *SCHEDULE_NOTES.get(r["schedule"], ("-", "-")),
+             f"{r['overhead_ratio']:.2f}", f"{r['rank_spearman']:.3f}"] for r in records]
+    return _table(head, body) + "\n\n" + _source(rel, res)
+
+
+def render_pass_cost(root: Path) -> str:
+    rel = RESULTS / "pass_cost_cpu.json"
+    res = _read(root, rel)
+    best = res["best_pass"]
+    head = ["training batch size", "full pass / training epoch", "measured epoch with a full refresh",
+            "share refreshable within 1.10×"]
+    body = []
+    for train, floor in sorted(res["full_refresh_overhead_floor"].items(),
+                               key=lambda kv: int(kv[0].rsplit("_b", 1)[1])):
+        body.append([train.rsplit("_b", 1)[1], f"{res['ratios'][f'{best}_over_{train}']:.2f}×",
+                     f"{floor:.2f}×", f"{100 * res['refreshable_fraction_at_1.10'][train]:.0f}%"])
+    return (_table(head, body) + f"\n\nThe pass at batch size {best.rsplit('_b', 1)[1]} "
+            f"(the faster one), K = {res['args']['k']}. " + _source(rel, res))
+
+
+def _fidelity_rows(summary: dict, keys: list[str], labels: dict) -> list[list[str]]:
+    keys = sorted(keys, key=lambda k: (-summary[k]["mean"], k))
+    return [[labels.get(k, f"`{k}`"), f"{summary[k]['mean']:.3f}",
+             ", ".join(f"{v:.3f}" for v in summary[k]["per_seed"])] for k in keys]
+
+
+def render_fidelity(root: Path) -> str:
+    rel = RESULTS / "fidelity_limits_cpu.json"
+    res = _read(root, rel)
+    summary = res["summary"]
+    keys = [k for k in summary if k not in DIAGNOSTIC_LABELS]
+    return (_table(["estimate (all with the training pass's loss)", "fidelity", "per seed"],
+                   _fidelity_rows(summary, keys, ESTIMATE_LABELS)) + "\n\n" + _source(rel, res))
+
+
+def render_fidelity_diagnostics(root: Path) -> str:
+    rel = RESULTS / "fidelity_limits_cpu.json"
+    res = _read(root, rel)
+    summary = res["summary"]
+    keys = [k for k in summary if k in DIAGNOSTIC_LABELS]
+    return (_table(["Spearman correlation of", "mean", "per seed"],
+                   _fidelity_rows(summary, keys, DIAGNOSTIC_LABELS)) + "\n\n" + _source(rel, res))
+
+
+RENDERERS = {
+    "study": render_study,
+    "lt-curves": render_lt_curves,
+    "planner": render_planner,
+    "overhead": render_overhead,
+    "pass-cost": render_pass_cost,
+    "fidelity": render_fidelity,
+    "fidelity-diagnostics": render_fidelity_diagnostics,
+}
+
+
+def render_all(root: Path = ROOT) -> dict[str, str]:
+    """Every block's body, by name, as it belongs between its markers."""
+    return {name: "\n" + fn(Path(root)).rstrip("\n") + "\n\n" for name, fn in RENDERERS.items()}
+
+
+def block_names(text: str) -> list[str]:
+    """The names of the generated blocks in ``text``, in order."""
+    return _START.findall(text)
+
+
+def update(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with every generated block's body replaced by ``blocks[name]``.
+
+    Raises:
+        ValueError: a block names no renderer, or its end marker is missing.
+    """
+    complete = [m.group("name") for m in _BLOCK.finditer(text)]
+    if complete != block_names(text):
+        raise ValueError(f"unterminated or malformed generated block(s) among {block_names(text)}; "
+                         f"each needs '<!-- end generated: NAME -->'")
+    unknown = sorted(set(complete) - set(blocks))
+    if unknown:
+        raise ValueError(f"unknown generated block(s) {unknown}; known: {sorted(blocks)}")
+    return _BLOCK.sub(lambda m: m.group("start") + blocks[m.group("name")] + m.group("end"), text)
+
+
+def docs_pages(root: Path = ROOT) -> list[Path]:
+    return sorted((Path(root) / "docs").glob("*.md"))
+
+
+def stale(root: Path = ROOT) -> dict[Path, tuple[str, str]]:
+    """``{page: (committed, regenerated)}`` for every docs page whose blocks are out of date."""
+    blocks = render_all(root)
+    out = {}
+    for page in docs_pages(root):
+        text = page.read_text(encoding="utf-8")
+        new = update(text, blocks)
+        if new != text:
+            out[page] = (text, new)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the blocks in docs/*.md in place")
+    mode.add_argument("--check", action="store_true", help="exit 1 and print a diff if a block differs")
+    p.add_argument("--root", type=Path, default=ROOT, help="the repository root (default: %(default)s)")
+    args = p.parse_args(argv)
+
+    if not (args.write or args.check):
+        for name, body in render_all(args.root).items():
+            print(f"== {name}{body}")
+        return 0
+    try:
+        changed = stale(args.root)
+    except ValueError as err:
+        print(f"docs_tables: {err}", file=sys.stderr)
+        return 1
+    if args.write:
+        for page, (_, new) in changed.items():
+            page.write_text(new, encoding="utf-8")
+            print(f"rewrote {page.relative_to(args.root)}")
+        if not changed:
+            print("docs tables are up to date")
+        return 0
+    for page, (old, new) in changed.items():
+        rel = page.relative_to(args.root).as_posix()
+        sys.stdout.writelines(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                                   f"{rel} (committed)", f"{rel} (regenerated)"))
+    if changed:
+        print("\ndocs tables are stale: run  python benchmarks/docs_tables.py --write", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,20 @@
+"""Task adapters: what the assessor needs to know about a task, and nothing else.
+
+An adapter says how a model's output becomes the prediction tensor, how
+per-sample losses are computed, and how the mean disturbed prediction reduces
+to one uncertainty per sample. The assessor knows nothing of tasks beyond this.
+
+==================  =============================================================
+name                what it covers
+==================  =============================================================
+classification      ``(B, C)`` logits, or dense ``(B, C, *S)`` logits with
+                    ``(B, *S)`` class maps: cross-entropy averaged per sample,
+                    mean per-position entropy of the mean softmax
+==================  =============================================================
+"""
+
+from .base import TASKS, TaskAdapter, create_task, register_task
+from . import classification  # noqa: F401  (registers the adapter)
+from .classification import per_sample_loss
+
+__all__ = ["TASKS", "TaskAdapter", "create_task", "per_sample_loss", "register_task"]
