@@ -193,8 +193,55 @@ def render_fidelity_diagnostics(root: Path) -> str:
                    _fidelity_rows(summary, keys, DIAGNOSTIC_LABELS)) + "\n\n" + _source(rel, res))
 
 
+def render_disturbance(root: Path) -> str:
+    """What the feature-map disturbance adds over the plain entropy, per model and noise point."""
+    rel = RESULTS / "disturbance_cpu.json"
+    res = _read(root, rel)
+
+    def cell(stats: dict, key: str) -> str:
+        v = stats.get(key)
+        return "-" if v is None else f"{v['mean']:.4f} ± {v['std']:.4f}"
+
+    body = []
+    for model, points in res["summary"].items():
+        for at, by_data in points.items():
+            a = by_data["all_datasets"]
+            body.append([model, f"`{at}`", cell(a, "spearman_unc"), cell(a, "spearman_score"),
+                         cell(a, "top_decile_overlap"), cell(a, "repeat_spearman_unc"),
+                         cell(a, "spearman_unc_corrected"), cell(a, "auroc_noisy_unc")])
+    head = ["model", "noise at", "Spearman(u K=8, plain entropy)", "Spearman(difficulty scores)",
+            "top-10% overlap", "K=8 vs another K=8 draw", "noise-corrected", "flipped-label AUROC of u"]
+    return _table(head, body) + "\n\n" + _source(rel, res)
+
+
+def render_onepath(root: Path) -> str:
+    """The committed NL batch-size-32 cell against its rerun through the one path, seed by seed."""
+    rel = RESULTS / "onepath_compare.json"
+    res = _read(root, rel)
+    body = [[r["strategy"], str(r["seed"]), f"{100 * r['committed_top1']:.2f}", f"{100 * r['rerun_top1']:.2f}",
+             f"{100 * (r['rerun_top1'] - r['committed_top1']):+.2f}", "yes" if r["identical_curves"] else "no"]
+            for r in res["per_seed"]]
+    table = _table(["strategy", "seed", "committed top-1 %", "rerun top-1 %", "rerun - committed, pts",
+                    "identical curves"], body)
+
+    def ci(d):
+        if not d:
+            return "-"
+        text = f"{100 * d['mean']:+.2f}"
+        if d.get("ci95"):
+            text += f" [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
+        return text + f" (n={d['n']})"
+
+    summary = _table(["paired difference, pts [95% CI]", "value"],
+                     [[f"rerun - committed, {s}", ci(d)] for s, d in res["rerun_minus_committed"].items()]
+                     + [[f"mixed - random, {w}", ci(d)] for w, d in res["mixed_minus_random"].items()])
+    return table + "\n\n" + summary + "\n\n" + _source(rel, res)
+
+
 RENDERERS = {
     "study": render_study,
+    "disturbance": render_disturbance,
+    "onepath": render_onepath,
     "lt-curves": render_lt_curves,
     "planner": render_planner,
     "overhead": render_overhead,

@@ -50,7 +50,16 @@ def to_device(obj, device, *, non_blocking: bool = False):
 
     Tensors, mappings, lists and tuples (named tuples too) are walked
     recursively, so detection targets (a list of dicts of tensors) move like a
-    plain label tensor; anything else is returned as it is.
+    plain label tensor; an object with its own ``.to(device)`` is moved by it;
+    anything else is returned as it is.
+
+    Args:
+        obj: a tensor or a nested structure holding tensors.
+        device: where the tensors go.
+        non_blocking: passed to ``Tensor.to``.
+
+    Returns:
+        The same structure with its tensors on ``device``.
     """
     if torch.is_tensor(obj):
         return obj.to(device, non_blocking=non_blocking)
@@ -64,6 +73,11 @@ def to_device(obj, device, *, non_blocking: bool = False):
         return type(obj)(*(to_device(v, device, non_blocking=non_blocking) for v in obj))
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(v, device, non_blocking=non_blocking) for v in obj)
+    if callable(getattr(obj, "to", None)):  # structures that move themselves (PyG Data, ...)
+        try:
+            return obj.to(device)
+        except TypeError:
+            return obj
     return obj
 
 
@@ -72,14 +86,56 @@ def _default_batch_fn(batch):
 
 
 def _select(obj, mask: np.ndarray):
-    """The rows of a batch picked by a ``(B,)`` bool mask: tensors, sequences and mappings."""
+    """The samples of a batch picked by a ``(B,)`` bool mask.
+
+    A tensor keeps its selected rows; a tuple or a mapping groups batched
+    fields (``(x1, x2)``, ``{"image": ..., "mask": ...}``), each selected in
+    turn; a list holds one entry per sample (detection's list of images).
+    """
     if torch.is_tensor(obj):
         return obj[torch.from_numpy(mask).to(obj.device)]
     if isinstance(obj, Mapping):
-        return type(obj)({k: _select(v, mask) for k, v in obj.items()})
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(v for v, keep in zip(obj, mask) if keep)
+        return {k: _select(v, mask) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        picked = [_select(v, mask) for v in obj]
+        return type(obj)(*picked) if hasattr(obj, "_fields") else tuple(picked)
+    if isinstance(obj, list):
+        if len(obj) != len(mask):
+            raise ValueError(f"a list in the batch has {len(obj)} entries but the batch has {len(mask)} "
+                             f"samples; lists must hold one entry per sample")
+        return [v for v, keep in zip(obj, mask) if keep]
     return obj
+
+
+def _normal_device(device) -> torch.device:
+    """``device`` with its index filled in, so that ``cuda`` and ``cuda:0`` compare equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _check_indices(name: str, indices, n: int) -> np.ndarray:
+    arr = np.asarray(indices)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be a (n,) integer array, got shape {arr.shape} and dtype {arr.dtype}")
+    if arr.min() < 0 or arr.max() >= n:
+        raise ValueError(f"{name} must lie in [0, {n}), the data set's indices; got values in "
+                         f"[{arr.min()}, {arr.max()}]")
+    return np.unique(arr.astype(np.int64))
+
+
+def _task_parts(task, loss_fn, output_fn, uncertainty_fn, activation):
+    """The adapter's parts with the caller's overrides. A given ``output_fn``
+    also feeds the adapter's default loss, which reads the prediction with it."""
+    adapter = create_task(task)
+    if loss_fn is None:
+        base = adapter.loss_fn
+        loss_fn = base if output_fn is None else (lambda outputs, targets: base(output_fn(outputs), targets))
+    return (loss_fn, output_fn or adapter.output_fn, uncertainty_fn or adapter.uncertainty_fn,
+            activation or adapter.activation)
 
 
 def _as_index_array(indices) -> np.ndarray:
@@ -132,18 +188,20 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
         ``((loss_idx, loss), (unc_idx, unc))``: sorted ``(n,)`` int64 indices and
         ``(n,)`` float64 values of each measure, higher = harder.
     """
-    adapter = create_task(task)
-    loss_fn = loss_fn or adapter.loss_fn
-    output_fn = output_fn or adapter.output_fn
-    uncertainty_fn = uncertainty_fn or adapter.uncertainty_fn
-    activation = activation or adapter.activation
+    loss_fn, output_fn, uncertainty_fn, activation = _task_parts(task, loss_fn, output_fn, uncertainty_fn,
+                                                                 activation)
+    _check_noise_args(k, alpha, activation)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
     batch_fn = batch_fn or _default_batch_fn
     n = len(dataset)
     every = np.arange(n, dtype=np.int64)
-    loss_idx = every if loss_indices is None else np.unique(np.asarray(loss_indices, dtype=np.int64))
-    unc_idx = every if uncertainty_indices is None else np.unique(np.asarray(uncertainty_indices, dtype=np.int64))
-    if unc_idx.size and at is None:
-        raise ValueError("at=None: uncertainties need the name of the submodule to disturb")
+    loss_idx = every if loss_indices is None else _check_indices("loss_indices", loss_indices, n)
+    unc_idx = every if uncertainty_indices is None else _check_indices("uncertainty_indices", uncertainty_indices, n)
+    if unc_idx.size:
+        if at is None:
+            raise ValueError("at=None: uncertainties need the name of the submodule to disturb")
+        find_module(model, at)
     idx = np.union1d(loss_idx, unc_idx)
     want_loss, want_unc = np.isin(idx, loss_idx), np.isin(idx, unc_idx)
     if device is None:
@@ -153,8 +211,10 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
     losses, uncs = np.zeros(loss_idx.size), np.zeros(unc_idx.size)
     got_loss, got_unc = [], []
     data = dataset if idx.size == n else Subset(dataset, idx.tolist())
+    # A private generator: a DataLoader draws its workers' base seed from the
+    # global RNG otherwise, and the library never touches that.
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_fn)
+                        collate_fn=collate_fn, generator=torch.Generator())
     pos = 0
     with torch.no_grad(), _eval_mode(model):
         for batch in loader:
@@ -162,10 +222,17 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
             ids = _as_index_array(indices)
             sel = slice(pos, pos + len(ids))
             pos += len(ids)
+            if not np.array_equal(ids, idx[sel]):
+                raise ValueError(f"the batch carries indices {ids[:5].tolist()}... where positions "
+                                 f"{idx[sel][:5].tolist()}... were read: wrap the data set in "
+                                 f"mombs.IndexedDataset, or give a batch_fn that returns its indices")
             inputs = to_device(inputs, device, non_blocking=True)
             m = want_loss[sel]
             if m.any():
                 value = loss_fn(model(inputs), to_device(targets, device, non_blocking=True))
+                if not torch.is_tensor(value) or value.shape != (len(ids),):
+                    got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                    raise ValueError(f"loss_fn must return ({len(ids)},) per-sample losses, got {got}")
                 got_loss.append((ids[m], value[torch.from_numpy(m).to(value.device)].detach()
                                  .to("cpu", torch.float64).numpy()))
             m = want_unc[sel]
@@ -232,11 +299,18 @@ class DifficultyAssessor:
         self.schedule = create_schedule(schedule)
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
-        adapter = create_task(task)
-        activation = activation or adapter.activation
+        loss_fn, output_fn, uncertainty_fn, activation = _task_parts(task, loss_fn, output_fn, uncertainty_fn,
+                                                                     activation)
         _check_noise_args(k, alpha, activation)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
+                                       or chunk_rows < 1):
+            raise ValueError(f"chunk_rows={chunk_rows!r} must be an integer >= 1 or None")
+        for name, fn in (("loss_fn", loss_fn), ("output_fn", output_fn), ("head", head)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"{name}={fn!r} must be callable")
         if self.schedule.uncertainty_source == "train" and head is None:
             raise ValueError(f"schedule={self.schedule.name!r} disturbs the training features and "
                              f"needs head=, the network after {at!r}")
@@ -247,9 +321,7 @@ class DifficultyAssessor:
             raise ValueError(f"pivot_epoch={pivot_epoch!r} must be an integer >= 0")
         self.model, self.dataset, self.at, self.sampler = model, dataset, at, sampler
         self.k, self.alpha, self.measure, self.pivot_epoch = k, float(alpha), measure, pivot_epoch
-        self.loss_fn = loss_fn or adapter.loss_fn
-        self.output_fn = output_fn or adapter.output_fn
-        self.uncertainty_fn = uncertainty_fn or adapter.uncertainty_fn
+        self.loss_fn, self.output_fn, self.uncertainty_fn = loss_fn, output_fn, uncertainty_fn
         self.head, self.batch_size, self.num_workers = head, batch_size, num_workers
         self.collate_fn, self.device, self.chunk_rows = collate_fn, device, chunk_rows
         self.batch_fn = batch_fn or _default_batch_fn
@@ -335,11 +407,12 @@ class DifficultyAssessor:
 
     def _device(self):
         if self.device is not None:
-            return torch.device(self.device)
+            return _normal_device(self.device)
         p = next(self.model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
     def _generator(self, device) -> torch.Generator:
+        device = _normal_device(device)
         if self._gen is None or self._gen.device != device:
             self._gen = torch.Generator(device=device).manual_seed(self.seed)
         return self._gen
@@ -402,16 +475,19 @@ class DifficultyAssessor:
         return self.tracker.quadrants(**kwargs)
 
     def state_dict(self) -> dict:
+        """The epoch, the tracker's values and the noise generator's state."""
         return {"epoch": self.epoch, "tracker": self.tracker.state_dict(),
                 "generator": None if self._gen is None else self._gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict` and, once scores exist, hands them to the sampler."""
         self.tracker.load_state_dict(state["tracker"])
         self.epoch = int(state["epoch"])
         if state.get("generator") is not None:
             self._gen = torch.Generator(device=self._device())
             self._gen.set_state(state["generator"].cpu())
-        if self.sampler is not None and self.active and self.tracker.measured().any():
+        kinds = ("loss", "uncertainty") if self.measure == "both" else (self.measure,)
+        if self.sampler is not None and self.active and all(self.tracker.measured(k).any() for k in kinds):
             self.sampler.set_scores(self.scores())
 
     def close(self) -> None:

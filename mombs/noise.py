@@ -173,8 +173,11 @@ def _cannot_tile(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(f in str(err) for f in _TILE_MISMATCH)
 
 
-# Modules already found not to take tiled copies, so later calls skip the failing try.
-_UNTILEABLE: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+# For each model, the names of the submodules whose tiled copies it could not
+# carry, so that later calls skip the failing try. Only a fallback that then
+# succeeded is recorded; the noise generator is rewound after a failed try, so a
+# call with a warm cache draws exactly what a call with a cold one does.
+_UNTILEABLE: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
 
 
 def _rows(output: torch.Tensor) -> int:
@@ -231,8 +234,12 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
         ``k=1, alpha=0`` it is the plain entropy of the prediction.
 
     Raises:
-        ValueError: for an unknown ``at`` (listing the names available) or
-            out-of-range ``k``, ``alpha``, ``activation`` or ``chunk_rows``.
+        ValueError: for an unknown ``at`` (listing the names available), an
+            ``at`` that the forward never runs, out-of-range ``k``, ``alpha``,
+            ``activation`` or ``chunk_rows``, or an ``uncertainty_fn`` that does
+            not return ``(B,)``.
+        TypeError: when the output of ``at`` is not a tensor, or the model's
+            output holds no prediction that ``output_fn`` can find.
     """
     _check_noise_args(k, alpha, activation)
     if tiled not in (None, True, False):
@@ -257,31 +264,47 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
         """Probabilities summed over ``reps`` disturbed copies: ``(b, C, ...)``."""
         state["reps"], state["rows"] = reps, None
         pred = extract(model(x))
-        if reps > 1 and (state["rows"] is None or _rows(pred) != reps * state["rows"]):
+        if state["rows"] is None:
+            raise ValueError(f"at={at!r} was not called during the model's forward, so nothing was "
+                             f"disturbed; name a submodule that the forward runs")
+        if reps > 1 and _rows(pred) != reps * state["rows"]:
             raise _CannotTile(f"the output's batch is not {reps} x that of {at!r}")
         act[0] = act[0] or _resolve_activation(activation, pred)
         probs = _to_probs(pred, act[0])
         return probs.reshape(reps, -1, *probs.shape[1:]).sum(dim=0) if reps > 1 else probs
 
+    def k_times():
+        total = None
+        for _ in range(k):
+            p = predict(inputs, 1)
+            total = p if total is None else total.add_(p)
+        return total.div_(k)
+
     act = [None]
-    use_tiles = tiled is not False and k > 1 and not (tiled is None and _UNTILEABLE.get(model) == at)
+    use_tiles = (tiled is not False and k > 1
+                 and not (tiled is None and at in _UNTILEABLE.get(model, ())))
     with torch.no_grad(), _eval_mode(model):
         handle = module.register_forward_hook(hook)
         try:
             mean = None
             if use_tiles:
+                rewind = generator.get_state() if generator is not None else None
                 try:
                     mean = _tiled_mean(predict, inputs, k, chunk_rows)
                 except RuntimeError as err:
                     if tiled or not _cannot_tile(err):
                         raise
-                    _UNTILEABLE[model] = at
+                    # Rewind the noise, so that the fallback draws what it draws
+                    # when the cache already knows (a resumed run has a cold cache).
+                    if generator is not None:
+                        generator.set_state(rewind)
+                    else:
+                        state["gen"] = None
+                    act[0] = None
+                    mean = k_times()
+                    _UNTILEABLE.setdefault(model, set()).add(at)
             if mean is None:
-                total = None
-                for _ in range(k):
-                    p = predict(inputs, 1)
-                    total = p if total is None else total.add_(p)
-                mean = total.div_(k)
+                mean = k_times()
         finally:
             handle.remove()
         reduce = uncertainty_fn or (lambda m: prediction_entropy(m, activation=act[0]))

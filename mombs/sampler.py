@@ -245,7 +245,9 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         self._scores = array(state.get("scores"))
         self._epoch_scores = array(state.get("epoch_scores"))
         self.seed = int(state["seed"])
-        self.order = state.get("order", state.get("strategy"))  # "strategy": states before 0.2
+        order = state.get("order", state.get("strategy"))  # "strategy": states saved before the rename
+        _check_order(order)
+        self.order = order
         self.pivot_epoch = int(state["pivot_epoch"])
         self.jitter = float(state["jitter"])
         self.epoch = int(state["epoch"])

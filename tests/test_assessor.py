@@ -228,3 +228,60 @@ def test_train_entropy_schedule_measures_the_plain_entropy_of_the_training_forwa
     assert np.allclose(assessor.tracker.uncertainty[:8], (-(p * p.log()).sum(1)).numpy(), atol=1e-6)
     assert assessor.end_epoch() is not None  # no extra pass: nothing else to measure
     assessor.close()
+
+
+def test_assessment_pass_checks_its_indices_and_its_data_at_the_door():
+    ds, model = tiny_problem(n=20)
+    with pytest.raises(ValueError, match=r"loss_indices must lie in \[0, 20\)"):
+        mombs.assessment_pass(model, ds, loss_indices=np.arange(1, 21), uncertainty_indices=[], at="body")
+    with pytest.raises(ValueError, match="wrap the data set in mombs.IndexedDataset"):
+        mombs.assessment_pass(model, ds.dataset, at="body", batch_fn=lambda b: (b[1], b[0], b[1]))
+    with pytest.raises(ValueError, match=r"loss_fn must return \(20,\) per-sample losses, got \(\)"):
+        mombs.assessment_pass(model, ds, at="body", batch_size=32, loss_fn=lambda o, t: o.sum())
+
+
+def test_assessment_pass_leaves_the_global_random_state_alone():
+    ds, model = tiny_problem(n=20)
+    state = torch.get_rng_state()
+    mombs.assessment_pass(model, ds, at="body", batch_size=8)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_partial_selection_keeps_every_input_of_a_multi_input_batch():
+    from mombs.assessor import _select
+
+    a, b = torch.arange(3), torch.arange(3) * 10
+    picked = _select((a, b, {"m": a}, [7, 8, 9]), np.array([True, False, True]))
+    assert picked[0].tolist() == [0, 2] and picked[1].tolist() == [0, 20]
+    assert picked[2]["m"].tolist() == [0, 2] and picked[3] == [7, 9]
+
+
+def test_a_given_output_fn_also_feeds_the_default_loss():
+    ds = IndexedDataset(TensorDataset(torch.randn(12, 5), torch.randint(0, 2, (12,))))
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(5, 2)
+
+        def forward(self, x):
+            out = self.body(x)
+            return {"seg": out, "aux": out * 0}  # two tensors: the default cannot choose
+
+    model = Two()
+    (_, loss), (_, unc) = mombs.assessment_pass(model, ds, at="body", output_fn=lambda o: o["seg"])
+    expected = F.cross_entropy(model(ds.dataset.tensors[0])["seg"], ds.dataset.tensors[1], reduction="none")
+    assert np.allclose(loss, expected.detach().numpy(), atol=1e-6) and unc.shape == (12,)
+
+
+def test_loading_an_assessor_refeeds_a_loss_only_sampler():
+    ds, model = tiny_problem()
+    sampler = MixedOrderBatchSampler(ds, 8, pivot_epoch=1)
+    a = DifficultyAssessor(model, ds, at="body", sampler=sampler, measure="loss")
+    a.start_epoch(0)
+    a.observe(torch.arange(len(ds)), torch.rand(len(ds)))
+    a.end_epoch()
+    fresh = MixedOrderBatchSampler(ds, 8, pivot_epoch=1)
+    b = DifficultyAssessor(model, ds, at="body", sampler=fresh, measure="loss")
+    b.load_state_dict(a.state_dict())
+    assert fresh.scores is not None and np.array_equal(fresh.scores, sampler.scores)

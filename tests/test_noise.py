@@ -281,3 +281,34 @@ def test_global_random_state_is_untouched():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         feature_noise_uncertainty(Net(), torch.randn(2, 6), **kwargs)
+
+
+class Unused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(4, 3)
+        self.spare = nn.Linear(4, 4)  # never called by forward
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_an_at_the_forward_never_runs_is_an_error_not_silence():
+    with pytest.raises(ValueError, match="at='spare' was not called during the model's forward"):
+        feature_noise_uncertainty(Unused(), torch.randn(6, 4), at="spare", k=8, alpha=0.9)
+
+
+def test_fallback_draws_do_not_depend_on_what_an_earlier_call_learnt():
+    # A resumed process starts without the "cannot tile" memo: its first call
+    # must draw the same noise as the uninterrupted process's later call.
+    x = torch.randn(6, 4)
+    first, second = Skip(), Skip()
+    second.load_state_dict(first.state_dict())
+    cold = feature_noise_uncertainty(first, x, at="enc", k=4, chunk_rows=64,
+                                     generator=torch.Generator().manual_seed(1))
+    warm = feature_noise_uncertainty(first, x, at="enc", k=4, chunk_rows=64,
+                                     generator=torch.Generator().manual_seed(1))
+    assert torch.equal(cold, warm)
+    default_cold = feature_noise_uncertainty(second, x, at="enc", k=4, chunk_rows=64, seed=5)
+    default_warm = feature_noise_uncertainty(second, x, at="enc", k=4, chunk_rows=64, seed=5)
+    assert torch.equal(default_cold, default_warm)

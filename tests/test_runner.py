@@ -142,3 +142,22 @@ def test_exact_t_quantiles_without_scipy(monkeypatch):
     d = paired_difference({s: 0.5 + 0.01 * s for s in range(5)}, {s: 0.5 for s in range(5)})
     h = 2.7764451051977934 * np.std([0, .01, .02, .03, .04], ddof=1) / np.sqrt(5)
     assert d["ci95"] == pytest.approx([0.02 - h, 0.02 + h]) and d["p"] is not None
+
+
+def test_the_runner_trains_through_the_strategy_sampler_and_a_dataloader():
+    import torch
+
+    from mombs.data.corpus import load_corpus
+    from mombs.planner import plan_batches
+    from mombs.train.build import build
+
+    cfg = RunConfig(strategy="mixed", **TINY)
+    data = load_corpus(cfg)
+    c = build(cfg, data, torch.device("cpu"))
+    assert c.loader.batch_sampler is c.sampler and c.assessor.sampler is c.sampler
+    c.sampler.set_epoch(0)
+    expected = plan_batches(np.zeros(len(data.y_train)), 32, order="random", seed=0, epoch=0).tolist()
+    got = [idx.tolist() for idx, _, _ in c.loader]
+    assert got == expected  # before the pivot: the random plan, batch for batch
+    idx, x, y = next(iter(c.loader))
+    assert torch.equal(x, data.x_train[idx]) and torch.equal(y, torch.from_numpy(data.y_train)[idx])

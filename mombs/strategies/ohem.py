@@ -35,6 +35,10 @@ class HardExampleBatchSampler(Sampler[list[int]]):
                  drop_last: bool = False, seed: int = 0):
         n = data_source if isinstance(data_source, (int, np.integer)) else len(data_source)
         _check_int("len(data_source)", n, 0)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"drop_last={drop_last!r} must be a bool")
         _check_int("batch_size", batch_size, 1)
         _check_int("pivot_epoch", pivot_epoch, 0)
         _check_int("seed", seed, 0)
@@ -45,6 +49,7 @@ class HardExampleBatchSampler(Sampler[list[int]]):
         self._scores: np.ndarray | None = None
 
     def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch that the next ``__iter__`` plans."""
         _check_int("epoch", epoch, 0)
         self.epoch = int(epoch)
 
@@ -61,7 +66,9 @@ class HardExampleBatchSampler(Sampler[list[int]]):
         if not planned(self.epoch, self.pivot_epoch) or self._scores is None:
             return list(plan_batches(np.zeros(n), b, order="random", seed=self.seed, epoch=self.epoch,
                                      drop_last=self.drop_last))
-        hard = np.argsort(self._scores)[::-1][:int(round(self.fraction * n))]
+        # Stable, by descending score: tied losses (common in half precision)
+        # are ordered by position, not by the sort kernel.
+        hard = np.argsort(-self._scores, kind="stable")[:int(round(self.fraction * n))]
         items = np.concatenate([np.arange(n), hard])
         rng = np.random.default_rng([self.seed, self.epoch, 0x0E])
         items = items[rng.permutation(items.size)]
@@ -76,10 +83,13 @@ class HardExampleBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
     def state_dict(self) -> dict:
+        """The epoch, the seed and the scores (a tensor, for ``weights_only`` loads).
+        Batches are replayed per epoch: resume at an epoch boundary."""
         return {"epoch": self.epoch, "seed": self.seed,
                 "scores": None if self._scores is None else torch.from_numpy(self._scores.copy())}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`."""
         self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
         s = state.get("scores")
         self._scores = None if s is None else _check_scores(s.numpy() if torch.is_tensor(s) else np.asarray(s))
@@ -104,7 +114,10 @@ class HardExampleRetrain(Strategy):
 
     def create_sampler(self, data_source, batch_size, *, seed=0, drop_last=False, num_replicas=None,
                        rank=None):
-        if (num_replicas or 1) > 1:
-            raise ValueError(f"num_replicas={num_replicas}: the ohem sampler is single-process")
+        dist = torch.distributed
+        world = num_replicas or (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
+        if world > 1:
+            raise ValueError(f"num_replicas={world}: the ohem sampler is single-process; under "
+                             f"torch.distributed every rank would train on the whole data set")
         return HardExampleBatchSampler(data_source, batch_size, fraction=self.fraction,
                                        pivot_epoch=self.pivot_epoch, drop_last=drop_last, seed=seed)

@@ -61,7 +61,8 @@ def build(cfg: RunConfig, data: Corpus, device: torch.device) -> Components:
     strategy = create_strategy(cfg.strategy, pivot_epoch=cfg.pivot_epoch)
     train_set = IndexedDataset(TensorDataset(x_tr, y_tr))
     sampler = strategy.create_sampler(train_set, cfg.batch_size, seed=cfg.seed)
-    loader = DataLoader(train_set, batch_sampler=sampler)
+    # Its own generator: a DataLoader draws a base seed from the global RNG otherwise.
+    loader = DataLoader(train_set, batch_sampler=sampler, generator=torch.Generator().manual_seed(cfg.seed))
     assessor = None
     if strategy.measure is not None:
         assessor = DifficultyAssessor(model, train_set, at=at, sampler=sampler,
