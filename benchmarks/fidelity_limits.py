@@ -47,6 +47,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 import mombs
 from mombs.envinfo import environment_info
@@ -186,9 +187,11 @@ def pass_cost(args, x, y) -> dict:
             loss.backward()
             opt.step()
 
+    data = mombs.IndexedDataset(TensorDataset(x, y))
+
     def uncertainty_pass(b):
-        for s in range(0, n, b):
-            mombs.feature_noise_uncertainty(model, x[s:s + b], at=at, k=args.k, generator=gen)
+        # The library's one measuring pass, uncertainties only, as the assessor runs it.
+        mombs.assessment_pass(model, data, loss_indices=[], at=at, k=args.k, batch_size=b, generator=gen)
 
     jobs = {f"train_b{b}": (train_epoch, b) for b in args.train_batch_sizes}
     jobs.update({f"pass_b{b}": (uncertainty_pass, b) for b in args.pass_batch_sizes})

@@ -276,7 +276,8 @@ class DifficultyAssessor:
         uncertainty_fn: ``(B, C, ...)`` mean probabilities -> ``(B,)`` uncertainty.
         activation: ``"auto"``, ``"softmax"`` or ``"sigmoid"``.
         head: the network after ``at`` as a callable, needed by schedules that
-            disturb the training forward's own features.
+            disturb the training forward's own features. That schedule runs
+            the head once on ``k * B`` rows: keep it small (a classifier).
         batch_size: batch size of assessment passes.
         num_workers: ``DataLoader`` workers of assessment passes.
         collate_fn: collate function of assessment passes.
