@@ -24,7 +24,6 @@ from ..assessor import assessment_pass
 from ..data.corpus import Corpus, load_corpus
 from ..difficulty import quadrants
 from ..envinfo import environment_info
-from ..schedule import planned
 from .build import ASSESS_BATCH_SIZE, Components, build
 from .checkpoint import atomic_json, atomic_torch, load_checkpoint
 from .config import RunConfig, run_dir_name
@@ -122,8 +121,8 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
         fit, seen = stats["fit"], stats["seen"]
         rec = {"epoch": epoch, "lr": c.optimizer.param_groups[0]["lr"], "train_loss": stats["train_loss"],
                "train_fit": float(fit[seen].mean()), "val_top1": val_acc}
-        if c.sampler is not None and hasattr(c.sampler, "uses_scores"):
-            rec["planned"] = bool(c.sampler.uses_scores(epoch)) if planned(epoch, cfg.pivot_epoch) else False
+        if hasattr(c.sampler, "uses_scores"):  # the ohem sampler has no plan to report
+            rec["planned"] = bool(c.sampler.uses_scores(epoch))
         if noisy_mask is not None and noisy_mask.any():
             rec["noisy_fit"] = float(fit[noisy_mask & seen].mean())
             rec["clean_fit"] = float(fit[~noisy_mask & seen].mean())
