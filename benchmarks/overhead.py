@@ -17,12 +17,16 @@ shared 2-core machine) hits both alike; the ratio is of their summed times.
     python benchmarks/overhead.py --device cpu --schedules all      # every schedule
     python benchmarks/overhead.py --device cuda --model resnet32 --batch-size 16
 
+Each record also splits both arms' time into phases (``phase_seconds``):
+drawing the batch order, ``observe``, the assessment pass and the rest.
+
 The last line printed is one JSON object for the default (or first) schedule.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -104,6 +108,11 @@ class Arm:
         self.at = FEATURE_MODULE[args.model]
         self.gen = torch.Generator().manual_seed(args.seed)
         self.seconds, self.fidelity = 0.0, []
+        # Where the time goes. "plan": drawing the epoch's batch order (the
+        # sampler plans at its first batch); "observe": host time in observe();
+        # "assess": end_epoch (the assessment pass), GPU-synchronised; "train":
+        # the rest (forward, backward, step, batch reads).
+        self.phases = {"plan": 0.0, "observe": 0.0, "assess": 0.0, "train": 0.0}
         if schedule is not None:
             data = mombs.IndexedDataset(TensorDataset(x, y))
             self.sampler = mombs.MixedOrderBatchSampler(len(y), args.batch_size,
@@ -121,25 +130,42 @@ class Arm:
         _sync(self.device)
         t0 = time.perf_counter()
         if self.schedule is None:
-            batches = torch.randperm(len(y), generator=self.gen).split(args.batch_size)
+            batches = iter(torch.randperm(len(y), generator=self.gen).split(args.batch_size))
         else:
             self.assessor.start_epoch(epoch)
-            batches = self.sampler
+            batches = iter(self.sampler)
+        first = next(batches)  # a sampler plans the epoch when its first batch is drawn
+        t_plan = time.perf_counter()
         model.train()
-        for idx in batches:
+        t_obs = 0.0
+        for idx in itertools.chain([first], batches):
             idx = torch.as_tensor(idx)
             xb, yb = x[idx.to(x.device)], y[idx.to(y.device)]
             loss = F.cross_entropy(model(xb), yb, reduction="none")
             if self.schedule is not None:
+                t = time.perf_counter()
                 self.assessor.observe(idx, loss)
+                t_obs += time.perf_counter() - t
             self.opt.zero_grad(set_to_none=True)
             loss.mean().backward()
             self.opt.step()
         self.sched.step()
+        t_assess = 0.0
         if self.schedule is not None:
+            # One synchronisation per epoch, in this arm only: it lets the pass be timed alone.
+            _sync(self.device)
+            t = time.perf_counter()
             self.assessor.end_epoch()
+            _sync(self.device)
+            t_assess = time.perf_counter() - t
         _sync(self.device)
-        self.seconds += time.perf_counter() - t0
+        total = time.perf_counter() - t0
+        self.seconds += total
+        plan = t_plan - t0
+        self.phases["plan"] += plan
+        self.phases["observe"] += t_obs
+        self.phases["assess"] += t_assess
+        self.phases["train"] += total - plan - t_obs - t_assess
 
 
 def compare(args, x, y, device, schedule):
@@ -150,7 +176,7 @@ def compare(args, x, y, device, schedule):
         for a in ((base, arm) if epoch % 2 == 0 else (arm, base)):
             a.epoch(epoch)
     arm.assessor.close()
-    return base.seconds, arm.seconds, arm.fidelity
+    return base, arm
 
 
 def main(argv=None) -> int:
@@ -183,14 +209,20 @@ def main(argv=None) -> int:
     records = []
     for name in schedules:
         t_rand, t_mombs, fid = 0.0, 0.0, []
+        phases = {"random": dict.fromkeys(("plan", "observe", "assess", "train"), 0.0)}
+        phases["mombs"] = dict(phases["random"])
         for _ in range(args.repeats):
-            r, m, fid = compare(args, x, noisy, device, name)
-            t_rand, t_mombs = t_rand + r, t_mombs + m
+            base, arm = compare(args, x, noisy, device, name)
+            t_rand, t_mombs, fid = t_rand + base.seconds, t_mombs + arm.seconds, arm.fidelity
+            for key, a in (("random", base), ("mombs", arm)):
+                for phase, sec in a.phases.items():
+                    phases[key][phase] += sec / args.repeats
         rec = {"schedule": name, "seconds_random": round(t_rand / args.repeats, 3),
                "seconds_mombs": round(t_mombs / args.repeats, 3),
                "overhead_ratio": round(t_mombs / t_rand, 4),
                "rank_spearman": round(float(np.mean(fid)), 4),
                "rank_spearman_per_epoch": [round(f, 4) for f in fid],
+               "phase_seconds": {arm: {k: round(v, 3) for k, v in ph.items()} for arm, ph in phases.items()},
                "device": env.get("gpu", str(device)), "k": args.k, "model": args.model,
                "dataset": dataset, "n": len(noisy), "noise": args.noise, "epochs": args.epochs,
                "pivot_epoch": args.pivot_epoch, "batch_size": args.batch_size, "repeats": args.repeats}

@@ -148,14 +148,16 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
                     output_fn: Callable | None = None, uncertainty_fn: Callable | None = None,
                     activation: str | None = None, batch_size: int = 256, num_workers: int = 0,
                     collate_fn: Callable | None = None, batch_fn: Callable | None = None, device=None,
-                    generator: torch.Generator | None = None, chunk_rows: int | None = None
-                    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+                    generator: torch.Generator | None = None, chunk_rows: int | None = None,
+                    loader=None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """One eval-mode measuring pass: per-sample losses and K-pass uncertainties.
 
     The data set is read once, in index order, over the union of the two index
-    sets; every batch gets one plain forward for its losses and ``k`` disturbed
-    ones (chunked, running mean) for its uncertainties. Nothing is trained and
-    every module's train/eval flag is restored.
+    sets, in whole batches where it can (:meth:`mombs.IndexedDataset.read_batch`);
+    every batch gets one plain forward for its losses and ``k`` disturbed ones
+    (chunked, running mean) for its uncertainties. Values stay on the device
+    until the pass ends. Nothing is trained and every module's train/eval flag
+    is restored.
 
     Args:
         model: the network.
@@ -183,6 +185,11 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
         generator: private noise generator; default one seeded with 0.
         chunk_rows: most disturbed rows per forward (see
             :func:`~mombs.feature_noise_uncertainty`).
+        loader: an iterable of batches to read instead of ``dataset`` (e.g. a
+            ``DataLoader`` with workers and the evaluation transforms). Its
+            batches may come in any order and hold other samples too, which are
+            skipped; it must cover every index asked for. ``dataset`` still
+            gives ``N``.
 
     Returns:
         ``((loss_idx, loss), (unc_idx, unc))``: sorted ``(n,)`` int64 indices and
@@ -210,43 +217,77 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
     device = torch.device(device)
     losses, uncs = np.zeros(loss_idx.size), np.zeros(unc_idx.size)
     got_loss, got_unc = [], []
-    data = dataset if idx.size == n else Subset(dataset, idx.tolist())
-    # A private generator: a DataLoader draws its workers' base seed from the
-    # global RNG otherwise, and the library never touches that.
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_fn, generator=torch.Generator())
     pos = 0
     with torch.no_grad(), _eval_mode(model):
-        for batch in loader:
+        for batch in _read(dataset, idx, batch_size, num_workers, collate_fn, loader):
             indices, inputs, targets = batch_fn(batch)
             ids = _as_index_array(indices)
-            sel = slice(pos, pos + len(ids))
-            pos += len(ids)
-            if not np.array_equal(ids, idx[sel]):
-                raise ValueError(f"the batch carries indices {ids[:5].tolist()}... where positions "
-                                 f"{idx[sel][:5].tolist()}... were read: wrap the data set in "
-                                 f"mombs.IndexedDataset, or give a batch_fn that returns its indices")
+            if loader is None:
+                sel = slice(pos, pos + len(ids))
+                pos += len(ids)
+                if not np.array_equal(ids, idx[sel]):
+                    raise ValueError(f"the batch carries indices {ids[:5].tolist()}... where positions "
+                                     f"{idx[sel][:5].tolist()}... were read: wrap the data set in "
+                                     f"mombs.IndexedDataset, or give a batch_fn that returns its indices")
+                m_loss, m_unc = want_loss[sel], want_unc[sel]
+            else:  # a caller's loader: any order, maybe more than was asked for
+                ids = ids.astype(np.int64, copy=False)
+                m_loss, m_unc = np.isin(ids, loss_idx), np.isin(ids, unc_idx)
+            if not (m_loss.any() or m_unc.any()):
+                continue
             inputs = to_device(inputs, device, non_blocking=True)
-            m = want_loss[sel]
-            if m.any():
+            if m_loss.any():
                 value = loss_fn(model(inputs), to_device(targets, device, non_blocking=True))
                 if not torch.is_tensor(value) or value.shape != (len(ids),):
                     got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
                     raise ValueError(f"loss_fn must return ({len(ids)},) per-sample losses, got {got}")
-                got_loss.append((ids[m], value[torch.from_numpy(m).to(value.device)].detach()
-                                 .to("cpu", torch.float64).numpy()))
-            m = want_unc[sel]
-            if m.any():
-                value = feature_noise_uncertainty(model, inputs if m.all() else _select(inputs, m), at=at,
-                                                  k=k, alpha=alpha, activation=activation,
+                # Kept on the device until the pass ends: one host copy, not one per batch.
+                got_loss.append((ids[m_loss], value if m_loss.all()
+                                 else value[torch.from_numpy(m_loss).to(value.device)]))
+            if m_unc.any():
+                value = feature_noise_uncertainty(model, inputs if m_unc.all() else _select(inputs, m_unc),
+                                                  at=at, k=k, alpha=alpha, activation=activation,
                                                   generator=generator, output_fn=output_fn,
                                                   uncertainty_fn=uncertainty_fn, chunk_rows=chunk_rows)
-                got_unc.append((ids[m], value.to("cpu", torch.float64).numpy()))
-    for found, values, order in ((got_loss, losses, loss_idx), (got_unc, uncs, unc_idx)):
-        if found:
-            ids = np.concatenate([f[0] for f in found])
-            values[np.searchsorted(order, ids)] = np.concatenate([f[1] for f in found])
+                got_unc.append((ids[m_unc], value))
+    for name, found, values, order in (("loss", got_loss, losses, loss_idx),
+                                       ("uncertainty", got_unc, uncs, unc_idx)):
+        if not found:
+            continue
+        ids = np.concatenate([f[0] for f in found])
+        if loader is not None and np.setdiff1d(order, ids).size:
+            missing = np.setdiff1d(order, ids)
+            raise ValueError(f"loader= yielded no batch holding {missing.size} of the samples whose {name} "
+                             f"was asked for (e.g. {missing[:5].tolist()}); it must cover the data set")
+        values[np.searchsorted(order, ids)] = torch.cat([f[1].detach().reshape(-1).float() for f in found]
+                                                        ).to("cpu", torch.float64).numpy()
+    if loader is not None:
+        for name, found, order in (("loss", got_loss, loss_idx), ("uncertainty", got_unc, unc_idx)):
+            if order.size and not found:
+                raise ValueError(f"loader= yielded none of the samples whose {name} was asked for")
     return (loss_idx, losses), (unc_idx, uncs)
+
+
+def _read(dataset, idx: np.ndarray, batch_size: int, num_workers: int, collate_fn, loader):
+    """The raw batches of an assessment pass over ``idx`` (sorted), in that order.
+
+    A caller's ``loader`` is used as it is. A data set that reads whole batches
+    itself (:meth:`mombs.IndexedDataset.read_batch`) is read that way when no
+    workers or collate function are asked for; anything else goes through a
+    ``DataLoader``.
+    """
+    if loader is not None:
+        yield from loader
+        return
+    if callable(getattr(dataset, "read_batch", None)) and num_workers == 0 and collate_fn is None:
+        for start in range(0, idx.size, batch_size):
+            yield dataset.read_batch(torch.from_numpy(idx[start:start + batch_size]))
+        return
+    data = dataset if idx.size == len(dataset) else Subset(dataset, idx.tolist())
+    # A private generator: a DataLoader draws its workers' base seed from the
+    # global RNG otherwise, and the library never touches that.
+    yield from DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                          collate_fn=collate_fn, generator=torch.Generator())
 
 
 class DifficultyAssessor:
@@ -286,6 +327,16 @@ class DifficultyAssessor:
             ``batch[0], batch[1], batch[2]``.
         chunk_rows: most disturbed rows per forward; default the batch size.
         seed: seed of the noise and of the rotating split.
+        assessment_loader: an iterable of batches that assessment passes read
+            instead of ``dataset`` (e.g. a ``DataLoader`` with workers and the
+            evaluation transforms); see :func:`assessment_pass`'s ``loader``.
+            By default ``dataset`` is read in whole batches where it can
+            (:meth:`mombs.IndexedDataset.read_batch`).
+
+    Per-step values given to :meth:`observe` stay on their device and reach the
+    tracker in one copy at :meth:`end_epoch` (or whenever :attr:`tracker`,
+    :meth:`scores` or :meth:`state_dict` is read): a copy to the host in every
+    step would make the CPU wait for the GPU each step.
     """
 
     def __init__(self, model: nn.Module, dataset, *, at: str, sampler=None,
@@ -296,7 +347,7 @@ class DifficultyAssessor:
                  activation: str | None = None, head: Callable | None = None,
                  batch_size: int = 256, num_workers: int = 0, collate_fn: Callable | None = None,
                  device=None, batch_fn: Callable | None = None, chunk_rows: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, assessment_loader=None):
         self.schedule = create_schedule(schedule)
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
@@ -309,6 +360,8 @@ class DifficultyAssessor:
         if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
                                        or chunk_rows < 1):
             raise ValueError(f"chunk_rows={chunk_rows!r} must be an integer >= 1 or None")
+        if assessment_loader is not None and not hasattr(assessment_loader, "__iter__"):
+            raise ValueError(f"assessment_loader={assessment_loader!r} must be an iterable of batches")
         for name, fn in (("loss_fn", loss_fn), ("output_fn", output_fn), ("head", head)):
             if fn is not None and not callable(fn):
                 raise ValueError(f"{name}={fn!r} must be callable")
@@ -327,7 +380,10 @@ class DifficultyAssessor:
         self.collate_fn, self.device, self.chunk_rows = collate_fn, device, chunk_rows
         self.batch_fn = batch_fn or _default_batch_fn
         self.activation, self.seed = activation, seed
-        self.tracker = DifficultyTracker(len(dataset))
+        self.assessment_loader = assessment_loader
+        self._tracker = DifficultyTracker(len(dataset))
+        # Training-step values not yet in the tracker: (kind, indices, values), on their devices.
+        self._pending: list[tuple[str, object, torch.Tensor]] = []
         self.epoch = 0
         self._gen: torch.Generator | None = None
         self._captured: torch.Tensor | None = None
@@ -345,9 +401,16 @@ class DifficultyAssessor:
         """Whether this epoch's measurements feed a plan."""
         return self.epoch >= self.schedule.first_epoch(self.pivot_epoch)
 
+    @property
+    def tracker(self) -> DifficultyTracker:
+        """The :class:`~mombs.difficulty.DifficultyTracker`, with every observed value in it."""
+        self._flush()
+        return self._tracker
+
     def start_epoch(self, epoch: int) -> None:
         """Call before each epoch's training pass; sets the sampler's epoch too."""
-        self.tracker.set_epoch(epoch)
+        self._flush()  # values observed so far belong to the epoch they were observed in
+        self._tracker.set_epoch(epoch)
         self.epoch = int(epoch)
         self._captured = None
         if self.sampler is not None:
@@ -365,7 +428,7 @@ class DifficultyAssessor:
         if not self.active:
             return
         if self.schedule.loss_source == "train":
-            self.tracker.update_loss(indices, loss.detach())
+            self._defer("loss", indices, loss)
         if self.schedule.uncertainty_source in ("train", "output") and self.measure != "loss":
             if captured is None:
                 where = self.at if self.schedule.uncertainty_source == "train" else "the model's output"
@@ -373,7 +436,42 @@ class DifficultyAssessor:
                                    f"call observe() right after the training forward")
             unc = (self._head_uncertainty(captured) if self.schedule.uncertainty_source == "train"
                    else captured)
-            self.tracker.update_uncertainty(indices, unc)
+            self._defer("uncertainty", indices, unc)
+
+    def _defer(self, kind: str, indices, values) -> None:
+        """Keeps a step's values where they are; shapes are checked now, values at the flush."""
+        if not torch.is_tensor(values):
+            raise ValueError(f"observe() needs the per-sample {kind} as a tensor, got {type(values).__name__}")
+        n = len(indices) if hasattr(indices, "__len__") else -1
+        if values.ndim != 1 or values.shape[0] != n:
+            raise ValueError(f"observe() got {kind} of shape {tuple(values.shape)} for {n} indices; pass "
+                             f"per-sample values (reduction='none') of shape (B,) with the batch's (B,) "
+                             f"indices")
+        if not torch.is_tensor(indices):
+            indices = torch.as_tensor(np.asarray(indices))
+        if indices.ndim != 1 or indices.dtype.is_floating_point or indices.dtype.is_complex:
+            raise ValueError(f"observe() needs the batch's (B,) integer data set indices, got a {indices.dtype} "
+                             f"tensor of shape {tuple(indices.shape)}; wrap the data set in "
+                             f"mombs.IndexedDataset so that batches carry (index, x, y)")
+        self._pending.append((kind, indices.detach(), values.detach()))
+
+    def _flush(self) -> None:
+        """Moves the pending training-step values into the tracker, one host copy per kind."""
+        pending, self._pending = self._pending, []
+        for kind in ("loss", "uncertainty"):
+            parts = [(i, v) for k, i, v in pending if k == kind]
+            if not parts:
+                continue
+            # Indices are checked by the tracker; values are widened on their
+            # own device first, since numpy has no bfloat16.
+            idx = torch.cat([i.reshape(-1).to(parts[0][0].device) for i, _ in parts]).cpu()
+            vals = torch.cat([v.to(parts[0][1].device, torch.float32) for _, v in parts])
+            vals = vals.to("cpu", torch.float64)
+            try:
+                getattr(self._tracker, f"update_{kind}")(idx, vals)
+            except ValueError as err:
+                raise ValueError(f"observe() in epoch {self._tracker.epoch} got bad per-sample {kind}: "
+                                 f"{err}") from err
 
     def end_epoch(self) -> np.ndarray | None:
         """Call after each epoch's training pass.
@@ -431,7 +529,8 @@ class DifficultyAssessor:
             k=self.k, alpha=self.alpha, loss_fn=self.loss_fn, output_fn=self.output_fn,
             uncertainty_fn=self.uncertainty_fn, activation=self.activation, batch_size=self.batch_size,
             num_workers=self.num_workers, collate_fn=self.collate_fn, batch_fn=self.batch_fn,
-            device=device, generator=self._generator(device), chunk_rows=self.chunk_rows)
+            device=device, generator=self._generator(device), chunk_rows=self.chunk_rows,
+            loader=self.assessment_loader)
         if li.size:
             self.tracker.update_loss(li, lv)
         if ui.size:
@@ -482,6 +581,7 @@ class DifficultyAssessor:
 
     def load_state_dict(self, state: dict) -> None:
         """Restores :meth:`state_dict` and, once scores exist, hands them to the sampler."""
+        self._pending = []  # what was observed since is replaced by the state
         self.tracker.load_state_dict(state["tracker"])
         self.epoch = int(state["epoch"])
         if state.get("generator") is not None:
