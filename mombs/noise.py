@@ -21,6 +21,7 @@ mismatch; any other error, a CUDA out-of-memory error included, is raised).
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import Mapping
 from typing import Callable
@@ -224,7 +225,10 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
             outputs). The hook for task-specific reductions (detection anchors).
         chunk_rows: most disturbed rows per forward, ``>= 1``; default the input
             batch size ``B``, so a forward never carries more rows than the
-            caller's batch. Tensor inputs are split into sub-batches of
+            caller's batch, except after pooled features (a ``(B, C)`` or
+            ``(B, C, 1, 1)`` map, where only a small head follows): there the
+            default sends the samples after the first sub-batch in one forward
+            with all ``k`` copies. Tensor inputs are split into sub-batches of
             ``max(1, chunk_rows // k)`` samples with their copies; other inputs
             go whole, ``max(1, chunk_rows // B)`` copies at a time.
 
@@ -249,7 +253,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
         raise ValueError(f"chunk_rows={chunk_rows!r} must be an integer >= 1 or None")
     module = find_module(model, at)
     extract = output_fn or default_output_fn
-    state = {"reps": 1, "gen": generator, "rows": None}
+    state = {"reps": 1, "gen": generator, "rows": None, "pooled": False}
 
     def hook(_mod, _inp, out):
         if not torch.is_tensor(out):
@@ -258,6 +262,9 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
         if state["gen"] is None:
             state["gen"] = torch.Generator(device=out.device).manual_seed(seed)
         state["rows"] = _rows(out)
+        # A feature vector per sample (pooled features): what runs after it is
+        # a small head, so its k copies of a whole batch are cheap.
+        state["pooled"] = out.ndim <= 2 or math.prod(out.shape[2:]) == 1
         return _disturb(out, state["reps"], alpha, state["gen"])
 
     def predict(x, reps):
@@ -290,7 +297,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
             if use_tiles:
                 rewind = generator.get_state() if generator is not None else None
                 try:
-                    mean = _tiled_mean(predict, inputs, k, chunk_rows)
+                    mean = _tiled_mean(predict, inputs, k, chunk_rows, lambda: state["pooled"])
                 except RuntimeError as err:
                     if tiled or not _cannot_tile(err):
                         raise
@@ -315,8 +322,16 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
     return out.float()
 
 
-def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None) -> torch.Tensor:
-    """Running mean of ``k`` disturbed predictions, at most ``chunk_rows`` rows a forward."""
+def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None,
+                pooled: Callable[[], bool] = lambda: False) -> torch.Tensor:
+    """Running mean of ``k`` disturbed predictions, at most ``chunk_rows`` rows a forward.
+
+    Without a ``chunk_rows``, a disturbed map that ``pooled()`` says is one
+    vector per sample lets the samples after the first sub-batch go in one
+    forward with all their copies: the prefix then runs once per batch, not
+    ``k`` times in ``1/k``-sized pieces (a GPU runs small batches no faster
+    than large ones).
+    """
     if not torch.is_tensor(inputs):
         # Inputs that cannot be sliced (lists of images, dicts) go whole.
         first = predict(inputs, 1)
@@ -332,7 +347,10 @@ def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None) -> to
     per = max(1, rows // k)  # samples per forward, each with all its copies
     copies = min(k, rows)    # copies per forward when one sample's k exceed the rows
     mean = None
-    for s in range(0, b, per):
+    s = 0
+    while s < b:
+        if s and chunk_rows is None and pooled():
+            per, copies = b - s, k
         x = inputs[s:s + per]
         total, done = None, 0
         while done < k:
@@ -343,4 +361,5 @@ def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None) -> to
         if mean is None:  # one (B, C, ...) buffer, filled sub-batch by sub-batch
             mean = total.new_empty((b, *total.shape[1:]))
         mean[s:s + per] = total.div_(k)
+        s += per
     return mean

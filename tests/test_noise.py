@@ -134,11 +134,24 @@ def test_prefix_runs_once_per_sample_and_no_forward_exceeds_the_batch():
     feature_noise_uncertainty(model, torch.randn(5, 6), at="feat", k=8, chunk_rows=40)
     assert calls == {"feat": [5], "out": [40]}  # one tiled forward when the rows allow it
     calls.clear()
-    feature_noise_uncertainty(model, torch.randn(16, 6), at="feat", k=8)
-    assert calls == {"feat": [2] * 8, "out": [16] * 8}  # default: at most B rows a forward
+    feature_noise_uncertainty(model, torch.randn(16, 6), at="feat", k=8, chunk_rows=16)
+    assert calls == {"feat": [2] * 8, "out": [16] * 8}  # chunk_rows: at most that many rows a forward
     calls.clear()
-    feature_noise_uncertainty(model, torch.randn(3, 6), at="feat", k=8)
+    feature_noise_uncertainty(model, torch.randn(16, 6), at="feat", k=8)
+    # Default, pooled features: the first sub-batch within B rows, then the rest in one forward
+    # with all its copies (only a small head follows), so the prefix does not run k times.
+    assert calls == {"feat": [2, 14], "out": [16, 112]}
+    calls.clear()
+    feature_noise_uncertainty(model, torch.randn(3, 6), at="feat", k=8, chunk_rows=3)
     assert max(calls["out"]) <= 3 and sum(calls["out"]) == 24  # k > B: the copies are split too
+
+
+def test_a_spatial_feature_map_keeps_every_default_forward_within_the_batch():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1)).eval()
+    rows = []
+    net[2].register_forward_pre_hook(lambda m, i: rows.append(i[0].shape[0]))
+    u = feature_noise_uncertainty(net, torch.randn(16, 1, 8, 8), at="1", k=8)
+    assert rows == [16] * 8 and u.shape == (16,)
 
 
 def test_chunking_changes_only_the_draws():
