@@ -28,6 +28,7 @@ benchmarks use it too.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Callable
 
@@ -218,7 +219,14 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
     losses, uncs = np.zeros(loss_idx.size), np.zeros(unc_idx.size)
     got_loss, got_unc = [], []
     pos = 0
-    with torch.no_grad(), _eval_mode(model):
+    # Whether the disturbed map is pooled (one vector per sample) is seen in the
+    # pass's first batch; later batches then go in one tiled forward each,
+    # instead of probing again (see feature_noise_uncertainty's chunk_rows).
+    pooled = []
+    spy = (find_module(model, at).register_forward_hook(
+        lambda _m, _i, out: pooled.append(torch.is_tensor(out) and (out.ndim <= 2 or out[0].numel() == out.shape[1])))
+        if unc_idx.size and chunk_rows is None else None)
+    with torch.no_grad(), _eval_mode(model), _removing(spy):
         for batch in _read(dataset, idx, batch_size, num_workers, collate_fn, loader):
             indices, inputs, targets = batch_fn(batch)
             ids = _as_index_array(indices)
@@ -248,7 +256,8 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
                 value = feature_noise_uncertainty(model, inputs if m_unc.all() else _select(inputs, m_unc),
                                                   at=at, k=k, alpha=alpha, activation=activation,
                                                   generator=generator, output_fn=output_fn,
-                                                  uncertainty_fn=uncertainty_fn, chunk_rows=chunk_rows)
+                                                  uncertainty_fn=uncertainty_fn,
+                                                  chunk_rows=_rows_for(pooled, chunk_rows, k, inputs))
                 got_unc.append((ids[m_unc], value))
     for name, found, values, order in (("loss", got_loss, losses, loss_idx),
                                        ("uncertainty", got_unc, uncs, unc_idx)):
@@ -266,6 +275,23 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
             if order.size and not found:
                 raise ValueError(f"loader= yielded none of the samples whose {name} was asked for")
     return (loss_idx, losses), (unc_idx, uncs)
+
+
+@contextlib.contextmanager
+def _removing(handle):
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def _rows_for(pooled: list, chunk_rows: int | None, k: int, inputs) -> int | None:
+    """``chunk_rows`` for the next K-pass: the caller's, else all ``k`` copies of
+    the batch at once once the pass has seen pooled features (and only those)."""
+    if chunk_rows is not None or not pooled or not all(pooled) or not torch.is_tensor(inputs):
+        return chunk_rows
+    return k * inputs.shape[0]
 
 
 def _read(dataset, idx: np.ndarray, batch_size: int, num_workers: int, collate_fn, loader):
