@@ -285,3 +285,95 @@ def test_loading_an_assessor_refeeds_a_loss_only_sampler():
     b = DifficultyAssessor(model, ds, at="body", sampler=fresh, measure="loss")
     b.load_state_dict(a.state_dict())
     assert fresh.scores is not None and np.array_equal(fresh.scores, sampler.scores)
+
+
+# --------------------------------------------------------------------------- #
+# the GPU path: whole-batch reads, a caller's loader, no host copy per step
+
+
+def test_read_batch_gathers_what_a_dataloader_collates():
+    ds = IndexedDataset(TensorDataset(torch.randn(10, 3), torch.arange(10)))
+    idx = torch.tensor([7, 2, 5])
+    got = ds.read_batch(idx)
+    want = next(iter(DataLoader(torch.utils.data.Subset(ds, idx.tolist()), batch_size=3)))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    items = IndexedDataset([(torch.full((2,), float(i)), i) for i in range(6)])  # not tensor-backed
+    idx_b, x_b, y_b = items.read_batch([4, 1])
+    assert idx_b.tolist() == [4, 1] and x_b[:, 0].tolist() == [4.0, 1.0] and y_b.tolist() == [4, 1]
+
+
+def test_a_callers_loader_in_any_order_gives_the_values_of_the_default_read():
+    ds, model = tiny_problem(n=40)
+    default = mombs.assessment_pass(model, ds, at="body", batch_size=16)
+    shuffled = DataLoader(ds, batch_size=7, shuffle=True, generator=torch.Generator().manual_seed(1))
+    given = mombs.assessment_pass(model, ds, at="body", batch_size=16, loader=shuffled,
+                                  generator=torch.Generator().manual_seed(0))
+    assert np.allclose(given[0][1], default[0][1], atol=1e-6)  # losses: no noise, order-free
+    assert given[1][1].shape == (40,) and (given[1][1] > 0).all()
+    part = mombs.assessment_pass(model, ds, at="body", loss_indices=[3, 30], uncertainty_indices=[],
+                                 loader=shuffled)
+    assert np.allclose(part[0][1], default[0][1][[3, 30]], atol=1e-6)
+    short = DataLoader(torch.utils.data.Subset(ds, range(20)), batch_size=8)
+    with pytest.raises(ValueError, match="loader= yielded no batch holding 20 of the samples"):
+        mombs.assessment_pass(model, ds, at="body", loader=short)
+
+
+def test_an_assessor_reads_its_assessment_loader():
+    ds, model = tiny_problem(n=24)
+    seen = []
+
+    class Counting:
+        def __iter__(self):
+            for batch in DataLoader(ds, batch_size=5):
+                seen.append(batch[0].tolist())
+                yield batch
+
+    assessor = DifficultyAssessor(model, ds, at="body", schedule="paper", pivot_epoch=1,
+                                  assessment_loader=Counting())
+    assessor.start_epoch(0)
+    assert assessor.end_epoch() is not None
+    assert sorted(sum(seen, [])) == list(range(24)) and assessor.tracker.measured().all()
+    with pytest.raises(ValueError, match="assessment_loader=3 must be an iterable"):
+        DifficultyAssessor(model, ds, at="body", assessment_loader=3)
+
+
+def test_observe_makes_no_host_copy_until_the_epoch_ends():
+    # Meta tensors have no data: any copy to the host in observe() would fail.
+    ds, model = tiny_problem(n=16)
+    assessor = DifficultyAssessor(model, ds, at="body", pivot_epoch=1)
+    assessor.start_epoch(0)
+    for s in (0, 8):
+        assessor.observe(torch.arange(s, s + 8, device="meta"), torch.rand(8, device="meta"))
+    assert len(assessor._pending) == 2
+    with pytest.raises(NotImplementedError):  # the one copy, at the flush
+        assessor.tracker
+
+
+def test_observed_values_reach_the_tracker_at_the_flush_and_are_checked_there():
+    ds, model = tiny_problem(n=16)
+    assessor = DifficultyAssessor(model, ds, at="body", pivot_epoch=1)
+    assessor.start_epoch(0)
+    loss = torch.rand(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast-style half-precision losses
+        assessor.observe(torch.arange(16), loss.to(torch.bfloat16))
+    assert np.allclose(assessor.tracker.loss, loss.to(torch.bfloat16).double().numpy())
+    assert (assessor.tracker.loss_epoch == 0).all()
+    bad = torch.rand(8)
+    bad[3] = float("nan")
+    assessor.observe(torch.arange(8), bad)
+    with pytest.raises(ValueError, match=r"observe\(\) in epoch 0 got bad per-sample loss: .*non-finite"):
+        assessor.end_epoch()
+
+
+@pytest.mark.parametrize("indices, loss, match", [
+    (torch.randn(4, 1, 8, 8), torch.rand(4), "wrap the data set in mombs.IndexedDataset"),
+    (torch.arange(4), torch.rand(4, 2), r"got loss of shape \(4, 2\) for 4 indices"),
+    (torch.arange(4), [0.1, 0.2, 0.3, 0.4], "needs the per-sample loss as a tensor"),
+])
+def test_observe_checks_its_arguments_at_the_door(indices, loss, match):
+    ds, model = tiny_problem(n=16)
+    assessor = DifficultyAssessor(model, ds, at="body", pivot_epoch=1)
+    assessor.start_epoch(0)
+    with pytest.raises(ValueError, match=match):
+        assessor.observe(indices, loss)
+    assert not assessor._pending
