@@ -451,6 +451,8 @@ class DifficultyAssessor:
                 dtype (bfloat16 and float16 from autocast included); detached here.
         """
         captured, self._captured = self._captured, None
+        if self.sampler is not None and callable(getattr(self.sampler, "note_consumed", None)):
+            self.sampler.note_consumed()  # where the loop really is, whatever a loader prefetched
         if not self.active:
             return
         if self.schedule.loss_source == "train":

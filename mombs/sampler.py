@@ -117,6 +117,13 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         self._epoch_scores: np.ndarray | None = None
         self._skip = 0  # batches of the current epoch already consumed before a resume
         self._yielded = 0  # batches of the current epoch yielded by __iter__
+        # Batches of the current epoch the training loop reported as trained
+        # (note_consumed, which the assessor's observe() calls); None: not counted.
+        # A DataLoader with workers draws batches ahead of the loop, so what was
+        # yielded overstates what was trained.
+        self._consumed: int | None = None
+        self._started_at = 0  # where the current iteration started (a resume skips)
+        self._resumed = False  # load_state_dict ran: the epoch's own scores plan it
         self._warned_no_scores = False
         self._layout = replica_layout(n, self.batch_size, num_replicas=self.num_replicas,
                                       drop_last=drop_last)
@@ -130,6 +137,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         if epoch != self.epoch:
             self._skip = 0
             self._yielded = 0
+            self._consumed = None
             self._epoch_scores = None
         self.epoch = int(epoch)
 
@@ -139,15 +147,27 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         # A resumed epoch replays the scores it was planned from; a fresh pass takes the latest.
-        scores = self._epoch_scores if self._skip else self._scores
+        resumed, self._resumed = self._resumed, False
+        scores = self._epoch_scores if self._skip or (resumed and self._epoch_scores is not None) else self._scores
         plan = self._plan(scores)
         # Remember what this epoch was planned from, for a state_dict cut mid-epoch.
         self._epoch_scores = scores if self._epoch_uses(scores) else None
         skip, self._skip = self._skip, 0
-        self._yielded = skip
-        for i in range(skip, len(plan)):
-            self._yielded = i + 1
-            yield plan[i].tolist()
+        self._yielded = self._started_at = skip
+        self._consumed = None
+        return _PlanIterator(self, plan, skip)
+
+    def note_consumed(self, batches: int = 1) -> None:
+        """Counts batches of the current epoch that the training loop has trained on.
+
+        :meth:`state_dict` then records that count rather than the number of
+        batches yielded, which a ``DataLoader`` with workers runs ahead of.
+        :meth:`mombs.DifficultyAssessor.observe` calls this for every batch, so
+        a loop with an assessor needs nothing more.
+        """
+        _check_int("batches", batches, 0)
+        done = self._started_at if self._consumed is None else self._consumed
+        self._consumed = min(done + batches, self._layout["batches_per_replica"])
 
     # ------------------------------------------------------------------ #
     # scores and planning
@@ -206,14 +226,21 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
 
         Args:
             batches_done: batches of the current epoch the training loop has
-                consumed. Defaults to the number this sampler has yielded, which
-                is right when iterating it directly; a ``DataLoader`` with
-                workers prefetches, so pass your step count there.
+                consumed. Defaults to the count of :meth:`note_consumed` (which
+                a :class:`~mombs.DifficultyAssessor`'s ``observe`` keeps) when
+                there is one, else to the number of batches yielded. The latter
+                is right when the sampler is iterated directly, or by torchdata's
+                ``StatefulDataLoader`` (which saves this state as each batch is
+                drawn); a plain ``DataLoader`` with workers draws ahead, so
+                without an assessor pass your step count there.
 
         Returns:
             A dict of plain Python values and one numpy array (the scores).
         """
-        done = self._yielded if batches_done is None else batches_done
+        if batches_done is not None:
+            done = batches_done
+        else:
+            done = self._yielded if self._consumed is None else self._consumed
         _check_int("batches_done", done, 0)
         if done > self._layout["batches_per_replica"]:
             raise ValueError(f"batches_done={done} exceeds the "
@@ -239,17 +266,57 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
             if state.get(key) != mine:
                 raise ValueError(f"state_dict has {key}={state.get(key)!r} but this sampler has "
                                  f"{key}={mine!r}; resume with the same settings")
+        order = state.get("order", state.get("strategy"))  # "strategy": states saved before the rename
+        _check_order(order)
+        if order != self.order:
+            raise ValueError(f"state_dict has order={order!r} but this sampler has order={self.order!r}; "
+                             f"resume with the same settings")
+
         def array(a):
             return None if a is None else _check_scores(a.numpy() if torch.is_tensor(a) else np.asarray(a))
 
-        self._scores = array(state.get("scores"))
-        self._epoch_scores = array(state.get("epoch_scores"))
+        scores, epoch_scores = array(state.get("scores")), array(state.get("epoch_scores"))
+        self._scores, self._epoch_scores = scores, epoch_scores
         self.seed = int(state["seed"])
-        order = state.get("order", state.get("strategy"))  # "strategy": states saved before the rename
-        _check_order(order)
-        self.order = order
         self.pivot_epoch = int(state["pivot_epoch"])
         self.jitter = float(state["jitter"])
         self.epoch = int(state["epoch"])
         self._skip = int(state["batches_done"])
-        self._yielded = self._skip
+        self._yielded = self._started_at = self._skip
+        self._consumed = None
+        self._resumed = True
+
+
+class _PlanIterator:
+    """One pass over an epoch's plan, with its position as state.
+
+    torchdata's ``StatefulDataLoader`` saves the state of a sampler's iterator
+    when it has one, beside the sampler's own: the position recorded as each
+    batch is drawn, which is exact under prefetching workers even when the
+    sampler's :meth:`~MixedOrderBatchSampler.state_dict` counts consumed batches.
+    """
+
+    def __init__(self, sampler: MixedOrderBatchSampler, plan, start: int):
+        self._sampler, self._plan, self._next = sampler, plan, start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[int]:
+        if self._next >= len(self._plan):
+            raise StopIteration
+        batch = self._plan[self._next].tolist()
+        self._next += 1
+        self._sampler._yielded = self._next
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"position": self._next}
+
+    def load_state_dict(self, state: dict) -> None:
+        position = state["position"]
+        _check_int("position", position, 0)
+        if position > len(self._plan):
+            raise ValueError(f"position={position} exceeds the {len(self._plan)} batches of the epoch")
+        self._next = self._sampler._yielded = self._sampler._started_at = int(position)
+        self._sampler._consumed = None

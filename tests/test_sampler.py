@@ -109,6 +109,44 @@ def test_resume_with_dataloader_step_count():
     assert taken + [x.tolist() for (x,) in DataLoader(ds, batch_sampler=resumed)] == full
 
 
+def test_an_assessors_observe_counts_what_a_prefetching_loader_really_trained():
+    # No step count passed: the assessor's observe() tells the sampler what was consumed.
+    import torch.nn as nn
+
+    from mombs import DifficultyAssessor, IndexedDataset
+
+    ds = IndexedDataset(TensorDataset(torch.randn(120, 3), torch.zeros(120, dtype=torch.long)))
+    model = nn.Sequential()
+    model.add_module("body", nn.Linear(3, 2))
+    s = MixedOrderBatchSampler(ds, 6, seed=2, pivot_epoch=0)
+    s.set_scores(rank_sum(120))
+    full = [b for b in s]
+    assessor = DifficultyAssessor(model, ds, at="body", sampler=s, pivot_epoch=0)
+    assessor.start_epoch(0)
+    taken = []
+    for step, (idx, x, y) in enumerate(DataLoader(ds, batch_sampler=s, num_workers=2, prefetch_factor=2)):
+        assessor.observe(idx, torch.rand(len(idx)))
+        taken.append(idx.tolist())
+        if step == 3:
+            state = s.state_dict()
+            break
+    assert s._yielded > 4 and state["batches_done"] == 4  # the workers drew ahead; the state did not
+    resumed = MixedOrderBatchSampler(ds, 6, pivot_epoch=0)
+    resumed.load_state_dict(state)
+    assert taken + list(resumed) == full
+
+
+def test_without_counting_a_plain_loop_state_is_what_was_yielded():
+    s = MixedOrderBatchSampler(30, 5)
+    it = iter(s)
+    next(it), next(it)
+    assert s.state_dict()["batches_done"] == 2
+    s.note_consumed()
+    assert s.state_dict()["batches_done"] == 1  # counted: the count wins
+    with pytest.raises(ValueError, match="batches=-1"):
+        s.note_consumed(-1)
+
+
 def test_state_dict_survives_torch_save(tmp_path):
     s = MixedOrderBatchSampler(40, 4)
     s.set_scores(rank_sum(40))
@@ -120,10 +158,21 @@ def test_state_dict_survives_torch_save(tmp_path):
     assert np.array_equal(other.scores, s.scores) and len(other) == len(s) - 1
 
 
-def test_load_state_dict_rejects_other_settings():
+@pytest.mark.parametrize("other, match", [
+    (dict(data_source=40, batch_size=5), "batch_size=4"),
+    (dict(data_source=41, batch_size=4), "num_samples=40"),
+    (dict(data_source=40, batch_size=4, order="anti"), "order='mixed' but this sampler has order='anti'"),
+    (dict(data_source=40, batch_size=4, num_replicas=2, rank=0), "num_replicas=1"),
+    (dict(data_source=40, batch_size=4, drop_last=True), "drop_last=False"),
+])
+def test_load_state_dict_rejects_other_settings(other, match):
     state = MixedOrderBatchSampler(40, 4).state_dict()
-    with pytest.raises(ValueError, match="batch_size=4"):
-        MixedOrderBatchSampler(40, 5).load_state_dict(state)
+    fresh = MixedOrderBatchSampler(**other)
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(state)
+    after = fresh.state_dict()
+    assert all(before[k] == after[k] for k in before if k not in ("scores", "epoch_scores"))  # untouched
 
 
 def test_simulated_replicas_cover_the_data_set_once():
