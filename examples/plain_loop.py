@@ -85,14 +85,34 @@ def main(argv=None):
             xs, ys = test_set.tensors
             acc = (model(xs).argmax(1) == ys).float().mean().item()
         print(f"epoch {epoch:3d}  test top-1 {acc:.3f}  planned={sampler.uses_scores()}")
-
-    if assessor.tracker.measured().all():
-        q = assessor.quadrants()
-        poor = q.mask("poorly-labeled")
-        print("quadrant counts:", q.counts)
-        print(f"flipped labels found in 'poorly-labeled': precision {flipped[poor].float().mean():.2f}, "
-              f"recall {poor[flipped.numpy()].mean():.2f} (base rate {flipped.float().mean():.2f})")
+        if epoch + 1 in (args.pivot_epoch, args.epochs) and args.noise > 0:
+            label_check(model, train, flipped, epoch)
     return acc
+
+
+def label_check(model, train, flipped, epoch):
+    """How well the poorly-labeled quadrant finds the flipped labels now.
+
+    Measured in one eval-mode pass of the current model (the study runner's
+    final diagnostics do the same); the tracker's own values mix training-mode
+    losses taken while the weights moved. The quadrant works only while the
+    network has not memorized the noise: a flipped label it has learned has a
+    low loss and leaves the high-loss half. With this recipe, at epoch 5 it
+    has memorized ~2% of them and the quadrant finds them at precision ~1.00
+    (recall ~0.40, base rate 0.32); by epoch 30 it has memorized ~50% and the
+    precision falls to ~0.2, below the base rate: what is left in the quadrant
+    is mostly hard clean digits. Pick the epoch on a validation split, or use
+    the loss ranking, which degrades more slowly.
+    """
+    (_, loss), (_, unc) = mombs.assessment_pass(model, train, at="features")   # mombs
+    poor = mombs.quadrants(loss, unc).mask("poorly-labeled")                   # mombs
+    _, x, y = train.read_batch(range(len(train)))
+    with torch.no_grad():
+        memorized = (model.eval()(x).argmax(1) == y)[flipped].float().mean()
+    flips = flipped.numpy()
+    print(f"after epoch {epoch}: the network reproduces {memorized:.0%} of the flipped labels; "
+          f"'poorly-labeled' finds them at precision {flips[poor].mean():.2f}, recall {poor[flips].mean():.2f} "
+          f"(base rate {flips.mean():.2f})")
 
 
 if __name__ == "__main__":

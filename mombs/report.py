@@ -65,19 +65,29 @@ def _plt():
 
 def _curves(results, out: Path) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     by = {}
     for r in results:
         by.setdefault((r["dataset"], r["batch_size"], r["loss"], r["strategy"]), []).append(r)
+
+    def noisy_fits(runs):
+        fits = [r["curves"].get("noisy_fit") for r in runs]
+        ok = all(f is not None and len(f) and None not in f for f in fits)
+        return np.array(fits, dtype=float) if ok else None
+
+    # Data without label noise has no memorization curve: no empty panel for it.
+    memorization = any(noisy_fits(runs) is not None for runs in by.values())
+    fig, axes = plt.subplots(1, 2 if memorization else 1, figsize=(11 if memorization else 6, 4), squeeze=False)
+    axes = axes[0]
     for (ds, b, loss, s), runs in sorted(by.items()):
         label = f"{s} (B={b}, {loss})"
         val = np.array([r["curves"]["val_top1"] for r in runs], dtype=float)
         axes[0].plot(np.arange(val.shape[1]), 100 * val.mean(0), label=label)
-        fits = [r["curves"].get("noisy_fit") for r in runs]
-        if all(f is not None and None not in f for f in fits):
-            axes[1].plot(100 * np.array(fits, dtype=float).mean(0), label=label)
+        fits = noisy_fits(runs)
+        if memorization and fits is not None:
+            axes[1].plot(100 * fits.mean(0), label=label)
     axes[0].set(xlabel="epoch", ylabel="validation top-1 % (mean over seeds)", title="accuracy")
-    axes[1].set(xlabel="epoch", ylabel="% of noisy labels fit in the training pass", title="memorization")
+    if memorization:
+        axes[1].set(xlabel="epoch", ylabel="% of noisy labels fit in the training pass", title="memorization")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     path = out / "curves.png"
@@ -114,30 +124,56 @@ def _scatter(res, out: Path) -> str | None:
         return None
     plt = _plt()
     z = np.load(path)
-    loss, unc, codes = z["loss"], z["uncertainty"], z["codes"]
     noisy = z["noisy"] if z["noisy"].size else None
     counts = np.bincount(z["y_clean"])
     tail = counts[z["y_clean"]] < np.median(counts) if counts.min() < counts.max() else None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for c, name in enumerate(QUADRANTS):
-        m = codes == c
-        axes[0].scatter(loss[m], unc[m], s=3, alpha=0.5, label=f"{name} ({m.sum()})")
-    axes[0].set(title="quadrants (median split)")
     member = noisy if noisy is not None else tail
     what = "label flipped" if noisy is not None else "tail class"
-    if member is not None:
-        axes[1].scatter(loss[~member], unc[~member], s=3, alpha=0.4, c="tab:gray", label="other")
-        axes[1].scatter(loss[member], unc[member], s=3, alpha=0.6, c="tab:red", label=what)
-    axes[1].set(title=f"true membership: {what}")
-    for ax in axes:
-        ax.set(xscale="symlog", xlabel="loss (eval mode, final model)", ylabel="uncertainty (K=8 entropy)")
-        ax.legend(fontsize=7, markerscale=3)
-    fig.suptitle(f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}")
-    fig.tight_layout()
+    fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], member, what,
+                         f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}")
     name = f"scatter-{res['strategy']}-b{res['batch_size']}.png"
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
     return name
+
+
+def scatter_figure(loss, unc, codes, member, what: str, title: str):
+    """Loss against uncertainty: the quadrants, and the true membership (flipped label, tail class).
+
+    Args:
+        loss: ``(N,)`` eval-mode losses, higher = harder.
+        unc: ``(N,)`` uncertainties, higher = harder.
+        codes: ``(N,)`` quadrant codes (indices into :data:`~mombs.QUADRANTS`).
+        member: ``(N,)`` bool truth to colour in the second panel, or ``None``.
+        what: what ``member`` marks, for the legend.
+        title: the figure's title.
+
+    Returns:
+        The matplotlib figure (the caller saves and closes it).
+    """
+    plt = _plt()
+    loss, unc, codes = np.asarray(loss, dtype=float), np.asarray(unc, dtype=float), np.asarray(codes)
+    # Log loss axis: losses span 1e-4 to 10; a floor keeps exact zeros on the plot.
+    floor = max(float(loss[loss > 0].min()) if (loss > 0).any() else 1e-6, 1e-6)
+    loss = np.maximum(loss, floor)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    # Largest quadrant first, so the small ones are drawn on top and stay visible.
+    for rank, c in enumerate(sorted(range(len(QUADRANTS)), key=lambda c: -int((codes == c).sum()))):
+        m = codes == c
+        axes[0].scatter(loss[m], unc[m], s=3 if m.sum() > 200 else 8, alpha=0.5, color=f"C{c}",
+                        label=f"{QUADRANTS[c]} ({m.sum()})", zorder=2 + rank)
+    axes[0].set(title="quadrants (median split)")
+    if member is not None:
+        axes[1].scatter(loss[~member], unc[~member], s=3, alpha=0.4, c="tab:gray", label="other")
+        axes[1].scatter(loss[member], unc[member], s=5, alpha=0.6, c="tab:red", label=what, zorder=3)
+    axes[1].set(title=f"true membership: {what}")
+    for ax in axes:
+        ax.set(xscale="log", xlabel="loss (eval mode, final model; log scale)",
+               ylabel="uncertainty (K=8 entropy)")
+        ax.legend(fontsize=7, markerscale=3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def write_report(results: list[dict], rows: list[dict], out_dir, *, title: str = "mombs comparison") -> Path:
