@@ -29,6 +29,7 @@ benchmarks use it too.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Mapping
 from typing import Callable
 
@@ -199,7 +200,7 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
     loss_fn, output_fn, uncertainty_fn, activation = _task_parts(task, loss_fn, output_fn, uncertainty_fn,
                                                                  activation)
     _check_noise_args(k, alpha, activation)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
     batch_fn = batch_fn or _default_batch_fn
     n = len(dataset)
@@ -381,9 +382,9 @@ class DifficultyAssessor:
                                                                      activation)
         _check_noise_args(k, alpha, activation)
         for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-        if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
+        if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral)
                                        or chunk_rows < 1):
             raise ValueError(f"chunk_rows={chunk_rows!r} must be an integer >= 1 or None")
         if assessment_loader is not None and not hasattr(assessment_loader, "__iter__"):
@@ -397,15 +398,16 @@ class DifficultyAssessor:
         self._at_module = find_module(model, at)
         if pivot_epoch is None:
             pivot_epoch = getattr(sampler, "pivot_epoch", 1)
-        if isinstance(pivot_epoch, bool) or not isinstance(pivot_epoch, int) or pivot_epoch < 0:
+        if isinstance(pivot_epoch, bool) or not isinstance(pivot_epoch, numbers.Integral) or pivot_epoch < 0:
             raise ValueError(f"pivot_epoch={pivot_epoch!r} must be an integer >= 0")
         self.model, self.dataset, self.at, self.sampler = model, dataset, at, sampler
-        self.k, self.alpha, self.measure, self.pivot_epoch = k, float(alpha), measure, pivot_epoch
+        self.k, self.alpha, self.measure, self.pivot_epoch = int(k), float(alpha), measure, int(pivot_epoch)
         self.loss_fn, self.output_fn, self.uncertainty_fn = loss_fn, output_fn, uncertainty_fn
-        self.head, self.batch_size, self.num_workers = head, batch_size, num_workers
-        self.collate_fn, self.device, self.chunk_rows = collate_fn, device, chunk_rows
+        self.head, self.batch_size, self.num_workers = head, int(batch_size), int(num_workers)
+        self.collate_fn, self.device = collate_fn, device
+        self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
         self.batch_fn = batch_fn or _default_batch_fn
-        self.activation, self.seed = activation, seed
+        self.activation, self.seed = activation, int(seed)
         self.assessment_loader = assessment_loader
         self._tracker = DifficultyTracker(len(dataset))
         # Training-step values not yet in the tracker: (kind, indices, values), on their devices.

@@ -7,6 +7,7 @@ uncertainty values into difficulty scores and keeps them up to date.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,7 +175,7 @@ def quadrants(loss, uncertainty, *, loss_quantile: float = 0.5,
     loss = _as_values("loss", loss)
     unc = _as_values("uncertainty", uncertainty, loss.shape[0])
     for name, q in (("loss_quantile", loss_quantile), ("uncertainty_quantile", uncertainty_quantile)):
-        if not isinstance(q, (int, float)) or not 0 < q < 1:
+        if not isinstance(q, numbers.Real) or not 0 < q < 1:
             raise ValueError(f"{name}={q!r} must be a number in (0, 1)")
     if loss.size == 0:
         lt = ut = float("nan")
@@ -201,7 +202,7 @@ class DifficultyTracker:
     """
 
     def __init__(self, num_samples: int):
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
             raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
         self.num_samples = int(num_samples)
         self.epoch = 0
@@ -216,7 +217,7 @@ class DifficultyTracker:
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch that later updates are stamped with."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
             raise ValueError(f"epoch={epoch!r} must be an integer >= 0")
         self.epoch = int(epoch)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import weakref
 from collections.abc import Mapping
 from typing import Callable
@@ -89,9 +90,9 @@ def _to_probs(out: torch.Tensor, activation: str) -> torch.Tensor:
 
 def _check_noise_args(k, alpha, activation) -> None:
     """The checks shared by every caller that disturbs features."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k={k!r} must be an integer >= 1")
-    if not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+    if not isinstance(alpha, numbers.Real) or not 0 <= alpha < 1:
         raise ValueError(f"alpha={alpha!r} must be a number in [0, 1)")
     if activation not in ("auto", "softmax", "sigmoid"):
         raise ValueError(f"activation={activation!r} must be 'auto', 'softmax' or 'sigmoid'")
@@ -248,9 +249,13 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
     _check_noise_args(k, alpha, activation)
     if tiled not in (None, True, False):
         raise ValueError(f"tiled={tiled!r} must be True, False or None")
-    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral)
                                    or chunk_rows < 1):
         raise ValueError(f"chunk_rows={chunk_rows!r} must be an integer >= 1 or None")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    k, alpha, seed = int(k), float(alpha), int(seed)
+    chunk_rows = None if chunk_rows is None else int(chunk_rows)
     module = find_module(model, at)
     extract = output_fn or default_output_fn
     state = {"reps": 1, "gen": generator, "rows": None, "pooled": False}

@@ -87,7 +87,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
                  jitter: float = DEFAULT_JITTER):
         if isinstance(data_source, (int, np.integer)) and not isinstance(data_source, bool):
             n = int(data_source)
-        elif isinstance(data_source, Sized):
+        elif isinstance(data_source, Sized) and not isinstance(data_source, (str, bytes)):
             n = len(data_source)
         else:
             raise ValueError(f"data_source={data_source!r} must be a sized data set or its "

@@ -9,6 +9,7 @@ fraction, Numerical Recipes §6.4), accurate to about 1e-12.
 from __future__ import annotations
 
 import math
+import numbers
 
 __all__ = ["t_cdf", "t_quantile", "t_two_sided_p"]
 
@@ -52,7 +53,7 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 
 def _check_df(df) -> float:
-    if isinstance(df, bool) or not isinstance(df, (int, float)) or not df > 0:
+    if isinstance(df, bool) or not isinstance(df, numbers.Real) or not df > 0:
         raise ValueError(f"df={df!r} must be a number > 0")
     return float(df)
 

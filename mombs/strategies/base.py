@@ -9,6 +9,7 @@ epoch and :meth:`Strategy.weights` on each batch's per-sample losses.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import numpy as np
@@ -57,7 +58,7 @@ class Strategy:
     order = "random"
 
     def __init__(self, *, pivot_epoch: int = 1):
-        if isinstance(pivot_epoch, bool) or not isinstance(pivot_epoch, int) or pivot_epoch < 0:
+        if isinstance(pivot_epoch, bool) or not isinstance(pivot_epoch, numbers.Integral) or pivot_epoch < 0:
             raise ValueError(f"pivot_epoch={pivot_epoch!r} must be an integer >= 0")
         self.pivot_epoch = pivot_epoch
 

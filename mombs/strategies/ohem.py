@@ -3,6 +3,7 @@ previous epoch is seen twice (``shared/METHOD.md`` §3)."""
 
 from __future__ import annotations
 
+import numbers
 import numpy as np
 import torch
 from torch.utils.data import Sampler
@@ -33,9 +34,9 @@ class HardExampleBatchSampler(Sampler[list[int]]):
 
     def __init__(self, data_source, batch_size: int, *, fraction: float = 0.1, pivot_epoch: int = 1,
                  drop_last: bool = False, seed: int = 0):
-        n = data_source if isinstance(data_source, (int, np.integer)) else len(data_source)
+        n = data_source if isinstance(data_source, numbers.Integral) else len(data_source)
         _check_int("len(data_source)", n, 0)
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
             raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
         if not isinstance(drop_last, bool):
             raise ValueError(f"drop_last={drop_last!r} must be a bool")
@@ -108,7 +109,7 @@ class HardExampleRetrain(Strategy):
 
     def __init__(self, *, pivot_epoch: int = 1, fraction: float = 0.1):
         super().__init__(pivot_epoch=pivot_epoch)
-        if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        if not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
             raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
         self.fraction = float(fraction)
 
