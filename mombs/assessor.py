@@ -151,7 +151,7 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
                     activation: str | None = None, batch_size: int = 256, num_workers: int = 0,
                     collate_fn: Callable | None = None, batch_fn: Callable | None = None, device=None,
                     generator: torch.Generator | None = None, chunk_rows: int | None = None,
-                    loader=None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+                    loader=None, forward_fn: Callable | None = None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """One eval-mode measuring pass: per-sample losses and K-pass uncertainties.
 
     The data set is read once, in index order, over the union of the two index
@@ -192,6 +192,8 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
             batches may come in any order and hold other samples too, which are
             skipped; it must cover every index asked for. ``dataset`` still
             gives ``N``.
+        forward_fn: ``forward_fn(model, inputs) -> output``; default
+            ``model(inputs)`` (Hugging Face models: ``lambda m, b: m(**b)``).
 
     Returns:
         ``((loss_idx, loss), (unc_idx, unc))``: sorted ``(n,)`` int64 indices and
@@ -246,7 +248,8 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
                 continue
             inputs = to_device(inputs, device, non_blocking=True)
             if m_loss.any():
-                value = loss_fn(model(inputs), to_device(targets, device, non_blocking=True))
+                output = model(inputs) if forward_fn is None else forward_fn(model, inputs)
+                value = loss_fn(output, to_device(targets, device, non_blocking=True))
                 if not torch.is_tensor(value) or value.shape != (len(ids),):
                     got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
                     raise ValueError(f"loss_fn must return ({len(ids)},) per-sample losses, got {got}")
@@ -257,7 +260,7 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
                 value = feature_noise_uncertainty(model, inputs if m_unc.all() else _select(inputs, m_unc),
                                                   at=at, k=k, alpha=alpha, activation=activation,
                                                   generator=generator, output_fn=output_fn,
-                                                  uncertainty_fn=uncertainty_fn,
+                                                  uncertainty_fn=uncertainty_fn, forward_fn=forward_fn,
                                                   chunk_rows=_rows_for(pooled, chunk_rows, k, inputs))
                 got_unc.append((ids[m_unc], value))
     for name, found, values, order in (("loss", got_loss, losses, loss_idx),
@@ -359,6 +362,9 @@ class DifficultyAssessor:
             evaluation transforms); see :func:`assessment_pass`'s ``loader``.
             By default ``dataset`` is read in whole batches where it can
             (:meth:`mombs.IndexedDataset.read_batch`).
+        forward_fn: ``forward_fn(model, inputs) -> output`` for assessment
+            passes; default ``model(inputs)`` (Hugging Face models take
+            ``lambda m, batch: m(**batch)``).
 
     Per-step values given to :meth:`observe` stay on their device and reach the
     tracker in one copy at :meth:`end_epoch` (or whenever :attr:`tracker`,
@@ -374,7 +380,7 @@ class DifficultyAssessor:
                  activation: str | None = None, head: Callable | None = None,
                  batch_size: int = 256, num_workers: int = 0, collate_fn: Callable | None = None,
                  device=None, batch_fn: Callable | None = None, chunk_rows: int | None = None,
-                 seed: int = 0, assessment_loader=None):
+                 seed: int = 0, assessment_loader=None, forward_fn: Callable | None = None):
         self.schedule = create_schedule(schedule)
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
@@ -389,7 +395,8 @@ class DifficultyAssessor:
             raise ValueError(f"chunk_rows={chunk_rows!r} must be an integer >= 1 or None")
         if assessment_loader is not None and not hasattr(assessment_loader, "__iter__"):
             raise ValueError(f"assessment_loader={assessment_loader!r} must be an iterable of batches")
-        for name, fn in (("loss_fn", loss_fn), ("output_fn", output_fn), ("head", head)):
+        for name, fn in (("loss_fn", loss_fn), ("output_fn", output_fn), ("head", head),
+                         ("forward_fn", forward_fn)):
             if fn is not None and not callable(fn):
                 raise ValueError(f"{name}={fn!r} must be callable")
         if self.schedule.uncertainty_source == "train" and head is None:
@@ -408,7 +415,7 @@ class DifficultyAssessor:
         self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
         self.batch_fn = batch_fn or _default_batch_fn
         self.activation, self.seed = activation, int(seed)
-        self.assessment_loader = assessment_loader
+        self.assessment_loader, self.forward_fn = assessment_loader, forward_fn
         self._tracker = DifficultyTracker(len(dataset))
         # Training-step values not yet in the tracker: (kind, indices, values), on their devices.
         self._pending: list[tuple[str, object, torch.Tensor]] = []
@@ -560,7 +567,7 @@ class DifficultyAssessor:
             uncertainty_fn=self.uncertainty_fn, activation=self.activation, batch_size=self.batch_size,
             num_workers=self.num_workers, collate_fn=self.collate_fn, batch_fn=self.batch_fn,
             device=device, generator=self._generator(device), chunk_rows=self.chunk_rows,
-            loader=self.assessment_loader)
+            loader=self.assessment_loader, forward_fn=self.forward_fn)
         if li.size:
             self.tracker.update_loss(li, lv)
         if ui.size:

@@ -190,7 +190,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
                               activation: str = "auto", tiled: bool | None = None,
                               generator: torch.Generator | None = None, seed: int = 0,
                               output_fn: Callable | None = None, uncertainty_fn: Callable | None = None,
-                              chunk_rows: int | None = None) -> torch.Tensor:
+                              chunk_rows: int | None = None, forward_fn: Callable | None = None) -> torch.Tensor:
     """Entropy of the mean prediction under ``k`` disturbances of a feature map.
 
     ``u_i = H((1/k) * sum_j p(g(f_i * (1 + xi_j))))`` where ``f`` is the output of
@@ -232,6 +232,9 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
             with all ``k`` copies. Tensor inputs are split into sub-batches of
             ``max(1, chunk_rows // k)`` samples with their copies; other inputs
             go whole, ``max(1, chunk_rows // B)`` copies at a time.
+        forward_fn: ``forward_fn(model, inputs) -> output`` calls the model;
+            default ``model(inputs)``. For models that take keyword inputs
+            (Hugging Face: ``lambda m, batch: m(**batch)``).
 
     Returns:
         ``(B,)`` float32 tensor on the output's device: entropy in nats, averaged
@@ -275,7 +278,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
     def predict(x, reps):
         """Probabilities summed over ``reps`` disturbed copies: ``(b, C, ...)``."""
         state["reps"], state["rows"] = reps, None
-        pred = extract(model(x))
+        pred = extract(model(x) if forward_fn is None else forward_fn(model, x))
         if state["rows"] is None:
             raise ValueError(f"at={at!r} was not called during the model's forward, so nothing was "
                              f"disturbed; name a submodule that the forward runs")

@@ -377,3 +377,27 @@ def test_observe_checks_its_arguments_at_the_door(indices, loss, match):
     with pytest.raises(ValueError, match=match):
         assessor.observe(indices, loss)
     assert not assessor._pending
+
+
+def test_forward_fn_calls_a_model_that_takes_keyword_inputs():
+    class Keywords(nn.Module):  # a Hugging Face-like forward: model(**batch) -> {"logits": ...}
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(5, 8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, input_ids=None, mask=None):
+            return {"logits": self.head(torch.relu(self.body(input_ids * mask)))}
+
+    x, y = torch.randn(12, 5), torch.randint(0, 2, (12,))
+    items = [(i, {"input_ids": x[i], "mask": torch.ones(5)}, y[i]) for i in range(12)]
+    model = Keywords()
+    call = lambda m, batch: m(**batch)  # noqa: E731
+    (_, loss), (_, unc) = mombs.assessment_pass(model, items, at="body", forward_fn=call, batch_size=5)
+    expected = F.cross_entropy(model(input_ids=x, mask=torch.ones(12, 5))["logits"], y, reduction="none")
+    assert np.allclose(loss, expected.detach().numpy(), atol=1e-6) and unc.shape == (12,) and (unc > 0).all()
+    assessor = DifficultyAssessor(model, items, at="body", schedule="paper", pivot_epoch=1, forward_fn=call)
+    assessor.start_epoch(0)
+    assert assessor.end_epoch().shape == (12,)
+    with pytest.raises(ValueError, match="forward_fn=3 must be callable"):
+        DifficultyAssessor(model, items, at="body", forward_fn=3)
