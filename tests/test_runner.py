@@ -161,3 +161,68 @@ def test_the_runner_trains_through_the_strategy_sampler_and_a_dataloader():
     assert got == expected  # before the pivot: the random plan, batch for batch
     idx, x, y = next(iter(c.loader))
     assert torch.equal(x, data.x_train[idx]) and torch.equal(y, torch.from_numpy(data.y_train)[idx])
+
+
+# --- a corrupt checkpoint is named and the previous one resumes (issue 9, item 4) ---
+
+
+def _interrupt_after_epoch(monkeypatch, cfg, out, epoch):
+    """Runs ``cfg`` into ``out`` and raises KeyboardInterrupt right after epoch ``epoch``'s checkpoint."""
+    import mombs.train.runner as runner
+
+    original = runner._checkpoint
+
+    def checkpoint_then_die(c, path, cfg_, e, log, best):
+        original(c, path, cfg_, e, log, best)
+        if e == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, out)
+    monkeypatch.setattr(runner, "_checkpoint", original)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_a_corrupt_checkpoint_is_named_and_the_previous_one_resumes(tmp_path, monkeypatch, damage):
+    cfg = RunConfig(strategy="mixed", **dict(TINY, epochs=3))
+    whole = run(cfg, tmp_path / "whole")
+    out = tmp_path / "cut"
+    _interrupt_after_epoch(monkeypatch, cfg, out, 1)
+    ckpt, prev = out / "checkpoint.pt", out / "checkpoint.prev.pt"
+    assert ckpt.exists() and prev.exists()  # epoch 1's and epoch 0's
+    raw = ckpt.read_bytes()
+    ckpt.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"")
+    with pytest.warns(RuntimeWarning, match=f"checkpoint {ckpt} cannot be read"):
+        resumed = run(cfg, out)
+    assert resumed["top1"] == whole["top1"] and resumed["curves"]["val_top1"] == whole["curves"]["val_top1"]
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == []  # all cleaned up at the end
+
+
+def test_with_every_checkpoint_corrupt_the_run_starts_over(tmp_path, monkeypatch):
+    cfg = RunConfig(strategy="mixed", **dict(TINY, epochs=3))
+    out = tmp_path / "cut"
+    _interrupt_after_epoch(monkeypatch, cfg, out, 1)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (out / name).write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.warns(RuntimeWarning, match="checkpoint.prev.pt cannot be read"):
+        res = run(cfg, out)
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert res["best_val_epoch"] >= 0
+
+
+def test_a_checkpoint_write_keeps_the_previous_one_until_the_new_one_reads_back(tmp_path, monkeypatch):
+    import torch
+
+    from mombs.train import checkpoint as ck
+
+    path = tmp_path / "checkpoint.pt"
+    ck.save_checkpoint(path, {"key": "k", "epoch": 0})
+    ck.save_checkpoint(path, {"key": "k", "epoch": 1})
+    assert torch.load(ck.previous_checkpoint(path))["epoch"] == 0
+    monkeypatch.setattr(torch, "save", lambda obj, f: open(f, "wb").write(b"half"))  # a write gone wrong
+    with pytest.raises(OSError, match="checkpoint.pt.tmp does not read back"):
+        ck.save_checkpoint(path, {"key": "k", "epoch": 2})
+    monkeypatch.undo()
+    assert ck.load_checkpoint(path, "k")["epoch"] == 1
+    assert torch.load(ck.previous_checkpoint(path))["epoch"] == 0

@@ -4,9 +4,10 @@ It is split as torchvision's references are: :func:`~mombs.train.build.build`
 makes the pieces, :func:`~mombs.train.engine.train_one_epoch` and
 :func:`~mombs.train.engine.evaluate` train and test, the checkpoint module
 saves, and :func:`run` strings them together. A run is resumable: it
-checkpoints after every epoch (written atomically) and a restarted run with the
-same config continues from the last finished epoch. A finished run leaves
-``results.json`` and is never redone.
+checkpoints after every epoch (written, read back, then renamed into place,
+the checkpoint before it kept as ``checkpoint.prev.pt``) and a restarted run
+with the same config continues from the last readable checkpoint. A finished
+run leaves ``results.json`` and is never redone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..data.corpus import Corpus, load_corpus
 from ..difficulty import quadrants
 from ..envinfo import environment_info
 from .build import ASSESS_BATCH_SIZE, Components, build
-from .checkpoint import atomic_json, atomic_torch, load_checkpoint
+from .checkpoint import atomic_json, load_checkpoint, remove_checkpoints, save_checkpoint
 from .config import RunConfig, run_dir_name
 from .engine import evaluate, train_one_epoch
 
@@ -36,6 +37,8 @@ def _resume(c: Components, ckpt_path: Path, cfg: RunConfig, out: Path) -> tuple[
     """Restores a checkpoint of this run if there is one; ``(start epoch, log, best)``."""
     ck = load_checkpoint(ckpt_path, cfg.key())
     if ck is None:
+        # Starting over: lines of an earlier attempt that left no usable checkpoint go.
+        (out / "log.jsonl").unlink(missing_ok=True)
         return 0, [], {"val": -1.0, "epoch": -1, "state": None}
     c.model.load_state_dict(ck["model"])
     c.optimizer.load_state_dict(ck["opt"])
@@ -51,7 +54,7 @@ def _resume(c: Components, ckpt_path: Path, cfg: RunConfig, out: Path) -> tuple[
 
 
 def _checkpoint(c: Components, path: Path, cfg: RunConfig, epoch: int, log: list, best: dict) -> None:
-    atomic_torch(path, {
+    save_checkpoint(path, {
         "key": cfg.key(), "epoch": epoch, "model": c.model.state_dict(), "opt": c.optimizer.state_dict(),
         "sched": c.scheduler.state_dict(), "sampler": c.sampler.state_dict(), "log": log, "best": best,
         "aug_gen": c.augment_gen.get_state() if c.augment_gen is not None else None,
@@ -69,6 +72,9 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
     """Trains one model and writes ``config.json``, ``log.jsonl``, ``results.json``
     (and a resumable ``checkpoint.pt``, removed at the end) under ``out_dir``.
 
+    The config is validated first and the data loaded next, so a bad option or
+    missing data stops the run before ``out_dir`` is created.
+
     Args:
         cfg: the run's configuration.
         out_dir: the run's own folder.
@@ -77,10 +83,18 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
 
     Returns:
         The results dict (also in ``results.json``).
+
+    Raises:
+        ValueError: a bad config (naming the option) or unreadable data.
     """
+    if not isinstance(cfg, RunConfig):
+        raise ValueError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
     cfg.validate()
+    if not isinstance(out_dir, (str, Path)) or not str(out_dir):
+        raise ValueError(f"out_dir={out_dir!r} must be a folder path")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={str(out)!r} exists and is not a folder")
     results_path = out / "results.json"
     if results_path.exists():
         return json.loads(results_path.read_text())
@@ -88,6 +102,7 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     data = corpus or load_corpus(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_json(out / "config.json", {"config": dataclasses.asdict(cfg), "key": cfg.key(),
                                       "data": data.describe()})
     c = build(cfg, data, device)
@@ -146,7 +161,7 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
 
     results = _summarize(cfg, data, c, log, best, x_te, y_te, out)
     atomic_json(results_path, results)
-    ckpt_path.unlink(missing_ok=True)
+    remove_checkpoints(ckpt_path)
     return results
 
 
