@@ -1,8 +1,8 @@
 """The ``mombs`` command: ``mombs train`` runs one run, ``mombs compare`` a grid.
 
 Options come from a YAML file (``--config``), then from ``--set key=value``
-overrides; the resolved config is written next to the results. This module only
-parses and calls.
+overrides; every one is checked before any data is read, and the resolved
+config is written next to the results. This module only parses and calls.
 """
 
 from __future__ import annotations
@@ -15,44 +15,117 @@ from pathlib import Path
 
 from .train import RunConfig
 
+#: Options of ``compare`` that are not fields of a run.
 _GRID_KEYS = ("strategies", "seeds", "batch_sizes", "losses", "jobs", "out", "title", "export")
+_GRID_DEFAULTS = {"strategies": ["random", "mixed"], "seeds": [0, 1, 2], "batch_sizes": None, "losses": None,
+                  "jobs": 1, "title": "mombs comparison"}
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"mombs: {message}")
 
 
-def _parse_value(text: str):
+def _yaml_problem(err) -> tuple[str, str]:
+    """``(", line L, column C", problem)`` of a YAML error, without the 25-line dump."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and start is not mark:
+        problem = f"{context} that starts on line {start.line + 1}: {problem}"
+    return where, problem
+
+
+def _parse_value(text: str, item: str):
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        _, problem = _yaml_problem(err)
+        raise _fail(f"--set {item}: the value is not valid YAML ({problem}); "
+                    f"quote a string that holds special characters") from None
+
+
+def _read_config_file(path: str | None) -> dict:
+    if not path:
+        return {}
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise _fail(f"config file {path} not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise _fail(f"cannot read config file {path}: {err}") from None
+    try:
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where, problem = _yaml_problem(err)
+        raise _fail(f"{path}{where}: not valid YAML ({problem})") from None
+    cfg = {} if cfg is None else cfg
+    if not isinstance(cfg, dict):
+        raise _fail(f"{path} must hold a mapping of option: value, got a {type(cfg).__name__}")
+    bad = [k for k in cfg if not isinstance(k, str)]
+    if bad:
+        raise _fail(f"{path}: option names must be strings, got {bad[0]!r}")
+    return cfg
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    out = {}
+    for item in overrides:
+        if "=" not in item:
+            raise _fail(f"--set takes key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise _fail(f"--set takes key=value, got {item!r} (no key)")
+        out[key] = _parse_value(value, item)
+    return out
 
 
 def load_config(path: str | None, overrides: list[str]) -> dict:
-    """YAML file (optional) updated by ``key=value`` overrides (values parsed as YAML)."""
-    cfg = {}
-    if path:
-        import yaml
+    """YAML file (optional) updated by ``key=value`` overrides (values parsed as YAML).
 
-        p = Path(path)
-        if not p.is_file():
-            raise SystemExit(f"mombs: config file {path} not found")
-        cfg = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(cfg, dict):
-            raise SystemExit(f"mombs: {path} must hold a mapping of option: value")
-    for item in overrides:
-        if "=" not in item:
-            raise SystemExit(f"mombs: --set takes key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        cfg[key.strip().replace("-", "_")] = _parse_value(value)
-    return cfg
+    Raises:
+        SystemExit: a missing file, or YAML that does not parse (one line naming
+            the file and the line, or the ``--set`` item).
+    """
+    return {**_read_config_file(path), **_parse_overrides(overrides)}
 
 
 def _run_config(options: dict) -> RunConfig:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(options) - fields - set(_GRID_KEYS))
     if unknown:
-        raise SystemExit(f"mombs: unknown option(s) {unknown}; known: {sorted(fields | set(_GRID_KEYS))}")
+        raise _fail(f"unknown option(s) {unknown}; known: {sorted(fields | set(_GRID_KEYS))}")
     try:
         return RunConfig(**{k: v for k, v in options.items() if k in fields}).validate()
     except (TypeError, ValueError) as err:
-        raise SystemExit(f"mombs: {err}") from err
+        raise _fail(str(err)) from None
+
+
+def _path_option(name: str, value) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(f"{name}={value!r} must be a folder path")
+    p = Path(value)
+    if p.exists() and not p.is_dir():
+        raise _fail(f"{name}={value!r} exists and is not a folder")
+    return p
+
+
+def _effective(options: dict, key: str):
+    """What an option amounts to: its value, else its default."""
+    if key in options:
+        return options[key]
+    if key in _GRID_DEFAULTS:
+        return _GRID_DEFAULTS[key]
+    f = {f.name: f for f in dataclasses.fields(RunConfig)}.get(key)
+    if f is None:
+        return None
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -64,31 +137,50 @@ def get_args_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override an option (repeatable), e.g. --set epochs=5")
         p.add_argument("--out", help="output folder (default: from the config, else runs/<command>)")
+        p.add_argument("--data-dir", help="the data folder (same as --set data_dir=...); must exist")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
-    options = load_config(args.config, args.set)
+    file_opts = _read_config_file(args.config)
+    set_opts = _parse_overrides(args.set)
+    if args.data_dir is not None:
+        set_opts["data_dir"] = args.data_dir
+    options = {**file_opts, **set_opts}
     cfg = _run_config(options)
-    out = Path(args.out or options.get("out") or f"runs/{args.command}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "resolved_config.json").write_text(json.dumps(options, indent=1, default=str))
+    out = _path_option("--out", args.out) if args.out else _path_option("out", options.get("out"))
+    out = out or Path(f"runs/{args.command}")
+
     if args.command == "train":
+        grid_only = [k for k in set_opts if k in _GRID_KEYS and k != "out"]
+        if grid_only:
+            raise _fail(f"{grid_only[0]} is an option of `mombs compare`, not of `mombs train`")
         from .train import run, run_dir_name
 
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "resolved_config.json").write_text(json.dumps(options, indent=1, default=str))
         res = run(cfg, out / run_dir_name(cfg), progress=not args.no_progress)
         print(json.dumps({k: res[k] for k in ("dataset", "strategy", "batch_size", "seed", "top1",
                                                "top1_best_val", "seconds")}))
         return 0
 
     from .compare import expand_grid, run_grid, summarize
-    from .report import format_table, write_report
 
-    configs = expand_grid(cfg, strategies=options.get("strategies", ["random", "mixed"]),
-                          seeds=options.get("seeds", [0, 1, 2]), batch_sizes=options.get("batch_sizes"),
-                          losses=options.get("losses"))
+    title = _effective(options, "title")
+    if not isinstance(title, str):
+        raise _fail(f"title={title!r} must be a string")
+    jobs = _effective(options, "jobs")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise _fail(f"jobs={jobs!r} must be an integer >= 1")
+    try:
+        configs = expand_grid(cfg, strategies=_effective(options, "strategies"), seeds=_effective(options, "seeds"),
+                              batch_sizes=options.get("batch_sizes"), losses=options.get("losses"))
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "resolved_config.json").write_text(json.dumps(options, indent=1, default=str))
     on_result = None
     if options.get("export"):
         export = Path(options["export"])
@@ -99,16 +191,20 @@ def main(argv=None) -> int:
                 src = Path(run_dir) / "results.json"
                 (export / f"{Path(run_dir).name}.json").write_text(src.read_text())
 
-    results = run_grid(configs, out, jobs=int(options.get("jobs", 1)), progress=not args.no_progress,
-                       on_result=on_result)
+    try:
+        results = run_grid(configs, out, jobs=jobs, progress=not args.no_progress, on_result=on_result)
+    except RuntimeError as err:
+        raise _fail(str(err)) from None
     if options.get("export"):  # runs finished in an earlier sitting too
         for res in results:
             dst = Path(options["export"]) / f"{Path(res['run_dir']).name}.json"
             if not dst.exists():
                 dst.write_text((Path(res["run_dir"]) / "results.json").read_text())
+    from .report import format_table, write_report
+
     rows = summarize(results)
     print(format_table(rows))
-    path = write_report(results, rows, out, title=options.get("title", "mombs comparison"))
+    path = write_report(results, rows, out, title=title)
     print(f"\nreport: {path}")
     return 0
 

@@ -4,6 +4,8 @@ Runs go to ``<out>/runs/<name>/``; a finished run (one with ``results.json``)
 is never redone and an interrupted one resumes from its checkpoint, so a killed
 ``compare`` picks up where it stopped. Runs execute in worker processes,
 ``jobs`` at a time, each with its share of the CPU threads.
+
+Every config and every grid option is checked before the first run starts.
 """
 
 from __future__ import annotations
@@ -13,33 +15,109 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
+import numbers
 import os
 from pathlib import Path
 
 import numpy as np
 
+from .losses import LOSSES
 from .stats import t_quantile, t_two_sided_p
+from .strategies import STRATEGY_REGISTRY
 from .train import RunConfig, run, run_dir_name
 
-__all__ = ["expand_grid", "load_results", "paired_difference", "run_grid", "summarize"]
+__all__ = ["check_grid", "expand_grid", "load_results", "paired_difference", "run_grid", "summarize"]
+
+
+def _grid_list(name: str, values, *, kind: str, check) -> list:
+    """``values`` as a list after checking it is a non-empty list of distinct, valid items."""
+    example = {"strategies": "[random, mixed]", "seeds": "[0, 1, 2]", "batch_sizes": "[16, 32]",
+               "losses": "[ce, focal]"}[name]
+    if isinstance(values, np.ndarray) and values.ndim == 1:  # np.arange(5) is as good as a list
+        values = values.tolist()
+    if isinstance(values, (str, bytes, dict)) or not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name}={values!r} must be a list of {kind}, e.g. {name}={example}")
+    if not values:
+        raise ValueError(f"{name}=[] is empty; give at least one, e.g. {name}={example}")
+    items = [v.item() if isinstance(v, np.generic) else v for v in values]
+    for v in items:
+        check(v)
+    seen = set()
+    for v in items:
+        if v in seen:
+            raise ValueError(f"{name}={list(values)!r} lists {v!r} twice")
+        seen.add(v)
+    return items
+
+
+def _check_int_item(name: str, lo: int, hi: int | None = None):
+    def check(v):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo or (hi is not None and v >= hi):
+            allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi})"
+            raise ValueError(f"{name}: {v!r} must be an integer {allowed}")
+    return check
+
+
+def _check_name_item(name: str, registry):
+    def check(v):
+        if not isinstance(v, str) or v not in registry:
+            raise ValueError(f"{name}: {v!r} is not known; choose from {sorted(registry)}")
+    return check
+
+
+def check_grid(*, strategies, seeds, batch_sizes=None, losses=None) -> dict:
+    """Checks a grid's axes and returns them as plain lists.
+
+    Args:
+        strategies: strategy names, e.g. ``["random", "mixed"]`` (not a single string).
+        seeds: distinct integers ``>= 0``.
+        batch_sizes: distinct integers ``>= 1``, or ``None`` for the base config's.
+        losses: loss names, or ``None`` for the base config's.
+
+    Returns:
+        ``{"strategies", "seeds", "batch_sizes", "losses"}``; numpy scalars become
+        Python numbers.
+
+    Raises:
+        ValueError: naming the option, the value and what is allowed.
+    """
+    out = {"strategies": _grid_list("strategies", strategies, kind="strategy names",
+                                    check=_check_name_item("strategies", STRATEGY_REGISTRY)),
+           "seeds": _grid_list("seeds", seeds, kind="integers >= 0", check=_check_int_item("seeds", 0, 2 ** 32)),
+           "batch_sizes": None, "losses": None}
+    if batch_sizes is not None:
+        out["batch_sizes"] = _grid_list("batch_sizes", batch_sizes, kind="integers >= 1",
+                                        check=_check_int_item("batch_sizes", 1))
+    if losses is not None:
+        out["losses"] = _grid_list("losses", losses, kind="loss names", check=_check_name_item("losses", LOSSES))
+    return out
 
 
 def expand_grid(base: RunConfig, *, strategies, seeds, batch_sizes=None, losses=None) -> list[RunConfig]:
-    """Every combination, seeds innermost so that early stops still pair up."""
+    """Every combination, seeds innermost so that early stops still pair up.
+
+    The axes are checked by :func:`check_grid` and every config by
+    :meth:`RunConfig.validate`, so a bad combination (say a planned strategy
+    whose pivot leaves no planned epoch) stops here, before any run.
+    """
+    if not isinstance(base, RunConfig):
+        raise ValueError(f"base must be a RunConfig, got {type(base).__name__}")
+    base.validate()
+    grid = check_grid(strategies=strategies, seeds=seeds, batch_sizes=batch_sizes, losses=losses)
     configs = []
-    for b in batch_sizes or [base.batch_size]:
-        for loss in losses or [base.loss]:
-            for seed in seeds:
-                for s in strategies:
-                    configs.append(dataclasses.replace(base, strategy=s, seed=int(seed), batch_size=int(b),
+    for b in grid["batch_sizes"] or [base.batch_size]:
+        for loss in grid["losses"] or [base.loss]:
+            for seed in grid["seeds"]:
+                for s in grid["strategies"]:
+                    configs.append(dataclasses.replace(base, strategy=s, seed=seed, batch_size=b,
                                                        loss=loss, tags=dict(base.tags)).validate())
     return configs
 
 
 def _worker(args):
     cfg_dict, run_dir = args
-    cfg = RunConfig(**cfg_dict)
     try:
+        cfg = RunConfig(**cfg_dict)
         res = run(cfg, run_dir)
         return run_dir, res["top1"], None
     except Exception as err:  # report and carry on with the rest of the grid
@@ -50,17 +128,47 @@ def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool
              on_result=None) -> list[dict]:
     """Runs every config that has no results yet; returns all results found.
 
+    Everything is checked before anything is written.
+
     Args:
-        configs: the runs.
+        configs: the runs, a non-empty list of distinct :class:`RunConfig`.
         out_dir: the comparison's folder; runs go to ``out_dir/runs``.
-        jobs: runs at a time (processes); each gets ``cpu_count // jobs`` threads.
+        jobs: runs at a time (processes), ``>= 1``; each gets ``cpu_count // jobs`` threads.
         progress: a progress bar over runs (needs ``tqdm``).
         on_result: called with ``(run_dir, top1, error)`` as each run ends.
+
+    Raises:
+        ValueError: a bad argument or config, naming it.
+        RuntimeError: some runs failed (the others finished).
     """
+    if isinstance(configs, RunConfig) or not isinstance(configs, (list, tuple)) or not configs:
+        raise ValueError(f"configs must be a non-empty list of RunConfig, got {configs!r:.80}")
+    for i, cfg in enumerate(configs):
+        if not isinstance(cfg, RunConfig):
+            raise ValueError(f"configs[{i}] must be a RunConfig, got {type(cfg).__name__}")
+        cfg.validate()
+    seen = set()
+    for cfg in configs:
+        name = run_dir_name(cfg)
+        if name in seen:  # two workers would write the same folder at once
+            raise ValueError(f"configs holds the run {name} twice")
+        seen.add(name)
+    if isinstance(jobs, np.generic):
+        jobs = jobs.item()
+    if not isinstance(jobs, numbers.Integral) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        raise ValueError(f"out_dir={out_dir!r} must be a folder path")
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress={progress!r} must be True or False")
+    if on_result is not None and not callable(on_result):
+        raise ValueError(f"on_result={on_result!r} must be callable or None")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={str(out)!r} exists and is not a folder")
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     todo = []
     for cfg in configs:
         d = runs / run_dir_name(cfg)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +227,74 @@ def test_a_checkpoint_write_keeps_the_previous_one_until_the_new_one_reads_back(
     monkeypatch.undo()
     assert ck.load_checkpoint(path, "k")["epoch"] == 1
     assert torch.load(ck.previous_checkpoint(path))["epoch"] == 0
+
+
+# --- options checked at the door, one pivot default, committed keys (issue 9, items 1, 2, 5) ---
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_runner_pivot_default_is_the_samplers():
+    import inspect
+
+    from mombs import MixedOrderBatchSampler
+
+    sampler_default = inspect.signature(MixedOrderBatchSampler).parameters["pivot_epoch"].default
+    assert RunConfig().pivot_epoch == sampler_default
+    # The README's example plans from the pivot on instead of training random batches throughout.
+    cfg = RunConfig(dataset="digits", strategy="mixed", epochs=5).validate()
+    assert cfg.pivot_epoch < cfg.epochs
+
+
+@pytest.mark.parametrize("strategy", ["mixed", "anti", "scl-hard", "ohem"])
+def test_a_pivot_that_leaves_no_planned_epoch_is_refused(strategy):
+    with pytest.raises(ValueError, match=r"pivot_epoch=5 leaves no planned epoch in epochs=5.*at most 4"):
+        RunConfig(dataset="digits", strategy=strategy, epochs=5, pivot_epoch=5).validate()
+    RunConfig(dataset="digits", strategy=strategy, epochs=5, pivot_epoch=4).validate()
+    RunConfig(dataset="digits", strategy="random", epochs=5, pivot_epoch=5).validate()  # no plan to miss
+
+
+def _committed_result_files():
+    files = sorted((ROOT / "benchmarks/results/classification").glob("*.json"))
+    return files + sorted((ROOT / "benchmarks/results/onepath_rerun").glob("*.json"))
+
+
+def test_committed_results_keep_their_keys():
+    files = _committed_result_files()
+    assert len(files) >= 200
+    for path in files:
+        res = json.loads(path.read_text())
+        cfg = RunConfig(**res["config"])
+        assert cfg.key() == res["key"], path
+        assert path.stem == run_dir_name(cfg), path
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs/study").glob("*.yaml")) + ["demo"])
+def test_the_study_configs_name_their_pivot_and_rebuild_the_committed_runs(name):
+    import yaml
+
+    path = ROOT / "configs" / ("demo.yaml" if name == "demo" else f"study/{name}")
+    options = yaml.safe_load(path.read_text())
+    assert "pivot_epoch" in options  # so that a change of the library default never moves their keys
+    configs = expand_grid(cli._run_config(options), strategies=options["strategies"], seeds=options["seeds"],
+                          batch_sizes=options.get("batch_sizes"), losses=options.get("losses"))
+    if options.get("export"):  # every run of a study config is a committed file, by its key
+        missing = [run_dir_name(c) for c in configs
+                   if not (ROOT / options["export"] / f"{run_dir_name(c)}.json").exists()]
+        assert not missing
+
+
+def test_numpy_scalars_are_accepted_where_python_numbers_are(tmp_path):
+    plain = RunConfig(dataset="digits", k=8, seed=1, lr=0.05, batch_size=64, imbalance=0.5, epochs=2,
+                      pivot_epoch=1)
+    numpy = RunConfig(dataset="digits", k=np.int64(8), seed=np.int32(1), lr=np.float64(0.05),
+                      batch_size=np.int64(64), imbalance=np.float64(0.5), epochs=np.int16(2),
+                      pivot_epoch=np.uint8(1))
+    assert numpy.key() == plain.key()  # before validate() too
+    numpy.validate()
+    assert type(numpy.k) is int and type(numpy.seed) is int and numpy == plain
+    configs = expand_grid(RunConfig(**TINY), strategies=np.array(["random", "mixed"]), seeds=np.arange(2),
+                          batch_sizes=[np.int64(32)])
+    assert [(c.strategy, c.seed, c.batch_size) for c in configs] == [
+        ("random", 0, 32), ("mixed", 0, 32), ("random", 1, 32), ("mixed", 1, 32)]
+    assert all(type(c.seed) is int for c in configs)

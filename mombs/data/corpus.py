@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,10 +12,41 @@ import torch
 from .imbalance import long_tailed_indices, shot_groups
 from .label_noise import pair_noise, symmetric_noise
 
-__all__ = ["Corpus", "DATASETS", "load_corpus"]
+__all__ = ["Corpus", "DATASETS", "TRAIN_CLASS_SIZES", "check_data_dir", "load_corpus"]
 
 #: Data set names understood by :func:`load_corpus`.
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100")
+
+#: Training images per class of each data set as :func:`load_corpus` reads it
+#: (digits: its fixed 1,347-image training split), so that ``subset`` and
+#: ``img_max`` can be checked before anything is loaded.
+TRAIN_CLASS_SIZES = {
+    "digits": (137, 140, 135, 134, 143, 128, 131, 140, 133, 126),
+    "fashion-mnist": (6000,) * 10,
+    "cifar10": (5000,) * 10,
+    "cifar100": (500,) * 100,
+}
+
+
+def check_data_dir(dataset: str, data_dir) -> None:
+    """Refuses a data folder that was asked for and does not exist.
+
+    An explicit ``data_dir`` (or ``$MOMBS_DATA`` for Fashion-MNIST, its only
+    reader of the variable) that points nowhere is a typo to report, not a
+    reason to read the data from somewhere else.
+
+    Raises:
+        ValueError: naming the folder and where it came from.
+    """
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise ValueError(f"data_dir={str(data_dir)!r} is not an existing folder; give the folder that "
+                             f"holds the {dataset} files, or leave data_dir out for the default places")
+    elif dataset == "fashion-mnist" and os.environ.get("MOMBS_DATA"):
+        env = os.environ["MOMBS_DATA"]
+        if not Path(env).is_dir():
+            raise ValueError(f"MOMBS_DATA={env!r} (environment variable) is not an existing folder; "
+                             f"point it at the Fashion-MNIST files or unset it")
 
 
 @dataclass

@@ -21,13 +21,16 @@ _HOW_TO_GET = ("install Debian's package (apt-get install dataset-fashion-mnist)
 
 
 def _candidates(data_dir) -> list[Path]:
-    dirs = []
+    """Where to look: the explicit folder alone if one was given, else ``$MOMBS_DATA``
+    alone if set, else the default. A folder that was asked for never falls back
+    to another one: that would train on other files than the user named."""
     if data_dir is not None:
-        dirs += [Path(data_dir), Path(data_dir) / "fashion-mnist"]
-    if os.environ.get("MOMBS_DATA"):
-        dirs += [Path(os.environ["MOMBS_DATA"]), Path(os.environ["MOMBS_DATA"]) / "fashion-mnist"]
-    dirs.append(Path(DEFAULT_FASHION_MNIST_DIR))
-    return dirs
+        root = Path(data_dir)
+    elif os.environ.get("MOMBS_DATA"):
+        root = Path(os.environ["MOMBS_DATA"])
+    else:
+        return [Path(DEFAULT_FASHION_MNIST_DIR)]
+    return [root, root / "fashion-mnist"]
 
 
 def _locate(name: str, dirs: list[Path]) -> Path | None:
@@ -41,9 +44,9 @@ def _locate(name: str, dirs: list[Path]) -> Path | None:
 def find_fashion_mnist(data_dir=None) -> Path | None:
     """The folder holding all four Fashion-MNIST files, or ``None``.
 
-    Looks in ``data_dir``, then ``$MOMBS_DATA``, then
+    Looks in ``data_dir`` if given, else in ``$MOMBS_DATA`` if set, else in
     :data:`DEFAULT_FASHION_MNIST_DIR` (each also with a ``fashion-mnist``
-    subfolder).
+    subfolder); an explicit folder is never replaced by a later one.
     """
     for d in _candidates(data_dir):
         if all(_locate(n, [d]) for pair in _FILES.values() for n in pair):
@@ -74,14 +77,16 @@ def load_fashion_mnist(split: str = "train", data_dir=None) -> tuple[np.ndarray,
 
     Args:
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
-        data_dir: folder to look in first (see :func:`find_fashion_mnist`).
+        data_dir: the folder to read from (see :func:`find_fashion_mnist`);
+            ``None``: ``$MOMBS_DATA``, else :data:`DEFAULT_FASHION_MNIST_DIR`.
 
     Returns:
         ``(images, labels)``: ``(N, 28, 28)`` uint8 and ``(N,)`` int64 in ``[0, 10)``.
 
     Raises:
-        FileNotFoundError: when the files are nowhere; the message says where
-            it looked and how to get them.
+        FileNotFoundError: when the files are not there (or the folder asked
+            for does not exist); the message says where it looked and how to
+            get them.
         ValueError: for an unknown split or a corrupt file (named).
     """
     if split not in _FILES:
@@ -91,8 +96,11 @@ def load_fashion_mnist(split: str = "train", data_dir=None) -> tuple[np.ndarray,
     img_path, lbl_path = _locate(img_name, dirs), _locate(lbl_name, dirs)
     if img_path is None or lbl_path is None:
         missing = img_name if img_path is None else lbl_name
-        raise FileNotFoundError(f"Fashion-MNIST file {missing}[.gz] not found in "
-                                f"{', '.join(str(d) for d in dirs)}; {_HOW_TO_GET}")
+        where = ", ".join(str(d) for d in dirs)
+        if not dirs[0].is_dir():
+            source = "data_dir" if data_dir is not None else "MOMBS_DATA" if len(dirs) == 2 else "the default"
+            where = f"{dirs[0]} ({source}), which does not exist"
+        raise FileNotFoundError(f"Fashion-MNIST file {missing}[.gz] not found in {where}; {_HOW_TO_GET}")
     images = _read_idx(img_path, 3)
     labels = _read_idx(lbl_path, 1).astype(np.int64)
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):

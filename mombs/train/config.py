@@ -4,21 +4,113 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
+import math
+import numbers
+import os
 from dataclasses import dataclass, field
 
-from ..schedule import DEFAULT_SCHEDULE, SCHEDULES
+import numpy as np
+
+from ..data.corpus import DATASETS, TRAIN_CLASS_SIZES, check_data_dir
+from ..losses import LOSSES
+from ..models import MODELS
+from ..sampler import MixedOrderBatchSampler
+from ..schedule import DEFAULT_SCHEDULE, SCHEDULES, planned
 from ..strategies import STRATEGY_REGISTRY
 
-__all__ = ["RunConfig", "run_dir_name"]
+__all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "run_dir_name"]
 
 #: Fields that do not change a run's outcome: left out of its key.
 _NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every")
 
+#: The pivot of the library's samplers, read from the sampler itself so that the
+#: runner and a user's own loop can never disagree on it (one default in mombs).
+DEFAULT_PIVOT_EPOCH: int = inspect.signature(MixedOrderBatchSampler).parameters["pivot_epoch"].default
+
+_NOISES = ("none", "symmetric", "pair", "human")
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _plain(value):
+    """A numpy scalar as the Python number it holds; anything else as it is.
+
+    Keys are JSON of the fields, and ``json`` refuses ``np.int64``; converting
+    (rather than casting every int field) keeps the key of a plain config as it was.
+    """
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{value!r} ({type(value).__name__}) is not a JSON value")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(name: str, v, lo: int, hi: int | None = None, *, optional: bool = False) -> None:
+    if optional and v is None:
+        return
+    if not _is_int(v) or v < lo or (hi is not None and v >= hi):
+        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi})"
+        raise ValueError(f"{name}={v!r} must be an integer {allowed}" + (" or null" if optional else ""))
+
+
+def _real(name: str, v, lo: float, hi: float, *, lo_open: bool, hi_open: bool, optional: bool = False,
+          why: str = "") -> None:
+    if optional and v is None:
+        return
+    ok = _is_real(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        if hi == math.inf:
+            allowed = f"{'>' if lo_open else '>='} {lo:g}"
+        else:
+            allowed = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{name}={v!r} must be a number {allowed}" + (" or null" if optional else "") + why)
+
+
+def _choice(name: str, v, choices) -> None:
+    if not isinstance(v, str) or v not in choices:
+        raise ValueError(f"{name}={v!r} is not known; choose one of {sorted(choices)}")
+
+
+def _check_device(device) -> None:
+    import torch
+
+    if not isinstance(device, str):
+        raise ValueError(f"device={device!r} must be a string such as 'cpu', 'cuda' or 'cuda:1'")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"device={device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
+    if dev.type not in _DEVICE_TYPES:
+        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available here; use device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available here; use device=cpu")
+
 
 @dataclass
 class RunConfig:
-    """Everything that defines one training run. Defaults: the CPU demo recipe."""
+    """Everything that defines one training run. Defaults: the CPU demo recipe.
+
+    :meth:`validate` checks every field (type, range, allowed names) before
+    anything is loaded; :func:`~mombs.train.run` and
+    :func:`~mombs.compare.run_grid` call it at their door. numpy scalars are
+    accepted wherever Python numbers are.
+    """
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -32,7 +124,7 @@ class RunConfig:
     model: str = "small_cnn"
     loss: str = "ce"
     strategy: str = "random"
-    pivot_epoch: int = 5
+    pivot_epoch: int = DEFAULT_PIVOT_EPOCH
     schedule: str = DEFAULT_SCHEDULE
     k: int = 8
     alpha: float = 0.3
@@ -49,21 +141,99 @@ class RunConfig:
     tags: dict = field(default_factory=dict)
 
     def validate(self) -> "RunConfig":
-        if self.strategy not in STRATEGY_REGISTRY:
-            raise ValueError(f"strategy={self.strategy!r} is not known; choose one of {sorted(STRATEGY_REGISTRY)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} is not known; choose one of {sorted(SCHEDULES)}")
-        if self.noise not in ("none", "symmetric", "pair", "human"):
-            raise ValueError(f"noise={self.noise!r} must be none, symmetric, pair or human")
-        for name in ("batch_size", "epochs", "k", "test_every"):
+        """Checks every field; numpy scalars become Python numbers, paths strings.
+
+        Nothing is read but the file system's answer to "does this folder exist".
+
+        Returns:
+            ``self``, for chaining.
+
+        Raises:
+            ValueError: naming the field, the value given and what is allowed.
+        """
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _plain(getattr(self, f.name)))
+        for name in ("data_dir", "noise_file"):  # a pathlib.Path is as good as a string
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r} must be an integer >= 1")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction={self.val_fraction!r} must be in (0, 1): choices need a validation split")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr!r} must be > 0")
+            if isinstance(v, os.PathLike):
+                setattr(self, name, os.fspath(v))
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("model", self.model, MODELS)
+        _choice("loss", self.loss, LOSSES)
+        _choice("strategy", self.strategy, STRATEGY_REGISTRY)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("noise", self.noise, _NOISES)
+        for name in ("batch_size", "epochs", "k", "test_every"):
+            _int(name, getattr(self, name), 1)
+        _int("pivot_epoch", self.pivot_epoch, 0)
+        _int("seed", self.seed, 0, 2 ** 32)
+        _int("threads", self.threads, 1, optional=True)
+        _int("subset", self.subset, 1, optional=True)
+        _int("img_max", self.img_max, 1, optional=True)
+        _real("imbalance", self.imbalance, 0, 1, lo_open=True, hi_open=False, optional=True)
+        _real("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True,
+              why=": choices need a validation split")
+        _real("noise_rate", self.noise_rate, 0, 1, lo_open=False, hi_open=True)
+        _real("alpha", self.alpha, 0, 1, lo_open=False, hi_open=True)
+        _real("lr", self.lr, 0, math.inf, lo_open=True, hi_open=True)
+        _real("momentum", self.momentum, 0, 1, lo_open=True, hi_open=True,
+              why=": the runner's SGD uses Nesterov momentum, which needs momentum > 0")
+        _real("weight_decay", self.weight_decay, 0, math.inf, lo_open=False, hi_open=True)
+        if self.augment is not None and not isinstance(self.augment, bool):
+            raise ValueError(f"augment={self.augment!r} must be true, false or null (null: crop+flip for CIFAR)")
+        if not isinstance(self.tags, dict) or not all(isinstance(k, str) for k in self.tags):
+            raise ValueError(f"tags={self.tags!r} must be a mapping of string keys to values")
+        try:
+            json.dumps(self.tags)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"tags={self.tags!r} must hold JSON values (strings, numbers, lists, ...)") from err
+        for name in ("data_dir", "noise_file"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ValueError(f"{name}={v!r} must be a path or null")
+        _check_device(self.device)
+        self._check_combinations()
+        check_data_dir(self.dataset, self.data_dir)
         return self
+
+    def _check_combinations(self) -> None:
+        """The checks that involve more than one field."""
+        if self.noise == "none" and self.noise_rate != 0:
+            raise ValueError(f"noise_rate={self.noise_rate!r} has no effect with noise='none'; "
+                             f"set noise=symmetric or noise=pair, or noise_rate=0")
+        if self.noise == "pair" and not self.noise_rate < 0.5:
+            raise ValueError(f"noise_rate={self.noise_rate!r} must be below 0.5 for noise='pair' "
+                             f"(the true class must stay the majority)")
+        if self.noise == "human":
+            if self.dataset != "cifar100":
+                raise ValueError(f"noise='human' needs dataset='cifar100', got dataset={self.dataset!r}")
+            if not isinstance(self.noise_file, str) or not os.path.isfile(self.noise_file):
+                raise ValueError(f"noise_file={self.noise_file!r} must be the CIFAR-100_human.pt file for "
+                                 f"noise='human' (from the CIFAR-N release)")
+        elif self.noise_file is not None:
+            raise ValueError(f"noise_file={self.noise_file!r} is only read with noise='human'")
+        if self.img_max is not None and self.imbalance is None:
+            raise ValueError(f"img_max={self.img_max!r} only applies to a long-tailed cut; set imbalance too")
+        sizes = TRAIN_CLASS_SIZES[self.dataset]
+        total = sum(sizes)
+        if self.subset is not None and self.subset > total:
+            raise ValueError(f"subset={self.subset!r} exceeds the {total} training images of {self.dataset}")
+        if self.imbalance is not None and self.img_max is not None and self.subset is None:
+            from ..data.imbalance import long_tailed_counts
+
+            counts = long_tailed_counts(self.img_max, len(sizes), self.imbalance)
+            over = [c for c in range(len(sizes)) if counts[c] > sizes[c]]
+            if over:
+                c = over[0]
+                raise ValueError(f"img_max={self.img_max!r} asks for {counts[c]} images of class {c} of "
+                                 f"{self.dataset}, which has {sizes[c]}")
+        uses_pivot = STRATEGY_REGISTRY[self.strategy].measure is not None
+        if uses_pivot and not planned(self.epochs - 1, self.pivot_epoch):
+            raise ValueError(
+                f"pivot_epoch={self.pivot_epoch} leaves no planned epoch in epochs={self.epochs}: "
+                f"strategy={self.strategy!r} plans epochs from the pivot on and the last epoch is "
+                f"{self.epochs - 1}; set pivot_epoch to at most {self.epochs - 1} (the default is "
+                f"{DEFAULT_PIVOT_EPOCH}) or epochs to at least {self.pivot_epoch + 1}")
 
     def outcome_fields(self) -> dict:
         """The fields that change the run's outcome (all but device, threads, tags, ...)."""
@@ -74,8 +244,10 @@ class RunConfig:
 
     def key(self) -> str:
         """A short hash of everything that changes the run's outcome."""
-        return hashlib.sha1(json.dumps(self.outcome_fields(), sort_keys=True).encode()).hexdigest()[:10]
+        text = json.dumps(self.outcome_fields(), sort_keys=True, default=_json_default)
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def run_dir_name(cfg: RunConfig) -> str:
+    """The run's folder name: its labels and its key."""
     return f"{cfg.dataset}-{cfg.strategy}-{cfg.loss}-b{cfg.batch_size}-s{cfg.seed}-{cfg.key()}"
