@@ -128,6 +128,12 @@ def _effective(options: dict, key: str):
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
+def _interrupted(out: Path) -> SystemExit:
+    print(f"mombs: interrupted; finished runs and checkpoints are kept in {out}; "
+          f"run the same command again to resume", file=sys.stderr)
+    return SystemExit(130)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mombs", description="Mixed-order minibatch sampling studies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,7 +167,10 @@ def main(argv=None) -> int:
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "resolved_config.json").write_text(json.dumps(options, indent=1, default=str))
-        res = run(cfg, out / run_dir_name(cfg), progress=not args.no_progress)
+        try:
+            res = run(cfg, out / run_dir_name(cfg), progress=not args.no_progress)
+        except KeyboardInterrupt:
+            raise _interrupted(out) from None
         print(json.dumps({k: res[k] for k in ("dataset", "strategy", "batch_size", "seed", "top1",
                                                "top1_best_val", "seconds")}))
         return 0
@@ -193,6 +202,8 @@ def main(argv=None) -> int:
 
     try:
         results = run_grid(configs, out, jobs=jobs, progress=not args.no_progress, on_result=on_result)
+    except KeyboardInterrupt:
+        raise _interrupted(out) from None
     except RuntimeError as err:
         raise _fail(str(err)) from None
     if options.get("export"):  # runs finished in an earlier sitting too

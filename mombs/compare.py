@@ -6,6 +6,10 @@ is never redone and an interrupted one resumes from its checkpoint, so a killed
 ``jobs`` at a time, each with its share of the CPU threads.
 
 Every config and every grid option is checked before the first run starts.
+Ctrl-C (SIGINT) is the parent's alone: workers are born with it blocked and
+then ignore it, and the parent, interrupted, terminates them at once. A worker
+killed mid-epoch loses only that epoch: checkpoints are renamed into place
+whole, so a rerun resumes every unfinished run and redoes no finished one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import math
 import multiprocessing as mp
 import numbers
 import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +120,31 @@ def expand_grid(base: RunConfig, *, strategies, seeds, batch_sizes=None, losses=
     return configs
 
 
+def _worker_init() -> None:
+    """Pool initializer: SIGINT is the parent's to handle.
+
+    The worker was started with SIGINT blocked (see :func:`_start_pool`), so a
+    Ctrl-C that reached the whole process group while it was still importing
+    is pending, not fatal; ignoring it now discards it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _start_pool(jobs: int):
+    """A spawn pool whose workers, and those it starts later, begin with SIGINT blocked.
+
+    A blocked signal mask survives fork and exec, unlike a Python handler; the
+    pool's helper threads are created here and inherit it too, so every
+    replacement worker (one per run: ``maxtasksperchild=1``) is born immune.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return mp.get_context("spawn").Pool(jobs, initializer=_worker_init, maxtasksperchild=1)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _worker(args):
     cfg_dict, run_dir = args
     try:
@@ -128,7 +159,10 @@ def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool
              on_result=None) -> list[dict]:
     """Runs every config that has no results yet; returns all results found.
 
-    Everything is checked before anything is written.
+    Everything is checked before anything is written. On ``KeyboardInterrupt``
+    (Ctrl-C) the workers are terminated at once and the interrupt is raised
+    again; finished runs and the checkpoints of unfinished ones stay, and the
+    same call resumes them.
 
     Args:
         configs: the runs, a non-empty list of distinct :class:`RunConfig`.
@@ -186,7 +220,7 @@ def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool
             results_iter = map(_worker, todo)
             pool = None
         else:
-            pool = mp.get_context("spawn").Pool(jobs, maxtasksperchild=1)
+            pool = _start_pool(jobs)
             results_iter = pool.imap_unordered(_worker, todo)
         try:
             for run_dir, top1, err in results_iter:
@@ -198,6 +232,16 @@ def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool
                     bar.update(1)
                     if top1 is not None:
                         bar.set_postfix(last=f"{top1:.3f}")
+        except BaseException:
+            # Ctrl-C or an error in on_result: close() + join() would wait for
+            # every queued run; terminate() stops them now. A second Ctrl-C must
+            # not cut the cleanup short, so SIGINT waits until it is done.
+            if pool is not None:
+                with _sigint_deferred():
+                    pool.terminate()
+                    pool.join()
+                pool = None
+            raise
         finally:
             if pool is not None:
                 pool.close()
@@ -207,6 +251,21 @@ def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool
     if errors:
         raise RuntimeError(f"{len(errors)} run(s) failed:\n" + "\n".join(errors))
     return load_results(out, keys={c.key() for c in configs})
+
+
+class _sigint_deferred:
+    """Context: SIGINT ignored inside (main thread only; elsewhere a no-op)."""
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        return False
 
 
 def load_results(out_dir, keys=None) -> list[dict]:

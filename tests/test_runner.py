@@ -298,3 +298,84 @@ def test_numpy_scalars_are_accepted_where_python_numbers_are(tmp_path):
     assert [(c.strategy, c.seed, c.batch_size) for c in configs] == [
         ("random", 0, 32), ("mixed", 0, 32), ("random", 1, 32), ("mixed", 1, 32)]
     assert all(type(c.seed) is int for c in configs)
+
+
+# --- Ctrl-C stops compare at any jobs; a rerun resumes (issue 9, item 3) ---
+
+
+def test_ctrl_c_at_jobs_1_stops_with_a_message_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    import mombs.report
+    import mombs.train.runner as runner
+
+    monkeypatch.setattr(mombs.report, "write_report", lambda results, rows, out, title: out / "report.md")
+    original = runner._checkpoint
+
+    def checkpoint_then_ctrl_c(c, path, cfg_, e, log, best):
+        original(c, path, cfg_, e, log, best)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_ctrl_c)
+    argv = ["compare", "--set", "dataset=digits", "--set", "epochs=2", "--set", "pivot_epoch=1", "--set",
+            "batch_size=256", "--set", "strategies=[mixed]", "--set", "seeds=[0]", "--set", "threads=1",
+            "--out", str(tmp_path / "o"), "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "run the same command again" in err and len(err.splitlines()) == 1
+    assert len(list((tmp_path / "o" / "runs").glob("*/checkpoint.pt"))) == 1
+    monkeypatch.setattr(runner, "_checkpoint", original)
+    assert cli.main(argv) == 0 and len(load_results(tmp_path / "o")) == 1
+
+
+def test_ctrl_c_stops_a_two_job_compare_within_seconds_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """A real SIGINT to the process group of a real ``mombs compare`` (what Ctrl-C sends)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    import mombs.report
+
+    cfg = tmp_path / "grid.yaml"
+    # Two runs at once: batch 256 ends in a second, batch 4 takes a few (four epochs).
+    cfg.write_text("dataset: digits\nepochs: 4\npivot_epoch: 1\nstrategies: [mixed]\nseeds: [0]\n"
+                   "batch_sizes: [256, 4]\ntest_every: 1\njobs: 2\nout: o\n")
+    argv = ["compare", "--config", str(cfg), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "mombs.cli"] + argv, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    runs = tmp_path / "o" / "runs"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list(runs.glob("*-b256-*/results.json")) and list(runs.glob("*-b4-*/checkpoint.pt")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    finished = {p: p.read_bytes() for p in runs.glob("*/results.json")}
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the parent and both workers get it
+    t0 = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert time.monotonic() - t0 < 5
+    assert proc.returncode == 130 and "interrupted" in err and len(err.strip().splitlines()) <= 2, err
+    assert len(finished) == 1 and all(p.read_bytes() == raw for p, raw in finished.items())
+    ckpt = next(runs.glob("*-b4-*/checkpoint.pt"))
+    kept = torch.load(ckpt, weights_only=False)  # intact: it loads
+    assert kept["epoch"] < 3 and not (ckpt.parent / "results.json").exists()
+
+    # The rerun: the same grid, in this process (one job, no plots) to keep the test short.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mombs.report, "write_report", lambda results, rows, out, title: out / "report.md")
+    assert cli.main(argv + ["--set", "jobs=1"]) == 0
+    assert all(p.read_bytes() == raw for p, raw in finished.items())  # not redone
+    assert len(load_results(tmp_path / "o")) == 2
+    slow = json.loads((ckpt.parent / "results.json").read_text())
+    # Resumed, not restarted: the epochs before the cut keep the timings they had.
+    n = kept["epoch"] + 1
+    assert slow["curves"]["seconds"][:n] == [r["seconds"] for r in kept["log"]]
