@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,25 @@ from .train import RunConfig
 _GRID_KEYS = ("strategies", "seeds", "batch_sizes", "losses", "jobs", "out", "title", "export")
 _GRID_DEFAULTS = {"strategies": ["random", "mixed"], "seeds": [0, 1, 2], "batch_sizes": None, "losses": None,
                   "jobs": 1, "title": "mombs comparison"}
+#: Overrides after which a config's runs are still the ones it describes: they
+#: change where runs go, how fast they run and where the data is read from.
+_EXPORT_SAFE = ("jobs", "threads", "out", "title", "data_dir", "export")
+
+_EPILOG = """\
+export: a config's `export: <folder>` copies each finished run's results.json
+there (the study configs export to benchmarks/results/classification). It
+applies only to the config as it stands: a --set that changes its runs (say
+--set epochs=1 or --set seeds=[0]) keeps them in the run folder alone and says
+so. Overrides that keep the runs as they are (jobs, threads, out, title,
+data_dir) export as usual. --set export=true exports anyway, --set
+export=<folder> exports to another folder, --set export=false not at all. An
+exported file that already exists is never overwritten.
+
+Ctrl-C stops at once, at any jobs; finished runs and the checkpoints of
+unfinished ones are kept, and the same command resumes them.
+"""
+
+
 def _fail(message: str) -> SystemExit:
     return SystemExit(f"mombs: {message}")
 
@@ -128,6 +148,45 @@ def _effective(options: dict, key: str):
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
+def _export_folder(config_path, file_opts: dict, set_opts: dict) -> tuple[Path | None, str | None]:
+    """``(folder to export to or None, a note to print or None)``: see ``_EPILOG``."""
+    from_file = file_opts.get("export")
+    if from_file is True:
+        raise _fail(f"{config_path}: export: true needs a folder; write export: <folder>")
+    if from_file is not False:
+        _path_option("export", from_file)
+    if "export" in set_opts:
+        given = set_opts["export"]
+        if given is True:
+            if not from_file:
+                which = f"{config_path} names none" if config_path else "no --config was given"
+                raise _fail(f"export=true exports to the config file's export folder, and {which}; "
+                            f"give export=<folder>")
+            return Path(from_file), None
+        if given is None or given is False:
+            return None, None
+        return _path_option("export", given), None
+    if not from_file:
+        return None, None
+    merged = {**file_opts, **set_opts}
+    changed = [k for k in set_opts if k not in _EXPORT_SAFE and _effective(merged, k) != _effective(file_opts, k)]
+    if changed:
+        what = ", ".join(f"{k}={set_opts[k]!r}" for k in changed)
+        return None, (f"mombs: not exporting to {from_file}: {what} change(s) the runs of {config_path}; "
+                      f"they stay in the run folder (add --set export=true to export them anyway)")
+    return Path(from_file), None
+
+
+def _copy_result(run_dir, export: Path) -> None:
+    """Exports one finished run; an existing file is a committed record: left alone."""
+    dst = export / f"{Path(run_dir).name}.json"
+    if dst.exists():
+        return
+    tmp = dst.with_suffix(".json.tmp")
+    tmp.write_text((Path(run_dir) / "results.json").read_text())
+    os.replace(tmp, dst)
+
+
 def _interrupted(out: Path) -> SystemExit:
     print(f"mombs: interrupted; finished runs and checkpoints are kept in {out}; "
           f"run the same command again to resume", file=sys.stderr)
@@ -138,7 +197,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mombs", description="Mixed-order minibatch sampling studies.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (("train", "train one run"), ("compare", "run a grid of strategies x seeds and report")):
-        p = sub.add_parser(name, help=helptext)
+        p = sub.add_parser(name, help=helptext, description=helptext,
+                           epilog=_EPILOG if name == "compare" else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", help="YAML file of options")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override an option (repeatable), e.g. --set epochs=5")
@@ -188,17 +249,20 @@ def main(argv=None) -> int:
                               batch_sizes=options.get("batch_sizes"), losses=options.get("losses"))
     except ValueError as err:
         raise _fail(str(err)) from None
+    export, note = _export_folder(args.config, file_opts, set_opts)
+    if note:
+        print(note, file=sys.stderr)
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "resolved_config.json").write_text(json.dumps(options, indent=1, default=str))
+    resolved = dict(options, export=str(export) if export else None)
+    (out / "resolved_config.json").write_text(json.dumps(resolved, indent=1, default=str))
     on_result = None
-    if options.get("export"):
-        export = Path(options["export"])
+    if export is not None:
         export.mkdir(parents=True, exist_ok=True)
 
         def on_result(run_dir, top1, err):  # one file per finished run, as soon as it finishes
             if err is None:
-                src = Path(run_dir) / "results.json"
-                (export / f"{Path(run_dir).name}.json").write_text(src.read_text())
+                _copy_result(run_dir, export)
 
     try:
         results = run_grid(configs, out, jobs=jobs, progress=not args.no_progress, on_result=on_result)
@@ -206,11 +270,9 @@ def main(argv=None) -> int:
         raise _interrupted(out) from None
     except RuntimeError as err:
         raise _fail(str(err)) from None
-    if options.get("export"):  # runs finished in an earlier sitting too
+    if export is not None:  # runs finished in an earlier sitting too
         for res in results:
-            dst = Path(options["export"]) / f"{Path(res['run_dir']).name}.json"
-            if not dst.exists():
-                dst.write_text((Path(res["run_dir"]) / "results.json").read_text())
+            _copy_result(res["run_dir"], export)
     from .report import format_table, write_report
 
     rows = summarize(results)

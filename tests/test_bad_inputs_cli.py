@@ -63,6 +63,8 @@ CLI_CASES = [
     (["compare", "--set", "title=[1]"], r"title=\[1\] must be a string"),
     (["compare", "--set", "out=5"], r"out=5 must be a folder path"),
     (["compare", "--out", "a_file"], r"--out='a_file' exists and is not a folder"),
+    (["compare", "--set", "export=true"], r"export=true exports to the config file's export folder"),
+    (["compare", "--set", "export=a_file"], r"export='a_file' exists and is not a folder"),
     (["train", "--config", "bad.yaml"], r"^mombs: bad\.yaml, line 3, column 5: not valid YAML \(mapping values"),
     (["train", "--config", "list.yaml"], r"list\.yaml must hold a mapping of option: value, got a list"),
     (["train", "--config", "missing.yaml"], r"config file missing\.yaml not found"),
@@ -204,3 +206,9 @@ def test_the_readme_train_example_plans_its_epochs():
     cfg = cli._run_config({"dataset": "digits", "strategy": "mixed", "epochs": 5})
     assert 0 < cfg.pivot_epoch < cfg.epochs
 
+
+def test_the_cli_help_says_how_export_works(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    text = capsys.readouterr().out
+    assert "--set export=true" in text and "Ctrl-C" in text

@@ -379,3 +379,73 @@ def test_ctrl_c_stops_a_two_job_compare_within_seconds_and_a_rerun_resumes(tmp_p
     # Resumed, not restarted: the epochs before the cut keep the timings they had.
     n = kept["epoch"] + 1
     assert slow["curves"]["seconds"][:n] == [r["seconds"] for r in kept["log"]]
+
+
+# --- committed study results: written only by the study configs as they stand (issue 9, item 6) ---
+
+
+def _fake_result(res_dir, **changes):
+    """A copy of a committed result with config ``changes``, renamed to the key they give."""
+    src = sorted((ROOT / "benchmarks/results/classification").glob("fashion-mnist-random-ce-b64-s*.json"))
+    res = json.loads(src[0].read_text())
+    res["config"].update(changes)
+    cfg = RunConfig(**res["config"])
+    res["key"] = cfg.key()
+    res.update({k: v for k, v in changes.items() if k in ("seed", "strategy")})
+    path = res_dir / f"{run_dir_name(cfg)}.json"
+    path.write_text(json.dumps(res))
+    return path
+
+
+def test_the_study_table_refuses_a_record_whose_config_differs_from_its_cell(tmp_path):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("study_table", ROOT / "benchmarks" / "study_table.py")
+    study_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_table)
+    folder = tmp_path / "classification"
+    folder.mkdir()
+    for p in (ROOT / "benchmarks/results/classification").glob("fashion-mnist-*-ce-b64-*.json"):
+        shutil.copy(p, folder)
+    runs = study_table.load(folder)
+    assert len(runs) >= 10
+    stray = _fake_result(folder, epochs=1, seed=0)  # what `--set epochs=1 --set seeds=[0]` used to export
+    with pytest.raises(ValueError, match=f"(?s)1 file.*{stray.name}: epochs=1 \\(cell: 12\\)"):
+        study_table.load(folder)
+    with pytest.raises(SystemExit, match=stray.name):
+        study_table.main(["--dir", str(folder)])
+    stray.unlink()
+    renamed = folder / "fashion-mnist-random-ce-b64-s0-0000000000.json"
+    shutil.copy(next(folder.glob("fashion-mnist-random-ce-b64-s1-*.json")), renamed)
+    with pytest.raises(ValueError, match=f"{renamed.name}: the name does not match its config"):
+        study_table.load(folder)
+
+
+def test_a_study_config_exports_only_as_it_stands(tmp_path, monkeypatch, capsys):
+    import mombs.report
+
+    monkeypatch.setattr(mombs.report, "write_report", lambda results, rows, out, title: out / "report.md")
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("dataset: digits\nepochs: 1\nbatch_size: 256\nstrategies: [random]\nseeds: [0]\n"
+                   "threads: 1\nout: runs/study\nexport: committed\n")
+    base = ["compare", "--config", str(cfg), "--no-progress"]
+    exported = tmp_path / "committed"
+
+    assert cli.main(base + ["--set", "epochs=2"]) == 0  # an ad-hoc override: the run folder alone
+    assert "not exporting to committed: epochs=2 change(s) the runs" in capsys.readouterr().err
+    assert not exported.exists() and len(load_results(tmp_path / "runs/study")) == 1
+
+    assert cli.main(base) == 0  # the config as it stands
+    files = list(exported.iterdir())
+    assert len(files) == 1 and "-s0-" in files[0].name
+    stamp = files[0].stat().st_mtime_ns, files[0].read_bytes()
+
+    assert cli.main(base + ["--set", "jobs=1", "--set", "epochs=1", "--out", "elsewhere"]) == 0  # same runs
+    assert "not exporting" not in capsys.readouterr().err
+    assert (files[0].stat().st_mtime_ns, files[0].read_bytes()) == stamp  # never overwritten
+
+    assert cli.main(base + ["--set", "epochs=2", "--set", "export=true"]) == 0  # explicitly
+    assert len(list(exported.iterdir())) == 2
+    assert (files[0].stat().st_mtime_ns, files[0].read_bytes()) == stamp
