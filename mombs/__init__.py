@@ -16,7 +16,7 @@ from .difficulty import QUADRANTS, DifficultyTracker, QuadrantResult, difficulty
 from .noise import default_output_fn, feature_noise_uncertainty, prediction_entropy
 from .planner import ORDERS, BatchPlan, plan_batches, replica_layout
 from .sampler import MixedOrderBatchSampler
-from .schedule import DEFAULT_SCHEDULE, SCHEDULES, AssessmentSchedule, create_schedule, planned
+from .schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, SCHEDULES, AssessmentSchedule, create_schedule, planned
 from .tasks import TASKS, TaskAdapter, create_task, per_sample_loss
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AssessmentSchedule",
     "BatchPlan",
+    "DEFAULT_PIVOT_EPOCH",
     "DEFAULT_SCHEDULE",
     "DifficultyAssessor",
     "DifficultyTracker",

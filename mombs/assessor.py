@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Subset
 from .difficulty import MEASURES, DifficultyTracker, QuadrantResult
 from .noise import _check_noise_args, _disturb, _eval_mode, _resolve_activation, _to_probs, \
     feature_noise_uncertainty, find_module, prediction_entropy
-from .schedule import DEFAULT_SCHEDULE, AssessmentSchedule, create_schedule, planned
+from .schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, AssessmentSchedule, create_schedule, planned
 from .tasks import TaskAdapter, create_task, per_sample_loss
 
 __all__ = ["DifficultyAssessor", "assessment_pass", "per_sample_loss", "to_device"]
@@ -337,7 +337,8 @@ class DifficultyAssessor:
         k: disturbed predictions per sample (paper: 8).
         alpha: noise half-width (default 0.3).
         measure: ``"both"``, ``"loss"`` or ``"uncertainty"`` (ablations).
-        pivot_epoch: first planned epoch; defaults to the sampler's, else 1.
+        pivot_epoch: first planned epoch; defaults to the sampler's, else
+            :data:`~mombs.schedule.DEFAULT_PIVOT_EPOCH`.
         task: a :class:`~mombs.tasks.TaskAdapter` or its name; the arguments
             below override its parts.
         loss_fn: ``loss_fn(outputs, targets) -> (B,)`` for assessment passes that
@@ -404,7 +405,7 @@ class DifficultyAssessor:
                              f"needs head=, the network after {at!r}")
         self._at_module = find_module(model, at)
         if pivot_epoch is None:
-            pivot_epoch = getattr(sampler, "pivot_epoch", 1)
+            pivot_epoch = getattr(sampler, "pivot_epoch", DEFAULT_PIVOT_EPOCH)
         if isinstance(pivot_epoch, bool) or not isinstance(pivot_epoch, numbers.Integral) or pivot_epoch < 0:
             raise ValueError(f"pivot_epoch={pivot_epoch!r} must be an integer >= 0")
         self.model, self.dataset, self.at, self.sampler = model, dataset, at, sampler

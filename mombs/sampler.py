@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Sampler
 
 from .planner import DEFAULT_JITTER, _check_int, _check_order, _check_scores, plan_batches, replica_layout
-from .schedule import planned
+from .schedule import DEFAULT_PIVOT_EPOCH, planned
 
 __all__ = ["MixedOrderBatchSampler"]
 
@@ -63,8 +63,9 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
             sampler with ``order="mixed"`` fed other scores
             (:func:`mombs.strategies.create_strategy` builds them).
         pivot_epoch: first epoch planned from scores (the paper's PE), ``>= 0``.
-            The default 1 plans from the second epoch on, once one epoch has
-            produced scores; the paper used 5 to 50 (``shared/METHOD.md`` §1).
+            The default, :data:`~mombs.schedule.DEFAULT_PIVOT_EPOCH` (1), plans
+            from the second epoch on, once one epoch has produced scores; the
+            paper used 5 to 50 (``shared/METHOD.md`` §1).
         drop_last: drop samples that do not fill a whole batch.
         seed: seed shared by all replicas, ``>= 0``.
         num_replicas: world size; defaults to that of the initialised process
@@ -82,7 +83,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, data_source: Sized | int, batch_size: int, *, order: str = "mixed",
-                 pivot_epoch: int = 1, drop_last: bool = False, seed: int = 0,
+                 pivot_epoch: int = DEFAULT_PIVOT_EPOCH, drop_last: bool = False, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None,
                  jitter: float = DEFAULT_JITTER):
         if isinstance(data_source, (int, np.integer)) and not isinstance(data_source, bool):

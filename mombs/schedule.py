@@ -18,7 +18,14 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-__all__ = ["AssessmentSchedule", "SCHEDULES", "DEFAULT_SCHEDULE", "create_schedule", "planned"]
+__all__ = ["AssessmentSchedule", "DEFAULT_PIVOT_EPOCH", "SCHEDULES", "DEFAULT_SCHEDULE", "create_schedule",
+           "planned"]
+
+#: The library's one default pivot epoch (the paper's PE): the first epoch
+#: planned from scores. 1 plans from the second epoch on, once one epoch has
+#: produced scores; the paper used 5 to 50 (``shared/METHOD.md`` §1). The
+#: sampler, the strategies, the assessor and the runner all default to it.
+DEFAULT_PIVOT_EPOCH = 1
 
 
 def planned(epoch: int, pivot_epoch: int) -> bool:

@@ -248,3 +248,18 @@ def test_plan_is_pure_so_a_resume_replays_the_scores_the_epoch_used():
     resumed = MixedOrderBatchSampler(40, 4, pivot_epoch=1, seed=5)
     resumed.load_state_dict(state)
     assert first + list(resumed) == expected  # ...but the epoch in flight keeps its own
+
+
+def test_one_pivot_default_in_the_whole_library():
+    import inspect
+
+    import mombs
+    from mombs.strategies import STRATEGY_REGISTRY
+    from mombs.strategies.ohem import HardExampleBatchSampler
+    from mombs.train import RunConfig
+
+    takers = [MixedOrderBatchSampler, HardExampleBatchSampler, *set(STRATEGY_REGISTRY.values())]
+    defaults = {c.__name__: inspect.signature(c).parameters["pivot_epoch"].default for c in takers
+                if "pivot_epoch" in inspect.signature(c).parameters}
+    defaults["RunConfig"] = RunConfig().pivot_epoch
+    assert len(defaults) >= 4 and set(defaults.values()) == {mombs.DEFAULT_PIVOT_EPOCH}, defaults

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..sampler import MixedOrderBatchSampler
+from ..schedule import DEFAULT_PIVOT_EPOCH
 
 __all__ = ["STRATEGY_REGISTRY", "Strategy", "create_strategy", "register_strategy"]
 
@@ -57,7 +58,7 @@ class Strategy:
     #: The planner order of the sampler (see :data:`mombs.planner.ORDERS`).
     order = "random"
 
-    def __init__(self, *, pivot_epoch: int = 1):
+    def __init__(self, *, pivot_epoch: int = DEFAULT_PIVOT_EPOCH):
         if isinstance(pivot_epoch, bool) or not isinstance(pivot_epoch, numbers.Integral) or pivot_epoch < 0:
             raise ValueError(f"pivot_epoch={pivot_epoch!r} must be an integer >= 0")
         self.pivot_epoch = pivot_epoch

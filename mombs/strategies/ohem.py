@@ -4,12 +4,13 @@ previous epoch is seen twice (``shared/METHOD.md`` §3)."""
 from __future__ import annotations
 
 import numbers
+
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 from ..planner import _check_int, _check_scores, plan_batches
-from ..schedule import planned
+from ..schedule import DEFAULT_PIVOT_EPOCH, planned
 from .base import Strategy, register_strategy
 
 __all__ = ["HardExampleBatchSampler", "HardExampleRetrain"]
@@ -32,7 +33,8 @@ class HardExampleBatchSampler(Sampler[list[int]]):
         seed: seed of the shuffles, ``>= 0``.
     """
 
-    def __init__(self, data_source, batch_size: int, *, fraction: float = 0.1, pivot_epoch: int = 1,
+    def __init__(self, data_source, batch_size: int, *, fraction: float = 0.1,
+                 pivot_epoch: int = DEFAULT_PIVOT_EPOCH,
                  drop_last: bool = False, seed: int = 0):
         n = data_source if isinstance(data_source, numbers.Integral) else len(data_source)
         _check_int("len(data_source)", n, 0)
@@ -107,7 +109,7 @@ class HardExampleRetrain(Strategy):
 
     measure = "loss"
 
-    def __init__(self, *, pivot_epoch: int = 1, fraction: float = 0.1):
+    def __init__(self, *, pivot_epoch: int = DEFAULT_PIVOT_EPOCH, fraction: float = 0.1):
         super().__init__(pivot_epoch=pivot_epoch)
         if not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
             raise ValueError(f"fraction={fraction!r} must be in (0, 1]")

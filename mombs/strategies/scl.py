@@ -10,17 +10,18 @@ the last epoch. Batches are random.
 from __future__ import annotations
 
 import numbers
+
 import numpy as np
 import torch
 
-from ..schedule import planned
+from ..schedule import DEFAULT_PIVOT_EPOCH, planned
 from .base import Strategy, register_strategy
 
 
 class _SelfPaced(Strategy):
     measure = "loss"
 
-    def __init__(self, *, pivot_epoch: int = 1, start_quantile: float = 0.5):
+    def __init__(self, *, pivot_epoch: int = DEFAULT_PIVOT_EPOCH, start_quantile: float = 0.5):
         super().__init__(pivot_epoch=pivot_epoch)
         if not isinstance(start_quantile, numbers.Real) or not 0 < start_quantile <= 1:
             raise ValueError(f"start_quantile={start_quantile!r} must be in (0, 1]")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import numbers
@@ -16,8 +15,7 @@ import numpy as np
 from ..data.corpus import DATASETS, TRAIN_CLASS_SIZES, check_data_dir
 from ..losses import LOSSES
 from ..models import MODELS
-from ..sampler import MixedOrderBatchSampler
-from ..schedule import DEFAULT_SCHEDULE, SCHEDULES, planned
+from ..schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, SCHEDULES, planned
 from ..strategies import STRATEGY_REGISTRY
 
 __all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "run_dir_name"]
@@ -27,7 +25,6 @@ _NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every")
 
 #: The pivot of the library's samplers, read from the sampler itself so that the
 #: runner and a user's own loop can never disagree on it (one default in mombs).
-DEFAULT_PIVOT_EPOCH: int = inspect.signature(MixedOrderBatchSampler).parameters["pivot_epoch"].default
 
 _NOISES = ("none", "symmetric", "pair", "human")
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
