@@ -143,10 +143,23 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        """Batches the next ``__iter__`` yields on this replica."""
-        return self._layout["batches_per_replica"] - self._skip
+        """Batches of a whole epoch on this replica.
+
+        A resumed epoch yields only its remaining batches, but the length stays
+        that of the epoch, as torch's and torchdata's samplers report it:
+        frameworks (Lightning) size the epoch from ``len`` and count the
+        batches already done themselves.
+        """
+        return self._layout["batches_per_replica"]
 
     def __iter__(self) -> Iterator[list[int]]:
+        # Lazy: the epoch is planned, and a resume's skip used up, at the first
+        # batch drawn. A multi-worker DataLoader calls iter() twice before it
+        # draws anything; an eager start would spend the skip on the first call.
+        return _PlanIterator(self)
+
+    def _begin(self):
+        """Plans the current epoch for an iteration that starts now; returns ``(plan, start)``."""
         # A resumed epoch replays the scores it was planned from; a fresh pass takes the latest.
         resumed, self._resumed = self._resumed, False
         scores = self._epoch_scores if self._skip or (resumed and self._epoch_scores is not None) else self._scores
@@ -156,7 +169,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         skip, self._skip = self._skip, 0
         self._yielded = self._started_at = skip
         self._consumed = None
-        return _PlanIterator(self, plan, skip)
+        return plan, skip
 
     def note_consumed(self, batches: int = 1) -> None:
         """Counts batches of the current epoch that the training loop has trained on.
@@ -297,13 +310,29 @@ class _PlanIterator:
     sampler's :meth:`~MixedOrderBatchSampler.state_dict` counts consumed batches.
     """
 
-    def __init__(self, sampler: MixedOrderBatchSampler, plan, start: int):
-        self._sampler, self._plan, self._next = sampler, plan, start
+    def __init__(self, sampler: MixedOrderBatchSampler):
+        self._sampler = sampler
+        self._plan = None      # planned at the first batch drawn
+        self._next = 0
+        self._position = None  # a position loaded before the first batch
 
     def __iter__(self):
         return self
 
+    def _start(self) -> None:
+        self._plan, self._next = self._sampler._begin()
+        if self._position is not None:
+            self._seek(self._position)
+
+    def _seek(self, position: int) -> None:
+        if position > len(self._plan):
+            raise ValueError(f"position={position} exceeds the {len(self._plan)} batches of the epoch")
+        self._next = self._sampler._yielded = self._sampler._started_at = int(position)
+        self._sampler._consumed = None
+
     def __next__(self) -> list[int]:
+        if self._plan is None:
+            self._start()
         if self._next >= len(self._plan):
             raise StopIteration
         batch = self._plan[self._next].tolist()
@@ -312,12 +341,14 @@ class _PlanIterator:
         return batch
 
     def state_dict(self) -> dict:
-        return {"position": self._next}
+        if self._plan is not None:
+            return {"position": self._next}
+        return {"position": self._sampler._skip if self._position is None else self._position}
 
     def load_state_dict(self, state: dict) -> None:
         position = state["position"]
         _check_int("position", position, 0)
-        if position > len(self._plan):
-            raise ValueError(f"position={position} exceeds the {len(self._plan)} batches of the epoch")
-        self._next = self._sampler._yielded = self._sampler._started_at = int(position)
-        self._sampler._consumed = None
+        if self._plan is None:
+            self._position = int(position)
+        else:
+            self._seek(int(position))

@@ -86,9 +86,10 @@ def test_resume_mid_epoch_gives_exactly_the_remaining_batches(drop_last):
 
     fresh = MixedOrderBatchSampler(301, 7, seed=0, drop_last=drop_last)  # settings come from the state
     fresh.load_state_dict(state)
-    assert len(fresh) == len(full) - 11
-    assert head + list(fresh) == full
-    assert len(fresh) == len(full)  # the next pass is a whole epoch again
+    assert len(fresh) == len(full)  # the epoch's length, as torch's samplers report it
+    rest = list(fresh)
+    assert len(rest) == len(full) - 11 and head + rest == full
+    assert len(list(fresh)) == len(full)  # the next pass is a whole epoch again
 
 
 def test_resume_with_dataloader_step_count():
@@ -155,7 +156,8 @@ def test_state_dict_survives_torch_save(tmp_path):
     state = torch.load(tmp_path / "s.pt")  # torch's default, weights_only=True
     other = MixedOrderBatchSampler(40, 4)
     other.load_state_dict(state)
-    assert np.array_equal(other.scores, s.scores) and len(other) == len(s) - 1
+    assert np.array_equal(other.scores, s.scores) and len(list(other)) == len(s) - 1
+    assert len(other) == len(s) == 10  # the length stays the epoch's, as torch's samplers report it
 
 
 @pytest.mark.parametrize("other, match", [
@@ -263,3 +265,16 @@ def test_one_pivot_default_in_the_whole_library():
                 if "pivot_epoch" in inspect.signature(c).parameters}
     defaults["RunConfig"] = RunConfig().pivot_epoch
     assert len(defaults) >= 4 and set(defaults.values()) == {mombs.DEFAULT_PIVOT_EPOCH}, defaults
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_sampler_in_a_plain_dataloader_with_workers_yields_the_rest(workers):
+    # torch's multi-worker iterator calls iter(batch_sampler) twice before drawing: the skip must survive.
+    s = MixedOrderBatchSampler(64, 8, seed=1)
+    s.set_scores(rank_sum(64))
+    full = [b for b in s]
+    state = s.state_dict(batches_done=3)
+    r = MixedOrderBatchSampler(64, 8, seed=1)
+    r.load_state_dict(state)
+    got = [b.tolist() for b in DataLoader(torch.arange(64), batch_sampler=r, num_workers=workers)]
+    assert got == full[3:] and len(r) == 8

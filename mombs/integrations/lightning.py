@@ -89,19 +89,6 @@ def _overwrite(holders: list[dict], sampler_state: dict) -> None:
             holder[_ITER_KEY] = {**holder[_ITER_KEY], "position": int(sampler_state["batches_done"])}
 
 
-def _len_counts_remaining() -> bool:
-    """Whether ``MixedOrderBatchSampler.__len__`` leaves out the batches a restore skips.
-
-    Lightning sizes an epoch by ``len(dataloader)`` after the loader has been
-    restored, so a length that counts only the rest of the epoch cuts it short.
-    Probed rather than assumed, so the workaround retires itself once
-    ``__len__`` counts the whole epoch as torch's and torchdata's samplers do.
-    """
-    probe = MixedOrderBatchSampler(4, 1, num_replicas=1, rank=0)
-    probe.load_state_dict(probe.state_dict(batches_done=1))
-    return len(probe) < 4
-
-
 def _check_key(name: str, value) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name}={value!r} must be a non-empty string, the key of the training_step output")
@@ -155,11 +142,9 @@ class MoMBSCallback(pl.Callback):
       validation, or in ``on_train_epoch_end``): with any train dataloader;
     - from one written inside an epoch: with torchdata's ``StatefulDataLoader``
       (workers too), whose state Lightning saves and which restores the
-      sampler's position itself. A plain ``DataLoader`` cannot: Lightning
-      sizes the epoch by ``len(dataloader)`` before the first batch, and the
-      sampler's length after a restore counts only what is left, so the
-      callback leaves the position out and that epoch restarts from its
-      first batch, with a warning (Lightning warns too).
+      sampler's position itself, and with a plain ``DataLoader``, whose
+      sampler the callback restores (Lightning warns that the loader is not
+      resumable; here the sampler is).
 
     Under DDP the checkpoint (rank 0's) holds the values every rank measured,
     gathered when it is written; ``state_dict`` is then a collective call, which
@@ -202,10 +187,8 @@ class MoMBSCallback(pl.Callback):
         # and a second assessment pass would draw other noise than the first did.
         self._ended_epoch = -1
         self._pending_state: dict | None = None
-        self._position_left: tuple[int, int] | None = None
         self._finish_restored = False
         self._loader_copies: list[dict] = []
-        self._defer_position = _len_counts_remaining()
 
     # ------------------------------------------------------------------ #
     # what the user reads
@@ -274,13 +257,12 @@ class MoMBSCallback(pl.Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Forgets what a restore left for the train hooks (a ``validate`` restores too)."""
-        self._position_left, self._finish_restored, self._loader_copies = None, False, []
+        self._finish_restored, self._loader_copies = False, []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Checks that the train dataloader draws its batches from the assessor's sampler.
 
-        After a restore, warns when the saved position inside an epoch could
-        not be restored, and brings the assessor to Lightning's epoch.
+        After a restore, brings the assessor to Lightning's epoch.
 
         Raises:
             ValueError: the sampler was passed as ``sampler=`` (or wrapped in a
@@ -289,13 +271,6 @@ class MoMBSCallback(pl.Callback):
                 ``MixedOrderBatchSampler`` (Lightning rebuilt it).
         """
         self._check_loaders(_flat_loaders(trainer.train_dataloader))
-        position, self._position_left = self._position_left, None
-        if position is not None and not self._loader_copies:
-            warnings.warn(f"resuming inside epoch {position[0]} ({position[1]} batches done) without a "
-                          f"stateful train dataloader: the epoch restarts from its first batch, so its first "
-                          f"{position[1]} batches are trained twice and its last {position[1]} not at all. Use "
-                          f"torchdata's StatefulDataLoader (it saves the sampler's position) or resume from a "
-                          f"checkpoint written at an epoch's end", UserWarning, stacklevel=2)
         self._loader_copies = []
         # Lightning planned the loader's first epoch (iter) before this hook, so
         # moving the sampler here comes too late for it; on_fit_start does that
@@ -451,27 +426,23 @@ class MoMBSCallback(pl.Callback):
                 "sampler": self.sampler.state_dict(batches_done=self._batches_done()),
                 "ended_epoch": self._ended_epoch}
 
-    def _restore_now(self, sampler_state: dict, ended_epoch: int) -> tuple[dict, bool]:
-        """The sampler state to load when the checkpoint is restored, and whether it is the
-        saved position inside an epoch that this leaves out.
+    def _restore_now(self, sampler_state: dict, ended_epoch: int) -> dict:
+        """The sampler state to load when the checkpoint is restored.
 
         An epoch that was trained and assessed before the checkpoint gives way
         to the next one, which a loader built before ``on_train_epoch_start``
         already plans. One whose batches were all trained but not yet assessed
-        is finished in :meth:`on_fit_start`. A position inside an epoch is left
-        to a ``StatefulDataLoader``, which restores it itself, while the
-        sampler's length counts only what is left of an epoch: Lightning
-        measures the loader before the loader restores it, and a short length
-        would cut this epoch and every later one short.
+        is finished in :meth:`on_fit_start`. A position inside an epoch is
+        restored as saved: the sampler's length stays the whole epoch's, so
+        Lightning sizes the resumed epoch right, and the sampler yields what is
+        left of it (a ``StatefulDataLoader`` restores the same position itself).
         """
         epoch, done = int(sampler_state["epoch"]), int(sampler_state["batches_done"])
         if ended_epoch >= epoch:  # end_epoch() runs only once the epoch's last batch is done
-            return {**sampler_state, "epoch": epoch + 1, "batches_done": 0, "epoch_scores": None}, False
+            return {**sampler_state, "epoch": epoch + 1, "batches_done": 0, "epoch_scores": None}
         if done >= self._epoch_batches():
-            return {**sampler_state, "batches_done": 0}, False
-        if self._defer_position and done > 0:
-            return {**sampler_state, "batches_done": 0}, True
-        return sampler_state, False
+            return {**sampler_state, "batches_done": 0}
+        return sampler_state
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Finds a ``StatefulDataLoader``'s copy of the sampler state in the checkpoint.
@@ -498,7 +469,7 @@ class MoMBSCallback(pl.Callback):
             if all(holder[_SAMPLER_KEY].get(k) == saved.get(k) for k in keys)]
         ended = int(mine.get("ended_epoch", -1))
         if ended >= int(saved["epoch"]) or int(saved["batches_done"]) >= self._epoch_batches():
-            _overwrite(self._loader_copies, self._restore_now(saved, ended)[0])
+            _overwrite(self._loader_copies, self._restore_now(saved, ended))
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restores :meth:`state_dict`."""
@@ -513,9 +484,7 @@ class MoMBSCallback(pl.Callback):
         # sampler's own state (the scores its epoch was planned from) must win.
         self.assessor.load_state_dict(state_dict["assessor"])
         saved = state_dict["sampler"]
-        now, inside = self._restore_now(saved, self._ended_epoch)
-        self.sampler.load_state_dict(now)
-        self._position_left = (int(saved["epoch"]), int(saved["batches_done"])) if inside else None
+        self.sampler.load_state_dict(self._restore_now(saved, self._ended_epoch))
         self._finish_restored = (self._ended_epoch < int(saved["epoch"])
                                  and int(saved["batches_done"]) >= self._epoch_batches())
 
