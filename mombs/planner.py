@@ -6,8 +6,12 @@ This module knows nothing of models or datasets; it uses numpy only. The sampler
 The ``"mixed"`` order is MoMBS' scheduler (paper eq. 7, ``shared/METHOD.md``
 §2): every minibatch gets (nearly) the same total difficulty, so hard samples
 travel with easy ones. It works for any batch size, is randomized across epochs
-and runs in about the time of one ``np.argsort`` plus ``O(N)`` array work:
+and costs at most about twice one ``np.argsort`` of the scores, at every batch
+size (``benchmarks/planner.py`` measures 2 to 256):
 
+0. The scores are standardized first (minus about their median, in units of
+   their spread, in float64), so an offset or a scale of the scores changes
+   nothing, although every sort below runs on float32 keys.
 1. Sort the samples by score plus a small random *jitter*. The jitter breaks
    ties at random and makes neighbouring samples swap places from epoch to
    epoch, so the same pairs do not meet every epoch (the published reference
@@ -22,6 +26,14 @@ and runs in about the time of one ``np.argsort`` plus ``O(N)`` array work:
    method* (Michiels et al.): repeatedly take the two partials whose sums spread
    most and match the lowest sums of one with the highest of the other. This
    cancels what the first two steps leave over, for skewed scores too.
+4. Differencing leaves most where its last merges join partials of unlike
+   spread (odd ``B``, and ``B = 2 mod 4``). Up to ``B = 32`` one or two layers
+   are then re-matched (the rearrangement algorithm: take a layer out, put it
+   back lowest rest with highest item), chosen on a small mirror of the
+   problem and within a fixed budget of sorting.
+5. ``B = 3`` has too few partials to difference, and its re-matching
+   converges only linearly: those rounds run on block sums of neighbours,
+   and one last re-match on the samples removes what the jitter scrambled.
 
 Samples that do not fill a whole batch (``N mod B``) are picked by stratified
 sampling over the sorted order, so a short last batch is as representative as
@@ -32,6 +44,7 @@ from __future__ import annotations
 
 import heapq
 import numbers
+import sys
 from collections.abc import Sequence
 from typing import Iterator
 
@@ -148,7 +161,9 @@ def plan_batches(scores, batch_size: int, *, order: str = "mixed", seed: int = 0
     Args:
         scores: ``(N,)`` finite real difficulty scores, higher = harder (for
             instance :func:`mombs.difficulty_scores`). Only their order and sums
-            matter; ``"random"`` ignores their values but uses their length.
+            matter, so an offset or a positive scale of all of them gives as
+            balanced a plan; ``"random"`` ignores their values but uses their
+            length.
         batch_size: samples per batch (per replica), ``>= 1``; odd sizes work.
         order: ``"mixed"`` (MoMBS: equal per-batch score sums),
             ``"random"`` (plain shuffle, the baseline) or ``"anti"`` (hard with
@@ -234,18 +249,42 @@ def _check_scores(scores) -> np.ndarray:
 # The planner proper. Everything below trusts its inputs.
 
 
+#: Elements per chunk where the planner streams through the data.
+_CHUNK = 1 << 16
+_CHUNK_POSITIONS = np.arange(_CHUNK, dtype=np.uint32)
+#: Three layers: rounds run on about this many block sums per layer (they
+#: leave about 1 over this number of a random batch's spread), or on the items
+#: when there are fewer than four times as many, until the std of the sums is
+#: this fraction of a random batch's.
+_COARSE_BATCHES = 2048
+_THREE_TOL = 2.5e-4
+#: Most rounds of re-matching on the block sums (or on small layers).
+_COARSE_ROUNDS = 40
+#: Rounds stop once one lowers the std of the sums by less than this factor.
+_ROUND_GAIN = 0.98
+#: Mirror size for choosing the polish steps, and the gain a step must bring there.
+_MIRROR_BATCHES = 512
+_MIRROR_GAIN = 0.98
+#: Polish: at most this many times N keys sorted, at most this many steps,
+#: only up to this batch size, and none once the std of the batch sums is
+#: below this fraction of a random batch's.
+_POLISH_SORTS = 0.8
+_POLISH_MAX_STEPS = 2
+_POLISH_MAX_B = 32
+_POLISH_TOL = 5e-6
+
+
 def _compute_plan(scores: np.ndarray, batch_size: int, kind: str, seed: int, epoch: int,
                   drop_last: bool, num_replicas: int, rank: int, jitter: float) -> BatchPlan:
     n = scores.shape[0]
     layout = replica_layout(n, batch_size, num_replicas=num_replicas, drop_last=drop_last)
     # One generator per (seed, epoch): every replica derives the identical plan.
     rng = np.random.default_rng([seed, epoch])
-    items = np.arange(n, dtype=np.int64)
     local = scores
     if layout["padding"]:
         # Like DistributedSampler: repeat samples from the start of a shuffled list.
         pad = np.resize(rng.permutation(n), layout["padding"])
-        items = np.concatenate([items, pad])
+        items = np.concatenate([np.arange(n, dtype=np.int64), pad])
         local = scores[items]
     num_full = layout["full_per_replica"] * num_replicas
     num_tails = num_replicas if layout["tail_size"] else 0
@@ -270,51 +309,119 @@ def _plan_items(scores: np.ndarray, batch_size: int, num_full: int, tail_size: i
         tails = perm[n_full:n_full + num_tails * tail_size].reshape(num_tails, tail_size)
         return perm[:n_full].reshape(num_full, batch_size), tails
 
-    order = _jittered_order(scores, rng, jitter)
+    # Every float32 key and every sum below is taken of standardized scores, so
+    # an offset or a scale of the scores changes nothing (float32 keys of
+    # scores + 1e9 would tie neighbours that differ by less than about 60).
+    center, scale = _standardizer(scores)
+    if n == 0 or jitter == 0:
+        order = np.argsort(scores, kind="stable")
+        std = float(np.std(scores, dtype=np.float64)) * scale if n else 0.0
+    else:
+        order, std = _jittered_order(scores, center, scale, rng, jitter)
     # Samples beyond the full batches are a stratified draw over the sorted
     # order: the short batches stay representative, and drop_last drops a
     # random set that leaves the difficulty distribution intact.
     extra, core = _split_stratified(order, n - n_full, rng)
+    del order
     tail_items, _dropped = _split_stratified(extra, num_tails * tail_size, rng)
     layout = _layout_mixed if kind == "mixed" else _layout_anti
-    full = layout(core, scores, num_full, batch_size, rng)
-    tails = (layout(tail_items, scores, num_tails, tail_size, rng)
+    standard = (scores, center, scale, std)
+    full = layout(core, standard, num_full, batch_size, rng)
+    tails = (layout(tail_items, standard, num_tails, tail_size, rng)
              if num_tails else np.empty((0, tail_size), dtype=np.int64))
     return full, tails
 
 
-def _jitter_half_width(scores: np.ndarray, jitter: float) -> float:
-    """Half-width of the uniform ordering noise for ``scores`` (``n >= 1``).
+def _standardizer(scores: np.ndarray) -> tuple[float, float]:
+    """``(center, scale)``: about the median of the scores, and one over their
+    largest distance from it in a strided sample of at most ~8192 of them.
 
-    It is ``sqrt(3) * jitter * std`` (noise of std ``jitter * std``). On small
-    data sets it is at least the average gap between neighbours in the middle
-    half of the scores, so that neighbours can trade places and pairs do not
-    repeat; outliers do not inflate that floor. A constant vector gets 1.0: a
-    pure shuffle.
+    The planner only compares and adds scores, so any increasing affine map
+    gives the same plan; but float32 keys resolve only about 7 significant
+    digits of each value. ``(scores - center) * scale``, computed in float64,
+    removes an offset before any float32 work and keeps keys and squares far
+    from overflow and underflow, for a few microseconds.
     """
     n = scores.shape[0]
-    half = np.sqrt(3.0) * jitter * float(np.std(scores, dtype=np.float64))
+    if n == 0:
+        return 0.0, 1.0
+    sample = scores[::max(1, n // 4096)].astype(np.float64)
+    center = float(np.median(sample))
+    peak = float(np.max(np.abs(sample - center)))
+    if not peak > 0.0:  # the sample is constant: take the spread of all scores
+        peak = max(float(scores.max()) - center, center - float(scores.min()))
+    return center, (1.0 / peak if peak > 0.0 else 1.0)
+
+
+def _standard(standard: tuple, items: np.ndarray) -> np.ndarray:
+    """The standardized scores of ``items`` (any shape), as float64.
+    ``standard`` is ``(scores, center, scale, std)``, ``std`` that of all the
+    standardized scores."""
+    scores, center, scale, _ = standard
+    values = _take(scores, items).astype(np.float64, copy=False)
+    values -= center
+    values *= scale
+    return values
+
+
+def _jitter_half_width(scores: np.ndarray, jitter: float, std: float | None = None) -> float:
+    """Half-width of the uniform ordering noise for ``scores`` (``n >= 1``).
+
+    It is ``sqrt(3) * jitter * std`` (noise of std ``jitter * std``; pass
+    ``std`` when it is known). On small data sets it is at least the average
+    gap between neighbours in the middle half of the scores, so that neighbours
+    can trade places and pairs do not repeat; outliers do not inflate that
+    floor. A constant vector gets 1.0: a pure shuffle.
+    """
+    n = scores.shape[0]
+    if std is None:
+        std = float(np.std(scores, dtype=np.float64))
+    half = np.sqrt(3.0) * jitter * std
     if n > 1 and (float(scores.max()) - float(scores.min())) / (n - 1) > half:
         q1, q3 = np.percentile(scores, [25.0, 75.0])
         half = max(half, float(q3 - q1) / (0.5 * n))
     return half if half > 0.0 else 1.0
 
 
-def _jittered_order(scores: np.ndarray, rng: np.random.Generator, jitter: float) -> np.ndarray:
-    """Argsort of ``scores`` plus uniform noise of std ``jitter * std(scores)``."""
+def _jittered_order(scores: np.ndarray, center: float, scale: float,
+                    rng: np.random.Generator, jitter: float) -> tuple[np.ndarray, float]:
+    """Order of the standardized scores plus uniform noise of std ``jitter``
+    times theirs, ties by position (``n >= 1``); and their std."""
     n = scores.shape[0]
-    if n == 0 or jitter == 0:
-        return np.argsort(scores, kind="stable")
-    key_dtype = np.float64 if scores.dtype == np.float64 else np.float32
-    half = _jitter_half_width(scores, jitter)
-    noise = rng.random(n, dtype=key_dtype)
-    noise -= key_dtype(0.5)
-    noise *= key_dtype(2.0 * half)
-    noise += scores
-    return _order(noise)
+    # float32 keys of the standardized scores, standardized in float64 chunk by
+    # chunk: no float64 copy of all the scores, and no float32 over- or underflow.
+    key = np.empty(n, dtype=np.float32)
+    buffer = np.empty(min(n, _CHUNK), dtype=np.float64)
+    for start in range(0, n, _CHUNK):
+        part = buffer[:min(_CHUNK, n - start)]
+        np.subtract(scores[start:start + part.shape[0]], center, out=part)
+        part *= scale
+        key[start:start + part.shape[0]] = part
+    mean = float(key.sum(dtype=np.float64)) / n
+    squares = float(np.dot(key, key))
+    if not np.isfinite(squares):  # far outliers overflow float32 squares
+        squares = float(np.dot(key.astype(np.float64), key.astype(np.float64)))
+    std = float(np.sqrt(max(squares / n - mean * mean, 0.0)))
+    half = _jitter_half_width(key, jitter, std)
+    # The noise is drawn in chunks (a second array of n floats would cost more
+    # in fresh memory than the arithmetic on it), as raw 32-bit words of the
+    # generator rounded to float32: uniform on [-half, half] in 2**24 steps,
+    # at two thirds of the time of Generator.random.
+    noise = np.empty(min(n, _CHUNK), dtype=np.float32)
+    for start in range(0, n, _CHUNK):
+        part = noise[:min(_CHUNK, n - start)]
+        raw = rng.bit_generator.random_raw((part.shape[0] + 1) // 2)
+        # Low half of each word first, on any byte order (as Generator's own uint32s).
+        part[...] = raw.astype("<u8", copy=False).view("<u4")[:part.shape[0]]
+        part *= np.float32(2.0 * half / 2.0 ** 32)
+        part -= np.float32(half)
+        key[start:start + part.shape[0]] += part
+    return _order(key), std
 
 
-_LOW32 = np.uint64(0xFFFFFFFF)
+
+# numpy views a uint64 as two uint32 halves, low half first on little-endian machines.
+_LOW = 0 if sys.byteorder == "little" else 1
 
 
 def _order(values: np.ndarray) -> np.ndarray:
@@ -325,25 +432,52 @@ def _order(values: np.ndarray) -> np.ndarray:
     differently on AVX-512 and AVX2). The keys are rounded to float32, mapped to
     order-preserving unsigned ints and packed above the position: all keys are
     then distinct and any correct sort returns the same order, ties by position.
-    Sorting the packed keys costs little more than ``np.argsort`` of float32.
-    Rounding to float32 ties only values within about 6e-8 of each other
-    relative to their magnitude: far finer than the jitter or the merge sums
-    unless the scores carry an offset millions of times their spread.
+    Sorting the packed keys takes about a third of the time of ``np.argsort``
+    of float64 (no index array travels with the keys). Rounding to float32 ties
+    only values within about 6e-8 of each other relative to their magnitude:
+    callers pass standardized scores, or sums minus one of them, so that this
+    is far finer than the jitter or the sums' spread.
     """
     n = values.shape[0]
     if n >= 2 ** 32:  # no room for the position: a stable sort is also deterministic
         return np.argsort(values, kind="stable")
-    bits = values.astype(np.float32).view(np.uint32).astype(np.uint64)
-    negative = bits >= np.uint64(0x80000000)
-    # Sign-magnitude to two's-order: flip all bits of negatives, the sign bit of
-    # the rest; -0.0 sorts just before +0.0.
-    np.bitwise_xor(bits, _LOW32, out=bits, where=negative)
-    np.bitwise_or(bits, np.uint64(0x80000000), out=bits, where=~negative)
-    bits <<= np.uint64(32)
-    bits |= np.arange(n, dtype=np.uint64)
-    bits.sort()
-    bits &= _LOW32
-    return bits.astype(np.int64)
+    bits = values.astype(np.float32, copy=False).view(np.int32)
+    packed = np.empty(n, dtype=np.uint64)
+    words = packed.view(np.uint32)
+    high = words[1 - _LOW::2].view(np.int32)
+    low = words[_LOW::2]
+    # In chunks that stay in cache, written into the packed words in place:
+    # memory touched for the first time costs more than the arithmetic.
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        part = bits[start:stop]
+        # Sign-magnitude to two's order: flip all bits of negatives, only the
+        # sign bit of the rest (-0.0 sorts just before +0.0).
+        key = part >> 31
+        key |= np.int32(-0x80000000)
+        key ^= part
+        high[start:stop] = key
+        np.add(_CHUNK_POSITIONS[:stop - start], np.uint32(start), out=low[start:stop])
+    packed.sort()
+    # The positions are the low halves: mask the keys off in place.
+    packed &= np.uint64(0xFFFFFFFF)
+    return packed.view(np.int64)
+
+
+def _take(a: np.ndarray, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.take`` of positions that are valid by construction. ``mode="clip"``
+    skips the bounds check, with which ``np.take(..., out=)`` fills a temporary
+    first (twice the time)."""
+    return np.take(a, indices, out=out, mode="clip")
+
+
+def _order_sums(sums: np.ndarray) -> np.ndarray:
+    """:func:`_order` of sums that may all be far from zero: minus their first,
+    the float32 keys resolve their differences, not their common offset."""
+    key = np.empty(sums.shape[0], dtype=np.float32)
+    if sums.shape[0]:
+        np.subtract(sums, sums[0], out=key, casting="same_kind")
+    return _order(key)
 
 
 def _split_stratified(order: np.ndarray, k: int,
@@ -357,114 +491,339 @@ def _split_stratified(order: np.ndarray, k: int,
         return order, order[:0]
     edges = (np.arange(k + 1, dtype=np.float64) * (n / k)).astype(np.int64)
     pos = edges[:-1] + (rng.random(k) * (edges[1:] - edges[:-1])).astype(np.int64)
-    mask = np.ones(n, dtype=bool)
-    mask[pos] = False
-    return order[pos], order[mask]
+    if k > 1024:
+        mask = np.ones(n, dtype=bool)
+        mask[pos] = False
+        return order[pos], order[mask]
+    # A few picks (drop_last drops fewer than one batch per replica): copy the
+    # runs between them, which beats a mask over all n.
+    rest = np.empty(n - k, dtype=order.dtype)
+    at = prev = 0
+    for p in pos.tolist():
+        rest[at:at + p - prev] = order[prev:p]
+        at += p - prev
+        prev = p + 1
+    rest[at:] = order[prev:]
+    return order[pos], rest
 
 
-def _layout_anti(sorted_items: np.ndarray, scores: np.ndarray, m: int, b: int,
+def _layout_anti(sorted_items: np.ndarray, standard, m: int, b: int,
                  rng: np.random.Generator) -> np.ndarray:
     """Consecutive runs of the sorted order, in shuffled batch order."""
     return sorted_items.reshape(m, b)[rng.permutation(m)]
 
 
-def _layout_mixed(sorted_items: np.ndarray, scores: np.ndarray, m: int, b: int,
+def _layout_mixed(sorted_items: np.ndarray, standard, m: int, b: int,
                   rng: np.random.Generator) -> np.ndarray:
     """``(m, b)`` batches with near-equal score sums from ``m*b`` items sorted by
-    (jittered) score, ascending. Rows come in random order."""
+    (jittered) score, ascending. Rows come in random order.
+
+    The items form ``b`` layers of ``m``, one per batch slot; ``positions[l][j]``
+    says which item of layer ``l`` batch ``j`` takes. ``standard`` is
+    ``(scores, center, scale, std)`` (see :func:`_standard`).
+    """
     if m == 0:
         return sorted_items.reshape(0, b)
     layers = sorted_items.reshape(b, m)
-    values = scores[layers].astype(np.float64, copy=False)  # (b, m) true scores
-    ar = np.arange(m, dtype=np.int64)
-    rev = ar[::-1]
+    # A random column order shuffles the batches.
+    perm = rng.permutation(m)
+    out_t = np.empty((b, m), dtype=sorted_items.dtype)
+    if b <= 2:
+        # One batch slot, or the i-th easiest with the i-th hardest: the best
+        # pairing of the two halves, without a single sum.
+        _take(layers[0], perm, out=out_t[0])
+        if b == 2:
+            _take(layers[1][::-1], perm, out=out_t[1])
+        return out_t.T
+    v = _standard(standard, layers)  # (b, m) true scores, standardized
+    # Layer by layer into the output, each position array dropped once used:
+    # fresh memory is a large part of the planner's cost on some machines.
+    if b == 3:
+        positions = _positions_three(v)
+        del v
+        for layer in range(3):
+            _take(layers[layer], _take(positions.pop(layer), perm), out=out_t[layer])
+        return out_t.T
+    root, total = _differencing_tree(v)
+    steps = _polish_steps(v)
+    if not steps:
+        del v  # the walk needs only the tree
+        _walk(root, perm, lambda layer, pos: _take(layers[layer], pos, out=out_t[layer]))
+        # A transposed view: a contiguous copy would cost a tenth of the plan.
+        return out_t.T
+    positions: dict[int, np.ndarray] = {}
+    _walk(root, perm, positions.__setitem__)
+    del root
+    _polish(v, positions, _take(total, perm), steps,
+            target=_POLISH_TOL * np.sqrt(b) * standard[3])
+    del v
+    for layer in range(b):
+        _take(layers[layer], positions.pop(layer), out=out_t[layer])
+    return out_t.T
 
+
+# --------------------------------------------------------------------------- #
+# Joining the layers. ``v`` is ``(b, m)``: layer ``l`` holds its items' scores
+# in jittered ascending order. A join returns ``positions`` (layer -> ``(m,)``
+# positions within the layer, one per batch) and the batch sums ``total``.
+
+
+def _triple_pattern(m: int) -> list[np.ndarray]:
+    """Positions for three layers of evenly spaced scores whose sums are all but
+    constant: the first layer with the second cyclically shifted by ``m // 2``
+    gives pair sums that, sorted, rise by one step per pair; the third layer,
+    descending, cancels them."""
+    ar = np.arange(m, dtype=np.int64)
+    shift = (ar + m // 2) % m
+    up = _order(ar + shift)
+    return [up, shift[up], ar[::-1].copy()]
+
+
+def _join_three(v: np.ndarray, layers=(0, 1, 2)) -> tuple[dict, np.ndarray]:
+    """The cyclic-shift triple of three layers of ``v``: the pair sums of the
+    first two, sorted by their true values, against the third descending
+    (``"down"``, see :func:`_differencing_tree`)."""
+    a, c, d = layers
+    m = v.shape[1]
+    ab = np.concatenate([v[c][m // 2:], v[c][:m // 2]])  # v[c][(r + m // 2) % m], no gather
+    ab += v[a]
+    up = _order_sums(ab)
+    total = _take(ab, up)
+    total += v[d][::-1]
+    shifted = up + m // 2
+    np.subtract(shifted, m, out=shifted, where=shifted >= m)
+    return {a: up, c: shifted, d: "down"}, total
+
+
+def _rematch(v: np.ndarray, positions: dict[int, np.ndarray], total: np.ndarray, layer: int,
+             descending: dict[int, np.ndarray]) -> np.ndarray:
+    """One step of coordinate descent on the batch sums, in place: take ``layer``
+    out and put it back matched against the other layers' sums, lowest rest
+    with highest item (the rearrangement algorithm of Puccetti and Rüschendorf).
+    The variance of the sums can only go down. Returns the new sums."""
+    if layer not in descending:
+        descending[layer] = _order_sums(v[layer])[::-1]
+    rest = total - _take(v[layer], positions[layer])
+    new = np.empty_like(positions[layer])
+    new[_order_sums(rest)] = descending[layer]
+    positions[layer] = new
+    rest += _take(v[layer], new)
+    return rest
+
+
+def _rematch_rounds(v: np.ndarray, positions: dict[int, np.ndarray], total: np.ndarray, *,
+                    max_rounds: int, target: float = 0.0, gain: float = _ROUND_GAIN) -> np.ndarray:
+    """Rounds of :func:`_rematch` over every layer until the std of the sums is
+    at most ``target`` or a round lowers it by less than the factor ``gain``
+    (or the rounds run out). Returns the sums."""
+    descending: dict[int, np.ndarray] = {}
+    std = float(total.std())
+    for _ in range(max_rounds):
+        if std <= target:
+            break
+        for layer in sorted(positions):
+            total = _rematch(v, positions, total, layer, descending)
+        new_std = float(total.std())
+        if not new_std < gain * std:
+            break
+        std = new_std
+    return total
+
+
+def _positions_three(v: np.ndarray) -> dict[int, np.ndarray]:
+    """Three layers, as positions within them (the batches in no random order).
+
+    The cyclic triple alone leaves a smooth error where the scores are not
+    evenly spaced (2e-2 of a random batch's spread on rank sums), and
+    re-matching removes it only slowly: each round of all three layers cuts it
+    by about a sixth, and the planner used to spend 14 argsorts on that at
+    N = 1e6. So the rounds run on block sums: ``mc`` blocks of ``r`` neighbours
+    per layer, where a round costs about ``1 / r`` of one on the items. Each
+    coarse batch of three blocks becomes ``r`` batches by the evenly spaced
+    pattern, and a last re-match of the top layer on the items removes what the
+    jitter scrambled inside the blocks (second order: the noise only widens the
+    distribution of the other two layers' sums). Layers of fewer than
+    ``4 * _COARSE_BATCHES`` items run their rounds on the items themselves.
+    """
+    m = v.shape[1]
+    if m < 4 * _COARSE_BATCHES:  # small: the rounds on the items cost little
+        positions, total = _join_three(v)
+        positions[2] = np.arange(m - 1, -1, -1, dtype=np.int64)
+        _rematch_rounds(v, positions, total, max_rounds=_COARSE_ROUNDS, gain=1.0,
+                        target=_THREE_TOL * np.sqrt(3.0) * float(v.std()))
+        return positions
+    r = _block_size(m, _COARSE_BATCHES)
+    mc, spare = divmod(m, r)
+    # The ``spare`` items left over sit in the middle of each layer, between
+    # blocks: their batches join the layers' middles, whose sum is close to
+    # the mean batch sum, and the last re-match evens them out.
+    half = (mc // 2) * r
+    blocks = np.concatenate([v[:, :half].reshape(3, mc // 2, r).sum(axis=2),
+                             v[:, half + spare:].reshape(3, mc - mc // 2, r).sum(axis=2)], axis=1)
+    coarse, coarse_total = _join_three(blocks)
+    coarse[2] = np.arange(mc - 1, -1, -1, dtype=np.int64)
+    _rematch_rounds(blocks, coarse, coarse_total, max_rounds=_COARSE_ROUNDS)
+    idx = _index_dtype(m)
+    starts = np.arange(mc, dtype=idx) * idx(r)
+    starts[mc // 2:] += idx(spare)
+    pattern = [p.astype(idx) for p in _triple_pattern(r)]
+    middle = [p.astype(idx) + idx(half) for p in _triple_pattern(spare)]
+    positions = {layer: np.concatenate([(starts[coarse[layer]][:, None] + pattern[layer]).reshape(-1),
+                                        middle[layer]])
+                 for layer in range(3)}
+    # The re-match of the top layer, without the sums of all three.
+    rest = _take(v[0], positions[0])
+    rest += _take(v[1], positions[1])
+    top = np.empty_like(positions[2])
+    top[_order_sums(rest)] = _order_sums(v[2])[::-1]
+    positions[2] = top
+    return positions
+
+
+def _block_size(m: int, batches: int) -> int:
+    """A block size near ``m / batches`` that leaves few items over."""
+    r0 = max(1, m // batches)
+    sizes = np.arange(r0, r0 + max(1, r0 // 4) + 1)
+    return int(sizes[np.argmin(m % sizes)])
+
+
+def _differencing_tree(v: np.ndarray) -> tuple[tuple, np.ndarray]:
+    """Layers joined in closed form, then the *balanced largest differencing
+    method* (Michiels et al.): merge the two partials whose sums spread most,
+    lowest sums against highest, until one holds every layer.
+
+    Adjacent layers are joined in opposite order (the i-th easiest of one with
+    the i-th hardest of the other), which makes their pair sums almost
+    constant; with odd ``b`` the middle three form a cyclic-shift triple, where
+    sorted scores are most evenly spaced. Returns the tree (for
+    :func:`_walk`) and the batch sums in the root's column order.
+    """
+    b, m = v.shape
+    idx = _index_dtype(m)
     # Leaves of the differencing tree: groups of layers joined in closed form.
-    # A group maps layer -> positions (m,): column r of the group takes that
-    # layer's item at positions[r].
-    groups: list[dict[int, np.ndarray]] = []
+    # A group maps layer -> "up" (column r takes item r), "down" (item m-1-r)
+    # or an array of positions.
+    heap = []
     free = list(range(b))
     if b % 2 == 1 and b >= 3:
-        t = (b - 3) // 2  # middle three layers: where sorted scores are most linear
-        shift = (ar + m // 2) % m
-        ab = values[t] + values[t + 1][shift]
-        up = _order(ab)
-        groups.append({t: up, t + 1: shift[up], t + 2: rev})
-        free = [l for l in free if l not in (t, t + 1, t + 2)]
+        t = (b - 3) // 2
+        if b <= 5 or b > _POLISH_MAX_B:
+            group, sums = _join_three(v, (t, t + 1, t + 2))
+        else:
+            # Where the polish follows and more partials are differenced, the
+            # evenly spaced pattern (no sort of the pair sums) leaves less
+            # after the polish: measured at b = 7, 11, 13, 15 on rank sums (a
+            # little more at 9; much more at 5, and without the polish).
+            first, second, _ = _triple_pattern(m)
+            group = {t: first, t + 1: second, t + 2: "down"}
+            sums = _take(v[t], first)
+            sums += _take(v[t + 1], second)
+            sums += v[t + 2][::-1]
+        heap.append((-float(np.ptp(sums)), len(heap), ("group", group), sums))
+        free = [layer for layer in free if layer not in (t, t + 1, t + 2)]
     for i in range(0, len(free) - 1, 2):
-        groups.append({free[i]: ar, free[i + 1]: rev})
+        sums = v[free[i]] + v[free[i + 1]][::-1]
+        heap.append((-float(np.ptp(sums)), len(heap), ("group", {free[i]: "up", free[i + 1]: "down"}), sums))
     if len(free) % 2 == 1:  # b == 1
-        groups.append({free[-1]: ar})
-
-    # Balanced largest differencing: merge the two partials that spread most,
-    # lowest sums against highest, until one partial holds every layer.
-    heap = []
-    for gid, g in enumerate(groups):
-        sums = np.zeros(m, dtype=np.float64)
-        for layer, pos in g.items():
-            sums += values[layer][pos]
-        heap.append((-float(np.ptp(sums)), gid, ("group", g), sums))
+        heap.append((0.0, len(heap), ("group", {free[-1]: "up"}), v[free[-1]].copy()))
     heapq.heapify(heap)
     counter = len(heap)
     while len(heap) > 1:
         _, _, node_a, sums_a = heapq.heappop(heap)
         _, _, node_b, sums_b = heapq.heappop(heap)
-        ia = _order(sums_a)
-        ib = _order(sums_b)[::-1]
-        sums = sums_a[ia] + sums_b[ib]
-        heapq.heappush(heap, (-float(np.ptp(sums)), counter, ("merge", node_a, ia, node_b, ib), sums))
+        ia = _order_sums(sums_a)
+        ib = _order_sums(sums_b)[::-1]
+        sums = sums_a[ia]
+        sums += sums_b[ib]
+        # The tree keeps these until the walk: 4-byte indices halve its memory.
+        node = ("merge", node_a, ia.astype(idx), node_b, ib.astype(idx))
+        heapq.heappush(heap, (-float(np.ptp(sums)), counter, node, sums))
         counter += 1
-    root = heap[0][2]
+    return heap[0][2], heap[0][3]
 
-    # Walk the tree once to find, per layer, which item each column takes.
-    positions: dict[int, np.ndarray] = {}
-    stack = [(root, ar)]
+
+def _walk(root: tuple, cols: np.ndarray, emit) -> None:
+    """Walk the tree once to find, per layer, which item each column takes:
+    calls ``emit(layer, positions)`` for every layer. ``cols`` (intp) orders
+    the columns."""
+    m = cols.shape[0]
+    stack = [(root, cols)]
     while stack:
-        node, cols = stack.pop()
+        node, at = stack.pop()
         if node[0] == "group":
             for layer, pos in node[1].items():
-                positions[layer] = pos[cols]
+                if isinstance(pos, str):
+                    emit(layer, at if pos == "up" else (m - 1) - at)
+                else:
+                    emit(layer, _take(pos, at).astype(np.intp, copy=False))
         else:
+            # np.take with intp indices: fancy indexing with 4-byte ones is 3x slower.
             _, node_a, ia, node_b, ib = node
-            stack.append((node_a, ia[cols]))
-            stack.append((node_b, ib[cols]))
-
-    if b % 2 == 1 and 3 <= b < 8:
-        # Few partials to cancel the triple's residual: polish by re-matching.
-        _rematch_layers(positions, values, target_std=_REMATCH_TOL * np.sqrt(b) * float(values.std()),
-                        max_rounds=_REMATCH_MAX_ROUNDS)
-
-    # A random column order shuffles the batches.
-    perm = rng.permutation(m)
-    out_t = np.empty((b, m), dtype=sorted_items.dtype)
-    for layer, pos in positions.items():
-        out_t[layer] = layers[layer][pos[perm]]
-    # A transposed view: a contiguous copy would cost a tenth of the plan.
-    return out_t.T
+            stack.append((node_a, _take(ia, at).astype(np.intp, copy=False)))
+            stack.append((node_b, _take(ib, at).astype(np.intp, copy=False)))
 
 
-#: Small odd batch sizes are polished by re-matching until the batch sums'
-#: std is below this fraction of a random batch's (or the rounds run out): the
-#: cyclic-shift triple assumes evenly spaced scores, and with few partials the
-#: differencing cannot cancel what that leaves.
-_REMATCH_TOL = 1e-3
-_REMATCH_MAX_ROUNDS = 30
+def _index_dtype(m: int):
+    """Positions within a layer of ``m`` items: 4 bytes where they fit. The
+    planner's memory is most of its cost on machines where fresh pages are slow."""
+    return np.int32 if m < 2 ** 31 else np.int64
 
 
-def _rematch_layers(positions: dict[int, np.ndarray], values: np.ndarray, *,
-                    target_std: float, max_rounds: int) -> None:
-    """Coordinate descent on the batch sums, in place: take one layer out and put
-    it back matched against the other layers' sums, lowest rest with highest
-    item. Each step can only lower the variance of the sums."""
-    m = values.shape[1]
-    descending = {l: _order(values[l])[::-1] for l in positions}
-    total = sum(values[l][p] for l, p in positions.items())
-    for _ in range(max_rounds):
-        if float(total.std()) <= target_std:
+def _polish_steps(v: np.ndarray) -> list[int]:
+    """Which layers to re-match after the differencing, in order: the greedy
+    choice on a small mirror of the problem (block sums of neighbours).
+
+    Differencing leaves most where the last merges join partials of unlike
+    spread (odd ``b``, and ``b = 2 mod 4``: 2e-3 of a random batch's spread at
+    ``b = 6``); one re-matched layer can cut that tenfold, but which layer does
+    so depends on the scores. Trying each layer on ``_MIRROR_BATCHES`` block
+    sums costs a few hundredths of trying it on the items, and the order found
+    there carries over. A step sorts the other layers' sums (``m`` keys) and,
+    the first time, the layer itself (``m`` more): the steps stop where that
+    would pass ``_POLISH_SORTS`` times ``N``, so that the polish costs at most
+    about a third of an argsort; two steps at most. Sizes ``b % 4 == 0``,
+    whose differencing balances to far below any use, and sizes above
+    ``_POLISH_MAX_B``, where the mirror would try too many layers, skip this.
+    """
+    b, m = v.shape
+    if b % 4 == 0 or b > _POLISH_MAX_B or m < 2:
+        return []
+    r = max(1, m // _MIRROR_BATCHES)
+    mc = m // r
+    blocks = v[:, :mc * r].reshape(b, mc, r).sum(axis=2)
+    root, total = _differencing_tree(blocks)
+    positions: dict[int, np.ndarray] = {}
+    _walk(root, np.arange(mc, dtype=np.intp), positions.__setitem__)
+    descending: dict[int, np.ndarray] = {}
+    steps: list[int] = []
+    std = float(total.std())
+    budget = _POLISH_SORTS * b  # in units of m sorted keys
+    while len(steps) < _POLISH_MAX_STEPS:
+        best = None
+        for layer in range(b):
+            cost = 1 if layer in steps else 2
+            if steps and layer == steps[-1] or cost > budget:
+                continue  # re-matching the same layer twice in a row changes nothing
+            trial = dict(positions)
+            trial_total = _rematch(blocks, trial, total, layer, descending)
+            trial_std = float(trial_total.std())
+            if best is None or trial_std < best[0]:
+                best = (trial_std, layer, trial, trial_total, cost)
+        if best is None or not best[0] < _MIRROR_GAIN * std:
             break
-        for layer in sorted(positions):
-            rest = total - values[layer][positions[layer]]
-            new = np.empty(m, dtype=np.int64)
-            new[_order(rest)] = descending[layer]
-            positions[layer] = new
-            total = rest + values[layer][new]
+        std, layer, positions, total, cost = best
+        steps.append(layer)
+        budget -= cost
+    return steps
+
+
+def _polish(v: np.ndarray, positions: dict[int, np.ndarray], total: np.ndarray,
+            steps: list[int], *, target: float) -> np.ndarray:
+    """Re-match ``steps`` in turn on the items, until the std of the sums is
+    below ``target``. Returns the sums."""
+    descending: dict[int, np.ndarray] = {}
+    for layer in steps:
+        if float(total.std()) <= target:
+            break
+        total = _rematch(v, positions, total, layer, descending)
+    return total
