@@ -268,7 +268,7 @@ _MIRROR_GAIN = 0.98
 #: Polish: at most this many times N keys sorted, at most this many steps,
 #: only up to this batch size, and none once the std of the batch sums is
 #: below this fraction of a random batch's.
-_POLISH_SORTS = 0.8
+_POLISH_SORTS = 0.6
 _POLISH_MAX_STEPS = 2
 _POLISH_MAX_B = 32
 _POLISH_TOL = 5e-6
@@ -781,7 +781,8 @@ def _polish_steps(v: np.ndarray) -> list[int]:
     there carries over. A step sorts the other layers' sums (``m`` keys) and,
     the first time, the layer itself (``m`` more): the steps stop where that
     would pass ``_POLISH_SORTS`` times ``N``, so that the polish costs at most
-    about a third of an argsort; two steps at most. Sizes ``b % 4 == 0``,
+    about a quarter of an argsort; two steps at most (one at ``b = 5``, where
+    two would take the plan to two argsorts). Sizes ``b % 4 == 0``,
     whose differencing balances to far below any use, and sizes above
     ``_POLISH_MAX_B``, where the mirror would try too many layers, skip this.
     """
