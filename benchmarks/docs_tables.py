@@ -144,6 +144,26 @@ def render_planner(root: Path) -> str:
     return _table(head, body) + "\n\n" + _source(rel, res)
 
 
+def render_planner_sweep(root: Path) -> str:
+    """The mixed plan's time and balance at every batch size 2-256 (a selection shown), and
+    its balance under an offset and a scale of the scores."""
+    rel = RESULTS / "planner.json"
+    res = _read(root, rel)
+    shown = set(range(2, 17)) | {24, 31, 32, 33, 48, 63, 64, 96, 127, 128, 192, 255, 256}
+    body = [[str(r["batch_size"]), f"{r['seconds_over_argsort']:.2f}", f"{r['balance_ratio_median3']:.1e}"]
+            for r in res["sweep"] if r["batch_size"] in shown]
+    summary = res["summary"]
+    inv = [[str(r["batch_size"]), f"{r['original']:.2e}", f"{r['offset_1e9']:.2e}", f"{r['scale_1e-9']:.2e}"]
+           for r in res["invariance"]]
+    return (_table(["batch size", "× argsort", "balance_ratio"], body)
+            + f"\n\nAll {summary['sweep_batch_sizes']} batch sizes from 2 to 256 are in the file: the slowest "
+              f"is {summary['max_seconds_over_argsort']:.2f}× an argsort (batch size "
+              f"{summary['max_at_batch_size']}), the median {summary['median_seconds_over_argsort']:.2f}×; the "
+              f"worst balance_ratio is {summary['max_balance_ratio_median3']:.1e}.\n\n"
+            + _table(["batch size", "balance_ratio", "scores + 1e9", "scores × 1e-9"], inv)
+            + "\n\n" + _source(rel, res))
+
+
 def render_overhead(root: Path) -> str:
     rel = RESULTS / "overhead_cpu.json"
     res = _read(root, rel)
@@ -238,13 +258,52 @@ def render_onepath(root: Path) -> str:
     return table + "\n\n" + summary + "\n\n" + _source(rel, res)
 
 
+def render_overhead_gpu(root: Path) -> str:
+    """The GPU overhead before and after the GPU-path changes, with each run's phase breakdown."""
+    rel = RESULTS / "overhead_gpu.json"
+    res = _read(root, rel)
+    head = ["code", "commit", "MoMBS / random", "random s", "MoMBS s", "assessment passes s",
+            "observe s", "training steps s (MoMBS − random)", "rank_spearman"]
+    body = []
+    for run in res["runs"]:
+        r = run["records"][0]
+        ph = r.get("phase_seconds")
+        extra = (["-", "-", "-"] if ph is None else
+                 [f"{ph['mombs']['assess']:.2f}", f"{ph['mombs']['observe']:.2f}",
+                  f"{ph['mombs']['train'] + ph['mombs']['plan'] - ph['random']['train'] - ph['random']['plan']:+.2f}"])
+        body.append([run["label"], run["commit"][:7], f"{r['overhead_ratio']:.3f}", f"{r['seconds_random']:.1f}",
+                     f"{r['seconds_mombs']:.1f}", *extra, f"{r['rank_spearman']:.3f}"])
+    env = res["runs"][-1]["environment"]
+    return (_table(head, body) + f"\n\nFrom `{rel.as_posix()}` ({env.get('gpu', 'GPU')}, torch {env['torch']}, "
+            f"numpy {env['numpy']}); seconds are for one 12-epoch training per arm (the mean of 2 repeats in call 2).")
+
+
+def render_overhead_phases(root: Path) -> str:
+    """Where the CPU time of the default schedule goes, phase by phase."""
+    rel = RESULTS / "overhead_cpu_default.json"
+    res = _read(root, rel)
+    r = res["records"][0]
+    ph = r["phase_seconds"]
+    rows = [[phase, f"{ph['random'][phase]:.2f}", f"{ph['mombs'][phase]:.2f}",
+             f"{(ph['mombs'][phase] - ph['random'][phase]) / r['seconds_random']:+.1%}"]
+            for phase in ("plan", "observe", "assess", "train")]
+    rows.append(["total", f"{r['seconds_random']:.2f}", f"{r['seconds_mombs']:.2f}",
+                 f"{r['overhead_ratio'] - 1:+.1%}"])
+    return (_table(["phase", "random s", "MoMBS s", "difference, share of random"], rows)
+            + f"\n\n`{r['schedule']}`, overhead ratio {r['overhead_ratio']:.2f}, rank_spearman "
+              f"{r['rank_spearman']:.3f}. " + _source(rel, res))
+
+
 RENDERERS = {
     "study": render_study,
     "disturbance": render_disturbance,
     "onepath": render_onepath,
     "lt-curves": render_lt_curves,
     "planner": render_planner,
+    "planner-sweep": render_planner_sweep,
     "overhead": render_overhead,
+    "overhead-gpu": render_overhead_gpu,
+    "overhead-phases": render_overhead_phases,
     "pass-cost": render_pass_cost,
     "fidelity": render_fidelity,
     "fidelity-diagnostics": render_fidelity_diagnostics,
