@@ -461,23 +461,23 @@ class DifficultyAssessor:
                 dtype (bfloat16 and float16 from autocast included); detached here.
         """
         captured, self._captured = self._captured, None
-        if self.sampler is not None and callable(getattr(self.sampler, "note_consumed", None)):
-            self.sampler.note_consumed()  # where the loop really is, whatever a loader prefetched
-        if not self.active:
-            return
-        if self.schedule.loss_source == "train":
-            self._defer("loss", indices, loss)
-        if self.schedule.uncertainty_source in ("train", "output") and self.measure != "loss":
+        step = []  # checked in full before anything is kept, so a refused call changes nothing
+        if self.active and self.schedule.loss_source == "train":
+            step.append(self._checked("loss", indices, loss))
+        if self.active and self.schedule.uncertainty_source in ("train", "output") and self.measure != "loss":
             if captured is None:
                 where = self.at if self.schedule.uncertainty_source == "train" else "the model's output"
                 raise RuntimeError(f"nothing was captured at {where!r} in this step; "
                                    f"call observe() right after the training forward")
             unc = (self._head_uncertainty(captured) if self.schedule.uncertainty_source == "train"
                    else captured)
-            self._defer("uncertainty", indices, unc)
+            step.append(self._checked("uncertainty", indices, unc))
+        self._pending.extend(step)
+        if self.sampler is not None and callable(getattr(self.sampler, "note_consumed", None)):
+            self.sampler.note_consumed()  # where the loop really is, whatever a loader prefetched
 
-    def _defer(self, kind: str, indices, values) -> None:
-        """Keeps a step's values where they are; shapes are checked now, values at the flush."""
+    def _checked(self, kind: str, indices, values) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """A step's values, kept where they are: shapes are checked now, values at the flush."""
         if not torch.is_tensor(values):
             raise ValueError(f"observe() needs the per-sample {kind} as a tensor, got {type(values).__name__}")
         n = len(indices) if hasattr(indices, "__len__") else -1
@@ -491,7 +491,7 @@ class DifficultyAssessor:
             raise ValueError(f"observe() needs the batch's (B,) integer data set indices, got a {indices.dtype} "
                              f"tensor of shape {tuple(indices.shape)}; wrap the data set in "
                              f"mombs.IndexedDataset so that batches carry (index, x, y)")
-        self._pending.append((kind, indices.detach(), values.detach()))
+        return kind, indices.detach(), values.detach()
 
     def _flush(self) -> None:
         """Moves the pending training-step values into the tracker, one host copy per kind."""

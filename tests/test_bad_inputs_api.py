@@ -123,3 +123,16 @@ def test_numpy_scalars_are_taken_where_python_numbers_are():
     assert mombs.feature_noise_uncertainty(model, torch.randn(3, 2), at="body", k=i(2), seed=i(3)).shape == (3,)
     assert mombs.quadrants(np.arange(4.0), np.arange(4.0), loss_quantile=f(0.5)).codes.shape == (4,)
     assert mombs.AssessmentSchedule("x", uncertainty_every=i(2)).uncertainty_every == 2
+
+
+def test_a_refused_observation_does_not_move_the_samplers_position():
+    data = _data(12)
+    sampler = mombs.MixedOrderBatchSampler(data, 4, pivot_epoch=0)
+    assessor = mombs.DifficultyAssessor(_model(), data, at="body", sampler=sampler, pivot_epoch=0)
+    assessor.start_epoch(0)
+    it = iter(sampler)
+    idx = torch.tensor(next(it))
+    assessor.observe(idx, torch.rand(4))
+    with pytest.raises(ValueError, match=r"got loss of shape \(3,\) for 4 indices"):
+        assessor.observe(idx, torch.rand(3))
+    assert sampler.state_dict()["batches_done"] == 1 and len(assessor._pending) == 1
