@@ -15,6 +15,7 @@ classification      ``(B, C)`` logits, or dense ``(B, C, *S)`` logits with
 
 from .base import TASKS, TaskAdapter, create_task, register_task
 from . import classification  # noqa: F401  (registers the adapter)
+from . import segmentation  # noqa: F401  (registers the adapter; MONAI is imported at first use)
 from .classification import per_sample_loss
 
 __all__ = ["TASKS", "TaskAdapter", "create_task", "per_sample_loss", "register_task"]
