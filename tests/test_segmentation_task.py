@@ -183,6 +183,33 @@ def test_assessment_pass_on_tiny_images():
     assert np.allclose(loss, direct, atol=1e-6)
 
 
+def test_assessor_drives_a_segmentation_training_loop():
+    # The README's loop with the segmentation task: per-image Dice + CE in the
+    # training step, the K-pass uncertainty at the bottleneck after each epoch.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, 32, 32, generator=g)
+    data = mombs.IndexedDataset(torch.utils.data.TensorDataset(x, (x > 0.5).long()))
+    model = _model()
+    sampler = mombs.MixedOrderBatchSampler(data, 2, pivot_epoch=1)
+    assessor = mombs.DifficultyAssessor(model, data, at=SEG_FEATURE_MODULE["unet"], sampler=sampler,
+                                        task="segmentation", k=2, batch_size=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
+    for epoch in range(3):
+        assessor.start_epoch(epoch)
+        seen = []
+        for idx, xb, yb in loader:
+            loss = per_image_dice_ce(model(xb), yb)
+            assessor.observe(idx, loss)
+            loss.mean().backward()
+            opt.step()
+            opt.zero_grad()
+            seen.extend(idx.tolist())
+        scores = assessor.end_epoch()
+        assert sorted(seen) == list(range(8))  # every image once per epoch
+    assert scores.shape == (8,) and np.isfinite(scores).all()
+
+
 def test_k8_uncertainty_cost_against_one_forward(record_property):
     # Only that it finishes is asserted; the numbers go to the report
     # (a benchmark with warm-up and repeats comes later).
