@@ -273,3 +273,13 @@ def test_read_medseg(tmp_path):
     with pytest.raises(FileNotFoundError, match="tr_mask.nii.gz.*MedSeg"):
         (tmp_path / "tr_mask.nii.gz").unlink()
         read_medseg_covid(tmp_path)
+
+
+def test_synthetic_split_as_torch_dataset(syn):
+    import torch
+    ds = syn.train.dataset()
+    i = int(np.flatnonzero(syn.train.noisy)[0])
+    image, mask = ds[i]
+    assert image.shape == (1, 64, 64) and image.dtype == torch.float32 and mask.dtype == torch.int64
+    np.testing.assert_array_equal(mask.numpy(), syn.train.masks[i])
+    np.testing.assert_array_equal(syn.train.dataset(clean=True)[i][1].numpy(), syn.train.clean_masks[i])

@@ -90,6 +90,17 @@ class SegSplit:
         """``(N,)`` bool: the given mask differs from the clean one."""
         return self.corruption != 0
 
+    def dataset(self, *, clean: bool = False):
+        """A torch ``TensorDataset`` of ``(image (C, H, W) float32, mask (H, W) int64)``.
+
+        Args:
+            clean: ``True`` serves the clean masks (an oracle run), else the given ones.
+        """
+        import torch
+        from torch.utils.data import TensorDataset
+        masks = self.clean_masks if clean else self.masks
+        return TensorDataset(torch.from_numpy(self.images), torch.from_numpy(masks))
+
 
 @dataclass
 class SyntheticCT:
