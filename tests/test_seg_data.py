@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mombs.data.covid_ct import (THREE_WINDOWS, medseg_blocks, read_covid_ct_seg, read_medseg_covid,
+from mombs.data.covid_ct import (THREE_WINDOWS, ma_patient_id, medseg_blocks, read_covid_ct_seg, read_medseg_covid,
                                  split_by_patient, three_window, window_hu)
 from mombs.data.synthetic_ct import CORRUPTIONS, SIZE_GROUPS, make_synthetic_ct
 
@@ -166,9 +166,12 @@ def _ma_case(seed, depth=4):
     return hu, mask
 
 
+_CASES = ("coronacases_001", "coronacases_002", "radiopaedia_10_85902_1", "radiopaedia_10_85902_3")
+
+
 @pytest.fixture
 def ma_root(tmp_path):
-    for k, name in enumerate(("coronacases_001", "coronacases_002", "radiopaedia_7")):
+    for k, name in enumerate(_CASES):
         hu, mask = _ma_case(k)
         _write(tmp_path / "COVID-19-CT-Seg_20cases" / f"{name}.nii.gz", hu)
         _write(tmp_path / "Infection_Mask" / f"{name}.nii.gz", mask)
@@ -177,7 +180,8 @@ def ma_root(tmp_path):
 
 def test_read_covid_ct_seg_ids_values_and_targets(ma_root):
     ds = read_covid_ct_seg(ma_root, windows=None)
-    assert ds.slice_ids == [(c, z) for c in ("coronacases_001", "coronacases_002", "radiopaedia_7") for z in (1, 2)]
+    assert ds.slice_ids == [(c, z) for c in _CASES for z in (1, 2)]
+    assert list(ds.patients[-4:]) == ["radiopaedia_10"] * 4
     hu, mask = _ma_case(0)
     # identity affine is RAS: slice = data[::-1, ::-1, z].T (rows anterior first, columns patient right first)
     np.testing.assert_array_equal(ds.hu[0], hu[::-1, ::-1, 1].T)
@@ -188,9 +192,9 @@ def test_read_covid_ct_seg_ids_values_and_targets(ma_root):
     np.testing.assert_allclose(three[3][0], three_window(hu_of(ma_root, "coronacases_002")[::-1, ::-1, 2].T),
                                rtol=1e-6)
     assert read_covid_ct_seg(ma_root, windows="lung")[0][0].shape == (1, 5, 6)
-    assert len(read_covid_ct_seg(ma_root, slices="all")) == 12
+    assert len(read_covid_ct_seg(ma_root, slices="all")) == 16
     sized = read_covid_ct_seg(ma_root, size=10)
-    assert sized.hu.shape == (6, 10, 10) and set(np.unique(sized.masks)) <= {0, 1}
+    assert sized.hu.shape == (8, 10, 10) and set(np.unique(sized.masks)) <= {0, 1}
 
 
 def hu_of(root, case):
@@ -215,7 +219,10 @@ def test_read_covid_ct_seg_split_and_binary(ma_root, tmp_path):
     parts = {s: read_covid_ct_seg(ma_root, split=s, fractions=(1 / 3, 1 / 3, 1 / 3), seed=5)
              for s in ("train", "val", "test")}
     patients = [set(p.patients) for p in parts.values()]
+    # three patients: the two radiopaedia_10 series are one, so they always share a split
     assert all(len(p) == 1 for p in patients) and len(set.union(*patients)) == 3
+    assert ma_patient_id("radiopaedia_10_85902_3") == "radiopaedia_10" == ma_patient_id("radiopaedia_10_85902_1")
+    assert ma_patient_id("coronacases_007") == "coronacases_007"
     again = read_covid_ct_seg(ma_root, split="train", fractions=(1 / 3, 1 / 3, 1 / 3), seed=5)
     assert again.slice_ids == parts["train"].slice_ids
     # labels kept or made binary

@@ -6,8 +6,11 @@ Two public sets are read, volume by volume, with nibabel:
   "Towards data-efficient learning: a benchmark for COVID-19 CT lung and
   infection segmentation", Medical Physics; published on Zenodo): 20 CT
   volumes in ``COVID-19-CT-Seg_20cases/<case>.nii.gz`` and their infection
-  masks, same file name, in ``Infection_Mask/<case>.nii.gz``; one case is one
-  patient.
+  masks, same file name, in ``Infection_Mask/<case>.nii.gz``. Cases are
+  grouped into patients by :func:`ma_patient_id` (two of the 20 cases are one
+  patient). The ten ``coronacases_*`` volumes are in HU; the ten
+  ``radiopaedia_*`` ones were stored as 0-255 grey levels (reported by users
+  of the set), which ``non_hu`` catches.
 - the MedSeg "COVID-19 CT segmentation dataset" (medicalsegmentation.com, by
   the Italian Society of Medical and Interventional Radiology's cases):
   ``tr_im.nii.gz`` (a stack of 100 axial slices) and ``tr_mask.nii.gz``
@@ -27,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["THREE_WINDOWS", "LUNG_WINDOW", "window_hu", "three_window", "split_by_patient", "CTSlices",
-           "read_covid_ct_seg", "read_medseg_covid", "SPLITS"]
+__all__ = ["THREE_WINDOWS", "LUNG_WINDOW", "SPLITS", "window_hu", "three_window", "split_by_patient", "CTSlices",
+           "ma_patient_id", "medseg_blocks", "read_covid_ct_seg", "read_medseg_covid"]
 
 #: The paper's three HU windows (METHOD.md §6), one per input channel.
 THREE_WINDOWS = ((-174.0, 274.0), (-1493.0, 484.0), (-534.0, 1425.0))
@@ -248,6 +251,29 @@ def _canonical_axial(img) -> np.ndarray:
     return ras[::-1, ::-1, :].transpose(2, 1, 0)
 
 
+def ma_patient_id(case: str) -> str:
+    """The patient of a case of Ma et al.'s set.
+
+    ``radiopaedia_<n>_<study>_<series>`` cases with the same ``<n>`` (the
+    Radiopaedia case) are one patient: the set's author says that
+    ``radiopaedia_10_85902_1`` and ``radiopaedia_10_85902_3`` are (issue 3 of
+    the COVID-19-CT-Seg-Benchmark repository), and ``radiopaedia_29_86490_1`` /
+    ``radiopaedia_29_86491_1`` share a Radiopaedia case too, so they are kept
+    together to be safe: merging two patients only costs a split some balance,
+    splitting one leaks. Any other name is its own patient.
+
+    Args:
+        case: the file name without ``.nii.gz``.
+
+    Returns:
+        the patient id, e.g. ``"radiopaedia_10"`` or ``"coronacases_001"``.
+    """
+    parts = case.split("_")
+    if len(parts) >= 3 and parts[0] == "radiopaedia" and parts[1].isdigit():
+        return f"radiopaedia_{parts[1]}"
+    return case
+
+
 def read_covid_ct_seg(root, *, windows: str | None = "three", binary: bool = True, split: str | None = None,
                       fractions=(0.6, 0.2, 0.2), seed: int = 0, slices: str = "lesion", size: int | None = None,
                       non_hu: str = "warn") -> CTSlices:
@@ -258,7 +284,8 @@ def read_covid_ct_seg(root, *, windows: str | None = "three", binary: bool = Tru
     (only the volumes of the asked-for split are read) and reoriented to
     nibabel's canonical RAS+ order; slice ``(case, z)`` is canonical slice
     ``z`` (inferior to superior), shown with rows anterior to posterior and
-    columns from the patient's right to left. One case is one patient.
+    columns from the patient's right to left. Cases are grouped into
+    patients by :func:`ma_patient_id` before splitting.
 
     Args:
         root: the folder holding the two subfolders.
@@ -297,7 +324,7 @@ def read_covid_ct_seg(root, *, windows: str | None = "three", binary: bool = Tru
         if not (mask_dir / f"{c}.nii.gz").is_file():
             raise FileNotFoundError(f"infection mask {mask_dir / (c + '.nii.gz')} for volume "
                                     f"{img_dir / (c + '.nii.gz')} not found; {_MA_HOW}")
-    case_split = dict(zip(cases, split_by_patient(cases, fractions, seed)))
+    case_split = dict(zip(cases, split_by_patient([ma_patient_id(c) for c in cases], fractions, seed)))
     parts, split_names, patients = [], [], []
     for c in cases:
         if split is not None and case_split[c] != split:
@@ -318,14 +345,15 @@ def read_covid_ct_seg(root, *, windows: str | None = "three", binary: bool = Tru
         del vol  # one volume in memory at a time
         parts.append((hu, (m > 0).astype(np.int64) if binary else m, [(c, int(z)) for z in keep]))
         split_names += [case_split[c]] * keep.size
-        patients += [c] * keep.size
+        patients += [ma_patient_id(c)] * keep.size
     return _assemble(parts, windows, split_names, patients, "COVID-19 CT Lung and Infection Segmentation")
 
 
 def medseg_blocks(n: int, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> np.ndarray:
     """Split of MedSeg's ``n`` stacked slices into three contiguous runs.
 
-    MedSeg gives no patient ids. Its 100 slices come from about 40 patients;
+    MedSeg gives no patient ids. Its 100 slices come from some 40-60 patients
+    (accounts differ);
     if a patient's slices sit next to each other in the stack (likely for a
     set assembled patient by patient, but not documented), contiguous runs can
     share a patient only at their three cut points, whereas a random slice
