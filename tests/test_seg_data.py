@@ -290,3 +290,37 @@ def test_synthetic_split_as_torch_dataset(syn):
     assert image.shape == (1, 64, 64) and image.dtype == torch.float32 and mask.dtype == torch.int64
     np.testing.assert_array_equal(mask.numpy(), syn.train.masks[i])
     np.testing.assert_array_equal(syn.train.dataset(clean=True)[i][1].numpy(), syn.train.clean_masks[i])
+
+
+def test_corruptions_on_a_hand_made_square():
+    from mombs.data.synthetic_ct import SegSplit, _corrupt
+    n = 4
+    inst = np.zeros((n, 20, 20), dtype=np.int16)
+    for i in range(n):
+        inst[i, 6 + i:12 + i, 6:12] = 1  # a 6 x 6 square, one row lower in each image
+        inst[i, 3, 3] = 2                # and a one-pixel lesion, 3 px from the edge: a 3 px shift keeps it
+    clean = (inst > 0).astype(np.int64)
+
+    def run(kind, **cfg):
+        s = SegSplit(images=np.zeros((n, 1, 20, 20), np.float32), masks=clean.copy(), clean_masks=clean.copy(),
+                     instances=inst, corruption=np.zeros(n, np.int64), swap_source=np.full(n, -1, np.int64),
+                     size_group=np.zeros(n, np.int64))
+        mix = np.zeros(5)
+        mix[CORRUPTIONS.index(kind) - 1] = 1
+        _corrupt(s, n, mix, 0, dict(dict(border_iterations=(1, 1), shift_pixels=(3, 3)), **cfg))
+        assert (s.corruption == CORRUPTIONS.index(kind)).all()
+        return s
+
+    assert (run("eroded").masks.sum(axis=(1, 2)) == 16).all()  # 6x6 -> 4x4 and the dot is gone
+    # the cross dilates a 6x6 square to 8x8 less its 4 corners, the dot to a 5-pixel plus
+    assert (run("dilated").masks.sum(axis=(1, 2)) == 64 - 4 + 5).all()
+    assert (run("eroded", border_iterations=(2, 2)).masks.sum(axis=(1, 2)) == 4).all()
+    s = run("shifted")
+    for i in range(n):
+        moved = np.array(ndimage.center_of_mass(s.masks[i])) - ndimage.center_of_mass(clean[i])
+        assert abs(np.hypot(*moved) - 3) <= 0.5 and s.masks[i].sum() == 37
+    s = run("missed")
+    assert all(s.masks[i].sum() in (0, 1, 36) for i in range(n))  # whole lesions: none, the dot, or the square
+    s = run("swapped")
+    for i in range(n):
+        np.testing.assert_array_equal(s.masks[i], clean[s.swap_source[i]])
