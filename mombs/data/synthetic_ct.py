@@ -50,7 +50,8 @@ class SegSplit:
     Attributes:
         images: ``(N, C, H, W)`` float32; ``C = 1`` for ``windows="lung"``
             (values in ``[0, 1]``), 3 for ``"three"`` (each in ``[0, 1]``),
-            1 for ``None`` (Hounsfield units, about ``[-1050, 800]``).
+            1 for ``None`` (Hounsfield units, from about -1070 for air to a few
+            hundred for dense lesions).
         masks: ``(N, H, W)`` int64 in ``{0, 1}``: the masks to train on (given,
             possibly corrupted, for train; clean for val and test).
         clean_masks: ``(N, H, W)`` int64 in ``{0, 1}``: the truth.
@@ -340,14 +341,17 @@ def make_synthetic_ct(n_train: int = 300, n_val: int = 100, n_test: int = 100, *
 
     - ``"missed"``: one lesion (or, half the time or when there is one, all) left out;
     - ``"eroded"`` / ``"dilated"``: the border moved in / out by
-      ``border_iterations`` steps of a 3 x 3 cross;
+      ``border_iterations`` steps of a 3 x 3 cross (a tiny lesion can erode
+      away entirely, as a missed one);
     - ``"shifted"``: the mask moved by ``shift_pixels`` pixels in a random direction;
     - ``"swapped"``: the clean mask of another training slice (``swap_source``).
 
     Args:
         n_train, n_val, n_test: slices per split; ``n_train >= 1``, the others ``>= 0``.
         size: height and width in pixels, ``>= 32``. The default 64 with 300
-            training slices trains a small U-Net in about a minute on 2 cores.
+            training slices trains a small U-Net in about a minute on 2 cores
+            (MONAI's 2-D ``UNet``, channels 16-32-64, batch 16: 30 epochs took
+            20-40 s, test Dice about 0.63 clean, 0.62 at 30% noise, 0.53 at 60%).
         noise_fraction: share of training masks corrupted, in ``[0, 1]``; at
             most the share of training slices with a lesion.
         noise_mix: weights over ``"missed"``, ``"eroded"``, ``"dilated"``,
