@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .difficulty import MEASURES, DifficultyTracker, QuadrantResult
 from .noise import _check_noise_args, _disturb, _eval_mode, _resolve_activation, _to_probs, \
-    feature_noise_uncertainty, find_module, prediction_entropy
+    feature_noise_uncertainty, find_module, is_pooled, prediction_entropy
 from .schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, AssessmentSchedule, create_schedule, planned
 from .tasks import TaskAdapter, create_task, per_sample_loss
 
@@ -225,10 +225,13 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
     # Whether the disturbed map is pooled (one vector per sample) is seen in the
     # pass's first batch; later batches then go in one tiled forward each,
     # instead of probing again (see feature_noise_uncertainty's chunk_rows).
-    pooled = []
-    spy = (find_module(model, at).register_forward_hook(
-        lambda _m, _i, out: pooled.append(torch.is_tensor(out) and (out.ndim <= 2 or out[0].numel() == out.shape[1])))
-        if unc_idx.size and chunk_rows is None else None)
+    pooled = {}  # the map's shape per sample is fixed: its first sight decides
+
+    def spy_on(_module, _inputs, out):
+        pooled.setdefault("seen", is_pooled(out))
+
+    spy = (find_module(model, at).register_forward_hook(spy_on)
+           if unc_idx.size and chunk_rows is None else None)
     with torch.no_grad(), _eval_mode(model), _removing(spy):
         for batch in _read(dataset, idx, batch_size, num_workers, collate_fn, loader):
             indices, inputs, targets = batch_fn(batch)
@@ -290,10 +293,10 @@ def _removing(handle):
             handle.remove()
 
 
-def _rows_for(pooled: list, chunk_rows: int | None, k: int, inputs) -> int | None:
+def _rows_for(pooled: dict, chunk_rows: int | None, k: int, inputs) -> int | None:
     """``chunk_rows`` for the next K-pass: the caller's, else all ``k`` copies of
     the batch at once once the pass has seen pooled features (and only those)."""
-    if chunk_rows is not None or not pooled or not all(pooled) or not torch.is_tensor(inputs):
+    if chunk_rows is not None or not pooled.get("seen") or not torch.is_tensor(inputs):
         return chunk_rows
     return k * inputs.shape[0]
 

@@ -270,9 +270,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
         if state["gen"] is None:
             state["gen"] = torch.Generator(device=out.device).manual_seed(seed)
         state["rows"] = _rows(out)
-        # A feature vector per sample (pooled features): what runs after it is
-        # a small head, so its k copies of a whole batch are cheap.
-        state["pooled"] = out.ndim <= 2 or math.prod(out.shape[2:]) == 1
+        state["pooled"] = is_pooled(out)
         return _disturb(out, state["reps"], alpha, state["gen"])
 
     def predict(x, reps):
@@ -328,6 +326,15 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise ValueError(f"uncertainty_fn must return a ({mean.shape[0]},) tensor, got {got}")
     return out.float()
+
+
+def is_pooled(features) -> bool:
+    """Whether a feature map is one vector per sample: ``(B, C)`` or ``(B, C, 1, ...)``.
+
+    What runs after pooled features is a small head, so the ``k`` disturbed
+    copies of a whole batch are cheap to send through it in one forward.
+    """
+    return torch.is_tensor(features) and (features.ndim <= 2 or math.prod(features.shape[2:]) == 1)
 
 
 def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None,
