@@ -269,28 +269,19 @@ def _same_run(module, assessor, resumed, assessor2, step, path):
     assert all(torch.equal(p, q) for p, q in zip(module.net.parameters(), resumed.net.parameters())), path
 
 
-def test_resume_with_a_stateful_dataloader_gives_the_batches_and_values_of_an_uninterrupted_run(tmp_path):
-    # Inside planned epoch 2 (10 of its 25 steps done); after the last step of epoch 1,
-    # before its assessment; at the end of epoch 1 (on_train_epoch_end, assessed).
-    paths = ((60, "step=60.ckpt"), (50, "step=50.ckpt"), (50, "epochs/epoch=1.ckpt"))
-    for step, path, module, assessor, resumed, assessor2, trainer in _resume(tmp_path, "stateful", paths):
-        trainer.fit(resumed, ckpt_path=tmp_path / path)
-        _same_run(module, assessor, resumed, assessor2, step, path)
-
-
-def test_resume_inside_an_epoch_with_loader_workers_drawing_ahead(tmp_path):
-    # Two workers draw batches ahead of the loop; the checkpoint still holds the step trained.
-    paths = ((60, "step=60.ckpt"),)
-    for step, path, module, assessor, resumed, assessor2, trainer in _resume(tmp_path, "stateful-2", paths, 3):
-        trainer.fit(resumed, ckpt_path=tmp_path / path)
-        _same_run(module, assessor, resumed, assessor2, step, path)
-
-
-def test_resume_with_a_plain_dataloader_is_exact_at_an_epochs_end_and_inside_one(tmp_path):
-    # Inside an epoch too: the sampler reports the whole epoch's length, so Lightning sizes
-    # the resumed epoch right, and the restored sampler yields the batches left.
-    paths = ((50, "step=50.ckpt"), (50, "epochs/epoch=1.ckpt"), (60, "step=60.ckpt"))
-    for step, path, module, assessor, resumed, assessor2, trainer in _resume(tmp_path, "plain", paths):
+# Checkpoints: inside planned epoch 2 (10 of its 25 steps done, step 60); after the last
+# step of epoch 1, before its assessment (step 50); at the end of epoch 1 (on_train_epoch_end,
+# assessed). "stateful-2": two workers draw batches ahead of the loop, and the checkpoint still
+# holds the step trained. "plain": the sampler reports the whole epoch's length, so Lightning
+# sizes a resumed epoch right and the restored sampler yields the batches left.
+@pytest.mark.parametrize("loader, paths, max_epochs", [
+    ("stateful", ((60, "step=60.ckpt"), (50, "step=50.ckpt"), (50, "epochs/epoch=1.ckpt")), 4),
+    ("stateful-2", ((60, "step=60.ckpt"),), 3),
+    ("plain", ((50, "step=50.ckpt"), (50, "epochs/epoch=1.ckpt"), (60, "step=60.ckpt")), 4),
+])
+def test_a_resume_gives_the_batches_and_values_of_an_uninterrupted_run(tmp_path, loader, paths, max_epochs):
+    for step, path, module, assessor, resumed, assessor2, trainer in _resume(tmp_path, loader, paths,
+                                                                             max_epochs):
         trainer.fit(resumed, ckpt_path=tmp_path / path)
         _same_run(module, assessor, resumed, assessor2, step, path)
 
