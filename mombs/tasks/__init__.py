@@ -10,12 +10,16 @@ name                what it covers
 classification      ``(B, C)`` logits, or dense ``(B, C, *S)`` logits with
                     ``(B, *S)`` class maps: cross-entropy averaged per sample,
                     mean per-position entropy of the mean softmax
+detection           torchvision Faster R-CNN: per-image RPN objectness loss over
+                    its sampled anchors, mean binary entropy of the objectness
+                    over every in-image anchor (``forward_fn=rpn_forward``)
 ==================  =============================================================
 """
 
 from .base import TASKS, TaskAdapter, create_task, register_task
 from . import classification  # noqa: F401  (registers the adapter)
 from . import segmentation  # noqa: F401  (registers the adapter; MONAI is imported at first use)
+from . import detection  # noqa: F401  (registers the adapter; torchvision is imported at first use)
 from .classification import per_sample_loss
 
 __all__ = ["TASKS", "TaskAdapter", "create_task", "per_sample_loss", "register_task"]
