@@ -8,6 +8,8 @@ The public surface:
   :func:`quadrants` measure how hard each sample is.
 - :class:`DifficultyAssessor` and :class:`IndexedDataset` put it all into a
   plain training loop in a few lines.
+- :func:`data_quality` turns a run's signals into a table of likely label
+  issues (``mombs.quality``; ``mombs diagnose RUN_DIR`` on the command line).
 """
 
 from .assessor import DifficultyAssessor, assessment_pass, to_device
@@ -15,6 +17,7 @@ from .data import IndexedDataset
 from .difficulty import QUADRANTS, DifficultyTracker, QuadrantResult, difficulty_scores, quadrants, rank_average, spearman
 from .noise import default_output_fn, feature_noise_uncertainty, prediction_entropy
 from .planner import ORDERS, BatchPlan, plan_batches, replica_layout
+from .quality import DataQuality, data_quality
 from .sampler import MixedOrderBatchSampler
 from .schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, SCHEDULES, AssessmentSchedule, create_schedule, planned
 from .tasks import TASKS, TaskAdapter, create_task, per_sample_loss
@@ -26,6 +29,7 @@ __all__ = [
     "BatchPlan",
     "DEFAULT_PIVOT_EPOCH",
     "DEFAULT_SCHEDULE",
+    "DataQuality",
     "DifficultyAssessor",
     "DifficultyTracker",
     "IndexedDataset",
@@ -39,6 +43,7 @@ __all__ = [
     "assessment_pass",
     "create_schedule",
     "create_task",
+    "data_quality",
     "default_output_fn",
     "difficulty_scores",
     "feature_noise_uncertainty",

@@ -369,6 +369,9 @@ class DifficultyAssessor:
         forward_fn: ``forward_fn(model, inputs) -> output`` for assessment
             passes; default ``model(inputs)`` (Hugging Face models take
             ``lambda m, batch: m(**batch)``).
+        keep_history: the tracker keeps every epoch's loss and uncertainty,
+            not only the latest (``O(N x epochs)`` memory; see
+            :class:`~mombs.difficulty.DifficultyTracker`); off by default.
 
     Per-step values given to :meth:`observe` stay on their device and reach the
     tracker in one copy at :meth:`end_epoch` (or whenever :attr:`tracker`,
@@ -384,7 +387,8 @@ class DifficultyAssessor:
                  activation: str | None = None, head: Callable | None = None,
                  batch_size: int = 256, num_workers: int = 0, collate_fn: Callable | None = None,
                  device=None, batch_fn: Callable | None = None, chunk_rows: int | None = None,
-                 seed: int = 0, assessment_loader=None, forward_fn: Callable | None = None):
+                 seed: int = 0, assessment_loader=None, forward_fn: Callable | None = None,
+                 keep_history: bool = False):
         self.schedule = create_schedule(schedule)
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
@@ -420,7 +424,7 @@ class DifficultyAssessor:
         self.batch_fn = batch_fn or _default_batch_fn
         self.activation, self.seed = activation, int(seed)
         self.assessment_loader, self.forward_fn = assessment_loader, forward_fn
-        self._tracker = DifficultyTracker(len(dataset))
+        self._tracker = DifficultyTracker(len(dataset), keep_history=keep_history)
         # Training-step values not yet in the tracker: (kind, indices, values), on their devices.
         self._pending: list[tuple[str, object, torch.Tensor]] = []
         self.epoch = 0

@@ -1,4 +1,5 @@
-"""The ``mombs`` command: ``mombs train`` runs one run, ``mombs compare`` a grid.
+"""The ``mombs`` command: ``mombs train`` runs one run, ``mombs compare`` a grid,
+``mombs diagnose RUN_DIR`` writes a finished run's data-quality table and report.
 
 Options come from a YAML file (``--config``), then from ``--set key=value``
 overrides; every one is checked before any data is read, and the resolved
@@ -206,11 +207,48 @@ def get_args_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="output folder (default: from the config, else runs/<command>)")
         p.add_argument("--data-dir", help="the data folder (same as --set data_dir=...); must exist")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d = sub.add_parser("diagnose", help="data-quality table and report of a finished `mombs train` run",
+                       description="Writes RUN_DIR/diagnose/data_quality.csv (and .parquet with pyarrow), "
+                                   "report.md and the data maps, from the run's assessment.npz and, when the "
+                                   "run kept it (--set history=true), its history.npz.")
+    d.add_argument("run_dir", help="a finished `mombs train` run folder")
+    d.add_argument("--out", help="output folder (default: RUN_DIR/diagnose)")
+    d.add_argument("--score", default="auto", help="label-issue score: auto, quadrant, aum, confidence, combined")
+    d.add_argument("--no-images", action="store_true", help="no picture grids (do not rebuild the data)")
+    d.add_argument("--per-quadrant", type=int, default=16, help="pictures per quadrant grid (default 16)")
     return parser
+
+
+def _diagnose(args) -> int:
+    from .quality import SCORES, diagnose
+
+    if args.score not in SCORES:
+        raise _fail(f"--score={args.score!r} is not known; choose one of {list(SCORES)}")
+    if args.per_quadrant < 1:
+        raise _fail(f"--per-quadrant={args.per_quadrant} must be >= 1")
+    try:
+        res = diagnose(args.run_dir, args.out, score=args.score, images=not args.no_images,
+                       per_quadrant=args.per_quadrant)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    s = res["summary"]
+    print(json.dumps({"table": str(res["table"]), "parquet": str(res["parquet"]) if res["parquet"] else None,
+                      "report": str(res["report"]), "samples": s["samples"], "flagged": s["flagged"],
+                      "score": s["score"], "history": res["history"]}))
+    if not res["history"]:
+        print(f"mombs: {args.run_dir} has no history.npz, so the table has no AUM and no cartography "
+              f"(confidence/variability) and the score is the quadrant one; retrain with --set history=true "
+              f"to get them", file=sys.stderr)
+    for note in res["missing"]:
+        if res["history"] or not note.startswith("the per-epoch history"):
+            print(f"mombs: missing: {note}", file=sys.stderr)
+    return 0
 
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.command == "diagnose":
+        return _diagnose(args)
     file_opts = _read_config_file(args.config)
     set_opts = _parse_overrides(args.set)
     if args.data_dir is not None:
@@ -232,8 +270,9 @@ def main(argv=None) -> int:
             res = run(cfg, out / run_dir_name(cfg), progress=not args.no_progress)
         except KeyboardInterrupt:
             raise _interrupted(out) from None
-        print(json.dumps({k: res[k] for k in ("dataset", "strategy", "batch_size", "seed", "top1",
-                                               "top1_best_val", "seconds")}))
+        m = res.get("metric", "top1")
+        print(json.dumps({k: res[k] for k in ("dataset", "strategy", "batch_size", "seed", m,
+                                               f"{m}_best_val", "seconds")}))
         return 0
 
     from .compare import expand_grid, run_grid, summarize

@@ -197,14 +197,27 @@ class DifficultyTracker:
     ``torch.distributed`` merges what each rank measured so that every rank sees
     all ``N`` (:meth:`sync`).
 
+    With ``keep_history=True`` it also keeps every epoch's values, not only
+    the latest: one ``(N,)`` float32 row per epoch and measure, ``NaN`` where a
+    sample was not measured in that epoch (:meth:`history`). That costs
+    ``O(N x epochs)`` memory (8 bytes per sample and epoch for both measures,
+    40 MB for 50,000 samples over 100 epochs) and is what
+    :func:`mombs.quality.data_quality` reads per-epoch figures from.
+
     Args:
         num_samples: ``N``, the size of the data set, ``>= 1``.
+        keep_history: keep the per-epoch values (off by default).
     """
 
-    def __init__(self, num_samples: int):
+    def __init__(self, num_samples: int, *, keep_history: bool = False):
         if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
             raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
+        if not isinstance(keep_history, bool):
+            raise ValueError(f"keep_history={keep_history!r} must be True or False")
         self.num_samples = int(num_samples)
+        self.keep_history = keep_history
+        # epoch -> (N,) float32 row per measure; only with keep_history.
+        self._history: dict[str, dict[int, np.ndarray]] = {"loss": {}, "uncertainty": {}}
         self.epoch = 0
         n = self.num_samples
         self.loss = np.zeros(n, dtype=np.float64)
@@ -235,6 +248,41 @@ class DifficultyTracker:
         getattr(self, kind)[idx] = vals
         getattr(self, f"{kind}_epoch")[idx] = self.epoch
         self._dirty[kind][idx] = True
+        if self.keep_history:
+            self._history_row(kind, self.epoch)[idx] = vals
+
+    def _history_row(self, kind: str, epoch: int) -> np.ndarray:
+        rows = self._history[kind]
+        if epoch not in rows:
+            rows[epoch] = np.full(self.num_samples, np.nan, dtype=np.float32)
+        return rows[epoch]
+
+    def history(self, kind: str = "loss") -> tuple[np.ndarray, np.ndarray]:
+        """Every epoch's values of one measure (needs ``keep_history=True``).
+
+        Args:
+            kind: ``"loss"`` or ``"uncertainty"``.
+
+        Returns:
+            ``(epochs, values)``: ``(E,)`` int64 epochs in increasing order, one
+            for each epoch in which either measure was taken, and ``(E, N)``
+            float32 values, ``NaN`` where a sample was not measured in that
+            epoch. The latest value measured within an epoch wins.
+
+        Raises:
+            ValueError: for an unknown kind, or a tracker without history.
+        """
+        if kind not in ("loss", "uncertainty"):
+            raise ValueError(f"kind={kind!r} must be 'loss' or 'uncertainty'")
+        if not self.keep_history:
+            raise ValueError("this tracker keeps no history; create it with keep_history=True "
+                             "(DifficultyAssessor(..., keep_history=True))")
+        epochs = np.array(sorted(set(self._history["loss"]) | set(self._history["uncertainty"])), dtype=np.int64)
+        values = np.full((epochs.size, self.num_samples), np.nan, dtype=np.float32)
+        for row, epoch in enumerate(epochs):
+            if int(epoch) in self._history[kind]:
+                values[row] = self._history[kind][int(epoch)]
+        return epochs, values
 
     def update_loss(self, indices, values) -> None:
         """Record per-sample losses.
@@ -315,19 +363,31 @@ class DifficultyTracker:
                 got = buf[1] > 0
                 vals[got] = buf[0][got] / buf[1][got]
                 stamp[got] = ep[got]
+                if self.keep_history:  # what other ranks measured joins this rank's history
+                    for epoch in np.unique(stamp[got]):
+                        at = got & (stamp == epoch)
+                        self._history_row(kind, int(epoch))[at] = vals[at]
             dirty[:] = False
 
     def state_dict(self) -> dict:
         """The values, their epochs, what is not yet synced and the current epoch.
 
-        Arrays are torch tensors, so ``torch.load`` reads the state with its
-        default ``weights_only=True``.
+        With ``keep_history=True`` the per-epoch history comes too
+        (``history_epochs`` ``(E,)``, ``history_loss`` and
+        ``history_uncertainty`` ``(E, N)``). Arrays are torch tensors, so
+        ``torch.load`` reads the state with its default ``weights_only=True``.
         """
         arrays = {key: torch.from_numpy(getattr(self, key).copy())
                   for key in ("loss", "uncertainty", "loss_epoch", "uncertainty_epoch")}
-        return {"num_samples": self.num_samples, "epoch": self.epoch, **arrays,
-                "dirty_loss": torch.from_numpy(self._dirty["loss"].copy()),
-                "dirty_uncertainty": torch.from_numpy(self._dirty["uncertainty"].copy())}
+        state = {"num_samples": self.num_samples, "epoch": self.epoch, **arrays,
+                 "dirty_loss": torch.from_numpy(self._dirty["loss"].copy()),
+                 "dirty_uncertainty": torch.from_numpy(self._dirty["uncertainty"].copy())}
+        if self.keep_history:
+            epochs, loss = self.history("loss")
+            state["history_epochs"] = torch.from_numpy(epochs)
+            state["history_loss"] = torch.from_numpy(loss)
+            state["history_uncertainty"] = torch.from_numpy(self.history("uncertainty")[1])
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restores :meth:`state_dict`."""
@@ -343,3 +403,16 @@ class DifficultyTracker:
         for kind, dirty in self._dirty.items():
             saved = state.get(f"dirty_{kind}")
             dirty[:] = False if saved is None else np.asarray(saved, dtype=bool)
+        if self.keep_history:
+            # A state saved without history restores none: the history starts here.
+            self._history = {"loss": {}, "uncertainty": {}}
+            if "history_epochs" in state:
+                epochs = np.asarray(state["history_epochs"]).astype(np.int64)
+                for kind in ("loss", "uncertainty"):
+                    values = np.asarray(state[f"history_{kind}"], dtype=np.float32)
+                    if values.shape != (epochs.size, self.num_samples):
+                        raise ValueError(f"state_dict['history_{kind}'] has shape {values.shape}, expected "
+                                         f"({epochs.size}, {self.num_samples})")
+                    for epoch, row in zip(epochs, values):
+                        if not np.isnan(row).all():
+                            self._history[kind][int(epoch)] = row.copy()
