@@ -150,7 +150,7 @@ def _worker(args):
     try:
         cfg = RunConfig(**cfg_dict)
         res = run(cfg, run_dir)
-        return run_dir, res["top1"], None
+        return run_dir, res[res.get("metric", "top1")], None
     except Exception as err:  # report and carry on with the rest of the grid
         return run_dir, None, f"{type(err).__name__}: {err}"
 
@@ -331,9 +331,12 @@ def _short(digest: str) -> str:
     return hashlib.sha1(digest.encode()).hexdigest()[:6]
 
 
-def summarize(results: list[dict], *, metric: str = "top1", baseline: str = "random") -> list[dict]:
+def summarize(results: list[dict], *, metric: str | None = None, baseline: str = "random") -> list[dict]:
     """One row per cell and strategy: mean, std, n and the paired difference
     against ``baseline`` in the same cell, seed by seed.
+
+    ``metric`` is the result field compared (``None``: each run's own, ``top1``
+    for classification, ``dice`` for segmentation).
 
     A cell is every config field but strategy and seed (see :func:`_group_key`).
     Cells that share their dataset, batch size and loss but differ elsewhere
@@ -348,27 +351,36 @@ def summarize(results: list[dict], *, metric: str = "top1", baseline: str = "ran
     rows = []
     for key in sorted(groups):
         by_strategy = groups[key]
-        base = {s: r[metric] for s, r in by_strategy.get(baseline, {}).items()}
+        first = next(iter(next(iter(by_strategy.values())).values()))
+        m = metric or first.get("metric", "top1")
+        base = {s: r[m] for s, r in by_strategy.get(baseline, {}).items()}
         order = sorted(by_strategy, key=lambda s: (s != baseline, s))
         for strategy in order:
             runs = by_strategy[strategy]
-            vals = np.array([r[metric] for r in runs.values()], dtype=np.float64)
+            vals = np.array([r[m] for r in runs.values()], dtype=np.float64)
             label = key[0] if labels[key[:3]] == 1 else f"{key[0]} [{_short(key[3])}]"
             row = {"dataset": label, "batch_size": key[1], "loss": key[2], "strategy": strategy,
-                   "n": len(vals), "mean": float(vals.mean()),
+                   "metric": m, "train_size": first.get("train_size"), "n": len(vals), "mean": float(vals.mean()),
                    "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                    "seeds": sorted(runs)}
             if strategy != baseline and base:
-                row["vs_baseline"] = paired_difference({s: r[metric] for s, r in runs.items()}, base)
+                row["vs_baseline"] = paired_difference({s: r[m] for s, r in runs.items()}, base)
             extra = {}
             for name in ("many", "medium", "few"):
                 v = [r["shot_top1"][name] for r in runs.values() if r.get("shot_top1", {}).get(name) is not None]
+                if v:
+                    extra[name] = float(np.mean(v))
+            for name in ("small_dice", "lesion_sensitivity"):
+                v = [r[name] for r in runs.values() if r.get(name) is not None]
                 if v:
                     extra[name] = float(np.mean(v))
             det = [r["noise_detection"] for r in runs.values() if r.get("noise_detection")]
             if det:
                 extra["poor_precision"] = float(np.mean([d["precision"] for d in det]))
                 extra["poor_recall"] = float(np.mean([d["recall"] for d in det]))
+                auroc = [d["auroc_difficulty"] for d in det if d.get("auroc_difficulty") is not None]
+                if auroc:
+                    extra["auroc"] = float(np.mean(auroc))
             fits = [r["noisy_fit"] for r in runs.values() if r.get("noisy_fit") is not None]
             if fits:
                 extra["noisy_fit"] = float(np.mean(fits))

@@ -32,11 +32,13 @@ def _diff_cell(row) -> str:
 def format_table(rows: list[dict], *, markdown: bool = False) -> str:
     """The comparison table: top-1 mean ± std, extra columns where the data has
     them, and the paired difference against random with its 95% CI and p-value."""
-    extras = [c for c in ("many", "medium", "few", "noisy_fit", "poor_precision", "poor_recall")
-              if any(c in r for r in rows)]
-    head = ["dataset", "B", "loss", "strategy", "n", "top-1 %"] + [
-        {"many": "many %", "medium": "med. %", "few": "few %", "noisy_fit": "noisy fit %",
-         "poor_precision": "PL prec. %", "poor_recall": "PL rec. %"}[c] for c in extras] + [
+    names = {"many": "many %", "medium": "med. %", "few": "few %", "small_dice": "small-lesion Dice %",
+             "lesion_sensitivity": "lesion sens. %", "noisy_fit": "noisy fit %", "poor_precision": "PL prec. %",
+             "poor_recall": "PL rec. %", "auroc": "AUROC %"}
+    extras = [c for c in names if any(c in r for r in rows)]
+    metrics = {r.get("metric", "top1") for r in rows}
+    metric = {"top1": "top-1 %", "dice": "Dice %"}.get(metrics.pop(), "score %") if len(metrics) == 1 else "score %"
+    head = ["dataset", "B", "loss", "strategy", "n", metric] + [names[c] for c in extras] + [
         "vs random, pts [95% CI]"]
     body = []
     for r in rows:
@@ -78,16 +80,20 @@ def _curves(results, out: Path) -> str:
     memorization = any(noisy_fits(runs) is not None for runs in by.values())
     fig, axes = plt.subplots(1, 2 if memorization else 1, figsize=(11 if memorization else 6, 4), squeeze=False)
     axes = axes[0]
+    metric = results[0].get("metric", "top1")
     for (ds, b, loss, s), runs in sorted(by.items()):
         label = f"{s} (B={b}, {loss})"
-        val = np.array([r["curves"]["val_top1"] for r in runs], dtype=float)
+        val = np.array([r["curves"][f"val_{metric}"] for r in runs], dtype=float)
         axes[0].plot(np.arange(val.shape[1]), 100 * val.mean(0), label=label)
         fits = noisy_fits(runs)
         if memorization and fits is not None:
             axes[1].plot(100 * fits.mean(0), label=label)
-    axes[0].set(xlabel="epoch", ylabel="validation top-1 % (mean over seeds)", title="accuracy")
+    seg = metric == "dice"
+    axes[0].set(xlabel="epoch", ylabel=f"validation {'Dice' if seg else 'top-1'} % (mean over seeds)",
+                title="Dice" if seg else "accuracy")
     if memorization:
-        axes[1].set(xlabel="epoch", ylabel="% of noisy labels fit in the training pass", title="memorization")
+        axes[1].set(xlabel="epoch", title="memorization",
+                    ylabel="training Dice % on corrupted masks" if seg else "% of noisy labels fit in the training pass")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     path = out / "curves.png"
@@ -124,6 +130,17 @@ def _scatter(res, out: Path) -> str | None:
         return None
     plt = _plt()
     z = np.load(path)
+    if res.get("task") == "segmentation":
+        from .data.synthetic_ct import CORRUPTIONS
+
+        corruption = z["corruption"] if z["corruption"].size else None
+        fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], corruption, "corruption",
+                             f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}",
+                             kinds=CORRUPTIONS)
+        name = f"scatter-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        return name
     noisy = z["noisy"] if z["noisy"].size else None
     counts = np.bincount(z["y_clean"])
     tail = counts[z["y_clean"]] < np.median(counts) if counts.min() < counts.max() else None
@@ -137,16 +154,18 @@ def _scatter(res, out: Path) -> str | None:
     return name
 
 
-def scatter_figure(loss, unc, codes, member, what: str, title: str):
+def scatter_figure(loss, unc, codes, member, what: str, title: str, *, kinds=None):
     """Loss against uncertainty: the quadrants, and the true membership (flipped label, tail class).
 
     Args:
         loss: ``(N,)`` eval-mode losses, higher = harder.
         unc: ``(N,)`` uncertainties, higher = harder.
         codes: ``(N,)`` quadrant codes (indices into :data:`~mombs.QUADRANTS`).
-        member: ``(N,)`` bool truth to colour in the second panel, or ``None``.
+        member: ``(N,)`` bool truth to colour in the second panel, or ``None``;
+            with ``kinds``, ``(N,)`` integer codes into ``kinds`` (0 = clean, grey).
         what: what ``member`` marks, for the legend.
         title: the figure's title.
+        kinds: names of the codes in ``member`` (e.g. the mask corruptions).
 
     Returns:
         The matplotlib figure (the caller saves and closes it).
@@ -163,7 +182,14 @@ def scatter_figure(loss, unc, codes, member, what: str, title: str):
         axes[0].scatter(loss[m], unc[m], s=3 if m.sum() > 200 else 8, alpha=0.5, color=f"C{c}",
                         label=f"{QUADRANTS[c]} ({m.sum()})", zorder=2 + rank)
     axes[0].set(title="quadrants (median split)")
-    if member is not None:
+    if member is not None and kinds is not None:
+        member = np.asarray(member)
+        for k, name in enumerate(kinds):
+            m = member == k
+            if m.any():
+                axes[1].scatter(loss[m], unc[m], s=3 if k == 0 else 9, alpha=0.4 if k == 0 else 0.8,
+                                c="tab:gray" if k == 0 else f"C{k}", label=f"{name} ({m.sum()})", zorder=2 + (k > 0))
+    elif member is not None:
         axes[1].scatter(loss[~member], unc[~member], s=3, alpha=0.4, c="tab:gray", label="other")
         axes[1].scatter(loss[member], unc[member], s=5, alpha=0.6, c="tab:red", label=what, zorder=3)
     axes[1].set(title=f"true membership: {what}")
@@ -176,6 +202,42 @@ def scatter_figure(loss, unc, codes, member, what: str, title: str):
     return fig
 
 
+def _flagged_grid(res, out: Path) -> str | None:
+    """The highest-loss training slices of each quadrant: image, given mask, clean mask, prediction."""
+    path = Path(res["run_dir"]) / "flagged.npz"
+    if not path.exists():
+        return None
+    from .data.synthetic_ct import CORRUPTIONS
+
+    plt = _plt()
+    z = np.load(path)
+    rows = [c for c in range(len(QUADRANTS)) if (z["codes"] == c).any()]
+    cols = max(int((z["codes"] == c).sum()) for c in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.9 * cols, 2.1 * len(rows)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, c in enumerate(rows):
+        members = np.flatnonzero(z["codes"] == c)
+        members = members[np.argsort(-z["loss"][members], kind="stable")]
+        for j, m in enumerate(members):
+            ax = axes[i, j]
+            ax.imshow(z["image"][m].astype(np.float32), cmap="gray")
+            for key, colour in (("clean", "lime"), ("given", "red"), ("pred", "cyan")):
+                if z[key][m].any():
+                    ax.contour(z[key][m], levels=[0.5], colors=colour, linewidths=0.8)
+            kind = CORRUPTIONS[z["corruption"][m]] if z["corruption"][m] >= 0 else "?"
+            ax.set_title(f"#{z['index'][m]} {kind}\nloss {z['loss'][m]:.2f}", fontsize=7)
+        axes[i, 0].text(-0.08, 0.5, QUADRANTS[c], transform=axes[i, 0].transAxes, rotation=90,
+                        va="center", ha="right", fontsize=8)
+    fig.suptitle(f"highest-loss slices per quadrant ({res['strategy']}, B={res['batch_size']}, seed "
+                 f"{res['seed']}): given mask red, clean mask green, prediction cyan", fontsize=9)
+    fig.tight_layout()
+    name = f"flagged-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png"
+    fig.savefig(out / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
 def write_report(results: list[dict], rows: list[dict], out_dir, *, title: str = "mombs comparison") -> Path:
     """Writes ``report.md`` (tables, notes, plots) and ``summary.json`` to ``out_dir``.
 
@@ -184,21 +246,36 @@ def write_report(results: list[dict], rows: list[dict], out_dir, *, title: str =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    seg = any(r.get("task") == "segmentation" for r in results)
+    what = ("Dice is the mean per-image lesion Dice (MONAI DiceMetric) over the test slices with a lesion, "
+            "final epoch" if seg else "Top-1 is the test accuracy of the final epoch")
     lines = [f"# {title}", "",
-             f"{len(results)} finished runs. Top-1 is the test accuracy of the final epoch; "
+             f"{len(results)} finished runs. {what}; "
              "the last column is the paired difference against `random` with the same seed "
              "(mean, 95% t-interval, paired t-test).", "", format_table(rows, markdown=True), ""]
     if any("poor_precision" in r for r in rows):
-        lines += ["PL prec./rec.: how well the poorly-labeled quadrant (high loss, low uncertainty "
-                  "of the final model) finds the truly flipped labels. Noisy fit: the share of "
-                  "flipped labels the network reproduces in its last training pass (memorization).", ""]
+        flipped = "corrupted masks" if seg else "truly flipped labels"
+        lines += [f"PL prec./rec.: how well the poorly-labeled quadrant (high loss, low uncertainty "
+                  f"of the final model) finds the {flipped}; AUROC: the summed-rank difficulty as a "
+                  f"score for them. Noisy fit: " + (
+                      "the training Dice on corrupted masks in the last training pass (memorization)."
+                      if seg else "the share of flipped labels the network reproduces in its last "
+                                  "training pass (memorization)."), ""]
+    if seg:
+        lines += ["Small-lesion Dice: test slices whose lesions cover at most 1% of the slice. "
+                  "Lesion sens.: test lesions (connected components) the prediction overlaps.", ""]
     try:
-        figs = [_curves(results, out), _per_class(results, out)]
+        figs = [_curves(results, out)]
+        if not seg:
+            figs.append(_per_class(results, out))
         seen = set()
         for r in sorted(results, key=lambda r: r["seed"]):
-            if (r["strategy"], r["batch_size"]) not in seen and r["strategy"] in ("random", "mixed"):
-                seen.add((r["strategy"], r["batch_size"]))
+            cell = (r["strategy"], r["batch_size"], r.get("train_size"))
+            if cell not in seen and r["strategy"] in ("random", "mixed"):
+                seen.add(cell)
                 figs.append(_scatter(r, out))
+                if seg:
+                    figs.append(_flagged_grid(r, out))
         lines += [f"![{f}]({f})" for f in figs if f]
     except ImportError as err:
         lines.append(f"(no plots: {err})")

@@ -173,8 +173,8 @@ def _interrupt_after_epoch(monkeypatch, cfg, out, epoch):
 
     original = runner._checkpoint
 
-    def checkpoint_then_die(c, path, cfg_, e, log, best):
-        original(c, path, cfg_, e, log, best)
+    def checkpoint_then_die(c, path, cfg_, e, *rest):
+        original(c, path, cfg_, e, *rest)
         if e == epoch:
             raise KeyboardInterrupt
 

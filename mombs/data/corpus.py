@@ -105,6 +105,7 @@ def _read(name: str, data_dir):
 def load_corpus(cfg) -> Corpus:
     """Builds the splits a :class:`~mombs.train.RunConfig` asks for. All draws use
     private generators seeded from ``cfg.seed``."""
+    cfg = cfg.resolved() if hasattr(cfg, "resolved") else cfg
     xtr, ytr, xte, yte, num_classes = _read(cfg.dataset, cfg.data_dir)
     rng = np.random.default_rng([cfg.seed, 0xC0DE])
     keep = np.arange(len(ytr))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,11 +16,19 @@ from ..losses import create_loss
 from ..models import FEATURE_MODULE, create_model
 from ..strategies import Strategy, create_strategy
 from .config import RunConfig
+from .engine import class_fit
 
-__all__ = ["ASSESS_BATCH_SIZE", "Components", "build"]
+__all__ = ["ASSESS_BATCH_SIZE", "Components", "assess_batch_size", "build"]
 
 #: Batch size of assessment passes (no gradients: larger than training batches).
 ASSESS_BATCH_SIZE = 512
+#: The same for segmentation: every slice's K disturbed predictions are whole maps.
+SEG_ASSESS_BATCH_SIZE = 32
+
+
+def assess_batch_size(cfg: RunConfig) -> int:
+    """Assessment batch size of the run's task."""
+    return SEG_ASSESS_BATCH_SIZE if cfg.task == "segmentation" else ASSESS_BATCH_SIZE
 
 
 @dataclass
@@ -37,6 +46,16 @@ class Components:
     loader: DataLoader
     assessor: DifficultyAssessor | None
     augment_gen: torch.Generator | None
+    #: ``(model, x, y) -> (score, prediction)`` on a whole split, higher = better;
+    #: ``None``: the runner's classification accuracy.
+    evaluate: Callable | None = None
+    #: Name of that score in logs and results (``top1``, ``dice``).
+    metric: str = "top1"
+    #: ``(outputs, y) -> (B,)`` how well each training sample's forward fits its
+    #: given target, in ``[0, 1]``.
+    fit_fn: Callable = class_fit
+    #: ``(outputs, y) -> (B,)`` per-sample loss of the assessment passes (the task's).
+    task: str = "classification"
 
 
 def build(cfg: RunConfig, data: Corpus, device: torch.device) -> Components:
@@ -46,17 +65,34 @@ def build(cfg: RunConfig, data: Corpus, device: torch.device) -> Components:
     the strategy's batch sampler in a ``DataLoader``, and a
     :class:`~mombs.DifficultyAssessor` that feeds the sampler.
     """
-    x_tr, y_tr = data.x_train.to(device), torch.from_numpy(data.y_train).to(device)
-    n, num_classes = len(y_tr), data.num_classes
-    counts = np.bincount(data.y_train, minlength=num_classes)
+    cfg = cfg.resolved()
+    seg = cfg.task == "segmentation"
+    y_tr = data.y_train if torch.is_tensor(data.y_train) else torch.from_numpy(data.y_train)
+    x_tr, y_tr = data.x_train.to(device), y_tr.to(device)
+    num_classes = data.num_classes
     # Weight init draws from torch's global generator; fork_rng gives it back untouched.
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(cfg.seed)  # CPU only: CUDA's global state stays untouched
-        model = create_model(cfg.model, num_classes=num_classes, in_channels=x_tr.shape[1]).to(device)
-    at = FEATURE_MODULE[cfg.model]
-    loss_fn = create_loss(cfg.loss, class_counts=counts, epochs=cfg.epochs).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, nesterov=True)
+        if seg:
+            from ..models.segmentation import create_segmentation_model, seg_feature_module
+
+            model = create_segmentation_model(cfg.model, x_tr.shape[1], num_classes).to(device)
+        else:
+            model = create_model(cfg.model, num_classes=num_classes, in_channels=x_tr.shape[1]).to(device)
+    if seg:
+        from .segmentation import SEG_TASK, DiceCELoss, dice_fit, evaluate_segmentation
+
+        at, loss_fn, task = seg_feature_module(model), DiceCELoss().to(device), SEG_TASK
+        extras = {"evaluate": evaluate_segmentation, "metric": "dice", "fit_fn": dice_fit, "task": SEG_TASK}
+    else:
+        at, task, extras = FEATURE_MODULE[cfg.model], "classification", {}
+        counts = np.bincount(data.y_train, minlength=num_classes)
+        loss_fn = create_loss(cfg.loss, class_counts=counts, epochs=cfg.epochs).to(device)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     strategy = create_strategy(cfg.strategy, pivot_epoch=cfg.pivot_epoch)
     train_set = IndexedDataset(TensorDataset(x_tr, y_tr))
@@ -67,10 +103,10 @@ def build(cfg: RunConfig, data: Corpus, device: torch.device) -> Components:
     if strategy.measure is not None:
         assessor = DifficultyAssessor(model, train_set, at=at, sampler=sampler,
                                       schedule=strategy.schedule or cfg.schedule, k=cfg.k, alpha=cfg.alpha,
-                                      measure=strategy.measure, pivot_epoch=cfg.pivot_epoch,
-                                      head=getattr(model, "fc", None), batch_size=ASSESS_BATCH_SIZE,
+                                      measure=strategy.measure, pivot_epoch=cfg.pivot_epoch, task=task,
+                                      head=getattr(model, "fc", None), batch_size=assess_batch_size(cfg),
                                       device=device, seed=cfg.seed)
     augment = cfg.augment if cfg.augment is not None else data.name.startswith("cifar")
     return Components(model=model, at=at, loss_fn=loss_fn, optimizer=opt, scheduler=sched, strategy=strategy,
                       train_set=train_set, sampler=sampler, loader=loader, assessor=assessor,
-                      augment_gen=torch.Generator().manual_seed(cfg.seed + 1) if augment else None)
+                      augment_gen=torch.Generator().manual_seed(cfg.seed + 1) if augment else None, **extras)

@@ -13,20 +13,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.corpus import DATASETS, TRAIN_CLASS_SIZES, check_data_dir
+from ..data.seg_corpus import SEG_DATASETS, SEG_LOSSES, check_seg_data_dir
 from ..losses import LOSSES
 from ..models import MODELS
+from ..models.segmentation import SEG_MODELS
 from ..schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, SCHEDULES, planned
 from ..strategies import STRATEGY_REGISTRY
 
-__all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "run_dir_name"]
+__all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "TASK_DEFAULTS", "run_dir_name"]
 
 #: Fields that do not change a run's outcome: left out of its key.
-_NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every")
+_NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every", "history")
+#: Fields added with segmentation: in a run's key only when set, so that the
+#: keys (and folder names) of every classification run made before them stay.
+_KEY_IF_SET = {"task": "classification", "image_size": None, "noise_mix": None, "windows": None,
+               "optimizer": "sgd"}
+_OPTIMIZERS = ("sgd", "adam")
+
+#: What ``dataset``, ``model`` and ``loss`` are when left unset, per task.
+TASK_DEFAULTS = {
+    "classification": {"dataset": "fashion-mnist", "model": "small_cnn", "loss": "ce"},
+    "segmentation": {"dataset": "synthetic-ct", "model": "unet", "loss": "dice-ce"},
+}
 
 #: The pivot of the library's samplers, read from the sampler itself so that the
 #: runner and a user's own loop can never disagree on it (one default in mombs).
 
 _NOISES = ("none", "symmetric", "pair", "human")
+_SEG_NOISES = ("none", "annotation")
+_WINDOWS = ("lung", "three")
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
@@ -106,10 +121,19 @@ class RunConfig:
     :meth:`validate` checks every field (type, range, allowed names) before
     anything is loaded; :func:`~mombs.train.run` and
     :func:`~mombs.compare.run_grid` call it at their door. numpy scalars are
-    accepted wherever Python numbers are.
+    accepted wherever Python numbers are. ``dataset``, ``model`` and ``loss``
+    left as ``None`` become the task's defaults (:data:`TASK_DEFAULTS`) there.
+
+    Segmentation (``task="segmentation"``): ``subset`` is the number of
+    training slices (synthetic default 300), ``noise="annotation"`` with
+    ``noise_rate`` corrupts that share of the synthetic training masks in the
+    proportions of ``noise_mix``, ``image_size`` is the slice side (synthetic
+    default 64; real slices are resampled to it when set) and ``windows`` the
+    CT windows as channels (``"lung"``: one, ``"three"``: the paper's three).
     """
 
-    dataset: str = "fashion-mnist"
+    task: str = "classification"
+    dataset: str | None = None        # None: the task's default (TASK_DEFAULTS)
     data_dir: str | None = None
     subset: int | None = None          # training images kept (seeded), before the LT cut
     imbalance: float | None = None     # long-tailed rho, e.g. 0.01
@@ -118,8 +142,11 @@ class RunConfig:
     noise_rate: float = 0.0
     noise_file: str | None = None      # CIFAR-100_human.pt for noise="human"
     val_fraction: float = 0.1
-    model: str = "small_cnn"
-    loss: str = "ce"
+    image_size: int | None = None      # segmentation: slice side in pixels
+    noise_mix: dict | None = None      # segmentation: weights of the annotation corruptions
+    windows: str | None = None         # segmentation: "lung" (1 channel, default) or "three"
+    model: str | None = None           # None: the task's default
+    loss: str | None = None            # None: the task's default
     strategy: str = "random"
     pivot_epoch: int = DEFAULT_PIVOT_EPOCH
     schedule: str = DEFAULT_SCHEDULE
@@ -127,6 +154,7 @@ class RunConfig:
     alpha: float = 0.3
     batch_size: int = 16
     epochs: int = 20
+    optimizer: str = "sgd"             # sgd (Nesterov) or adam (AdamW: weight_decay decoupled)
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -135,7 +163,20 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    history: bool = False              # keep per-sample, per-epoch training signals (history.npz)
     tags: dict = field(default_factory=dict)
+
+    def resolved(self) -> "RunConfig":
+        """A copy with ``dataset``, ``model`` and ``loss`` filled in from the task's defaults."""
+        out = dataclasses.replace(self, tags=dict(self.tags))
+        out._resolve_defaults()
+        return out
+
+    def _resolve_defaults(self) -> None:
+        if self.task in TASK_DEFAULTS:
+            for name, value in TASK_DEFAULTS[self.task].items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
 
     def validate(self) -> "RunConfig":
         """Checks every field; numpy scalars become Python numbers, paths strings.
@@ -154,12 +195,16 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, os.PathLike):
                 setattr(self, name, os.fspath(v))
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("model", self.model, MODELS)
-        _choice("loss", self.loss, LOSSES)
+        _choice("task", self.task, TASK_DEFAULTS)
+        self._resolve_defaults()
+        seg = self.task == "segmentation"
+        _choice("dataset", self.dataset, SEG_DATASETS if seg else DATASETS)
+        _choice("model", self.model, SEG_MODELS if seg else MODELS)
+        _choice("loss", self.loss, SEG_LOSSES if seg else LOSSES)
         _choice("strategy", self.strategy, STRATEGY_REGISTRY)
+        _choice("optimizer", self.optimizer, _OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
-        _choice("noise", self.noise, _NOISES)
+        _choice("noise", self.noise, _SEG_NOISES if seg else _NOISES)
         for name in ("batch_size", "epochs", "k", "test_every"):
             _int(name, getattr(self, name), 1)
         _int("pivot_epoch", self.pivot_epoch, 0)
@@ -167,14 +212,20 @@ class RunConfig:
         _int("threads", self.threads, 1, optional=True)
         _int("subset", self.subset, 1, optional=True)
         _int("img_max", self.img_max, 1, optional=True)
+        _int("image_size", self.image_size, 32, optional=True)
+        if self.windows is not None:
+            _choice("windows", self.windows, _WINDOWS)
+        if not isinstance(self.history, bool):
+            raise ValueError(f"history={self.history!r} must be true or false")
         _real("imbalance", self.imbalance, 0, 1, lo_open=True, hi_open=False, optional=True)
         _real("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True,
               why=": choices need a validation split")
         _real("noise_rate", self.noise_rate, 0, 1, lo_open=False, hi_open=True)
         _real("alpha", self.alpha, 0, 1, lo_open=False, hi_open=True)
         _real("lr", self.lr, 0, math.inf, lo_open=True, hi_open=True)
-        _real("momentum", self.momentum, 0, 1, lo_open=True, hi_open=True,
-              why=": the runner's SGD uses Nesterov momentum, which needs momentum > 0")
+        if self.optimizer == "sgd":
+            _real("momentum", self.momentum, 0, 1, lo_open=True, hi_open=True,
+                  why=": the runner's SGD uses Nesterov momentum, which needs momentum > 0")
         _real("weight_decay", self.weight_decay, 0, math.inf, lo_open=False, hi_open=True)
         if self.augment is not None and not isinstance(self.augment, bool):
             raise ValueError(f"augment={self.augment!r} must be true, false or null (null: crop+flip for CIFAR)")
@@ -189,12 +240,49 @@ class RunConfig:
             if v is not None and (not isinstance(v, str) or not v):
                 raise ValueError(f"{name}={v!r} must be a path or null")
         _check_device(self.device)
-        self._check_combinations()
-        check_data_dir(self.dataset, self.data_dir)
+        if seg:
+            self._check_segmentation()
+        else:
+            self._check_combinations()
+            check_data_dir(self.dataset, self.data_dir)
+        self._check_pivot()
         return self
 
+    def _check_segmentation(self) -> None:
+        """The checks of a segmentation run."""
+        from ..data.synthetic_ct import _resolve_mix
+
+        for name, why in (("imbalance", "a long-tailed cut is for classification"),
+                          ("img_max", "a long-tailed cut is for classification"),
+                          ("noise_file", "human labels are for CIFAR-100")):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name}={getattr(self, name)!r} does not apply to task='segmentation' ({why})")
+        if self.augment:
+            raise ValueError("augment=True does not apply to task='segmentation': the runner's crop and flip "
+                             "move the image but not its mask; set augment=false or null")
+        synthetic = self.dataset == "synthetic-ct"
+        if self.noise == "annotation" and not synthetic:
+            raise ValueError(f"noise='annotation' plants mask corruptions in dataset='synthetic-ct' only, "
+                             f"got dataset={self.dataset!r}")
+        if self.noise == "none" and self.noise_rate != 0:
+            raise ValueError(f"noise_rate={self.noise_rate!r} has no effect with noise='none'; "
+                             f"set noise=annotation or noise_rate=0")
+        if self.noise_mix is not None:
+            if self.noise != "annotation":
+                raise ValueError(f"noise_mix={self.noise_mix!r} only applies with noise='annotation'")
+            if not isinstance(self.noise_mix, dict):
+                raise ValueError(f"noise_mix={self.noise_mix!r} must be a mapping of corruption: weight")
+            _resolve_mix(self.noise_mix)  # names and weights, with its own message
+        if self.image_size is not None and synthetic and self.image_size % 16:
+            raise ValueError(f"image_size={self.image_size!r} must be a multiple of 16 (the U-Nets halve "
+                             f"the slice 3 or 4 times)")
+        check_seg_data_dir(self.dataset, self.data_dir)
+
     def _check_combinations(self) -> None:
-        """The checks that involve more than one field."""
+        """The checks of a classification run that involve more than one field."""
+        for name in ("image_size", "noise_mix", "windows"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name}={getattr(self, name)!r} only applies to task='segmentation'")
         if self.noise == "none" and self.noise_rate != 0:
             raise ValueError(f"noise_rate={self.noise_rate!r} has no effect with noise='none'; "
                              f"set noise=symmetric or noise=pair, or noise_rate=0")
@@ -224,6 +312,9 @@ class RunConfig:
                 c = over[0]
                 raise ValueError(f"img_max={self.img_max!r} asks for {counts[c]} images of class {c} of "
                                  f"{self.dataset}, which has {sizes[c]}")
+
+    def _check_pivot(self) -> None:
+        """A strategy that plans from the pivot needs a planned epoch."""
         uses_pivot = STRATEGY_REGISTRY[self.strategy].measure is not None
         if uses_pivot and not planned(self.epochs - 1, self.pivot_epoch):
             raise ValueError(
@@ -233,10 +324,14 @@ class RunConfig:
                 f"{DEFAULT_PIVOT_EPOCH}) or epochs to at least {self.pivot_epoch + 1}")
 
     def outcome_fields(self) -> dict:
-        """The fields that change the run's outcome (all but device, threads, tags, ...)."""
-        d = dataclasses.asdict(self)
+        """The fields that change the run's outcome (all but device, threads, tags, ...),
+        with the task's defaults filled in."""
+        d = dataclasses.asdict(self.resolved())
         for k in _NOT_IN_KEY:
             d.pop(k)
+        for k, default in _KEY_IF_SET.items():
+            if d[k] == default:
+                d.pop(k)
         return d
 
     def key(self) -> str:
@@ -247,4 +342,5 @@ class RunConfig:
 
 def run_dir_name(cfg: RunConfig) -> str:
     """The run's folder name: its labels and its key."""
-    return f"{cfg.dataset}-{cfg.strategy}-{cfg.loss}-b{cfg.batch_size}-s{cfg.seed}-{cfg.key()}"
+    f = cfg.outcome_fields()
+    return f"{f['dataset']}-{cfg.strategy}-{f['loss']}-b{cfg.batch_size}-s{cfg.seed}-{cfg.key()}"

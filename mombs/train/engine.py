@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["augment", "evaluate", "train_one_epoch"]
+__all__ = ["augment", "class_fit", "evaluate", "train_one_epoch", "training_signals"]
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -31,8 +31,34 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) ->
     return float((pred == y.cpu().numpy()).mean()) if len(pred) else float("nan"), pred
 
 
+def class_fit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` 1.0 where the forward predicts the given label, else 0.0."""
+    return (logits.argmax(1) == y).float()
+
+
+def training_signals(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a classification training forward says about each sample's given label.
+
+    Args:
+        logits: ``(B, C)`` logits, ``C >= 2``.
+        y: ``(B,)`` given labels.
+
+    Returns:
+        ``prob_given``: ``(B,)`` softmax probability of the given label (dataset
+        cartography's confidence; higher = easier); ``margin``: ``(B,)`` the given
+        label's logit minus the largest other logit (the AUM margin; negative
+        when another class wins); ``pred``: ``(B,)`` the argmax.
+    """
+    logits = logits.detach().float()
+    given = logits.gather(1, y[:, None])[:, 0]
+    others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return {"prob_given": torch.softmax(logits, 1).gather(1, y[:, None])[:, 0], "margin": given - others,
+            "pred": logits.argmax(1)}
+
+
 def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, device,
-                    num_samples: int, augment_gen: torch.Generator | None = None) -> dict:
+                    num_samples: int, augment_gen: torch.Generator | None = None,
+                    fit_fn=class_fit, signals: bool = False) -> dict:
     """One pass over ``loader``: the public sampler's batches, the assessor's bookkeeping.
 
     Args:
@@ -47,15 +73,25 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         device: where batches go.
         num_samples: ``N``, the training set size.
         augment_gen: generator of the random crop and flip; ``None``: no augmentation.
+        fit_fn: ``(outputs, y) -> (B,)`` how well the training forward fits each
+            given target, in ``[0, 1]`` (classification: label predicted or not).
+        signals: also return each sample's :func:`training_signals` and loss
+            (classification), for a run's history.
 
     Returns:
-        ``train_loss`` (mean per-sample loss), and ``fit`` / ``seen``: ``(N,)`` bool
-        masks of the samples whose given label the training forward predicted,
-        and of the samples the epoch visited.
+        ``train_loss`` (mean per-sample loss), ``fit``: ``(N,)`` float fit of
+        each sample's last training forward (0 where unseen), ``seen``: ``(N,)``
+        bool mask of the samples the epoch visited, and with ``signals`` a dict
+        ``signals`` of ``(N,)`` arrays ``loss``, ``prob_given``, ``margin`` (NaN
+        where unseen) and ``pred`` (-1 where unseen).
     """
     model.train()
-    fit = np.zeros(num_samples, dtype=bool)
+    fit = np.zeros(num_samples, dtype=np.float64)
     seen = np.zeros(num_samples, dtype=bool)
+    sig = None
+    if signals:
+        sig = {k: np.full(num_samples, np.nan, dtype=np.float32) for k in ("loss", "prob_given", "margin")}
+        sig["pred"] = np.full(num_samples, -1, dtype=np.int32)
     total_loss, total = 0.0, 0
     for idx, xb, yb in loader:
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
@@ -72,8 +108,16 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         optimizer.step()
         total_loss += float(per_sample.detach().sum())
         total += len(idx)
-        # Which training labels the model fits, read off the training pass for free.
+        # How well the model fits the training targets, read off the training pass for free.
         batch = idx.numpy()
-        fit[batch] = (logits.argmax(1) == yb).cpu().numpy()
+        with torch.no_grad():
+            fit[batch] = fit_fn(logits.detach(), yb).cpu().numpy()
         seen[batch] = True
-    return {"train_loss": total_loss / max(total, 1), "fit": fit, "seen": seen}
+        if sig is not None:
+            sig["loss"][batch] = per_sample.detach().float().cpu().numpy()
+            for k, v in training_signals(logits, yb).items():
+                sig[k][batch] = v.cpu().numpy()
+    out = {"train_loss": total_loss / max(total, 1), "fit": fit, "seen": seen}
+    if sig is not None:
+        out["signals"] = sig
+    return out

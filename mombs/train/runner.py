@@ -23,23 +23,25 @@ import torch
 
 from ..assessor import assessment_pass
 from ..data.corpus import Corpus, load_corpus
-from ..difficulty import quadrants
+from ..data.seg_corpus import load_seg_corpus
+from ..difficulty import difficulty_scores, quadrants
 from ..envinfo import environment_info
 from .build import ASSESS_BATCH_SIZE, Components, build
 from .checkpoint import atomic_json, load_checkpoint, remove_checkpoints, save_checkpoint
 from .config import RunConfig, run_dir_name
 from .engine import evaluate, train_one_epoch
+from .segmentation import detection_scores, summarize_segmentation
 
 __all__ = ["RunConfig", "run", "run_dir_name"]
 
 
-def _resume(c: Components, ckpt_path: Path, cfg: RunConfig, out: Path) -> tuple[int, list, dict]:
-    """Restores a checkpoint of this run if there is one; ``(start epoch, log, best)``."""
+def _resume(c: Components, ckpt_path: Path, cfg: RunConfig, out: Path) -> tuple[int, list, dict, dict]:
+    """Restores a checkpoint of this run if there is one; ``(start epoch, log, best, history)``."""
     ck = load_checkpoint(ckpt_path, cfg.key())
     if ck is None:
         # Starting over: lines of an earlier attempt that left no usable checkpoint go.
         (out / "log.jsonl").unlink(missing_ok=True)
-        return 0, [], {"val": -1.0, "epoch": -1, "state": None}
+        return 0, [], {"val": -1.0, "epoch": -1, "state": None}, {}
     c.model.load_state_dict(ck["model"])
     c.optimizer.load_state_dict(ck["opt"])
     c.scheduler.load_state_dict(ck["sched"])
@@ -50,15 +52,38 @@ def _resume(c: Components, ckpt_path: Path, cfg: RunConfig, out: Path) -> tuple[
         c.augment_gen.set_state(ck["aug_gen"])
     # The log on disk may hold an epoch that finished after this checkpoint was cut.
     (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ck["log"]))
-    return ck["epoch"] + 1, ck["log"], ck["best"]
+    history = {k: [torch.as_tensor(v).numpy() for v in rows] for k, rows in (ck.get("history") or {}).items()}
+    return ck["epoch"] + 1, ck["log"], ck["best"], history
 
 
-def _checkpoint(c: Components, path: Path, cfg: RunConfig, epoch: int, log: list, best: dict) -> None:
+def _checkpoint(c: Components, path: Path, cfg: RunConfig, epoch: int, log: list, best: dict,
+                history: dict) -> None:
     save_checkpoint(path, {
         "key": cfg.key(), "epoch": epoch, "model": c.model.state_dict(), "opt": c.optimizer.state_dict(),
         "sched": c.scheduler.state_dict(), "sampler": c.sampler.state_dict(), "log": log, "best": best,
         "aug_gen": c.augment_gen.get_state() if c.augment_gen is not None else None,
-        "assessor": c.assessor.state_dict() if c.assessor is not None else None})
+        "assessor": c.assessor.state_dict() if c.assessor is not None else None,
+        # Tensors, so that the checkpoint still loads with weights_only=True.
+        "history": {k: [torch.from_numpy(v) for v in rows] for k, rows in history.items()}})
+
+
+def _record_history(history: dict, stats: dict, c: Components) -> None:
+    """Appends one epoch's per-sample training signals (and measured uncertainties)."""
+    for k, v in stats["signals"].items():
+        history.setdefault("train_loss" if k == "loss" else k, []).append(v)
+    if c.assessor is not None:
+        tr = c.assessor.tracker
+        unc = np.where(tr.measured("uncertainty"), tr.uncertainty, np.nan).astype(np.float32)
+        history.setdefault("uncertainty", []).append(unc)
+
+
+def _write_history(out: Path, history: dict) -> None:
+    """``history.npz``: ``(E, N)`` arrays, one row per epoch (see :class:`RunConfig` ``history``)."""
+    arrays = {k: np.stack(rows) for k, rows in history.items()}
+    arrays["epochs"] = np.arange(len(next(iter(history.values()))), dtype=np.int64)
+    tmp = out / "history.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(out / "history.npz")
 
 
 def _epoch_losses(c: Components) -> np.ndarray | None:
@@ -101,15 +126,19 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    data = corpus or load_corpus(cfg)
+    seg = cfg.task == "segmentation"
+    data = corpus or (load_seg_corpus(cfg) if seg else load_corpus(cfg))
     out.mkdir(parents=True, exist_ok=True)
     atomic_json(out / "config.json", {"config": dataclasses.asdict(cfg), "key": cfg.key(),
                                       "data": data.describe()})
     c = build(cfg, data, device)
-    x_val, y_val = data.x_val.to(device), torch.from_numpy(data.y_val).to(device)
-    x_te, y_te = data.x_test.to(device), torch.from_numpy(data.y_test).to(device)
+    x_val, y_val = data.x_val.to(device), torch.as_tensor(data.y_val).to(device)
+    x_te, y_te = data.x_test.to(device), torch.as_tensor(data.y_test).to(device)
     ckpt_path = out / "checkpoint.pt"
-    start, log, best = _resume(c, ckpt_path, cfg, out)
+    start, log, best, history = _resume(c, ckpt_path, cfg, out)
+    m = c.metric
+    score_fn = c.evaluate or evaluate
+    signals = cfg.history and not seg
     noisy_mask = data.noisy_train
     bar = None
     if progress:
@@ -128,38 +157,46 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
         c.strategy.start_epoch(epoch, num_epochs=cfg.epochs, losses=_epoch_losses(c))
         stats = train_one_epoch(c.model, c.loader, loss_fn=c.loss_fn, optimizer=c.optimizer,
                                 strategy=c.strategy, assessor=c.assessor, device=device,
-                                num_samples=len(c.train_set), augment_gen=c.augment_gen)
+                                num_samples=len(c.train_set), augment_gen=c.augment_gen, fit_fn=c.fit_fn,
+                                signals=signals)
         c.scheduler.step()
         if c.assessor is not None:
             c.assessor.end_epoch()
-        val_acc, _ = evaluate(c.model, x_val, y_val)
+        if signals:
+            _record_history(history, stats, c)
+        val_score, _ = score_fn(c.model, x_val, y_val)
         fit, seen = stats["fit"], stats["seen"]
         rec = {"epoch": epoch, "lr": c.optimizer.param_groups[0]["lr"], "train_loss": stats["train_loss"],
-               "train_fit": float(fit[seen].mean()), "val_top1": val_acc}
+               "train_fit": float(fit[seen].mean()), f"val_{m}": val_score}
         if hasattr(c.sampler, "uses_scores"):  # the ohem sampler has no plan to report
             rec["planned"] = bool(c.sampler.uses_scores(epoch))
         if noisy_mask is not None and noisy_mask.any():
             rec["noisy_fit"] = float(fit[noisy_mask & seen].mean())
             rec["clean_fit"] = float(fit[~noisy_mask & seen].mean())
         if (epoch + 1) % cfg.test_every == 0 or epoch == cfg.epochs - 1:
-            rec["test_top1"] = evaluate(c.model, x_te, y_te)[0]
+            rec[f"test_{m}"] = score_fn(c.model, x_te, y_te)[0]
         rec["seconds"] = time.perf_counter() - t0
         log.append(rec)
         with open(out / "log.jsonl", "a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        if val_acc > best["val"]:
-            best = {"val": val_acc, "epoch": epoch,
+        if val_score > best["val"]:
+            best = {"val": val_score, "epoch": epoch,
                     "state": {k: v.detach().cpu().clone() for k, v in c.model.state_dict().items()}}
-        _checkpoint(c, ckpt_path, cfg, epoch, log, best)
+        _checkpoint(c, ckpt_path, cfg, epoch, log, best, history)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(val=f"{val_acc:.3f}")
+            bar.set_postfix(val=f"{val_score:.3f}")
     if bar is not None:
         bar.close()
     if c.assessor is not None:
         c.assessor.close()
 
-    results = _summarize(cfg, data, c, log, best, x_te, y_te, out)
+    if seg:
+        results = summarize_segmentation(cfg, data, c, log, best, x_te, y_te, out)
+    else:
+        results = _summarize(cfg, data, c, log, best, x_te, y_te, out)
+    if history:
+        _write_history(out, history)
     atomic_json(results_path, results)
     remove_checkpoints(ckpt_path)
     return results
@@ -192,7 +229,7 @@ def _summarize(cfg: RunConfig, data: Corpus, c: Components, log: list, best: dic
     res = {
         "dataset": data.name, "strategy": cfg.strategy, "loss": cfg.loss, "batch_size": cfg.batch_size,
         "seed": cfg.seed, "model": cfg.model, "epochs": cfg.epochs, "pivot_epoch": cfg.pivot_epoch,
-        "top1": top1, "top1_best_val": top1_best_val, "best_val_epoch": best["epoch"],
+        "task": "classification", "metric": "top1", "top1": top1, "top1_best_val": top1_best_val, "best_val_epoch": best["epoch"],
         "val_top1": log[-1]["val_top1"], "per_class_top1": per_class,
         "train_size": int(len(data.y_train)), "quadrant_counts": q.counts,
         "curves": {k: [r.get(k) for r in log] for k in ("val_top1", "test_top1", "train_loss", "train_fit",
@@ -203,10 +240,9 @@ def _summarize(cfg: RunConfig, data: Corpus, c: Components, log: list, best: dic
     }
     noisy = data.noisy_train
     if noisy is not None and noisy.any():
-        poor = q.mask("poorly-labeled")
         res["noisy_fit"] = log[-1].get("noisy_fit")
-        res["noise_detection"] = {"precision": float(noisy[poor].mean()) if poor.any() else 0.0,
-                                  "recall": float(poor[noisy].mean()), "base_rate": float(noisy.mean())}
+        res["noise_detection"] = detection_scores(noisy, {"difficulty": difficulty_scores(loss, unc), "loss": loss},
+                                                  q.mask("poorly-labeled"))
     if data.shot_groups is not None:
         res["shot_top1"] = {}
         for g, classes in data.shot_groups.items():

@@ -1,0 +1,156 @@
+"""A segmentation run's data, built from its config: the synthetic CT set or a public COVID-19 CT set.
+
+The segmentation counterpart of :mod:`mombs.data.corpus`. Nothing here imports
+MONAI, nibabel or scipy until data is actually read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["SEG_DATASETS", "SEG_LOSSES", "SYNTHETIC_EVAL_SIZES", "SegCorpus", "check_seg_data_dir",
+           "load_seg_corpus"]
+
+#: Segmentation data set names understood by :func:`load_seg_corpus`.
+SEG_DATASETS = ("synthetic-ct", "covid-ct", "medseg-covid")
+#: Segmentation losses: ``"dice-ce"`` is :func:`mombs.tasks.segmentation.per_image_dice_ce`
+#: on the lesion channel (background left out of the Dice term, kept in the CE).
+SEG_LOSSES = ("dice-ce",)
+#: Validation and test slices of the synthetic set. Fixed, whatever the
+#: training size, so that the 10/50/100% regimes are scored on the same slices.
+SYNTHETIC_EVAL_SIZES = {"val": 100, "test": 200}
+#: Training slices of the synthetic set when ``subset`` is not set.
+SYNTHETIC_DEFAULT_TRAIN = 300
+
+_WHERE = {
+    "covid-ct": ("the COVID-19 CT Lung and Infection Segmentation Dataset (Ma et al., "
+                 "https://zenodo.org/record/3757476): a folder holding COVID-19-CT-Seg_20cases/ and "
+                 "Infection_Mask/"),
+    "medseg-covid": ("the MedSeg COVID-19 CT segmentation set (http://medicalsegmentation.com/covid19/): "
+                     "a folder holding tr_im.nii.gz and tr_mask.nii.gz"),
+}
+
+
+def check_seg_data_dir(dataset: str, data_dir) -> None:
+    """Refuses a missing folder for the public sets, naming what to put there.
+
+    Raises:
+        ValueError: ``data_dir`` unset or not a folder for ``covid-ct`` /
+            ``medseg-covid``.
+    """
+    if dataset not in _WHERE:
+        return
+    if data_dir is None or not os.path.isdir(data_dir):
+        raise ValueError(f"data_dir={data_dir!r} must be the folder of dataset={dataset!r}: {_WHERE[dataset]}. "
+                         f"Nothing is downloaded.")
+
+
+@dataclass
+class SegCorpus:
+    """The splits of a segmentation run, as tensors.
+
+    Attributes:
+        name: data set name.
+        num_classes: output channels of the network (2: background, lesion).
+        x_train, x_val, x_test: ``(N, C, H, W)`` float32 images.
+        y_train: ``(N, H, W)`` int64 training masks as given (possibly corrupted).
+        y_train_clean: ``(N, H, W)`` int64 clean training masks, or ``None``
+            when the truth is unknown (real data).
+        noisy_train: ``(N,)`` bool, the corrupted masks, or ``None``.
+        corruption: ``(N,)`` int64 codes into :data:`~mombs.data.synthetic_ct.CORRUPTIONS`, or ``None``.
+        y_val, y_test: ``(N, H, W)`` int64 clean masks.
+        size_group_test: ``(N_test,)`` int64 codes into
+            :data:`~mombs.data.synthetic_ct.SIZE_GROUPS` (lesion area of the slice).
+        size_group_train: the same for the training slices (clean masks).
+    """
+
+    name: str
+    num_classes: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    y_train_clean: np.ndarray | None
+    noisy_train: np.ndarray | None
+    corruption: np.ndarray | None
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    size_group_test: np.ndarray
+    size_group_train: np.ndarray
+
+    def describe(self) -> dict:
+        from .synthetic_ct import CORRUPTIONS, SIZE_GROUPS
+
+        d = {"name": self.name, "task": "segmentation", "num_classes": self.num_classes,
+             "train": int(len(self.y_train)), "val": int(len(self.y_val)), "test": int(len(self.y_test)),
+             "image_shape": list(self.x_train.shape[1:]),
+             "test_size_groups": {g: int((self.size_group_test == i).sum()) for i, g in enumerate(SIZE_GROUPS)}}
+        if self.noisy_train is not None:
+            d["train_noise_rate"] = float(self.noisy_train.mean())
+            d["train_corruptions"] = {c: int((self.corruption == i).sum()) for i, c in enumerate(CORRUPTIONS)}
+        return d
+
+
+def _size_groups(masks: np.ndarray) -> np.ndarray:
+    from .synthetic_ct import size_group_of
+
+    return size_group_of(masks.reshape(len(masks), -1).sum(axis=1), masks.shape[1] * masks.shape[2])
+
+
+def _synthetic(cfg) -> SegCorpus:
+    from .synthetic_ct import make_synthetic_ct
+
+    n_train = cfg.subset if cfg.subset is not None else SYNTHETIC_DEFAULT_TRAIN
+    data = make_synthetic_ct(n_train, SYNTHETIC_EVAL_SIZES["val"], SYNTHETIC_EVAL_SIZES["test"],
+                             size=cfg.image_size or 64,
+                             noise_fraction=cfg.noise_rate if cfg.noise == "annotation" else 0.0,
+                             noise_mix=cfg.noise_mix, seed=cfg.seed, windows=cfg.windows or "lung")
+    tr, va, te = data.train, data.val, data.test
+    t = torch.from_numpy
+    noisy = tr.noisy if cfg.noise == "annotation" else None
+    return SegCorpus(cfg.dataset, 2, t(tr.images), t(tr.masks), tr.clean_masks, noisy,
+                     tr.corruption if noisy is not None else None, t(va.images), t(va.clean_masks),
+                     t(te.images), t(te.clean_masks), te.size_group, tr.size_group)
+
+
+def _public(cfg) -> SegCorpus:
+    from .covid_ct import read_covid_ct_seg, read_medseg_covid
+
+    reader = read_covid_ct_seg if cfg.dataset == "covid-ct" else read_medseg_covid
+    splits = {}
+    for name in ("train", "val", "test"):
+        s = reader(cfg.data_dir, windows=cfg.windows or "lung", split=name, seed=cfg.seed,
+                   size=cfg.image_size)
+        splits[name] = (torch.from_numpy(np.ascontiguousarray(s.images())), s.masks)
+    x_tr, y_tr = splits["train"]
+    if cfg.subset is not None:
+        if cfg.subset > len(y_tr):
+            raise ValueError(f"subset={cfg.subset} exceeds the {len(y_tr)} training slices of {cfg.dataset}")
+        keep = np.sort(np.random.default_rng([cfg.seed, 0x5E6]).choice(len(y_tr), cfg.subset, replace=False))
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+    y_val, y_te = splits["val"][1], splits["test"][1]
+    t = torch.from_numpy
+    return SegCorpus(cfg.dataset, 2, x_tr, t(y_tr), None, None, None, splits["val"][0], t(y_val),
+                     splits["test"][0], t(y_te), _size_groups(y_te), _size_groups(y_tr))
+
+
+def load_seg_corpus(cfg) -> SegCorpus:
+    """Builds the splits a segmentation :class:`~mombs.train.RunConfig` asks for.
+
+    ``synthetic-ct``: :func:`~mombs.data.synthetic_ct.make_synthetic_ct` with
+    ``subset`` training slices (default 300) and the fixed
+    :data:`SYNTHETIC_EVAL_SIZES`, all drawn from ``cfg.seed``.
+    ``covid-ct`` / ``medseg-covid``: the readers of :mod:`mombs.data.covid_ct`
+    with their patient-wise split seeded by ``cfg.seed`` (``subset``: a seeded
+    share of the training slices). Lesion masks are binary.
+    """
+    if cfg.dataset == "synthetic-ct":
+        return _synthetic(cfg)
+    if cfg.dataset in _WHERE:
+        check_seg_data_dir(cfg.dataset, cfg.data_dir)
+        return _public(cfg)
+    raise ValueError(f"dataset={cfg.dataset!r} is not known; choose one of {list(SEG_DATASETS)}")

@@ -1,0 +1,158 @@
+"""Segmentation through the runner and the CLI (issue 10), and the run history (issue 13)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mombs import cli
+from mombs.train import RunConfig, run
+from mombs.train.segmentation import detection_scores, dice_fit
+
+pytest.importorskip("monai")
+
+# 16 training slices of 32 x 32: a 2-epoch run takes a few seconds on one thread.
+SEG = dict(task="segmentation", subset=16, image_size=32, epochs=2, pivot_epoch=1, batch_size=4,
+           noise="annotation", noise_rate=0.25, threads=1, optimizer="adam", lr=0.003, weight_decay=0.0)
+
+
+def test_classification_keys_do_not_move_with_the_segmentation_fields():
+    # Pinned before the segmentation fields existed: every committed run keeps its folder.
+    assert RunConfig().key() == "11f7a7d05f"
+    assert RunConfig(dataset="digits", strategy="mixed", epochs=3).key() == "b0e6feab92"
+    assert RunConfig(history=True).key() == RunConfig().key()  # history changes no outcome
+    seg = RunConfig(task="segmentation")
+    assert seg.key() != RunConfig().key()
+    assert seg.resolved().dataset == "synthetic-ct" and seg.resolved().model == "unet"
+    assert RunConfig(task="segmentation", dataset="synthetic-ct", model="unet", loss="dice-ce").key() == seg.key()
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(dataset="fashion-mnist"), "dataset='fashion-mnist' is not known; choose one of ['covid-ct'"),
+    (dict(model="small_cnn"), "model='small_cnn' is not known"),
+    (dict(loss="ce"), "loss='ce' is not known"),
+    (dict(noise="symmetric", noise_rate=0.2), "noise='symmetric' is not known"),
+    (dict(augment=True), "augment=True does not apply to task='segmentation'"),
+    (dict(imbalance=0.1), "imbalance=0.1 does not apply"),
+    (dict(noise_rate=0.2), "noise_rate=0.2 has no effect with noise='none'"),
+    (dict(noise_mix={"missed": 1.0}), "noise_mix={'missed': 1.0} only applies with noise='annotation'"),
+    (dict(noise="annotation", noise_rate=0.2, noise_mix={"typo": 1.0}), "unknown corruption(s) ['typo']"),
+    (dict(image_size=40), "image_size=40 must be a multiple of 16"),
+    (dict(windows="bone"), "windows='bone' is not known"),
+    (dict(dataset="covid-ct"), "data_dir=None must be the folder of dataset='covid-ct'"),
+    (dict(dataset="medseg-covid", data_dir="/nonexistent"), "tr_im.nii.gz"),
+    (dict(task="detection"), "task='detection' is not known"),
+])
+def test_bad_segmentation_options_are_named(options, message):
+    with pytest.raises(ValueError) as err:
+        RunConfig(**dict(dict(task="segmentation"), **options)).validate()
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name, value", [("image_size", 64), ("windows", "lung"), ("noise_mix", {"missed": 1})])
+def test_segmentation_fields_are_refused_for_classification(name, value):
+    with pytest.raises(ValueError, match=f"{name}=.* only applies to task='segmentation'"):
+        RunConfig(dataset="digits", **{name: value}).validate()
+
+
+def test_dice_fit_and_detection_scores_on_hand_computed_cases():
+    logits = torch.zeros(3, 2, 2, 2)
+    logits[0, 1, 0, 0] = 1  # predicts one pixel; the mask has two, one shared: 2*1/(1+2)
+    logits[1, 1] = -1  # predicts nothing, the mask is empty: a perfect fit
+    logits[2, 1, 1, 1] = 1  # predicts a pixel where the mask is empty: Dice 0
+    target = torch.tensor([[[1, 1], [0, 0]], [[0, 0], [0, 0]], [[0, 0], [0, 0]]])
+    assert torch.allclose(dice_fit(logits, target), torch.tensor([2 / 3, 1.0, 0.0]))
+
+    member = np.array([True, True, False, False])
+    det = detection_scores(member, {"s": np.array([0.9, 0.2, 0.5, 0.1])}, np.array([True, False, True, False]))
+    assert det["precision"] == 0.5 and det["recall"] == 0.5 and det["base_rate"] == 0.5
+    assert det["auroc_s"] == pytest.approx(0.75)  # pairs (member, other) ranked right: 3 of 4
+    assert detection_scores(np.ones(2, bool), {"s": np.arange(2.0)}, np.ones(2, bool))["auroc_s"] is None
+
+
+def test_two_epochs_of_segmentation_through_the_cli_write_results_and_a_report_with_pictures(tmp_path, capsys):
+    argv = ["compare", "--out", str(tmp_path), "--no-progress", "--set", "strategies=[random, mixed]",
+            "--set", "seeds=[0]", "--set", "jobs=1"] + [a for k, v in SEG.items()
+                                                        for a in ("--set", f"{k}={v}")]
+    assert cli.main(argv) == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2
+    for d in runs:
+        res = json.loads((d / "results.json").read_text())
+        assert res["task"] == "segmentation" and res["metric"] == "dice" and 0 <= res["dice"] <= 1
+        assert len(res["curves"]["val_dice"]) == 2 and res["train_size"] == 16
+        det = res["noise_detection"]
+        assert det["base_rate"] == 0.25 and det["flagged"] == res["quadrant_counts"]["poorly-labeled"]
+        assert 0 <= det["auroc_difficulty"] <= 1
+        assert set(det["recall_by_corruption"]) <= {"missed", "eroded", "dilated", "shifted", "swapped"}
+        z = np.load(d / "assessment.npz")
+        assert z["loss"].shape == (16,) and (z["corruption"] > 0).sum() == 4
+        np.testing.assert_array_equal(z["noisy"], z["corruption"] > 0)
+        f = np.load(d / "flagged.npz")
+        assert f["image"].shape[1:] == (32, 32) and f["given"].shape == f["pred"].shape == f["clean"].shape
+        lines = (d / "log.jsonl").read_text().splitlines()
+        assert [json.loads(x)["epoch"] for x in lines] == [0, 1] and "val_dice" in json.loads(lines[0])
+    report = (tmp_path / "report.md").read_text()
+    assert "Dice %" in report and "small-lesion Dice" in report
+    for png in ("curves.png", "scatter-mixed-b4-n16.png", "flagged-mixed-b4-n16.png", "flagged-random-b4-n16.png"):
+        assert f"]({png})" in report and (tmp_path / png).stat().st_size > 1000
+    assert "Dice %" in capsys.readouterr().out
+
+
+def test_an_interrupted_segmentation_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import mombs.train.runner as runner
+
+    cfg = RunConfig(strategy="mixed", **SEG)
+    whole = run(cfg, tmp_path / "whole")
+    original = runner._checkpoint
+
+    def checkpoint_then_die(c, path, cfg_, e, *rest):
+        original(c, path, cfg_, e, *rest)
+        if e == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "cut")
+    monkeypatch.setattr(runner, "_checkpoint", original)
+    resumed = run(cfg, tmp_path / "cut")
+    assert resumed["dice"] == whole["dice"] and resumed["curves"]["val_dice"] == whole["curves"]["val_dice"]
+    np.testing.assert_array_equal(np.load(tmp_path / "cut/assessment.npz")["loss"],
+                                  np.load(tmp_path / "whole/assessment.npz")["loss"])
+
+
+def test_the_history_of_a_run_survives_a_resume_and_reads_right(tmp_path, monkeypatch):
+    import mombs.train.runner as runner
+
+    cfg = RunConfig(dataset="digits", strategy="mixed", epochs=3, pivot_epoch=1, batch_size=64, threads=1,
+                    noise="symmetric", noise_rate=0.2, history=True)
+    run(cfg, tmp_path / "whole")
+    h = np.load(tmp_path / "whole/history.npz")
+    n = json.loads((tmp_path / "whole/results.json").read_text())["train_size"]
+    assert h["train_loss"].shape == h["prob_given"].shape == h["margin"].shape == h["pred"].shape == (3, n)
+    assert list(h["epochs"]) == [0, 1, 2] and not np.isnan(h["train_loss"]).any()
+    assert ((h["prob_given"] > 0) & (h["prob_given"] < 1)).all()
+    # The margin is positive exactly where the given label wins the argmax.
+    y = np.load(tmp_path / "whole/assessment.npz")["y"]
+    np.testing.assert_array_equal(h["margin"] > 0, h["pred"] == y[None, :])
+    # The mixed arm measures uncertainties from the pivot on: every sample has one by the end.
+    assert not np.isnan(h["uncertainty"][-1]).any()
+
+    original = runner._checkpoint
+
+    def checkpoint_then_die(c, path, cfg_, e, *rest):
+        original(c, path, cfg_, e, *rest)
+        if e == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "cut")
+    monkeypatch.setattr(runner, "_checkpoint", original)
+    run(cfg, tmp_path / "cut")
+    cut = np.load(tmp_path / "cut/history.npz")
+    for k in h.files:
+        np.testing.assert_array_equal(cut[k], h[k], err_msg=k)
+    run(RunConfig(**dict(vars(cfg), history=False)), tmp_path / "plain")
+    assert not (tmp_path / "plain/history.npz").exists()
