@@ -519,7 +519,8 @@ def render_detection(root: Path) -> str:
                      f"{rs[0]['train_size']} training images, {rs[0]['eval_size']} scored; "
                      f"seeds {seeds}; unfiltered test accuracy "
                      f"{_fmt(*_mean_ci([r['baseline_top1'] for r in rs]), 3)})\n")
-        lines.append("| method | precision | recall | F1 | AUROC | AP | precision@k | flagged | cost (x one run) |")
+        lines.append("| method | precision | recall | F1 | AUROC | AP | precision@k | flagged (of those scored) "
+                     "| cost (x one run) |")
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for name in METHODS:
             ms = [r["methods"][name] for r in rs if name in r["methods"]]
@@ -550,7 +551,12 @@ def render_retrain(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"label-issues-detection": render_detection, "label-issues-retrain": render_retrain}
+def render_methods(root: Path) -> str:
+    return "| method | what it is |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in METHODS.items()) + "\n"
+
+
+TABLES = {"label-issues-methods": render_methods, "label-issues-detection": render_detection,
+          "label-issues-retrain": render_retrain}
 _BLOCK = re.compile(r"(?P<start><!-- label-issues table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
                     r"(?P<end><!-- end label-issues table: (?P=name) -->)", re.DOTALL)
 

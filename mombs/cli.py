@@ -213,7 +213,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                    "run kept it (--set history=true), its history.npz.")
     d.add_argument("run_dir", help="a finished `mombs train` run folder")
     d.add_argument("--out", help="output folder (default: RUN_DIR/diagnose)")
-    d.add_argument("--score", default="auto", help="label-issue score: auto, quadrant, aum, confidence, combined")
+    d.add_argument("--score", default="auto", help="label-issue score (higher = more likely wrong): auto (aum with a history, else loss), "
+                        "quadrant, loss, aum, confidence, combined")
     d.add_argument("--no-images", action="store_true", help="no picture grids (do not rebuild the data)")
     d.add_argument("--per-quadrant", type=int, default=16, help="pictures per quadrant grid (default 16)")
     return parser
@@ -237,7 +238,7 @@ def _diagnose(args) -> int:
                       "score": s["score"], "history": res["history"]}))
     if not res["history"]:
         print(f"mombs: {args.run_dir} has no history.npz, so the table has no AUM and no cartography "
-              f"(confidence/variability) and the score is the quadrant one; retrain with --set history=true "
+              f"(confidence/variability), and the score is {s['score']!r}; retrain with --set history=true "
               f"to get them", file=sys.stderr)
     for note in res["missing"]:
         if res["history"] or not note.startswith("the per-epoch history"):

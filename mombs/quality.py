@@ -71,7 +71,9 @@ HISTORY_KEYS = ("train_loss", "prob_given", "margin", "pred", "uncertainty")
 #: - ``"combined"``: the mean of the normalized ranks of ``"quadrant"`` and ``"aum"``.
 #:   Flag: the top ``k`` by this score, ``k`` = the number of samples with
 #:   ``AUM < aum_threshold`` (a label-free estimate of how many labels are wrong).
-#: - ``"auto"``: ``"combined"`` with a history, else ``"quadrant"``.
+#: - ``"auto"``: ``"aum"`` with a margin history, else ``"loss"``: the two that ranked
+#:   wrong labels best in ``benchmarks/label_issues.py`` (``docs/quality.md``), where
+#:   the quadrant score and ``"combined"`` ranked them worse than the loss alone.
 SCORES = ("auto", "quadrant", "loss", "aum", "confidence", "combined")
 
 
@@ -440,8 +442,8 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
         predicted: ``(N,)`` predicted labels, when no history gives them.
         wrong_label: ``(N,)`` bool, the labels known to be wrong (planted
             noise), to score the result; optional.
-        score: one of :data:`SCORES` (``"auto"``: ``"combined"`` with a
-            margin history, else ``"quadrant"``).
+        score: one of :data:`SCORES` (``"auto"``: ``"aum"`` with a margin
+            history, else ``"loss"``).
         aum_threshold: AUM below which a label is flagged by ``"aum"`` and
             counted by ``"combined"``; 0 by default, or one from threshold
             samples (:func:`aum_threshold`).
@@ -508,7 +510,7 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
                    "and mombs.quality.given_label_margin/given_label_prob in your own loop)"]
 
     if score == "auto":
-        score = "combined" if "aum" in table and not np.isnan(table["aum"]).all() else "quadrant"
+        score = "aum" if "aum" in table and not np.isnan(table["aum"]).all() else "loss"
     needs = {"aum": "aum", "combined": "aum", "confidence": "confidence"}.get(score)
     if needs is not None and needs not in table:
         raise ValueError(f"score={score!r} needs the per-epoch history ({needs}); give history= with "
@@ -776,6 +778,7 @@ def _run_images(run_dir: Path, n: int):
     """The run's training images, rebuilt from its config; ``(None, why)`` when that fails."""
     try:
         cfg = json.loads((run_dir / "config.json").read_text())
+        cfg = cfg.get("config", cfg)  # the runner writes {"config": {...}, "key": ...}
         from .data.corpus import load_corpus
         from .train import RunConfig
 

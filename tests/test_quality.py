@@ -78,7 +78,7 @@ def _planted(n=40, epochs=4, seed=0):
     return loss, unc, labels, history, wrong
 
 
-@pytest.mark.parametrize("score", ["auto", "quadrant", "aum", "confidence", "combined"])
+@pytest.mark.parametrize("score", ["auto", "quadrant", "loss", "aum", "confidence", "combined"])
 def test_a_planted_flipped_sample_is_ranked_first_and_flagged(score):
     loss, unc, labels, history, wrong = _planted()
     q = data_quality(loss, unc, labels, history=history, wrong_label=wrong, score=score)
@@ -87,7 +87,8 @@ def test_a_planted_flipped_sample_is_ranked_first_and_flagged(score):
     assert t["flagged"][7] and t["quadrant"][7] == "poorly-labeled"
     assert t["predicted_label"][7] == (labels[7] + 1) % 4
     assert q.summary()["known_noise"]["precision_at_k"] == 1.0
-    if score in ("auto", "combined", "aum"):  # AUM < 0 only for the planted sample: one flag
+    assert q.score == ("aum" if score == "auto" else score)
+    if score in ("auto", "combined", "aum", "loss"):  # AUM < 0 and loss > ln 2 only for the planted sample
         assert t["flagged"].sum() == 1
     assert sorted(np.unique(t["label_issue_rank"])) == list(range(1, 41))
 
@@ -95,7 +96,7 @@ def test_a_planted_flipped_sample_is_ranked_first_and_flagged(score):
 def test_without_history_the_table_says_what_is_missing():
     loss, unc, labels, _, _ = _planted()
     q = data_quality(loss, unc, labels)
-    assert q.score == "quadrant" and "aum" not in q.table and "confidence" not in q.table
+    assert q.score == "loss" and "aum" not in q.table and "confidence" not in q.table
     assert q.table["label_issue_rank"][7] == 1
     assert any("history=true" in m for m in q.missing)
     with pytest.raises(ValueError, match="score='aum' needs the per-epoch history"):
@@ -184,7 +185,7 @@ def test_diagnose_with_history_writes_table_maps_and_report(tmp_path):
     run = _run_dir(tmp_path / "run", with_history=True)
     res = diagnose(run, images=False)
     out = run / "diagnose"
-    assert res["history"] and res["summary"]["score"] == "combined"
+    assert res["history"] and res["summary"]["score"] == "aum"
     assert (out / "data_quality.csv").exists() and (out / "data_map.png").exists()
     assert (out / "cartography.png").exists() and (out / "summary.json").exists()
     report = (out / "report.md").read_text()
@@ -209,7 +210,7 @@ def test_cli_diagnose_without_history_says_how_to_get_it(tmp_path, capsys):
     assert cli.main(["diagnose", str(run), "--out", str(tmp_path / "o")]) == 0
     out, err = capsys.readouterr()
     res = json.loads(out.strip().splitlines()[-1])
-    assert res["history"] is False and res["score"] == "quadrant" and res["flagged"] >= 1
+    assert res["history"] is False and res["score"] == "loss" and res["flagged"] >= 1
     assert "--set history=true" in err and "no AUM" in err
     assert "could not be rebuilt" in err  # the picture grids are missing, and it says why
     report = (tmp_path / "o" / "report.md").read_text()
@@ -297,3 +298,19 @@ def test_a_flipped_label_in_real_training_has_the_lowest_aum():
     aum = area_under_margin(np.stack(margins))
     assert np.argmin(aum) == 5 and aum[5] < 0 < np.delete(aum, 5).min()
     assert np.argmin(cartography(np.stack(probs))["confidence"]) == 5
+
+
+# --------------------------------------------------------------------------- #
+# a real run, and the committed comparison table
+
+
+def test_the_committed_comparison_tables_match_the_result_files():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("label_issues", root / "benchmarks" / "label_issues.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (root / "docs" / "quality.md").read_text(encoding="utf-8")
+    assert module.render_doc(text, root) == text, "run: python benchmarks/label_issues.py --table --write"
