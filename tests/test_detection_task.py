@@ -214,3 +214,14 @@ def test_adapter_through_assessment_pass(tiny):
     # without a generator the pass seeds each batch's noise with 0
     direct = torch.cat([rpn_uncertainty(tiny, images[s:s + 2], at=at, k=2, seed=0) for s in (0, 2)])
     np.testing.assert_allclose(uv, direct.double().numpy(), rtol=1e-5)
+
+
+def test_tiled_copies_after_the_first_block_match_the_plain_pass(tiny):
+    """Tiled copies of the disturbed map (one forward with K * B rows) carry the anchor mask along:
+    without noise they give the plain entropy, as K whole forwards do."""
+    images, _ = _images_and_targets(n=2)
+    kw = dict(at=DET_FEATURE_MODULE["tiny"], k=3, alpha=0.0, activation="sigmoid", output_fn=rpn_objectness_map,
+              uncertainty_fn=anchor_binary_entropy, forward_fn=rpn_forward)
+    tiled = mombs.feature_noise_uncertainty(tiny, images, chunk_rows=6, tiled=True, **kw)
+    plain = mombs.feature_noise_uncertainty(tiny, images, tiled=False, **kw)
+    torch.testing.assert_close(tiled, plain, rtol=1e-5, atol=1e-6)
