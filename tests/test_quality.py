@@ -286,15 +286,16 @@ def test_a_flipped_label_in_real_training_has_the_lowest_aum():
     with torch.no_grad():
         model.weight.copy_(torch.randn(2, 2, generator=g) * 0.1)
         model.bias.zero_()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     margins, probs = [], []
-    for _ in range(8):
+    for _ in range(8):  # full-batch gradient descent, lr 0.1
         logits = model(x)
         margins.append(given_label_margin(logits, y).numpy())
         probs.append(given_label_prob(logits, y).numpy())
+        model.zero_grad()
         F.cross_entropy(logits, y).backward()
-        opt.step()
-        opt.zero_grad()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
     aum = area_under_margin(np.stack(margins))
     assert np.argmin(aum) == 5 and aum[5] < 0 < np.delete(aum, 5).min()
     assert np.argmin(cartography(np.stack(probs))["confidence"]) == 5
@@ -302,6 +303,29 @@ def test_a_flipped_label_in_real_training_has_the_lowest_aum():
 
 # --------------------------------------------------------------------------- #
 # a real run, and the committed comparison table
+
+
+def test_diagnose_a_tiny_mombs_train_run_with_history(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "runs"
+    assert cli.main(["train", "--set", "dataset=digits", "--set", "epochs=2", "--set", "pivot_epoch=1",
+                     "--set", "batch_size=32", "--set", "threads=1", "--set", "history=true",
+                     "--set", "noise=symmetric", "--set", "noise_rate=0.2", "--set", "strategy=mixed",
+                     "--out", str(out), "--no-progress"]) == 0
+    run = next(p for p in out.iterdir() if p.is_dir())
+    assert (run / "history.npz").exists()
+    capsys.readouterr()
+    assert cli.main(["diagnose", str(run), "--no-images"]) == 0  # pictures: tested above
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["history"] and res["score"] == "aum"
+    with open(run / "diagnose" / "data_quality.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"aum", "confidence", "variability", "predicted_label", "wrong_label"} <= set(rows[0])
+    # 20% planted noise: the 20 most suspect rows are mostly wrong labels.
+    top = sorted(rows, key=lambda r: int(r["label_issue_rank"]))[:20]
+    assert sum(r["wrong_label"] == "1" for r in top) >= 15
+    assert (run / "diagnose" / "cartography.png").exists()
 
 
 def test_the_committed_comparison_tables_match_the_result_files():
