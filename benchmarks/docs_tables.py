@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path("benchmarks/results")
 CLASSIFICATION = RESULTS / "classification"
+SEGMENTATION = RESULTS / "segmentation"
 
 # study_table.py sits next to this script; its `load` names the study's data sets.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -294,7 +295,96 @@ def render_overhead_phases(root: Path) -> str:
               f"{r['rank_spearman']:.3f}. " + _source(rel, res))
 
 
+def _seg_runs(root: Path) -> list[dict]:
+    from study_table import load
+
+    return load(root / SEGMENTATION)
+
+
+def _ci(d: dict | None) -> str:
+    if not d:
+        return "-"
+    text = f"{100 * d['mean']:+.2f}"
+    if d.get("ci95"):
+        text += f" [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
+    return text
+
+
+def render_seg_study(root: Path) -> str:
+    """The segmentation study: Dice, small-lesion Dice and the paired differences, per cell."""
+    from mombs.compare import paired_difference, summarize
+    from mombs.report import format_table
+
+    runs = _seg_runs(root)
+    rows = summarize(runs)
+    short = [r for r in rows if r.get("n", MIN_SEEDS) < MIN_SEEDS]
+    # The small-lesion Dice paired too: the paper's claim is about small, faint findings.
+    by = {}
+    for r in runs:
+        by.setdefault((r["dataset"], r["batch_size"]), {}).setdefault(r["strategy"], {})[r["seed"]] = r
+    body = []
+    for (ds, b), arms in sorted(by.items(), key=lambda kv: (int(kv[0][0].rsplit("=", 1)[1]), kv[0][1])):
+        base = {s: r["small_dice"] for s, r in arms.get("random", {}).items() if r.get("small_dice") is not None}
+        for strategy in sorted(s for s in arms if s != "random"):
+            vals = {s: r["small_dice"] for s, r in arms[strategy].items() if r.get("small_dice") is not None}
+            d = paired_difference(vals, base) if base else None
+            body.append([ds, str(b), strategy, str(d["n"]) if d else "0", _ci(d)])
+    return (format_table(rows, markdown=True)
+            + f"\n\n{len(runs)} runs in `{SEGMENTATION.as_posix()}/`; cells with fewer than {MIN_SEEDS} "
+              f"seeds: {len(short)}.\n\nSmall-lesion Dice, paired against random (points, 95% t-interval):\n\n"
+            + _table(["cell", "B", "strategy", "n", "small-lesion Dice vs random"], body))
+
+
+def render_seg_detection(root: Path) -> str:
+    """How the final model's signals find the corrupted masks, per training size (all arms pooled)."""
+    import numpy as np
+
+    from mombs.data.synthetic_ct import CORRUPTIONS
+
+    runs = _seg_runs(root)
+    by = {}
+    for r in runs:
+        if r.get("noise_detection"):
+            by.setdefault(r["train_size"], []).append(r["noise_detection"])
+    head = ["training slices", "runs", "base rate", "PL precision", "PL recall", "AUROC difficulty",
+            "AUROC loss", "AUROC uncertainty", "AP difficulty", "AP loss"]
+    body, rec_body = [], []
+
+    def m(dets, key):
+        v = [d[key] for d in dets if d.get(key) is not None]
+        return f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1) if len(v) > 1 else 0:.1f}" if v else "-"
+
+    for n, dets in sorted(by.items()):
+        body.append([str(n), str(len(dets)), m(dets, "base_rate"), m(dets, "precision"), m(dets, "recall"),
+                     m(dets, "auroc_difficulty"), m(dets, "auroc_loss"), m(dets, "auroc_uncertainty"),
+                     m(dets, "ap_difficulty"), m(dets, "ap_loss")])
+        rec = [[d["recall_by_corruption"].get(c) for d in dets] for c in CORRUPTIONS[1:]]
+        rec_body.append([str(n)] + [f"{100 * np.mean([x for x in v if x is not None]):.0f}"
+                                    if any(x is not None for x in v) else "-" for v in rec])
+    return (_table(head, body) + "\n\nMean ± std over every run (all strategies, both batch sizes, 5 seeds); "
+            "percent. The poorly-labeled quadrant is high loss and low uncertainty of the final model.\n\n"
+            "Recall of the poorly-labeled quadrant by corruption type (percent of that type flagged):\n\n"
+            + _table(["training slices"] + list(CORRUPTIONS[1:]), rec_body))
+
+
+def render_seg_cost(root: Path) -> str:
+    rel = RESULTS / "seg_cost_cpu.json"
+    res = _read(root, rel)
+    head = ["model", "params", "training epoch s", "K-pass s", "pass / epoch", "peak memory pass / train",
+            "uncertainty runs"]
+    body = [[r["model"], f"{r['params']:,}", f"{r['seconds']['train']:.2f}", f"{r['seconds']['pass_full']:.2f}",
+             f"{r['ratio_pass_full_over_train']:.2f}×", f"{r['ratio_memory_pass_full_over_train']:.2f}×",
+             r["uncertainty_runs"]] for r in res["records"]]
+    r0 = res["records"][0]
+    return (_table(head, body) + f"\n\n{r0['n_train']} slices of {r0['size']}×{r0['size']}, training batch "
+            f"{r0['batch_size']}, pass batch {r0['pass_batch_size']}, K = {r0['k']}, {r0['threads']} thread, "
+            f"median of {r0['repeats']}. " + _source(rel, res))
+
+
 RENDERERS = {
+    "seg-study": render_seg_study,
+    "seg-detection": render_seg_detection,
+    "seg-cost": render_seg_cost,
     "study": render_study,
     "disturbance": render_disturbance,
     "onepath": render_onepath,

@@ -156,3 +156,19 @@ def test_the_history_of_a_run_survives_a_resume_and_reads_right(tmp_path, monkey
         np.testing.assert_array_equal(cut[k], h[k], err_msg=k)
     run(RunConfig(**dict(vars(cfg), history=False)), tmp_path / "plain")
     assert not (tmp_path / "plain/history.npz").exists()
+
+
+def test_a_segmentation_run_reads_the_medseg_files(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(3)
+    im = rng.uniform(-1000, 300, size=(32, 32, 30)).astype(np.float32)
+    mask = np.zeros((32, 32, 30), dtype=np.float32)
+    mask[8:14, 10:20, :] = 1  # a lesion on every slice: all 30 are kept
+    for name, a in (("tr_im.nii.gz", im), ("tr_mask.nii.gz", mask)):
+        nib.save(nib.Nifti1Image(a, np.eye(4)), str(tmp_path / name))
+    cfg = RunConfig(task="segmentation", dataset="medseg-covid", data_dir=str(tmp_path), epochs=1,
+                    batch_size=4, threads=1, windows="three")
+    res = run(cfg, tmp_path / "run")
+    assert res["dataset"] == "medseg-covid" and res["data"]["image_shape"] == [3, 32, 32]
+    assert res["data"]["train"] + res["data"]["val"] + res["data"]["test"] == 30
+    assert "noise_detection" not in res and 0 <= res["dice"] <= 1  # no truth to score the quadrants against
