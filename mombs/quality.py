@@ -514,7 +514,7 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
     needs = {"aum": "aum", "combined": "aum", "confidence": "confidence"}.get(score)
     if needs is not None and needs not in table:
         raise ValueError(f"score={score!r} needs the per-epoch history ({needs}); give history= with "
-                         f"{'margin' if needs == 'aum' else 'prob_given'}, or use score='quadrant'")
+                         f"{'margin' if needs == 'aum' else 'prob_given'}, or use score='loss' or 'quadrant'")
 
     if score == "quadrant":
         issue, flagged = quadrant_score, q.mask("poorly-labeled")
@@ -528,11 +528,12 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
         issue, flagged = -aum, aum < aum_threshold
         rule = f"AUM < {aum_threshold:g}"
     elif score == "confidence":
-        conf = np.nan_to_num(table["confidence"], nan=1.0)
-        correct = table["correctness"]
-        issue = 1.0 - conf
-        flagged = (conf < 0.5) & (np.nan_to_num(correct, nan=1.0) < 0.5 if not np.isnan(correct).all() else True)
-        rule = "cartography confidence < 0.5 and correctness < 0.5"
+        conf = np.nan_to_num(table["confidence"], nan=1.0)  # never seen: not flagged
+        issue, flagged = 1.0 - conf, conf < 0.5
+        rule = "cartography confidence < 0.5"
+        if not np.isnan(table["correctness"]).all():  # with predictions: the given label was mostly not predicted
+            flagged &= np.nan_to_num(table["correctness"], nan=1.0) < 0.5
+            rule += " and correctness < 0.5"
     else:  # combined
         aum = np.nan_to_num(table["aum"], nan=aum_threshold)
         issue = 0.5 * (_normalized_rank(quadrant_score) + _normalized_rank(-aum))
