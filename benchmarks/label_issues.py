@@ -531,6 +531,9 @@ def render_detection(root: Path) -> str:
             flagged = np.mean([m["flagged"] for m in ms])
             cost = np.mean([m["cost_x"] for m in ms])
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {flagged:.0f} | {cost:.2f} |")
+        weights = [r["methods"]["combined-val"]["notes"]["weight_quadrant"] for r in rs]
+        lines.append(f"\ncombined-val's weight on the quadrant score, chosen on validation per seed: "
+                     f"{', '.join(f'{w:g}' for w in weights)}.")
         lines.append("")
     return "\n".join(lines)
 
