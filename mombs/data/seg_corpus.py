@@ -6,6 +6,7 @@ MONAI, nibabel or scipy until data is actually read.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -101,20 +102,33 @@ def _size_groups(masks: np.ndarray) -> np.ndarray:
     return size_group_of(masks.reshape(len(masks), -1).sum(axis=1), masks.shape[1] * masks.shape[2])
 
 
+@functools.lru_cache(maxsize=2)
+def _synthetic_eval(seed: int, size: int, windows: str):
+    """The synthetic validation and test splits. They depend on the seed, the size
+    and the windows only (each slice has its own generator), so the runs of one
+    seed in a process, the arms of a comparison, draw them once."""
+    from .synthetic_ct import make_synthetic_ct
+
+    data = make_synthetic_ct(1, SYNTHETIC_EVAL_SIZES["val"], SYNTHETIC_EVAL_SIZES["test"], size=size,
+                             noise_fraction=0.0, seed=seed, windows=windows)
+    return data.val, data.test
+
+
 def _synthetic(cfg) -> SegCorpus:
     from .synthetic_ct import make_synthetic_ct
 
     n_train = cfg.subset if cfg.subset is not None else SYNTHETIC_DEFAULT_TRAIN
-    data = make_synthetic_ct(n_train, SYNTHETIC_EVAL_SIZES["val"], SYNTHETIC_EVAL_SIZES["test"],
-                             size=cfg.image_size or 64,
-                             noise_fraction=cfg.noise_rate if cfg.noise == "annotation" else 0.0,
-                             noise_mix=cfg.noise_mix, seed=cfg.seed, windows=cfg.windows or "lung")
-    tr, va, te = data.train, data.val, data.test
+    size, windows = cfg.image_size or 64, cfg.windows or "lung"
+    tr = make_synthetic_ct(n_train, 0, 0, size=size,
+                           noise_fraction=cfg.noise_rate if cfg.noise == "annotation" else 0.0,
+                           noise_mix=cfg.noise_mix, seed=cfg.seed, windows=windows).train
+    va, te = _synthetic_eval(cfg.seed, size, windows)
     t = torch.from_numpy
     noisy = tr.noisy if cfg.noise == "annotation" else None
+    # Copies of the cached arrays: nothing a run does reaches the next run's data.
     return SegCorpus(cfg.dataset, 2, t(tr.images), t(tr.masks), tr.clean_masks, noisy,
-                     tr.corruption if noisy is not None else None, t(va.images), t(va.clean_masks),
-                     t(te.images), t(te.clean_masks), te.size_group, tr.size_group)
+                     tr.corruption if noisy is not None else None, t(va.images.copy()), t(va.clean_masks.copy()),
+                     t(te.images.copy()), t(te.clean_masks.copy()), te.size_group.copy(), tr.size_group)
 
 
 def _public(cfg) -> SegCorpus:
