@@ -5,6 +5,7 @@
     python benchmarks/label_issues.py --table                # the docs/quality.md tables, printed
     python benchmarks/label_issues.py --table --write        # ... rewritten in docs/quality.md
     python benchmarks/label_issues.py --table --check        # exit 1 if docs/quality.md is stale
+    python benchmarks/label_issues.py --tail                 # lt_tail.json: head vs tail classes flagged
 
 Every method is scored on the same data: a Fashion-MNIST subset with planted
 label noise (images averaged down to 14x14 so that the whole grid fits in
@@ -419,6 +420,50 @@ def retrain(setting: str, seed: int, flags: dict, baseline_top1: float) -> dict:
             "seconds": time.perf_counter() - wall, "config": _config(), "environment": environment_info("cpu")}
 
 
+def tail_analysis() -> dict:
+    """On the long-tailed cells: the share of *clean* samples each method flags, head vs tail classes.
+
+    A finder that mistakes rare-but-correct samples for wrong labels would strip
+    the tail further; this reads the committed flags and rebuilds the labels.
+    """
+    out = {"setting": "lt-sym20", "head_classes": [0, 1, 2], "tail_classes": [7, 8, 9], "seeds": {}}
+    for seed in SEEDS:
+        z = np.load(ROOT / RESULTS / f"lt-sym20_s{seed}_flags.npz")
+        n = int(z["n"])
+        d = make_data("lt-sym20", seed)
+        clean_ok = ~d["wrong"]
+        head, tail = np.isin(d["clean"], out["head_classes"]), np.isin(d["clean"], out["tail_classes"])
+        row = {}
+        for name in _FLAGS_KEPT:
+            f = np.unpackbits(z[name.replace("-", "_")])[:n].astype(bool)
+            row[name] = {"clean_flagged_head": float(f[clean_ok & head].mean()),
+                         "clean_flagged_tail": float(f[clean_ok & tail].mean()),
+                         "wrong_found_head": float(f[d["wrong"] & head].mean()),
+                         "wrong_found_tail": float(f[d["wrong"] & tail].mean())}
+        out["seeds"][str(seed)] = {"clean_head": int((clean_ok & head).sum()), "clean_tail": int((clean_ok & tail).sum()),
+                                   "methods": row}
+    return out
+
+
+def render_tail(root: Path) -> str:
+    path = root / RESULTS / "lt_tail.json"
+    if not path.exists():
+        return "(no lt_tail.json yet: python benchmarks/label_issues.py --tail)\n"
+    r = json.loads(path.read_text())
+    seeds = r["seeds"]
+    lines = [f"Long-tailed set, classes {r['head_classes']} (head, about "
+             f"{np.mean([v['clean_head'] for v in seeds.values()]):.0f} clean samples) against "
+             f"{r['tail_classes']} (tail, about {np.mean([v['clean_tail'] for v in seeds.values()]):.0f}); "
+             f"% of samples flagged, mean ± 95% t half-width over {len(seeds)} seeds.\n",
+             "| method | clean head flagged | clean tail flagged | wrong head found | wrong tail found |",
+             "|---|---|---|---|---|"]
+    for name in _FLAGS_KEPT:
+        cells = [_fmt(*_mean_ci([100 * v["methods"][name][k] for v in seeds.values()]), 1)
+                 for k in ("clean_flagged_head", "clean_flagged_tail", "wrong_found_head", "wrong_found_tail")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _config() -> dict:
     return {"n_train": N_TRAIN, "n_test": N_TEST, "size": SIZE, "epochs": EPOCHS, "batch": BATCH, "lr": LR,
             "weight_decay": WEIGHT_DECAY, "k_folds": K_FOLDS, "val_share": VAL_SHARE, "lt_rho": LT_RHO,
@@ -560,7 +605,7 @@ def render_methods(root: Path) -> str:
 
 
 TABLES = {"label-issues-methods": render_methods, "label-issues-detection": render_detection,
-          "label-issues-retrain": render_retrain}
+          "label-issues-retrain": render_retrain, "label-issues-tail": render_tail}
 _BLOCK = re.compile(r"(?P<start><!-- label-issues table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
                     r"(?P<end><!-- end label-issues table: (?P=name) -->)", re.DOTALL)
 
@@ -578,6 +623,8 @@ def main(argv=None) -> int:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--table", action="store_true", help="print the docs tables from the result files")
+    p.add_argument("--tail", action="store_true",
+                   help="write lt_tail.json: clean head/tail samples flagged, from the committed flags")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="with --table: rewrite the blocks in docs/quality.md")
     mode.add_argument("--check", action="store_true", help="with --table: exit 1 if docs/quality.md is stale")
@@ -598,6 +645,10 @@ def main(argv=None) -> int:
             sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
                                                        f"{DOC} (committed)", f"{DOC} (regenerated)"))
             return 1
+        return 0
+    if args.tail:
+        _write_json(ROOT / RESULTS / "lt_tail.json", tail_analysis() | {"environment": environment_info()})
+        print(render_tail(ROOT))
         return 0
     torch.set_num_threads(args.threads)
     run_grid(args.settings, args.seeds, args.parts)
