@@ -381,10 +381,29 @@ def render_seg_cost(root: Path) -> str:
             f"median of {r0['repeats']}. " + _source(rel, res))
 
 
+def render_det_cost(root: Path) -> str:
+    rel = RESULTS / "det_cost_cpu.json"
+    res = _read(root, rel)
+    head = ["model", "params", "training epoch s", "full pass s (loss + K-pass)", "uncertainties s",
+            "uncertainties, tiled s", "full pass / epoch", "uncertainties / epoch", "tiled / epoch"]
+    body = [[r["model"], f"{r['params']:,}", f"{r['seconds']['train']:.2f}", f"{r['seconds']['pass_full']:.2f}",
+             f"{r['seconds']['pass_unc']:.2f}", f"{r['seconds']['pass_unc_tiled']:.2f}",
+             f"{r['ratio_pass_full_over_train']:.2f}×", f"{r['ratio_pass_unc_over_train']:.2f}×",
+             f"{r['ratio_pass_unc_tiled_over_train']:.2f}×"] for r in res["records"]]
+    r0 = res["records"][0]
+    mem = r0.get("peak_memory_mb")
+    mem_text = (f" Peak resident-set growth: training epoch {mem['train']:.1f} MB, full pass "
+                f"{mem['pass_full']:.1f} MB." if mem else "")
+    return (_table(head, body) + f"\n\n{r0['n_train']} synthetic slices of {r0['size']}×{r0['size']} "
+            f"({r0['n_boxes']} boxes), training batch {r0['batch_size']}, pass batch {r0['pass_batch_size']}, "
+            f"K = {r0['k']}, {r0['threads']} thread, median of {r0['repeats']}.{mem_text} " + _source(rel, res))
+
+
 RENDERERS = {
     "seg-study": render_seg_study,
     "seg-detection": render_seg_detection,
     "seg-cost": render_seg_cost,
+    "det-cost": render_det_cost,
     "study": render_study,
     "disturbance": render_disturbance,
     "onepath": render_onepath,

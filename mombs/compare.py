@@ -342,7 +342,9 @@ def summarize(results: list[dict], *, metric: str | None = None, baseline: str =
     against ``baseline`` in the same cell, seed by seed.
 
     ``metric`` is the result field compared (``None``: each run's own, ``top1``
-    for classification, ``dice`` for segmentation).
+    for classification, ``dice`` for segmentation, ``froc`` for detection).
+    Detection rows also carry the mean sensitivity at 0.5, 1 and 2 false
+    positives per image (``sens@0.5``, ...).
 
     A cell is every config field but strategy and seed (see :func:`_group_key`).
     Cells that share their dataset, batch size and loss but differ elsewhere
@@ -380,6 +382,10 @@ def summarize(results: list[dict], *, metric: str | None = None, baseline: str =
                 v = [r[name] for r in runs.values() if r.get(name) is not None]
                 if v:
                     extra[name] = float(np.mean(v))
+            for fp in ("0.5", "1", "2"):
+                v = [r["froc_sens"][fp] for r in runs.values() if r.get("froc_sens", {}).get(fp) is not None]
+                if v:
+                    extra[f"sens@{fp}"] = float(np.mean(v))
             det = [r["noise_detection"] for r in runs.values() if r.get("noise_detection")]
             if det:
                 extra["poor_precision"] = float(np.mean([d["precision"] for d in det]))

@@ -32,12 +32,14 @@ def _diff_cell(row) -> str:
 def format_table(rows: list[dict], *, markdown: bool = False) -> str:
     """The comparison table: top-1 mean ± std, extra columns where the data has
     them, and the paired difference against random with its 95% CI and p-value."""
-    names = {"many": "many %", "medium": "med. %", "few": "few %", "small_dice": "small-lesion Dice %",
+    names = {"many": "many %", "medium": "med. %", "few": "few %", "sens@0.5": "sens@0.5FP %",
+             "sens@1": "sens@1FP %", "sens@2": "sens@2FP %", "small_dice": "small-lesion Dice %",
              "lesion_sensitivity": "lesion sens. %", "noisy_fit": "noisy fit %", "poor_precision": "PL prec. %",
              "poor_recall": "PL rec. %", "auroc": "AUROC %"}
     extras = [c for c in names if any(c in r for r in rows)]
     metrics = {r.get("metric", "top1") for r in rows}
-    metric = {"top1": "top-1 %", "dice": "Dice %"}.get(metrics.pop(), "score %") if len(metrics) == 1 else "score %"
+    metric = ({"top1": "top-1 %", "dice": "Dice %", "froc": "FROC %"}.get(metrics.pop(), "score %")
+              if len(metrics) == 1 else "score %")
     head = ["dataset", "B", "loss", "strategy", "n", metric] + [names[c] for c in extras] + [
         "vs random, pts [95% CI]"]
     body = []
@@ -88,15 +90,44 @@ def _curves(results, out: Path) -> str:
         fits = noisy_fits(runs)
         if memorization and fits is not None:
             axes[1].plot(100 * fits.mean(0), label=label)
-    seg = metric == "dice"
-    axes[0].set(xlabel="epoch", ylabel=f"validation {'Dice' if seg else 'top-1'} % (mean over seeds)",
-                title="Dice" if seg else "accuracy")
+    seg, det = metric == "dice", metric == "froc"
+    name = {"dice": "Dice", "froc": "FROC"}.get(metric, "top-1")
+    titles = {"dice": "Dice", "froc": "FROC (mean sensitivity at 0.5, 1, 2 FPs/image)"}
+    axes[0].set(xlabel="epoch", ylabel=f"validation {name} % (mean over seeds)", title=titles.get(metric, "accuracy"))
     if memorization:
         axes[1].set(xlabel="epoch", title="memorization",
-                    ylabel="training Dice % on corrupted masks" if seg else "% of noisy labels fit in the training pass")
+                    ylabel="training Dice % on corrupted masks" if seg else
+                    "exp(-RPN loss) %, images with noisy boxes" if det else
+                    "% of noisy labels fit in the training pass")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _froc_curves(results, out: Path) -> str:
+    """The test FROC curve of each strategy (final models, mean over seeds), one panel per training size."""
+    plt = _plt()
+    by = {}
+    for r in results:
+        if r.get("froc_curve"):
+            by.setdefault(r.get("train_size"), {}).setdefault((r["strategy"], r["batch_size"]), []).append(r)
+    sizes = sorted(by, key=lambda n: (n is None, n))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4), squeeze=False)
+    for ax, n in zip(axes[0], sizes):
+        for (s, b), runs in sorted(by[n].items()):
+            fps = np.asarray(runs[0]["froc_curve"]["fps"], dtype=float)
+            sens = np.array([r["froc_curve"]["sensitivity"] for r in runs], dtype=float)
+            ax.plot(fps, 100 * np.nanmean(sens, axis=0), marker=".", label=f"{s} (B={b}, {len(runs)} seeds)")
+        for f in (0.5, 1, 2):
+            ax.axvline(f, color="0.85", lw=0.8, zorder=0)
+        ax.set(xscale="log", xlabel="false positives per image (log scale)", ylabel="test sensitivity %",
+               title=f"FROC, {n} training images")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "froc.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
@@ -130,8 +161,11 @@ def _scatter(res, out: Path) -> str | None:
         return None
     plt = _plt()
     z = np.load(path)
-    if res.get("task") == "segmentation":
-        from .data.synthetic_ct import CORRUPTIONS
+    if res.get("task") in ("segmentation", "detection"):
+        if res["task"] == "detection":
+            from .data.synthetic_det import DET_CORRUPTIONS as CORRUPTIONS
+        else:
+            from .data.synthetic_ct import CORRUPTIONS
 
         corruption = z["corruption"] if z["corruption"].size else None
         fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], corruption, "corruption",
@@ -238,6 +272,48 @@ def _flagged_grid(res, out: Path) -> str | None:
     return name
 
 
+def _flagged_boxes_grid(res, out: Path) -> str | None:
+    """The highest-loss training images of each quadrant: image, given boxes, clean boxes, detections."""
+    path = Path(res["run_dir"]) / "flagged.npz"
+    if not path.exists():
+        return None
+    from matplotlib.patches import Rectangle
+
+    from .data.synthetic_det import DET_CORRUPTIONS
+
+    plt = _plt()
+    z = np.load(path)
+    rows = [c for c in range(len(QUADRANTS)) if (z["codes"] == c).any()]
+    cols = max(int((z["codes"] == c).sum()) for c in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.9 * cols, 2.1 * len(rows)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, c in enumerate(rows):
+        members = np.flatnonzero(z["codes"] == c)
+        members = members[np.argsort(-z["loss"][members], kind="stable")]
+        for j, m in enumerate(members):
+            ax = axes[i, j]
+            ax.imshow(z["image"][m].astype(np.float32), cmap="gray")
+            for key, colour, style in (("clean", "lime", "-"), ("given", "red", "--"), ("det", "cyan", "-")):
+                for x1, y1, x2, y2 in z[key][m]:
+                    if np.isfinite(x1):
+                        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                                               edgecolor=colour, linestyle=style, linewidth=0.8))
+            code = int(z["corruption"][m])
+            kind = DET_CORRUPTIONS[code] if code >= 0 else "?"
+            ax.set_title(f"#{z['index'][m]} {kind}\nloss {z['loss'][m]:.3f}", fontsize=7)
+        axes[i, 0].text(-0.08, 0.5, QUADRANTS[c], transform=axes[i, 0].transAxes, rotation=90,
+                        va="center", ha="right", fontsize=8)
+    fig.suptitle(f"highest-loss images per quadrant ({res['strategy']}, B={res['batch_size']}, seed "
+                 f"{res['seed']}): given boxes red dashed, clean boxes green, detections (score >= 0.5) cyan",
+                 fontsize=9)
+    fig.tight_layout()
+    name = f"flagged-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png"
+    fig.savefig(out / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
 def write_report(results: list[dict], rows: list[dict], out_dir, *, title: str = "mombs comparison") -> Path:
     """Writes ``report.md`` (tables, notes, plots) and ``summary.json`` to ``out_dir``.
 
@@ -247,26 +323,35 @@ def write_report(results: list[dict], rows: list[dict], out_dir, *, title: str =
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     seg = any(r.get("task") == "segmentation" for r in results)
+    det = any(r.get("task") == "detection" for r in results)
     what = ("Dice is the mean per-image lesion Dice (MONAI DiceMetric) over the test slices with a lesion, "
-            "final epoch" if seg else "Top-1 is the test accuracy of the final epoch")
+            "final epoch" if seg else
+            "FROC is the test sensitivity (IoU >= 0.5) averaged at 0.5, 1 and 2 false positives per image, "
+            "final epoch; sens@F FP: the sensitivity at F false positives per image" if det else
+            "Top-1 is the test accuracy of the final epoch")
     lines = [f"# {title}", "",
              f"{len(results)} finished runs. {what}; "
              "the last column is the paired difference against `random` with the same seed "
              "(mean, 95% t-interval, paired t-test).", "", format_table(rows, markdown=True), ""]
     if any("poor_precision" in r for r in rows):
-        flipped = "corrupted masks" if seg else "truly flipped labels"
+        flipped = ("corrupted masks" if seg else "training images with a lesion left without a box" if det
+                   else "truly flipped labels")
         lines += [f"PL prec./rec.: how well the poorly-labeled quadrant (high loss, low uncertainty "
                   f"of the final model) finds the {flipped}; AUROC: the summed-rank difficulty as a "
                   f"score for them. Noisy fit: " + (
                       "the training Dice on corrupted masks in the last training pass (memorization)."
-                      if seg else "the share of flipped labels the network reproduces in its last "
-                                  "training pass (memorization)."), ""]
+                      if seg else "exp(-RPN objectness loss) of the images with any box noise in the last "
+                                  "training pass (memorization)." if det else
+                      "the share of flipped labels the network reproduces in its last "
+                      "training pass (memorization)."), ""]
     if seg:
         lines += ["Small-lesion Dice: test slices whose lesions cover at most 1% of the slice. "
                   "Lesion sens.: test lesions (connected components) the prediction overlaps.", ""]
     try:
         figs = [_curves(results, out)]
-        if not seg:
+        if det:
+            figs.append(_froc_curves(results, out))
+        elif not seg:
             figs.append(_per_class(results, out))
         seen = set()
         for r in sorted(results, key=lambda r: r["seed"]):
@@ -276,6 +361,8 @@ def write_report(results: list[dict], rows: list[dict], out_dir, *, title: str =
                 figs.append(_scatter(r, out))
                 if seg:
                     figs.append(_flagged_grid(r, out))
+                elif det:
+                    figs.append(_flagged_boxes_grid(r, out))
         lines += [f"![{f}]({f})" for f in figs if f]
     except ImportError as err:
         lines.append(f"(no plots: {err})")

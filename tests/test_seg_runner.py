@@ -42,7 +42,7 @@ def test_classification_keys_do_not_move_with_the_segmentation_fields():
     (dict(windows="bone"), "windows='bone' is not known"),
     (dict(dataset="covid-ct"), "data_dir=None must be the folder of dataset='covid-ct'"),
     (dict(dataset="medseg-covid", data_dir="/nonexistent"), "tr_im.nii.gz"),
-    (dict(task="detection"), "task='detection' is not known"),
+    (dict(task="keypoints"), "task='keypoints' is not known"),
 ])
 def test_bad_segmentation_options_are_named(options, message):
     with pytest.raises(ValueError) as err:

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.corpus import DATASETS, TRAIN_CLASS_SIZES, check_data_dir
+from ..data.det_corpus import DET_DATASETS, DET_LOSSES, check_det_data_dir, det_noise_options
 from ..data.seg_corpus import SEG_DATASETS, SEG_LOSSES, check_seg_data_dir
 from ..losses import LOSSES
 from ..models import MODELS
+from ..models.detection import DET_MODELS
 from ..models.segmentation import SEG_MODELS
 from ..schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, SCHEDULES, planned
 from ..strategies import STRATEGY_REGISTRY
@@ -24,16 +26,17 @@ __all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "TASK_DEFAULTS", "run_dir_name"]
 
 #: Fields that do not change a run's outcome: left out of its key.
 _NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every", "history")
-#: Fields added with segmentation: in a run's key only when set, so that the
-#: keys (and folder names) of every classification run made before them stay.
+#: Fields added with segmentation and detection: in a run's key only when set,
+#: so that the keys (and folder names) of every run made before them stay.
 _KEY_IF_SET = {"task": "classification", "image_size": None, "noise_mix": None, "windows": None,
-               "optimizer": "sgd"}
+               "optimizer": "sgd", "train_fraction": None}
 _OPTIMIZERS = ("sgd", "adam")
 
 #: What ``dataset``, ``model`` and ``loss`` are when left unset, per task.
 TASK_DEFAULTS = {
     "classification": {"dataset": "fashion-mnist", "model": "small_cnn", "loss": "ce"},
     "segmentation": {"dataset": "synthetic-ct", "model": "unet", "loss": "dice-ce"},
+    "detection": {"dataset": "synthetic-det", "model": "tiny", "loss": "rpn"},
 }
 
 #: The pivot of the library's samplers, read from the sampler itself so that the
@@ -41,6 +44,12 @@ TASK_DEFAULTS = {
 
 _NOISES = ("none", "symmetric", "pair", "human")
 _SEG_NOISES = ("none", "annotation")
+#: Per task: the data sets, models, losses and label noises it takes.
+_TASK_CHOICES = {
+    "classification": {"dataset": DATASETS, "model": MODELS, "loss": LOSSES, "noise": _NOISES},
+    "segmentation": {"dataset": SEG_DATASETS, "model": SEG_MODELS, "loss": SEG_LOSSES, "noise": _SEG_NOISES},
+    "detection": {"dataset": DET_DATASETS, "model": DET_MODELS, "loss": DET_LOSSES, "noise": _SEG_NOISES},
+}
 _WINDOWS = ("lung", "three")
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -130,6 +139,16 @@ class RunConfig:
     proportions of ``noise_mix``, ``image_size`` is the slice side (synthetic
     default 64; real slices are resampled to it when set) and ``windows`` the
     CT windows as channels (``"lung"``: one, ``"three"``: the paper's three).
+
+    Detection (``task="detection"``, see ``docs/detection.md``): ``subset`` is
+    the number of training slices of the synthetic set (default 200, the 100%
+    regime) and ``train_fraction`` the share of them kept (a prefix, so the
+    25/50/100% regimes are nested; DeepLesion: the share of training
+    patients); ``noise="annotation"`` leaves ``noise_rate`` of the synthetic
+    training lesions without a box and shifts, resizes and adds boxes as
+    ``noise_mix`` says (``{"shifted", "resized", "spurious"}``, default 0.1,
+    0.1, 0.05); ``image_size`` is the slice side (synthetic default 64, the
+    detector resizes to it) and ``windows`` ``"three"`` (default) or ``"lung"``.
     """
 
     task: str = "classification"
@@ -145,6 +164,7 @@ class RunConfig:
     image_size: int | None = None      # segmentation: slice side in pixels
     noise_mix: dict | None = None      # segmentation: weights of the annotation corruptions
     windows: str | None = None         # segmentation: "lung" (1 channel, default) or "three"
+    train_fraction: float | None = None  # detection: share of the training slices (patients) kept
     model: str | None = None           # None: the task's default
     loss: str | None = None            # None: the task's default
     strategy: str = "random"
@@ -197,14 +217,13 @@ class RunConfig:
                 setattr(self, name, os.fspath(v))
         _choice("task", self.task, TASK_DEFAULTS)
         self._resolve_defaults()
-        seg = self.task == "segmentation"
-        _choice("dataset", self.dataset, SEG_DATASETS if seg else DATASETS)
-        _choice("model", self.model, SEG_MODELS if seg else MODELS)
-        _choice("loss", self.loss, SEG_LOSSES if seg else LOSSES)
+        seg, det = self.task == "segmentation", self.task == "detection"
+        for name in ("dataset", "model", "loss"):
+            _choice(name, getattr(self, name), _TASK_CHOICES[self.task][name])
         _choice("strategy", self.strategy, STRATEGY_REGISTRY)
         _choice("optimizer", self.optimizer, _OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
-        _choice("noise", self.noise, _SEG_NOISES if seg else _NOISES)
+        _choice("noise", self.noise, _TASK_CHOICES[self.task]["noise"])
         for name in ("batch_size", "epochs", "k", "test_every"):
             _int(name, getattr(self, name), 1)
         _int("pivot_epoch", self.pivot_epoch, 0)
@@ -218,6 +237,10 @@ class RunConfig:
         if not isinstance(self.history, bool):
             raise ValueError(f"history={self.history!r} must be true or false")
         _real("imbalance", self.imbalance, 0, 1, lo_open=True, hi_open=False, optional=True)
+        _real("train_fraction", self.train_fraction, 0, 1, lo_open=True, hi_open=False, optional=True)
+        if self.train_fraction is not None and not det:
+            raise ValueError(f"train_fraction={self.train_fraction!r} only applies to task='detection'; "
+                             f"use subset for a smaller training set")
         _real("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True,
               why=": choices need a validation split")
         _real("noise_rate", self.noise_rate, 0, 1, lo_open=False, hi_open=True)
@@ -242,6 +265,8 @@ class RunConfig:
         _check_device(self.device)
         if seg:
             self._check_segmentation()
+        elif det:
+            self._check_detection()
         else:
             self._check_combinations()
             check_data_dir(self.dataset, self.data_dir)
@@ -278,11 +303,50 @@ class RunConfig:
                              f"the slice 3 or 4 times)")
         check_seg_data_dir(self.dataset, self.data_dir)
 
+    def _check_detection(self) -> None:
+        """The checks of a detection run."""
+        for name, why in (("imbalance", "a long-tailed cut is for classification"),
+                          ("img_max", "a long-tailed cut is for classification"),
+                          ("noise_file", "human labels are for CIFAR-100")):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name}={getattr(self, name)!r} does not apply to task='detection' ({why})")
+        if self.augment:
+            raise ValueError("augment=True does not apply to task='detection': the runner's crop and flip "
+                             "move the image but not its boxes; set augment=false or null")
+        synthetic = self.dataset == "synthetic-det"
+        if self.noise == "annotation" and not synthetic:
+            raise ValueError(f"noise='annotation' plants box noise in dataset='synthetic-det' only, "
+                             f"got dataset={self.dataset!r} (DeepLesion's boxes are as annotated)")
+        if self.noise == "none" and self.noise_rate != 0:
+            raise ValueError(f"noise_rate={self.noise_rate!r} has no effect with noise='none'; "
+                             f"set noise=annotation (noise_rate: share of lesions without a box) or noise_rate=0")
+        if self.noise_mix is not None and self.noise != "annotation":
+            raise ValueError(f"noise_mix={self.noise_mix!r} only applies with noise='annotation'")
+        det_noise_options(self.noise, self.noise_rate, self.noise_mix)  # names and shares, its own message
+        if self.windows is not None and not synthetic:
+            raise ValueError(f"windows={self.windows!r} only applies to dataset='synthetic-det' (DeepLesion's "
+                             f"three channels are the key slice and its neighbours)")
+        if self.windows == "lung" and self.model != "tiny":
+            raise ValueError(f"windows='lung' gives 1-channel images and model={self.model!r} takes 3 channels; "
+                             f"use windows=three or model=tiny")
+        if synthetic and self.subset is not None and self.train_fraction is not None \
+                and round(self.train_fraction * self.subset) < 1:
+            raise ValueError(f"train_fraction={self.train_fraction!r} of subset={self.subset!r} keeps no slice")
+        schedule = STRATEGY_REGISTRY[self.strategy].schedule or self.schedule
+        if STRATEGY_REGISTRY[self.strategy].measure is not None and SCHEDULES[schedule].uncertainty_source != "pass":
+            passes = sorted(k for k, v in SCHEDULES.items() if v.uncertainty_source == "pass")
+            raise ValueError(f"strategy={self.strategy!r} with schedule={schedule!r} reads the uncertainty off "
+                             f"the training forward, which for a torchvision detector is a loss dict; "
+                             f"task='detection' needs a schedule whose uncertainty comes from an assessment "
+                             f"pass: one of {passes}")
+        check_det_data_dir(self.dataset, self.data_dir)
+
     def _check_combinations(self) -> None:
         """The checks of a classification run that involve more than one field."""
         for name in ("image_size", "noise_mix", "windows"):
             if getattr(self, name) is not None:
-                raise ValueError(f"{name}={getattr(self, name)!r} only applies to task='segmentation'")
+                raise ValueError(f"{name}={getattr(self, name)!r} only applies to task='segmentation' "
+                                 f"or task='detection'")
         if self.noise == "none" and self.noise_rate != 0:
             raise ValueError(f"noise_rate={self.noise_rate!r} has no effect with noise='none'; "
                              f"set noise=symmetric or noise=pair, or noise_rate=0")

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..assessor import to_device
+
 __all__ = ["augment", "class_fit", "evaluate", "train_one_epoch", "training_signals"]
 
 
@@ -58,7 +60,7 @@ def training_signals(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.T
 
 def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, device,
                     num_samples: int, augment_gen: torch.Generator | None = None,
-                    fit_fn=class_fit, signals: bool = False) -> dict:
+                    fit_fn=class_fit, signals: bool = False, step_fn=None) -> dict:
     """One pass over ``loader``: the public sampler's batches, the assessor's bookkeeping.
 
     Args:
@@ -77,6 +79,13 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
             given target, in ``[0, 1]`` (classification: label predicted or not).
         signals: also return each sample's :func:`training_signals` and loss
             (classification), for a run's history.
+        step_fn: for models that compute their own losses (torchvision's
+            detectors): ``step_fn(model, inputs, targets) -> (outputs,
+            per_sample, objective)`` replaces ``loss_fn(model(x), y)``;
+            ``per_sample`` ``(B,)`` is what the assessor and the strategy see,
+            ``objective(weights or None)`` the scalar the optimizer minimises,
+            and ``fit_fn`` reads ``outputs``. Inputs and targets may be lists
+            (of images, of target dicts). ``None``: ``loss_fn`` on ``model(x)``.
 
     Returns:
         ``train_loss`` (mean per-sample loss), ``fit``: ``(N,)`` float fit of
@@ -94,15 +103,22 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         sig["pred"] = np.full(num_samples, -1, dtype=np.int32)
     total_loss, total = 0.0, 0
     for idx, xb, yb in loader:
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        xb, yb = to_device(xb, device, non_blocking=True), to_device(yb, device, non_blocking=True)
         if augment_gen is not None:
             xb = augment(xb, augment_gen)
-        logits = model(xb)
-        per_sample = loss_fn(logits, yb)
+        objective = None
+        if step_fn is None:
+            logits = model(xb)
+            per_sample = loss_fn(logits, yb)
+        else:
+            logits, per_sample, objective = step_fn(model, xb, yb)
         if assessor is not None:
             assessor.observe(idx, per_sample)
         w = strategy.weights(per_sample)
-        loss = (per_sample * w).mean() if w is not None else per_sample.mean()
+        if objective is not None:
+            loss = objective(w)
+        else:
+            loss = (per_sample * w).mean() if w is not None else per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

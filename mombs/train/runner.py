@@ -23,6 +23,7 @@ import torch
 
 from ..assessor import assessment_pass
 from ..data.corpus import Corpus, load_corpus
+from ..data.det_corpus import load_det_corpus
 from ..data.seg_corpus import load_seg_corpus
 from ..difficulty import difficulty_scores, quadrants
 from ..envinfo import environment_info
@@ -126,19 +127,22 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    seg = cfg.task == "segmentation"
-    data = corpus or (load_seg_corpus(cfg) if seg else load_corpus(cfg))
+    seg, det = cfg.task == "segmentation", cfg.task == "detection"
+    data = corpus or (load_det_corpus(cfg) if det else load_seg_corpus(cfg) if seg else load_corpus(cfg))
     out.mkdir(parents=True, exist_ok=True)
     atomic_json(out / "config.json", {"config": dataclasses.asdict(cfg), "key": cfg.key(),
                                       "data": data.describe()})
     c = build(cfg, data, device)
-    x_val, y_val = data.x_val.to(device), torch.as_tensor(data.y_val).to(device)
-    x_te, y_te = data.x_test.to(device), torch.as_tensor(data.y_test).to(device)
+    if det:  # data sets of (image, target) items, read in batches by the evaluation
+        x_val, y_val, x_te, y_te = data.val, None, data.test, None
+    else:
+        x_val, y_val = data.x_val.to(device), torch.as_tensor(data.y_val).to(device)
+        x_te, y_te = data.x_test.to(device), torch.as_tensor(data.y_test).to(device)
     ckpt_path = out / "checkpoint.pt"
     start, log, best, history = _resume(c, ckpt_path, cfg, out)
     m = c.metric
     score_fn = c.evaluate or evaluate
-    signals = cfg.history and not seg
+    signals = cfg.history and cfg.task == "classification"
     noisy_mask = data.noisy_train
     bar = None
     if progress:
@@ -154,11 +158,13 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
             c.sampler.set_epoch(epoch)
         if hasattr(c.loss_fn, "set_epoch"):
             c.loss_fn.set_epoch(epoch)
+        if hasattr(c.step_fn, "set_epoch"):
+            c.step_fn.set_epoch(epoch)
         c.strategy.start_epoch(epoch, num_epochs=cfg.epochs, losses=_epoch_losses(c))
         stats = train_one_epoch(c.model, c.loader, loss_fn=c.loss_fn, optimizer=c.optimizer,
                                 strategy=c.strategy, assessor=c.assessor, device=device,
                                 num_samples=len(c.train_set), augment_gen=c.augment_gen, fit_fn=c.fit_fn,
-                                signals=signals)
+                                signals=signals, step_fn=c.step_fn)
         c.scheduler.step()
         if c.assessor is not None:
             c.assessor.end_epoch()
@@ -191,7 +197,11 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
     if c.assessor is not None:
         c.assessor.close()
 
-    if seg:
+    if det:
+        from .detection import summarize_detection
+
+        results = summarize_detection(cfg, data, c, log, best, x_te, y_te, out)
+    elif seg:
         results = summarize_segmentation(cfg, data, c, log, best, x_te, y_te, out)
     else:
         results = _summarize(cfg, data, c, log, best, x_te, y_te, out)
