@@ -24,6 +24,32 @@ def rank_sum(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture
+def interrupt_after_epoch(monkeypatch):
+    """``interrupt(cfg, out, epoch)``: runs ``cfg`` into ``out`` and raises
+    KeyboardInterrupt right after epoch ``epoch``'s checkpoint is written, as a
+    Ctrl-C or a killed job would leave the run."""
+    import mombs.train.runner as runner
+    from mombs.train import run
+
+    original = runner._checkpoint
+
+    def interrupt(cfg, out, epoch):
+        def checkpoint_then_die(c, path, cfg_, e, *rest):
+            original(c, path, cfg_, e, *rest)
+            if e == epoch:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_die)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run(cfg, out)
+        finally:
+            monkeypatch.setattr(runner, "_checkpoint", original)
+
+    return interrupt
+
+
+@pytest.fixture
 def scores_1k():
     return rank_sum(1000)
 

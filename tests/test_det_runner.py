@@ -111,22 +111,10 @@ def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with
     assert "FROC %" in capsys.readouterr().out
 
 
-def test_an_interrupted_detection_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-    import mombs.train.runner as runner
-
+def test_an_interrupted_detection_run_resumes_to_the_same_result(tmp_path, interrupt_after_epoch):
     cfg = RunConfig(strategy="mixed", **DET)
     whole = run(cfg, tmp_path / "whole")
-    original = runner._checkpoint
-
-    def checkpoint_then_die(c, path, cfg_, e, *rest):
-        original(c, path, cfg_, e, *rest)
-        if e == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "cut")
-    monkeypatch.setattr(runner, "_checkpoint", original)
+    interrupt_after_epoch(cfg, tmp_path / "cut", 0)
     resumed = run(cfg, tmp_path / "cut")
     assert resumed["froc_sens"] == whole["froc_sens"]
     assert resumed["curves"]["train_loss"] == whole["curves"]["train_loss"]

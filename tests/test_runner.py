@@ -167,29 +167,12 @@ def test_the_runner_trains_through_the_strategy_sampler_and_a_dataloader():
 # --- a corrupt checkpoint is named and the previous one resumes (issue 9, item 4) ---
 
 
-def _interrupt_after_epoch(monkeypatch, cfg, out, epoch):
-    """Runs ``cfg`` into ``out`` and raises KeyboardInterrupt right after epoch ``epoch``'s checkpoint."""
-    import mombs.train.runner as runner
-
-    original = runner._checkpoint
-
-    def checkpoint_then_die(c, path, cfg_, e, *rest):
-        original(c, path, cfg_, e, *rest)
-        if e == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, out)
-    monkeypatch.setattr(runner, "_checkpoint", original)
-
-
 @pytest.mark.parametrize("damage", ["truncate", "empty"])
-def test_a_corrupt_checkpoint_is_named_and_the_previous_one_resumes(tmp_path, monkeypatch, damage):
+def test_a_corrupt_checkpoint_is_named_and_the_previous_one_resumes(tmp_path, interrupt_after_epoch, damage):
     cfg = RunConfig(strategy="mixed", **dict(TINY, epochs=3))
     whole = run(cfg, tmp_path / "whole")
     out = tmp_path / "cut"
-    _interrupt_after_epoch(monkeypatch, cfg, out, 1)
+    interrupt_after_epoch(cfg, out, 1)
     ckpt, prev = out / "checkpoint.pt", out / "checkpoint.prev.pt"
     assert ckpt.exists() and prev.exists()  # epoch 1's and epoch 0's
     raw = ckpt.read_bytes()
@@ -200,10 +183,10 @@ def test_a_corrupt_checkpoint_is_named_and_the_previous_one_resumes(tmp_path, mo
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == []  # all cleaned up at the end
 
 
-def test_with_every_checkpoint_corrupt_the_run_starts_over(tmp_path, monkeypatch):
+def test_with_every_checkpoint_corrupt_the_run_starts_over(tmp_path, interrupt_after_epoch):
     cfg = RunConfig(strategy="mixed", **dict(TINY, epochs=3))
     out = tmp_path / "cut"
-    _interrupt_after_epoch(monkeypatch, cfg, out, 1)
+    interrupt_after_epoch(cfg, out, 1)
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         (out / name).write_bytes(b"PK\x03\x04 not a zip")
     with pytest.warns(RuntimeWarning, match="checkpoint.prev.pt cannot be read"):

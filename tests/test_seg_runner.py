@@ -100,31 +100,17 @@ def test_two_epochs_of_segmentation_through_the_cli_write_results_and_a_report_w
     assert "Dice %" in capsys.readouterr().out
 
 
-def test_an_interrupted_segmentation_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-    import mombs.train.runner as runner
-
+def test_an_interrupted_segmentation_run_resumes_to_the_same_result(tmp_path, interrupt_after_epoch):
     cfg = RunConfig(strategy="mixed", **SEG)
     whole = run(cfg, tmp_path / "whole")
-    original = runner._checkpoint
-
-    def checkpoint_then_die(c, path, cfg_, e, *rest):
-        original(c, path, cfg_, e, *rest)
-        if e == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "cut")
-    monkeypatch.setattr(runner, "_checkpoint", original)
+    interrupt_after_epoch(cfg, tmp_path / "cut", 0)
     resumed = run(cfg, tmp_path / "cut")
     assert resumed["dice"] == whole["dice"] and resumed["curves"]["val_dice"] == whole["curves"]["val_dice"]
     np.testing.assert_array_equal(np.load(tmp_path / "cut/assessment.npz")["loss"],
                                   np.load(tmp_path / "whole/assessment.npz")["loss"])
 
 
-def test_the_history_of_a_run_survives_a_resume_and_reads_right(tmp_path, monkeypatch):
-    import mombs.train.runner as runner
-
+def test_the_history_of_a_run_survives_a_resume_and_reads_right(tmp_path, interrupt_after_epoch):
     cfg = RunConfig(dataset="digits", strategy="mixed", epochs=3, pivot_epoch=1, batch_size=64, threads=1,
                     noise="symmetric", noise_rate=0.2, history=True)
     run(cfg, tmp_path / "whole")
@@ -139,17 +125,7 @@ def test_the_history_of_a_run_survives_a_resume_and_reads_right(tmp_path, monkey
     # The mixed arm measures uncertainties from the pivot on: every sample has one by the end.
     assert not np.isnan(h["uncertainty"][-1]).any()
 
-    original = runner._checkpoint
-
-    def checkpoint_then_die(c, path, cfg_, e, *rest):
-        original(c, path, cfg_, e, *rest)
-        if e == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "cut")
-    monkeypatch.setattr(runner, "_checkpoint", original)
+    interrupt_after_epoch(cfg, tmp_path / "cut", 1)
     run(cfg, tmp_path / "cut")
     cut = np.load(tmp_path / "cut/history.npz")
     for k in h.files:
