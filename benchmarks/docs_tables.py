@@ -316,7 +316,8 @@ def render_seg_study(root: Path) -> str:
     from mombs.report import format_table
 
     runs = _seg_runs(root)
-    rows = summarize(runs)
+    # Cells from the smallest training set to the largest (the labels sort as text).
+    rows = sorted(summarize(runs), key=lambda r: (r["train_size"], r["batch_size"]))
     short = [r for r in rows if r.get("n", MIN_SEEDS) < MIN_SEEDS]
     # The small-lesion Dice paired too: the paper's claim is about small, faint findings.
     by = {}
