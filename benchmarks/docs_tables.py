@@ -336,6 +336,23 @@ def render_seg_study(root: Path) -> str:
             + _table(["cell", "B", "strategy", "n", "small-lesion Dice vs random"], body))
 
 
+def render_det_study(root: Path) -> str:
+    """The detection study's table (FROC), per training size, from its committed runs."""
+    from study_table import load
+
+    from mombs.compare import summarize
+    from mombs.report import format_table
+
+    folder = RESULTS / "detection"
+    runs = load(root / folder)
+    rows = sorted(summarize(runs), key=lambda r: (r["train_size"], r["batch_size"]))
+    short = [r for r in rows if r.get("n", MIN_SEEDS) < MIN_SEEDS]
+    sizes = sorted({r["train_size"] for r in runs})
+    return (format_table(rows, markdown=True)
+            + f"\n\n{len(runs)} runs in `{folder.as_posix()}/` (training sizes {sizes}); cells with fewer "
+              f"than {MIN_SEEDS} seeds: {len(short)}.")
+
+
 def render_seg_detection(root: Path) -> str:
     """How the final model's signals find the corrupted masks, per training size (all arms pooled)."""
     import numpy as np
@@ -404,6 +421,7 @@ RENDERERS = {
     "seg-study": render_seg_study,
     "seg-detection": render_seg_detection,
     "seg-cost": render_seg_cost,
+    "det-study": render_det_study,
     "det-cost": render_det_cost,
     "study": render_study,
     "disturbance": render_disturbance,

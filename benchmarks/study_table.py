@@ -81,7 +81,7 @@ def load(folder) -> list[dict]:
                              f"key {cfg.key()}, file says {res.get('key')}); not a file a study config wrote")
         # The regime search runs on other data than the core grid: keep them apart.
         regime = res.get("config", {}).get("tags", {}).get("regime")
-        if res.get("task") == "segmentation":  # the training-size regimes are the cells
+        if res.get("task") in ("segmentation", "detection"):  # the training-size regimes are the cells
             res["dataset"] = f"{res['dataset']} n={res['train_size']}"
         elif regime:
             res["dataset"] = f"{res['dataset']} ({regime})"
@@ -101,7 +101,7 @@ def load(folder) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", default="benchmarks/results/classification",
-                   help="folder of result files (segmentation: benchmarks/results/segmentation)")
+                   help="folder of result files (or benchmarks/results/segmentation, .../detection)")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--min-seeds", type=int, default=5)
     args = p.parse_args(argv)
