@@ -236,13 +236,15 @@ def scatter_figure(loss, unc, codes, member, what: str, title: str, *, kinds=Non
     return fig
 
 
-def _flagged_grid(res, out: Path) -> str | None:
-    """The highest-loss training slices of each quadrant: image, given mask, clean mask, prediction."""
+def _quadrant_grid(res, out: Path, draw, kinds, what: str, legend: str, loss_digits: int) -> str | None:
+    """The highest-loss training samples of each quadrant, one row per quadrant.
+
+    ``draw(ax, z, m)`` adds the task's overlays (masks, boxes) to sample ``m``'s
+    image; ``kinds`` names the corruption codes in ``flagged.npz``.
+    """
     path = Path(res["run_dir"]) / "flagged.npz"
     if not path.exists():
         return None
-    from .data.synthetic_ct import CORRUPTIONS
-
     plt = _plt()
     z = np.load(path)
     rows = [c for c in range(len(QUADRANTS)) if (z["codes"] == c).any()]
@@ -256,15 +258,14 @@ def _flagged_grid(res, out: Path) -> str | None:
         for j, m in enumerate(members):
             ax = axes[i, j]
             ax.imshow(z["image"][m].astype(np.float32), cmap="gray")
-            for key, colour in (("clean", "lime"), ("given", "red"), ("pred", "cyan")):
-                if z[key][m].any():
-                    ax.contour(z[key][m], levels=[0.5], colors=colour, linewidths=0.8)
-            kind = CORRUPTIONS[z["corruption"][m]] if z["corruption"][m] >= 0 else "?"
-            ax.set_title(f"#{z['index'][m]} {kind}\nloss {z['loss'][m]:.2f}", fontsize=7)
+            draw(ax, z, m)
+            code = int(z["corruption"][m])
+            kind = kinds[code] if code >= 0 else "?"
+            ax.set_title(f"#{z['index'][m]} {kind}\nloss {z['loss'][m]:.{loss_digits}f}", fontsize=7)
         axes[i, 0].text(-0.08, 0.5, QUADRANTS[c], transform=axes[i, 0].transAxes, rotation=90,
                         va="center", ha="right", fontsize=8)
-    fig.suptitle(f"highest-loss slices per quadrant ({res['strategy']}, B={res['batch_size']}, seed "
-                 f"{res['seed']}): given mask red, clean mask green, prediction cyan", fontsize=9)
+    fig.suptitle(f"highest-loss {what} per quadrant ({res['strategy']}, B={res['batch_size']}, seed "
+                 f"{res['seed']}): {legend}", fontsize=9)
     fig.tight_layout()
     name = f"flagged-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png"
     fig.savefig(out / name, dpi=100)
@@ -272,46 +273,34 @@ def _flagged_grid(res, out: Path) -> str | None:
     return name
 
 
+def _flagged_grid(res, out: Path) -> str | None:
+    """Segmentation: image, given mask, clean mask, prediction."""
+    from .data.synthetic_ct import CORRUPTIONS
+
+    def draw(ax, z, m):
+        for key, colour in (("clean", "lime"), ("given", "red"), ("pred", "cyan")):
+            if z[key][m].any():
+                ax.contour(z[key][m], levels=[0.5], colors=colour, linewidths=0.8)
+
+    return _quadrant_grid(res, out, draw, CORRUPTIONS, "slices",
+                          "given mask red, clean mask green, prediction cyan", 2)
+
+
 def _flagged_boxes_grid(res, out: Path) -> str | None:
-    """The highest-loss training images of each quadrant: image, given boxes, clean boxes, detections."""
-    path = Path(res["run_dir"]) / "flagged.npz"
-    if not path.exists():
-        return None
+    """Detection: image, given boxes, clean boxes, detections."""
     from matplotlib.patches import Rectangle
 
     from .data.synthetic_det import DET_CORRUPTIONS
 
-    plt = _plt()
-    z = np.load(path)
-    rows = [c for c in range(len(QUADRANTS)) if (z["codes"] == c).any()]
-    cols = max(int((z["codes"] == c).sum()) for c in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.9 * cols, 2.1 * len(rows)), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, c in enumerate(rows):
-        members = np.flatnonzero(z["codes"] == c)
-        members = members[np.argsort(-z["loss"][members], kind="stable")]
-        for j, m in enumerate(members):
-            ax = axes[i, j]
-            ax.imshow(z["image"][m].astype(np.float32), cmap="gray")
-            for key, colour, style in (("clean", "lime", "-"), ("given", "red", "--"), ("det", "cyan", "-")):
-                for x1, y1, x2, y2 in z[key][m]:
-                    if np.isfinite(x1):
-                        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
-                                               edgecolor=colour, linestyle=style, linewidth=0.8))
-            code = int(z["corruption"][m])
-            kind = DET_CORRUPTIONS[code] if code >= 0 else "?"
-            ax.set_title(f"#{z['index'][m]} {kind}\nloss {z['loss'][m]:.3f}", fontsize=7)
-        axes[i, 0].text(-0.08, 0.5, QUADRANTS[c], transform=axes[i, 0].transAxes, rotation=90,
-                        va="center", ha="right", fontsize=8)
-    fig.suptitle(f"highest-loss images per quadrant ({res['strategy']}, B={res['batch_size']}, seed "
-                 f"{res['seed']}): given boxes red dashed, clean boxes green, detections (score >= 0.5) cyan",
-                 fontsize=9)
-    fig.tight_layout()
-    name = f"flagged-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png"
-    fig.savefig(out / name, dpi=100)
-    plt.close(fig)
-    return name
+    def draw(ax, z, m):
+        for key, colour, style in (("clean", "lime", "-"), ("given", "red", "--"), ("det", "cyan", "-")):
+            for x1, y1, x2, y2 in z[key][m]:
+                if np.isfinite(x1):
+                    ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                                           edgecolor=colour, linestyle=style, linewidth=0.8))
+
+    return _quadrant_grid(res, out, draw, DET_CORRUPTIONS, "images",
+                          "given boxes red dashed, clean boxes green, detections (score >= 0.5) cyan", 3)
 
 
 def write_report(results: list[dict], rows: list[dict], out_dir, *, title: str = "mombs comparison") -> Path:
