@@ -1,9 +1,10 @@
 """What MoMBS' assessment pass costs for a Faster R-CNN, against a training epoch.
 
 On the synthetic detection set (:func:`mombs.data.synthetic_det.make_synthetic_det`,
-64 x 64, three windows), for the ``tiny`` Faster R-CNN of
-:func:`mombs.models.detection.create_detection_model`, times four jobs over the
-whole training set:
+``--size`` pixels square, three windows), for a Faster R-CNN of
+:func:`mombs.models.detection.create_detection_model` (``--model``: the
+``tiny`` one by default, ``fasterrcnn_resnet50_fpn`` for the paper's
+detector), times four jobs over the whole training set:
 
 - ``train``: one training epoch, SGD, batch ``--batch-size`` (the paper's 4),
   the sum of torchvision's four losses from
@@ -22,15 +23,20 @@ whole training set:
 The pass runs the RPN only (transform, backbone, RPN head, anchors): no
 proposals, no RoI heads. The jobs alternate within each repeat, in reversed
 order on odd repeats; seconds are medians over ``--repeats``. Warm-up (one
-training batch, one small pass) is left out.
+training batch, one small pass) is left out. Images and targets are moved to
+``--device`` batch by batch, as a loader's batches are; on a GPU every job is
+timed between two ``torch.cuda.synchronize()`` calls.
 
-Peak memory is measured as in ``benchmarks/seg_cost.py``: in a fresh
+Peak memory on the CPU is measured as in ``benchmarks/seg_cost.py``: in a fresh
 subprocess per job, the growth of the peak resident set (``VmHWM``) over the
 job after the data, the model and a one-image warm-up are in place and the
 kernel's high-water mark has been reset to the current resident set, with
 glibc's mmap threshold fixed at 64 KiB so freed tensors leave the resident set.
+On a GPU it is the growth of torch's peak allocated CUDA memory over one more
+run of each job (``torch.cuda.reset_peak_memory_stats``), in this process.
 
     python benchmarks/det_cost.py --out benchmarks/results/det_cost_cpu.json
+    python benchmarks/det_cost.py --device cuda --model fasterrcnn_resnet50_fpn --size 512 --out det_cost_gpu.json
     python benchmarks/det_cost.py --n-train 16 --repeats 1 --no-memory --out /tmp/det_cost.json   # smoke test
 """
 
@@ -39,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -53,29 +58,32 @@ from mombs.envinfo import environment_info
 from mombs.models.detection import DET_FEATURE_MODULE, create_detection_model
 from mombs.tasks.detection import collate_detection, detection_losses, rpn_forward
 
+from _cost import CUDA_MEMORY_METHOD, cuda_memory, status_kb, sync  # benchmarks/_cost.py: a script's folder is on sys.path
+
 JOBS = ("train", "pass_full", "pass_unc", "pass_unc_tiled")
-MODEL = "tiny"
 
 
 class Bench:
     """The model, its data and optimiser, and the jobs as methods."""
 
     def __init__(self, args):
-        self.args, self.at = args, DET_FEATURE_MODULE[MODEL]
+        self.args, self.at = args, DET_FEATURE_MODULE[args.model]
+        self.device = torch.device(args.device)
         train = make_synthetic_det(n_train=args.n_train, n_val=0, n_test=0, size=args.size, seed=args.seed).train
         self.ds = train.dataset()
         self.items = [self.ds[i] for i in range(len(self.ds))]
         self.data = mombs.IndexedDataset(self.ds)
         self.n_boxes = int(sum(len(b) for b in train.boxes))
         torch.manual_seed(args.seed)  # the same initial weights every run (a script may seed)
-        self.model = create_detection_model(MODEL, min_size=args.size, max_size=args.size)
+        self.model = create_detection_model(args.model, min_size=args.size, max_size=args.size).to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
         self.gen = torch.Generator().manual_seed(args.seed)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(args.seed)  # where the features are
         self.step_seed = 0
 
     def _step(self, idx) -> None:
-        images = [self.items[i][0] for i in idx]
-        targets = [self.items[i][1] for i in idx]
+        images = mombs.to_device([self.items[i][0] for i in idx], self.device)
+        targets = mombs.to_device([self.items[i][1] for i in idx], self.device)
         self.step_seed += 1
         losses, per_image = detection_losses(self.model, images, targets, seed=self.step_seed)
         loss = sum(losses.values())
@@ -93,7 +101,7 @@ class Bench:
         return mombs.assessment_pass(self.model, data, task="detection", at=self.at, k=self.args.k,
                                      batch_size=self.args.pass_batch_size, loss_indices=loss_indices,
                                      forward_fn=rpn_forward, collate_fn=collate_detection,
-                                     generator=self.gen, chunk_rows=chunk_rows)
+                                     generator=self.noise_gen, chunk_rows=chunk_rows)
 
     def pass_full(self) -> None:
         self._pass(self.data)
@@ -112,21 +120,22 @@ class Bench:
         self._pass(sub)
         self._pass(sub, loss_indices=[], chunk_rows=self.args.k * n)
 
+    def sync(self) -> None:
+        sync(self.device)
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.M).group(1))
+    def cuda_memory(self, job: str) -> dict:
+        return cuda_memory(self.device, getattr(self, job))
 
 
 def measure_memory(args) -> dict:
     """In this (fresh) process: growth of the peak resident set over one job, MB (see seg_cost.py)."""
     bench = Bench(args)
     bench.warm_up(1)
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the high-water mark to the current resident set (Linux >= 4.0)
     getattr(bench, args.memory_job)()
-    after = _status_kb("VmHWM")
+    after = status_kb("VmHWM")
     return {"rss_before_mb": round(before / 1024, 1), "peak_rss_mb": round(after / 1024, 1),
             "delta_mb": round((after - before) / 1024, 1)}
 
@@ -140,6 +149,8 @@ def _memory_subprocess(argv: list, job: str) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny", choices=list(DET_FEATURE_MODULE), help="detector")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--n-train", type=int, default=200, help="training slices")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (also the model's min/max size)")
     p.add_argument("--batch-size", type=int, default=4, help="training batch size (paper: 4)")
@@ -168,12 +179,14 @@ def main(argv=None) -> int:
     seconds = {job: [] for job in JOBS}
     for r in range(args.repeats):
         for job in (JOBS if r % 2 == 0 else JOBS[::-1]):
+            bench.sync()
             t0 = time.perf_counter()
             getattr(bench, job)()
+            bench.sync()
             seconds[job].append(time.perf_counter() - t0)
 
     sec = {job: statistics.median(v) for job, v in seconds.items()}
-    rec = {"model": MODEL, "at": bench.at, "params": sum(p.numel() for p in bench.model.parameters()),
+    rec = {"model": args.model, "at": bench.at, "params": sum(p.numel() for p in bench.model.parameters()),
            "seconds": {job: round(s, 3) for job, s in sec.items()},
            "seconds_per_repeat": {job: [round(s, 3) for s in v] for job, v in seconds.items()},
            "ratio_pass_full_over_train": round(sec["pass_full"] / sec["train"], 3),
@@ -183,8 +196,14 @@ def main(argv=None) -> int:
            "full_refresh_overhead_floor": round(1 + min(sec["pass_unc"], sec["pass_unc_tiled"]) / sec["train"], 3),
            "n_train": args.n_train, "n_boxes": bench.n_boxes, "size": args.size,
            "batch_size": args.batch_size, "pass_batch_size": args.pass_batch_size, "k": args.k,
-           "threads": args.threads, "repeats": args.repeats, "device": "cpu"}
-    if not args.no_memory:
+           "threads": args.threads, "repeats": args.repeats, "device": args.device}
+    cuda = bench.device.type == "cuda"
+    if cuda and not args.no_memory:
+        mem = {job: bench.cuda_memory(job) for job in JOBS}
+        rec["peak_memory_mb"] = {job: m["delta_mb"] for job, m in mem.items()}
+        rec["peak_memory_detail"] = mem
+        rec["ratio_memory_pass_full_over_train"] = round(mem["pass_full"]["delta_mb"] / mem["train"]["delta_mb"], 3)
+    elif not args.no_memory:
         child_argv = [a for a in argv if a != "--no-memory"]
         mem = {job: _memory_subprocess(child_argv, job) for job in JOBS}
         rec["peak_memory_mb"] = {job: m["delta_mb"] for job, m in mem.items()}
@@ -193,10 +212,11 @@ def main(argv=None) -> int:
             rec["ratio_memory_pass_full_over_train"] = round(mem["pass_full"]["delta_mb"]
                                                              / mem["train"]["delta_mb"], 3)
     print(json.dumps(rec), flush=True)
-    result = {"benchmark": "det_cost", "records": [rec], "args": vars(args), "environment": environment_info("cpu"),
+    result = {"benchmark": "det_cost", "records": [rec], "args": vars(args),
+              "environment": environment_info(args.device),
               "timing": "median seconds over repeats; the 4 jobs alternate within a repeat, reversed on odd "
                         "repeats; warm-up excluded",
-              "memory_method": "peak resident set growth over the job (MB): in a fresh subprocess per job, "
+              "memory_method": CUDA_MEMORY_METHOD if cuda else "peak resident set growth over the job (MB): in a fresh subprocess per job, "
                                "after data, model and a one-image warm-up, the kernel's high-water mark is "
                                "reset to the current RSS (/proc/self/clear_refs 5); delta = VmHWM after the "
                                "job - VmRSS before it; glibc MALLOC_MMAP_THRESHOLD_=65536; RSS, not "

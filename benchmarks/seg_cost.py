@@ -21,7 +21,9 @@ of :func:`mombs.feature_noise_uncertainty`). Each record says so: it checks that
 The jobs of both models alternate within each repeat, in reversed order on
 odd repeats, so that drift in the machine's speed hits all alike; seconds are
 medians over ``--repeats``. Warm-up (one training batch, one small pass, which
-also fills the fallback cache) is left out.
+also fills the fallback cache) is left out. Training batches are moved to
+``--device`` batch by batch, as a loader's are; on a GPU every job is timed
+between two ``torch.cuda.synchronize()`` calls.
 
 Peak memory is measured in a fresh subprocess per (model, job): the growth of
 the process's peak resident set (``VmHWM``, what ``ru_maxrss`` reports) over the job, after the data,
@@ -30,8 +32,11 @@ mark has been reset to the current resident set. glibc's mmap threshold is
 fixed at 64 KiB there, so freed tensors leave the resident set rather than
 stay in the heap. It is resident memory as the OS sees it (torch's tensors,
 oneDNN scratch, the allocator's slack), not a count of torch allocations.
+On a GPU it is the growth of torch's peak allocated CUDA memory over one more
+run of each job (``torch.cuda.reset_peak_memory_stats``), in this process.
 
     python benchmarks/seg_cost.py --out benchmarks/results/seg_cost_cpu.json
+    python benchmarks/seg_cost.py --device cuda --size 256 --out seg_cost_gpu.json
     python benchmarks/seg_cost.py --n-train 32 --repeats 1 --out /tmp/seg_cost.json   # smoke test
 
 One JSON object is printed per model.
@@ -42,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -56,6 +60,8 @@ from mombs.envinfo import environment_info
 from mombs.models.segmentation import SEG_FEATURE_MODULE, SEG_MODELS, create_segmentation_model
 from mombs.tasks.segmentation import per_image_dice_ce
 
+from _cost import CUDA_MEMORY_METHOD, cuda_memory, status_kb, sync  # benchmarks/_cost.py: a script's folder is on sys.path
+
 JOBS = ("train", "pass_full", "pass_unc")
 
 
@@ -64,16 +70,19 @@ class Bench:
 
     def __init__(self, args, name: str):
         self.args, self.name, self.at = args, name, SEG_FEATURE_MODULE[name]
+        self.device = torch.device(args.device)
         train = make_synthetic_ct(n_train=args.n_train, n_val=0, n_test=0, size=args.size, seed=args.seed).train
         self.x, self.y = torch.from_numpy(train.images), torch.from_numpy(train.masks)
         self.data = mombs.IndexedDataset(train.dataset())
         torch.manual_seed(args.seed)  # the same initial weights every run (a script may seed)
-        self.model = create_segmentation_model(name, in_channels=self.x.shape[1], num_classes=2)
+        self.model = create_segmentation_model(name, in_channels=self.x.shape[1], num_classes=2).to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9)
         self.gen = torch.Generator().manual_seed(args.seed)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(args.seed)  # where the features are
 
     def _step(self, idx) -> None:
-        loss = per_image_dice_ce(self.model(self.x[idx]), self.y[idx]).mean()
+        x, y = self.x[idx].to(self.device), self.y[idx].to(self.device)
+        loss = per_image_dice_ce(self.model(x), y).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -86,7 +95,7 @@ class Bench:
     def _pass(self, data, loss_indices=None):
         return mombs.assessment_pass(self.model, data, task="segmentation", at=self.at, k=self.args.k,
                                      batch_size=self.args.pass_batch_size, loss_indices=loss_indices,
-                                     generator=self.gen)
+                                     generator=self.noise_gen)
 
     def pass_full(self) -> None:
         self._pass(self.data)
@@ -103,7 +112,7 @@ class Bench:
     def fallback(self) -> dict:
         """Whether the K-pass takes the run-K-times fallback for this model."""
         try:
-            mombs.feature_noise_uncertainty(self.model, self.x[:2], at=self.at, k=2, tiled=True)
+            mombs.feature_noise_uncertainty(self.model, self.x[:2].to(self.device), at=self.at, k=2, tiled=True)
             tiled_error = None
         except RuntimeError as err:
             tiled_error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
@@ -112,10 +121,11 @@ class Bench:
                 "fallback_cache_has_module": self.at in _UNTILEABLE.get(self.model, ()),
                 "uncertainty_runs": "whole network K times" if tiled_error else "tiled copies"}
 
+    def sync(self) -> None:
+        sync(self.device)
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.M).group(1))
+    def cuda_memory(self, job: str) -> dict:
+        return cuda_memory(self.device, getattr(self, job))
 
 
 def measure_memory(args) -> dict:
@@ -130,11 +140,11 @@ def measure_memory(args) -> dict:
     """
     bench = Bench(args, args.memory_model)
     bench.warm_up(1)  # one image: library initialisation, not the job's batch-sized buffers
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the high-water mark to the current resident set (Linux >= 4.0)
     getattr(bench, args.memory_job)()
-    after = _status_kb("VmHWM")
+    after = status_kb("VmHWM")
     return {"rss_before_mb": round(before / 1024, 1), "peak_rss_mb": round(after / 1024, 1),
             "delta_mb": round((after - before) / 1024, 1)}
 
@@ -153,6 +163,7 @@ def _memory_subprocess(argv: list, model: str, job: str) -> dict:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(SEG_MODELS), choices=list(SEG_MODELS))
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--n-train", type=int, default=300, help="training slices")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--batch-size", type=int, default=8, help="training batch size")
@@ -185,12 +196,15 @@ def main(argv=None) -> int:
     seconds = {key: [] for key in order}
     for r in range(args.repeats):
         for name, job in (order if r % 2 == 0 else order[::-1]):
+            benches[name].sync()
             t0 = time.perf_counter()
             getattr(benches[name], job)()
+            benches[name].sync()
             seconds[(name, job)].append(time.perf_counter() - t0)
 
     child_argv = [a for a in argv if a not in ("--no-memory",)]
-    env = environment_info("cpu")
+    env = environment_info(args.device)
+    cuda = torch.device(args.device).type == "cuda"
     records = []
     for name, bench in benches.items():
         sec = {job: statistics.median(seconds[(name, job)]) for job in JOBS}
@@ -206,9 +220,10 @@ def main(argv=None) -> int:
                "params": sum(p.numel() for p in bench.model.parameters()),
                "n_train": args.n_train, "size": args.size, "batch_size": args.batch_size,
                "pass_batch_size": args.pass_batch_size, "k": args.k, "threads": args.threads,
-               "repeats": args.repeats, "device": "cpu"}
+               "repeats": args.repeats, "device": args.device}
         if not args.no_memory:
-            mem = {job: _memory_subprocess(child_argv, name, job) for job in JOBS}
+            mem = {job: (bench.cuda_memory(job) if cuda else _memory_subprocess(child_argv, name, job))
+                   for job in JOBS}
             rec["peak_memory_mb"] = {job: m["delta_mb"] for job, m in mem.items()}
             rec["peak_memory_detail"] = mem
             if mem["train"]["delta_mb"] > 0:
@@ -219,7 +234,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "seg_cost", "records": records, "args": vars(args), "environment": env,
               "timing": "median seconds over repeats; the 6 (model, job) runs alternate within a repeat, "
                         "reversed on odd repeats; warm-up excluded",
-              "memory_method": "peak resident set growth over the job (MB): in a fresh subprocess per "
+              "memory_method": CUDA_MEMORY_METHOD if cuda else "peak resident set growth over the job (MB): in a fresh subprocess per "
                                "(model, job), after data, model and a one-image warm-up, the kernel's "
                                "high-water mark is reset to the current RSS (/proc/self/clear_refs 5); "
                                "delta = VmHWM after the job - VmRSS before it; glibc "

@@ -214,7 +214,8 @@ def _draw_image(rng, size, n_lesions, radius_px, contrast_hu, n_vessels):
     for _ in range(n_vessels):
         cy, cx = divmod(int(rng.choice(lung_pix)), w)
         r = _blob(h, w, cy, cx, *(rng.uniform(0.6, 1.3, 2)), 0.0, (0, 0, 0), (0, 0, 0))
-        hu += lung * rng.uniform(300, 700) / (1 + np.exp((r - 1) * 4))
+        with np.errstate(over="ignore"):  # far pixels: exp overflows to inf and the profile is exactly 0, as wanted
+            hu += lung * rng.uniform(300, 700) / (1 + np.exp((r - 1) * 4))
     instances = np.zeros((h, w), dtype=np.int16)
     rows = []
     for _ in range(n_lesions):
@@ -233,7 +234,8 @@ def _draw_image(rng, size, n_lesions, radius_px, contrast_hu, n_vessels):
             continue
         contrast = float(np.exp(rng.uniform(*np.log(contrast_hu))))
         edge = rng.uniform(0.4, 1.5)  # pixels of soft border; the mask's border is the half-contrast line
-        profile = 1.0 / (1.0 + np.exp(-(1.0 - r) * rad / edge))
+        with np.errstate(over="ignore"):  # as for the vessels: inf far away gives a profile of exactly 0
+            profile = 1.0 / (1.0 + np.exp(-(1.0 - r) * rad / edge))
         hu += lung * contrast * profile
         label = len(rows) + 1
         instances[inside & (instances == 0)] = label
