@@ -83,10 +83,11 @@ def _source(rel: Path, res: dict) -> str:
     """One line naming the results file and the environment it was measured in."""
     env = res.get("environment", {})
     parts = [f"{env['cpu']} ({env['cpu_count']} cores)" if "cpu" in env else None,
-             f"device {env['device']}" if "device" in env else None,
+             f"device {env['device']}" + (f" ({env['gpu']})" if env.get("gpu") else "") if "device" in env else None,
              f"torch {env['torch']}" if "torch" in env else None,
              f"numpy {env['numpy']}" if "numpy" in env else None,
-             f"commit {env['commit'][:7]}" if env.get("commit") else None]
+             (f"commit {env['commit'][:7]}" + (" plus uncommitted changes" if env["commit"].endswith("-dirty") else ""))
+             if env.get("commit") else None]
     where = ", ".join(p for p in parts if p)
     return f"From `{rel.as_posix()}`" + (f" ({where})." if where else ".")
 
@@ -385,36 +386,69 @@ def render_seg_detection(root: Path) -> str:
             + _table(["training slices"] + list(CORRUPTIONS[1:]), rec_body))
 
 
+SEG_COST_FILES = ("seg_cost_cpu.json", "seg_cost_gpu_64.json", "seg_cost_gpu_256.json")
+DET_COST_FILES = ("det_cost_cpu.json", "det_cost_gpu_tiny.json", "det_cost_gpu_r50.json")
+
+
+def _cost_results(root: Path, names) -> list:
+    """``(rel, result)`` of each cost file present; the CPU one is required, GPU ones exist when a device was lent."""
+    out = []
+    for name in names:
+        rel = RESULTS / name
+        if name.endswith("_cpu.json") or (root / rel).exists():
+            out.append((rel, _read(root, rel)))
+    return out
+
+
+def _cost_device(r: dict) -> str:
+    return "GPU" if str(r["device"]).startswith("cuda") else "CPU"
+
+
+def _mem_ratio(r: dict, job: str = "pass_full") -> str:
+    mem = r.get("peak_memory_mb")
+    return f"{mem[job] / mem['train']:.2f}×" if mem and mem.get("train") else "-"
+
+
+def _cost_notes(results: list, describe) -> str:
+    return "\n\n".join(f"{_cost_device(res['records'][0])}, {describe(res['records'][0])} " + _source(rel, res)
+                        for rel, res in results)
+
+
 def render_seg_cost(root: Path) -> str:
-    rel = RESULTS / "seg_cost_cpu.json"
-    res = _read(root, rel)
-    head = ["model", "params", "training epoch s", "K-pass s", "pass / epoch", "peak memory pass / train",
-            "uncertainty runs"]
-    body = [[r["model"], f"{r['params']:,}", f"{r['seconds']['train']:.2f}", f"{r['seconds']['pass_full']:.2f}",
-             f"{r['ratio_pass_full_over_train']:.2f}×", f"{r['ratio_memory_pass_full_over_train']:.2f}×",
-             r["uncertainty_runs"]] for r in res["records"]]
-    r0 = res["records"][0]
-    return (_table(head, body) + f"\n\n{r0['n_train']} slices of {r0['size']}×{r0['size']}, training batch "
-            f"{r0['batch_size']}, pass batch {r0['pass_batch_size']}, K = {r0['k']}, {r0['threads']} thread, "
-            f"median of {r0['repeats']}. " + _source(rel, res))
+    results = _cost_results(root, SEG_COST_FILES)
+    head = ["device", "model", "pixels", "params", "training epoch s", "K-pass s", "pass / epoch",
+            "uncertainties only / epoch", "peak memory pass / train", "uncertainty runs"]
+    body = [[_cost_device(r), r["model"], f"{r['size']}²", f"{r['params']:,}", f"{r['seconds']['train']:.2f}",
+             f"{r['seconds']['pass_full']:.2f}", f"{r['ratio_pass_full_over_train']:.2f}×",
+             f"{r['ratio_pass_unc_over_train']:.2f}×", _mem_ratio(r), r["uncertainty_runs"]]
+            for _, res in results for r in res["records"]]
+
+    def describe(r):
+        return (f"{r['n_train']} slices of {r['size']}×{r['size']}, training batch {r['batch_size']}, pass batch "
+                f"{r['pass_batch_size']}, K = {r['k']}, {r['threads']} thread{'s' * (r['threads'] > 1)}, "
+                f"median of {r['repeats']}.")
+    return (_table(head, body) + "\n\nPeak memory: resident-set growth on the CPU, growth of torch's peak "
+            "allocated CUDA memory on the GPU.\n\n" + _cost_notes(results, describe))
 
 
 def render_det_cost(root: Path) -> str:
-    rel = RESULTS / "det_cost_cpu.json"
-    res = _read(root, rel)
-    head = ["model", "params", "training epoch s", "full pass s (loss + K-pass)", "uncertainties s",
-            "uncertainties, tiled s", "full pass / epoch", "uncertainties / epoch", "tiled / epoch"]
-    body = [[r["model"], f"{r['params']:,}", f"{r['seconds']['train']:.2f}", f"{r['seconds']['pass_full']:.2f}",
-             f"{r['seconds']['pass_unc']:.2f}", f"{r['seconds']['pass_unc_tiled']:.2f}",
-             f"{r['ratio_pass_full_over_train']:.2f}×", f"{r['ratio_pass_unc_over_train']:.2f}×",
-             f"{r['ratio_pass_unc_tiled_over_train']:.2f}×"] for r in res["records"]]
-    r0 = res["records"][0]
-    mem = r0.get("peak_memory_mb")
-    mem_text = (f" Peak resident-set growth: training epoch {mem['train']:.1f} MB, full pass "
-                f"{mem['pass_full']:.1f} MB." if mem else "")
-    return (_table(head, body) + f"\n\n{r0['n_train']} synthetic slices of {r0['size']}×{r0['size']} "
-            f"({r0['n_boxes']} boxes), training batch {r0['batch_size']}, pass batch {r0['pass_batch_size']}, "
-            f"K = {r0['k']}, {r0['threads']} thread, median of {r0['repeats']}.{mem_text} " + _source(rel, res))
+    results = _cost_results(root, DET_COST_FILES)
+    head = ["device", "model", "pixels", "params", "training epoch s", "full pass s (loss + K-pass)",
+            "uncertainties s", "uncertainties, tiled s", "full pass / epoch", "uncertainties / epoch",
+            "tiled / epoch", "peak memory full pass / train", "peak memory tiled / train"]
+    body = [[_cost_device(r), r["model"], f"{r['size']}²", f"{r['params']:,}", f"{r['seconds']['train']:.2f}",
+             f"{r['seconds']['pass_full']:.2f}", f"{r['seconds']['pass_unc']:.2f}",
+             f"{r['seconds']['pass_unc_tiled']:.2f}", f"{r['ratio_pass_full_over_train']:.2f}×",
+             f"{r['ratio_pass_unc_over_train']:.2f}×", f"{r['ratio_pass_unc_tiled_over_train']:.2f}×",
+             _mem_ratio(r), _mem_ratio(r, "pass_unc_tiled")]
+            for _, res in results for r in res["records"]]
+
+    def describe(r):
+        return (f"{r['n_train']} synthetic slices of {r['size']}×{r['size']} ({r['n_boxes']} boxes), training "
+                f"batch {r['batch_size']}, pass batch {r['pass_batch_size']}, K = {r['k']}, {r['threads']} "
+                f"thread{'s' * (r['threads'] > 1)}, median of {r['repeats']}.")
+    return (_table(head, body) + "\n\nPeak memory: resident-set growth on the CPU, growth of torch's peak "
+            "allocated CUDA memory on the GPU.\n\n" + _cost_notes(results, describe))
 
 
 RENDERERS = {
