@@ -11,8 +11,9 @@ detector), times four jobs over the whole training set:
   :func:`mombs.tasks.detection.detection_losses` (which also yields the
   per-image RPN loss a ``loss_source="train"`` schedule reuses);
 - ``pass_full``: one :func:`mombs.assessment_pass` (task ``"detection"``,
-  ``forward_fn=rpn_forward``, disturbed at ``DET_FEATURE_MODULE["tiny"]``,
-  ``K = --k``) measuring every per-image RPN loss and every uncertainty;
+  whose passes run the detector through ``rpn_forward``, disturbed at
+  ``DET_FEATURE_MODULE[--model]``, ``K = --k``) measuring every per-image
+  RPN loss and every uncertainty;
 - ``pass_unc``: the same pass, uncertainties only (``loss_indices=[]``): what
   refreshing the uncertainties costs when the losses come from training;
 - ``pass_unc_tiled``: ``pass_unc`` with ``chunk_rows = K * --pass-batch-size``,
@@ -56,7 +57,7 @@ import mombs
 from mombs.data.synthetic_det import make_synthetic_det
 from mombs.envinfo import environment_info
 from mombs.models.detection import DET_FEATURE_MODULE, create_detection_model
-from mombs.tasks.detection import collate_detection, detection_losses, rpn_forward
+from mombs.tasks.detection import detection_losses
 
 from _cost import CUDA_MEMORY_METHOD, cuda_memory, status_kb, sync  # benchmarks/_cost.py: a script's folder is on sys.path
 
@@ -100,7 +101,6 @@ class Bench:
     def _pass(self, data, loss_indices=None, chunk_rows=None):
         return mombs.assessment_pass(self.model, data, task="detection", at=self.at, k=self.args.k,
                                      batch_size=self.args.pass_batch_size, loss_indices=loss_indices,
-                                     forward_fn=rpn_forward, collate_fn=collate_detection,
                                      generator=self.noise_gen, chunk_rows=chunk_rows)
 
     def pass_full(self) -> None:

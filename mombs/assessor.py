@@ -140,6 +140,12 @@ def _task_parts(task, loss_fn, output_fn, uncertainty_fn, activation):
             activation or adapter.activation)
 
 
+def _task_io(task, forward_fn, collate_fn):
+    """The adapter's forward and collate functions unless the caller gives their own."""
+    adapter = create_task(task)
+    return forward_fn or adapter.forward_fn, collate_fn or adapter.collate_fn
+
+
 def _as_index_array(indices) -> np.ndarray:
     return indices.cpu().numpy() if torch.is_tensor(indices) else np.asarray(indices)
 
@@ -180,8 +186,8 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
         activation: ``"auto"``, ``"softmax"`` or ``"sigmoid"``.
         batch_size: samples per batch, ``>= 1``.
         num_workers: ``DataLoader`` workers.
-        collate_fn: the ``DataLoader``'s collate function (e.g. detection's
-            list-of-dicts one); default torch's.
+        collate_fn: the ``DataLoader``'s collate function; default the task
+            adapter's (detection's list-of-dicts one), else torch's.
         batch_fn: ``batch -> (indices, inputs, targets)``.
         device: where inputs and targets go; default the model's.
         generator: private noise generator; default one seeded with 0.
@@ -192,8 +198,9 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
             batches may come in any order and hold other samples too, which are
             skipped; it must cover every index asked for. ``dataset`` still
             gives ``N``.
-        forward_fn: ``forward_fn(model, inputs) -> output``; default
-            ``model(inputs)`` (Hugging Face models: ``lambda m, b: m(**b)``).
+        forward_fn: ``forward_fn(model, inputs) -> output``; default the task
+            adapter's (detection: the RPN's objectness), else ``model(inputs)``
+            (Hugging Face models: ``lambda m, b: m(**b)``).
 
     Returns:
         ``((loss_idx, loss), (unc_idx, unc))``: sorted ``(n,)`` int64 indices and
@@ -201,6 +208,7 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
     """
     loss_fn, output_fn, uncertainty_fn, activation = _task_parts(task, loss_fn, output_fn, uncertainty_fn,
                                                                  activation)
+    forward_fn, collate_fn = _task_io(task, forward_fn, collate_fn)
     _check_noise_args(k, alpha, activation)
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
@@ -355,7 +363,8 @@ class DifficultyAssessor:
             the head once on ``k * B`` rows: keep it small (a classifier).
         batch_size: batch size of assessment passes.
         num_workers: ``DataLoader`` workers of assessment passes.
-        collate_fn: collate function of assessment passes.
+        collate_fn: collate function of assessment passes; default the task
+            adapter's, else torch's.
         device: where inputs go; defaults to the model's first parameter's device.
         batch_fn: ``batch -> (indices, inputs, targets)``; default reads
             ``batch[0], batch[1], batch[2]``.
@@ -367,8 +376,8 @@ class DifficultyAssessor:
             By default ``dataset`` is read in whole batches where it can
             (:meth:`mombs.IndexedDataset.read_batch`).
         forward_fn: ``forward_fn(model, inputs) -> output`` for assessment
-            passes; default ``model(inputs)`` (Hugging Face models take
-            ``lambda m, batch: m(**batch)``).
+            passes; default the task adapter's, else ``model(inputs)`` (Hugging
+            Face models take ``lambda m, batch: m(**batch)``).
         keep_history: the tracker keeps every epoch's loss and uncertainty,
             not only the latest (``O(N x epochs)`` memory; see
             :class:`~mombs.difficulty.DifficultyTracker`); off by default.
@@ -394,6 +403,7 @@ class DifficultyAssessor:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
         loss_fn, output_fn, uncertainty_fn, activation = _task_parts(task, loss_fn, output_fn, uncertainty_fn,
                                                                      activation)
+        forward_fn, collate_fn = _task_io(task, forward_fn, collate_fn)
         _check_noise_args(k, alpha, activation)
         for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:

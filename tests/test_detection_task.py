@@ -214,6 +214,14 @@ def test_adapter_through_assessment_pass(tiny):
     # without a generator the pass seeds each batch's noise with 0
     direct = torch.cat([rpn_uncertainty(tiny, images[s:s + 2], at=at, k=2, seed=0) for s in (0, 2)])
     np.testing.assert_allclose(uv, direct.double().numpy(), rtol=1e-5)
+    # the adapter carries its forward and collate functions: task="detection" alone is enough
+    assert create_task("detection").forward_fn is rpn_forward
+    assert create_task("detection").collate_fn is collate_detection
+    (_, lv2), (_, uv2) = mombs.assessment_pass(tiny, data, task="detection", at=at, k=2, batch_size=2)
+    np.testing.assert_array_equal(lv2, lv)
+    np.testing.assert_array_equal(uv2, uv)
+    assessor = mombs.DifficultyAssessor(tiny, data, at=at, task="detection", k=2, batch_size=2)
+    assert assessor.forward_fn is rpn_forward and assessor.collate_fn is collate_detection
 
 
 def test_tiled_copies_after_the_first_block_match_the_plain_pass(tiny):

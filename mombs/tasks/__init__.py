@@ -12,7 +12,8 @@ classification      ``(B, C)`` logits, or dense ``(B, C, *S)`` logits with
                     mean per-position entropy of the mean softmax
 detection           torchvision Faster R-CNN: per-image RPN objectness loss over
                     its sampled anchors, mean binary entropy of the objectness
-                    over every in-image anchor (``forward_fn=rpn_forward``)
+                    over every in-image anchor (its passes run ``rpn_forward``
+                    and collate with ``collate_detection``)
 ==================  =============================================================
 """
 

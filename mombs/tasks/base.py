@@ -26,6 +26,13 @@ class TaskAdapter:
         activation: ``"softmax"``, ``"sigmoid"`` or ``"auto"`` for the prediction.
         uncertainty_fn: ``(B, C, ...)`` mean probabilities -> ``(B,)`` uncertainty,
             higher = more uncertain; ``None``: the mean per-position entropy.
+        forward_fn: ``forward_fn(model, inputs) -> output`` for assessment
+            passes when the task's measures need more than ``model(inputs)``
+            (detection: the RPN's objectness, which an eval-mode torchvision
+            detector does not return); ``None``: ``model(inputs)``.
+        collate_fn: the collate function of assessment passes when torch's
+            default cannot batch the task's items (detection's lists of images
+            and box dicts); ``None``: torch's default.
     """
 
     name: str
@@ -33,6 +40,8 @@ class TaskAdapter:
     output_fn: Callable = default_output_fn
     activation: str = "auto"
     uncertainty_fn: Callable | None = None
+    forward_fn: Callable | None = None
+    collate_fn: Callable | None = None
 
 
 def register_task(adapter: TaskAdapter) -> TaskAdapter:

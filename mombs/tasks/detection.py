@@ -37,19 +37,17 @@ is the same after the call as before it. Nothing in torchvision is patched:
 the functions here call the model's own submodules and methods.
 
 The adapter registered as ``"detection"`` carries the loss, the prediction
-(the objectness map) and the uncertainty reduction; the model's call is not
-part of a :class:`~mombs.tasks.TaskAdapter`, so pass ``forward_fn=rpn_forward``
-and ``collate_fn=collate_detection`` to the assessor as well:
+(the objectness map) and the uncertainty reduction, and its passes run the
+detector through :func:`rpn_forward` and batch items with
+:func:`collate_detection`, so ``task="detection"`` is all the assessor needs:
 
 .. code-block:: python
 
     from mombs.models.detection import DET_FEATURE_MODULE, create_detection_model
-    from mombs.tasks.detection import collate_detection, rpn_forward
 
     model = create_detection_model("tiny")
     assessor = DifficultyAssessor(model, IndexedDataset(train), at=DET_FEATURE_MODULE["tiny"],
-                                  task="detection", forward_fn=rpn_forward,
-                                  collate_fn=collate_detection, batch_size=8)
+                                  task="detection", batch_size=8)
 
 A training step that also yields the per-image loss (the assessor's default
 schedule reuses the training loss) is :func:`detection_losses`. Only the
@@ -210,7 +208,8 @@ def rpn_objectness_map(outputs: dict) -> torch.Tensor:
     """The adapter's prediction: ``(N, A)`` objectness logits, NaN for anchors
     centred outside their image (:func:`anchor_binary_entropy` skips them)."""
     if not isinstance(outputs, dict) or "objectness" not in outputs or "in_image" not in outputs:
-        raise TypeError("outputs must be what rpn_forward returns (pass forward_fn=rpn_forward)")
+        raise TypeError("outputs must be what rpn_forward returns (task='detection' uses it; "
+                        "a forward_fn of your own must return the same dict)")
     return outputs["objectness"].masked_fill(~outputs["in_image"], float("nan"))
 
 
@@ -296,7 +295,8 @@ def rpn_objectness_loss(outputs: dict, targets, *, seed: int | None = 0) -> torc
         ValueError: for outputs or targets of the wrong form or count, or a bad seed.
     """
     if not isinstance(outputs, dict) or "rpn" not in outputs or "anchors" not in outputs:
-        raise ValueError("outputs must be what rpn_forward returns (pass forward_fn=rpn_forward)")
+        raise ValueError("outputs must be what rpn_forward returns (task='detection' uses it; "
+                         "a forward_fn of your own must return the same dict)")
     seed = None if seed is None else _check_seed(seed)
     objectness, anchors = outputs["objectness"], outputs["anchors"]
     if objectness.shape[0] != len(anchors):
@@ -406,4 +406,5 @@ def rpn_uncertainty(model, images, *, at: str, k: int = 8, alpha: float = 0.3, s
 #: :func:`anchor_binary_entropy`. The assessor also needs
 #: ``forward_fn=rpn_forward`` and ``collate_fn=collate_detection``.
 DETECTION = register_task(TaskAdapter("detection", loss_fn=rpn_objectness_loss, output_fn=rpn_objectness_map,
-                                      activation="sigmoid", uncertainty_fn=anchor_binary_entropy))
+                                      activation="sigmoid", uncertainty_fn=anchor_binary_entropy,
+                                      forward_fn=rpn_forward, collate_fn=collate_detection))

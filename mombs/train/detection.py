@@ -35,7 +35,7 @@ from ..assessor import assessment_pass
 from ..difficulty import difficulty_scores, quadrants
 from ..envinfo import environment_info
 from ..metrics.detection import FROC_AVERAGE_FPS, _sens_at, froc
-from ..tasks.detection import collate_detection, detection_losses, rpn_forward
+from ..tasks.detection import detection_losses
 from .segmentation import FLAGGED_PER_QUADRANT, detection_scores
 
 __all__ = ["DET_ASSESS_BATCH_SIZE", "DetectionStep", "FROC_CURVE_FPS", "det_fit", "detect",
@@ -229,7 +229,7 @@ def summarize_detection(cfg, data, c, log: list, best: dict, x_te, y_te, out) ->
     device = next(model.parameters()).device
     (_, loss), (_, unc) = assessment_pass(
         model, c.train_set, at=c.at, k=cfg.k, alpha=cfg.alpha, task="detection",
-        batch_size=DET_ASSESS_BATCH_SIZE, device=device, forward_fn=rpn_forward, collate_fn=collate_detection,
+        batch_size=DET_ASSESS_BATCH_SIZE, device=device,
         generator=torch.Generator(device=device).manual_seed(cfg.seed + 77))
     q = quadrants(loss, unc)
     n = len(loss)
