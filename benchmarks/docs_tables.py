@@ -409,9 +409,16 @@ def _mem_ratio(r: dict, job: str = "pass_full") -> str:
     return f"{mem[job] / mem['train']:.2f}×" if mem and mem.get("train") else "-"
 
 
-def _cost_notes(results: list, describe) -> str:
-    return "\n\n".join(f"{_cost_device(res['records'][0])}, {describe(res['records'][0])} " + _source(rel, res)
-                        for rel, res in results)
+def _cost_notes(table: str, results: list) -> str:
+    """The table, how peak memory was measured, and one line per results file on its setting and source."""
+    def setting(r):
+        boxes = f" ({r['n_boxes']} boxes)" if "n_boxes" in r else ""
+        return (f"{_cost_device(r)}, {r['n_train']} synthetic slices of {r['size']}×{r['size']}{boxes}, training "
+                f"batch {r['batch_size']}, pass batch {r['pass_batch_size']}, K = {r['k']}, {r['threads']} "
+                f"thread{'s' * (r['threads'] > 1)}, median of {r['repeats']}.")
+    return "\n\n".join([table, "Peak memory: resident-set growth on the CPU, growth of torch's peak allocated "
+                                "CUDA memory on the GPU."]
+                        + [f"{setting(res['records'][0])} {_source(rel, res)}" for rel, res in results])
 
 
 def render_seg_cost(root: Path) -> str:
@@ -422,13 +429,7 @@ def render_seg_cost(root: Path) -> str:
              f"{r['seconds']['pass_full']:.2f}", f"{r['ratio_pass_full_over_train']:.2f}×",
              f"{r['ratio_pass_unc_over_train']:.2f}×", _mem_ratio(r), r["uncertainty_runs"]]
             for _, res in results for r in res["records"]]
-
-    def describe(r):
-        return (f"{r['n_train']} slices of {r['size']}×{r['size']}, training batch {r['batch_size']}, pass batch "
-                f"{r['pass_batch_size']}, K = {r['k']}, {r['threads']} thread{'s' * (r['threads'] > 1)}, "
-                f"median of {r['repeats']}.")
-    return (_table(head, body) + "\n\nPeak memory: resident-set growth on the CPU, growth of torch's peak "
-            "allocated CUDA memory on the GPU.\n\n" + _cost_notes(results, describe))
+    return _cost_notes(_table(head, body), results)
 
 
 def render_det_cost(root: Path) -> str:
@@ -442,13 +443,7 @@ def render_det_cost(root: Path) -> str:
              f"{r['ratio_pass_unc_over_train']:.2f}×", f"{r['ratio_pass_unc_tiled_over_train']:.2f}×",
              _mem_ratio(r), _mem_ratio(r, "pass_unc_tiled")]
             for _, res in results for r in res["records"]]
-
-    def describe(r):
-        return (f"{r['n_train']} synthetic slices of {r['size']}×{r['size']} ({r['n_boxes']} boxes), training "
-                f"batch {r['batch_size']}, pass batch {r['pass_batch_size']}, K = {r['k']}, {r['threads']} "
-                f"thread{'s' * (r['threads'] > 1)}, median of {r['repeats']}.")
-    return (_table(head, body) + "\n\nPeak memory: resident-set growth on the CPU, growth of torch's peak "
-            "allocated CUDA memory on the GPU.\n\n" + _cost_notes(results, describe))
+    return _cost_notes(_table(head, body), results)
 
 
 RENDERERS = {
