@@ -354,18 +354,22 @@ def render_det_study(root: Path) -> str:
               f"than {MIN_SEEDS} seeds: {len(short)}.")
 
 
-def render_seg_detection(root: Path) -> str:
-    """How the final model's signals find the corrupted masks, per training size (all arms pooled)."""
+def _noise_detection_tables(runs: list, corruptions, unit: str, pooled: str) -> str:
+    """How the final model's signals find the planted label noise, per training size (all arms pooled).
+
+    Args:
+        runs: results with ``train_size`` and ``noise_detection``.
+        corruptions: the corruption names of ``recall_by_corruption``, in table order.
+        unit: what a training sample is called (``"slices"``).
+        pooled: which runs each row pools, for the note under the table.
+    """
     import numpy as np
 
-    from mombs.data.synthetic_ct import CORRUPTIONS
-
-    runs = _seg_runs(root)
     by = {}
     for r in runs:
         if r.get("noise_detection"):
             by.setdefault(r["train_size"], []).append(r["noise_detection"])
-    head = ["training slices", "runs", "base rate", "PL precision", "PL recall", "AUROC difficulty",
+    head = [f"training {unit}", "runs", "base rate", "PL precision", "PL recall", "AUROC difficulty",
             "AUROC loss", "AUROC uncertainty", "AP difficulty", "AP loss"]
     body, rec_body = [], []
 
@@ -377,13 +381,59 @@ def render_seg_detection(root: Path) -> str:
         body.append([str(n), str(len(dets)), m(dets, "base_rate"), m(dets, "precision"), m(dets, "recall"),
                      m(dets, "auroc_difficulty"), m(dets, "auroc_loss"), m(dets, "auroc_uncertainty"),
                      m(dets, "ap_difficulty"), m(dets, "ap_loss")])
-        rec = [[d["recall_by_corruption"].get(c) for d in dets] for c in CORRUPTIONS[1:]]
+        rec = [[d["recall_by_corruption"].get(c) for d in dets] for c in corruptions]
         rec_body.append([str(n)] + [f"{100 * np.mean([x for x in v if x is not None]):.0f}"
                                     if any(x is not None for x in v) else "-" for v in rec])
-    return (_table(head, body) + "\n\nMean ± std over every run (all strategies, both batch sizes, 5 seeds); "
-            "percent. The poorly-labeled quadrant is high loss and low uncertainty of the final model.\n\n"
+    return (_table(head, body) + f"\n\nMean ± std over {pooled}; percent. The poorly-labeled quadrant is high "
+            "loss and low uncertainty of the final model.\n\n"
             "Recall of the poorly-labeled quadrant by corruption type (percent of that type flagged):\n\n"
-            + _table(["training slices"] + list(CORRUPTIONS[1:]), rec_body))
+            + _table([f"training {unit}"] + list(corruptions), rec_body))
+
+
+def render_seg_detection(root: Path) -> str:
+    """How the final model's signals find the corrupted masks, per training size (all arms pooled)."""
+    from mombs.data.synthetic_ct import CORRUPTIONS
+
+    return _noise_detection_tables(_seg_runs(root), CORRUPTIONS[1:], "slices",
+                                   "every run (all strategies, both batch sizes, 5 seeds)")
+
+
+def render_det_detection(root: Path) -> str:
+    """How the final detector's signals find the images with a lesion left without a box, per training size."""
+    from study_table import load
+
+    from mombs.data.synthetic_det import DET_CORRUPTIONS
+
+    return _noise_detection_tables(load(root / RESULTS / "detection"), DET_CORRUPTIONS[1:], "slices",
+                                   "every run (all 7 strategies, 5 seeds)")
+
+
+#: The operating points of ``froc_sens`` (false positives per image), in table order.
+FROC_POINTS = ("0.5", "1", "2", "4", "8", "16")
+
+
+def render_det_points(root: Path) -> str:
+    """Every strategy against random at every FROC operating point, paired by seed, per training size."""
+    from study_table import load
+
+    from mombs.compare import paired_difference
+
+    by = {}
+    for r in load(root / RESULTS / "detection"):
+        by.setdefault(r["train_size"], {}).setdefault(r["strategy"], {})[r["seed"]] = r
+    body = []
+    for n, arms in sorted(by.items()):
+        base = arms.get("random", {})
+        for strategy in sorted(s for s in arms if s != "random"):
+            runs = arms[strategy]
+            cells = [paired_difference({s: r["froc"] for s, r in runs.items()},
+                                       {s: r["froc"] for s, r in base.items()})]
+            cells += [paired_difference({s: r["froc_sens"][p] for s, r in runs.items()},
+                                        {s: r["froc_sens"][p] for s, r in base.items()}) for p in FROC_POINTS]
+            body.append([str(n), strategy, str(cells[0]["n"] if cells[0] else 0)] + [_ci(c) for c in cells])
+    head = ["training slices", "strategy", "n", "FROC"] + [f"sens@{p}FP" for p in FROC_POINTS]
+    return (_table(head, body) + "\n\nStrategy minus random on the same seed, in points of test-lesion sensitivity, mean [95% "
+            "t-interval]; FROC is the mean of the 0.5, 1 and 2 FP points.")
 
 
 SEG_COST_FILES = ("seg_cost_cpu.json", "seg_cost_gpu_64.json", "seg_cost_gpu_256.json")
@@ -451,6 +501,8 @@ RENDERERS = {
     "seg-detection": render_seg_detection,
     "seg-cost": render_seg_cost,
     "det-study": render_det_study,
+    "det-points": render_det_points,
+    "det-detection": render_det_detection,
     "det-cost": render_det_cost,
     "study": render_study,
     "disturbance": render_disturbance,

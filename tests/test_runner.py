@@ -432,3 +432,28 @@ def test_a_study_config_exports_only_as_it_stands(tmp_path, monkeypatch, capsys)
     assert cli.main(base + ["--set", "epochs=2", "--set", "export=true"]) == 0  # explicitly
     assert len(list(exported.iterdir())) == 2
     assert (files[0].stat().st_mtime_ns, files[0].read_bytes()) == stamp
+
+
+def test_a_diverged_step_stops_training_before_the_optimizer_steps_on_it():
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mombs import IndexedDataset
+    from mombs.train.engine import train_one_epoch
+
+    class NoWeights:
+        def weights(self, per_sample):
+            return None
+
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.bias[0] = float("nan")  # every logit row has a NaN: the first step's loss is NaN
+    before = [p.detach().clone() for p in model.parameters()]
+    data = IndexedDataset(TensorDataset(torch.randn(8, 3), torch.zeros(8, dtype=torch.long)))
+    with pytest.raises(FloatingPointError, match=r"training diverged: step 0 .*lower lr"):
+        train_one_epoch(model, DataLoader(data, batch_size=4), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        loss_fn=lambda out, y: F.cross_entropy(out, y, reduction="none"), strategy=NoWeights(),
+                        assessor=None, device=torch.device("cpu"), num_samples=8)
+    # nothing stepped: the weights are as they were (NaN where they were NaN)
+    assert all(torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) for a, b in zip(model.parameters(), before))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,11 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
             and ``fit_fn`` reads ``outputs``. Inputs and targets may be lists
             (of images, of target dicts). ``None``: ``loss_fn`` on ``model(x)``.
 
+    Raises:
+        FloatingPointError: a step's loss is NaN or infinite (training
+            diverged); raised before the optimizer steps on it or the
+            assessor records it.
+
     Returns:
         ``train_loss`` (mean per-sample loss), ``fit``: ``(N,)`` float fit of
         each sample's last training forward (0 where unseen), ``seen``: ``(N,)``
@@ -102,7 +109,7 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         sig = {k: np.full(num_samples, np.nan, dtype=np.float32) for k in ("loss", "prob_given", "margin")}
         sig["pred"] = np.full(num_samples, -1, dtype=np.int32)
     total_loss, total = 0.0, 0
-    for idx, xb, yb in loader:
+    for step, (idx, xb, yb) in enumerate(loader):
         xb, yb = to_device(xb, device, non_blocking=True), to_device(yb, device, non_blocking=True)
         if augment_gen is not None:
             xb = augment(xb, augment_gen)
@@ -112,6 +119,13 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
             per_sample = loss_fn(logits, yb)
         else:
             logits, per_sample, objective = step_fn(model, xb, yb)
+        # One host read per step (the epoch's mean needs it anyway), so that a
+        # diverged run stops here, named as such, instead of training on NaN.
+        batch_loss = float(per_sample.detach().sum())
+        if not math.isfinite(batch_loss):
+            raise FloatingPointError(f"training diverged: step {step} of the epoch gave a non-finite loss "
+                                     f"({batch_loss}); lower lr, or for detectors trained from scratch use "
+                                     f"optimizer=adam with lr around 1e-4")
         if assessor is not None:
             assessor.observe(idx, per_sample)
         w = strategy.weights(per_sample)
@@ -122,7 +136,7 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += float(per_sample.detach().sum())
+        total_loss += batch_loss
         total += len(idx)
         # How well the model fits the training targets, read off the training pass for free.
         batch = idx.numpy()
