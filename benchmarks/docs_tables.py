@@ -496,6 +496,20 @@ def render_det_cost(root: Path) -> str:
     return _cost_notes(_table(head, body), results)
 
 
+def render_det_overhead(root: Path) -> str:
+    """Training time of mixed against random through the runner, for a detector on a GPU."""
+    rel = RESULTS / "det_overhead_gpu.json"
+    res = _read(root, rel)
+    r, a = res["records"][0], res["args"]
+    body = [[x["strategy"], str(x["seed"]), f"{x['seconds']:.1f}", " ".join(f"{s:.1f}" for s in x["epoch_seconds"])]
+            for x in r["runs"]]
+    return (_table(["strategy", "seed", "epochs' seconds", "per epoch"], body)
+            + f"\n\n{a['model']} at {a['image_size']}², {a['subset']} training slices, batch 4, {a['epochs']} "
+              f"epochs, pivot {a['pivot_epoch']}, K = {a['k']}, AdamW lr {a['lr']:g}, default schedule; runs in the "
+              f"order shown. mixed / random: {r['ratio_mixed_over_random']:.2f}× over all epochs, "
+              f"{r['ratio_after_pivot']:.2f}× after the pivot. " + _source(rel, res))
+
+
 RENDERERS = {
     "seg-study": render_seg_study,
     "seg-detection": render_seg_detection,
@@ -504,6 +518,7 @@ RENDERERS = {
     "det-points": render_det_points,
     "det-detection": render_det_detection,
     "det-cost": render_det_cost,
+    "det-overhead": render_det_overhead,
     "study": render_study,
     "disturbance": render_disturbance,
     "onepath": render_onepath,
