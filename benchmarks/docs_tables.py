@@ -354,7 +354,7 @@ def render_det_study(root: Path) -> str:
               f"than {MIN_SEEDS} seeds: {len(short)}.")
 
 
-def _noise_detection_tables(runs: list, corruptions, unit: str, pooled: str) -> str:
+def _noise_detection_tables(runs: list, corruptions, unit: str, pooled: str, extra=()) -> str:
     """How the final model's signals find the planted label noise, per training size (all arms pooled).
 
     Args:
@@ -362,6 +362,8 @@ def _noise_detection_tables(runs: list, corruptions, unit: str, pooled: str) -> 
         corruptions: the corruption names of ``recall_by_corruption``, in table order.
         unit: what a training sample is called (``"slices"``).
         pooled: which runs each row pools, for the note under the table.
+        extra: names of further scores whose AUROC and AP get columns; a cell
+            averaged over fewer runs than its row says how many.
     """
     import numpy as np
 
@@ -371,16 +373,21 @@ def _noise_detection_tables(runs: list, corruptions, unit: str, pooled: str) -> 
             by.setdefault(r["train_size"], []).append(r["noise_detection"])
     head = [f"training {unit}", "runs", "base rate", "PL precision", "PL recall", "AUROC difficulty",
             "AUROC loss", "AUROC uncertainty", "AP difficulty", "AP loss"]
+    head += [f"{what} {name}" for name in extra for what in ("AUROC", "AP")]
     body, rec_body = [], []
 
     def m(dets, key):
         v = [d[key] for d in dets if d.get(key) is not None]
-        return f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1) if len(v) > 1 else 0:.1f}" if v else "-"
+        if not v:
+            return "-"
+        text = f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1) if len(v) > 1 else 0:.1f}"
+        return text + (f" ({len(v)} runs)" if len(v) < len(dets) else "")
 
     for n, dets in sorted(by.items()):
         body.append([str(n), str(len(dets)), m(dets, "base_rate"), m(dets, "precision"), m(dets, "recall"),
                      m(dets, "auroc_difficulty"), m(dets, "auroc_loss"), m(dets, "auroc_uncertainty"),
-                     m(dets, "ap_difficulty"), m(dets, "ap_loss")])
+                     m(dets, "ap_difficulty"), m(dets, "ap_loss")]
+                    + [m(dets, f"{what}_{name}") for name in extra for what in ("auroc", "ap")])
         rec = [[d["recall_by_corruption"].get(c) for d in dets] for c in corruptions]
         rec_body.append([str(n)] + [f"{100 * np.mean([x for x in v if x is not None]):.0f}"
                                     if any(x is not None for x in v) else "-" for v in rec])
@@ -405,7 +412,7 @@ def render_det_detection(root: Path) -> str:
     from mombs.data.synthetic_det import DET_CORRUPTIONS
 
     return _noise_detection_tables(load(root / RESULTS / "detection"), DET_CORRUPTIONS[1:], "slices",
-                                   "every run (all 7 strategies, 5 seeds)")
+                                   "every run (all 7 strategies, 5 seeds)", extra=("unmatched",))
 
 
 #: The operating points of ``froc_sens`` (false positives per image), in table order.

@@ -97,6 +97,8 @@ def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with
         assert z["loss"].shape == z["uncertainty"].shape == z["missing"].shape == (16,)
         assert det["base_rate"] == pytest.approx(z["missing"].mean()) and z["missing"].any()
         assert det["flagged"] == res["quadrant_counts"]["poorly-labeled"] and 0 <= det["auroc_difficulty"] <= 1
+        assert z["unmatched"].shape == (16,) and ((z["unmatched"] >= 0) & (z["unmatched"] <= 1)).all()
+        assert 0 <= det["auroc_unmatched"] <= 1 and "ap_unmatched" in res["noisy_detection"]
         np.testing.assert_array_equal(z["noisy"], z["corruption"] > 0)
         f = np.load(d / "flagged.npz")
         assert f["image"].shape[1:] == (32, 32) and f["given"].shape[2] == f["clean"].shape[2] == 4

@@ -86,3 +86,27 @@ def test_bad_inputs_name_the_argument():
         froc([np.zeros((2, 3))], [np.array([A])])
     with pytest.raises(ValueError, match="scores"):
         froc([{"boxes": np.array([A]), "scores": np.array([0.1, 0.2])}], [np.array([A])])
+
+
+def test_unmatched_detection_score_by_hand():
+    from mombs.metrics.detection import unmatched_detection_score
+
+    given = [np.array([[0, 0, 10, 10]]),            # one box
+             np.zeros((0, 4)),                       # no box at all
+             np.array([[0, 0, 10, 10]]),
+             np.array([[0, 0, 10, 10]])]
+    dets = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), "scores": np.array([0.9, 0.6])},
+            {"boxes": np.array([[5, 5, 15, 15]]), "scores": np.array([0.3])},
+            {"boxes": np.array([[0, 0, 10, 10]]), "scores": np.array([0.8])},   # covered: nothing unmatched
+            {"boxes": np.zeros((0, 4)), "scores": np.zeros(0)}]                 # no detection
+    # image 0: the 0.9 box matches the given one (IoU 1); the 0.6 box lies elsewhere
+    np.testing.assert_array_equal(unmatched_detection_score(dets, given), [0.6, 0.3, 0.0, 0.0])
+    # [0, 0, 10, 10] against [0, 0, 10, 5]: IoU exactly 0.5, covered at 0.5 and unmatched above it
+    half = [np.array([[0, 0, 10, 5]])]
+    one = [{"boxes": np.array([[0, 0, 10, 10]]), "scores": np.array([0.7])}]
+    assert unmatched_detection_score(one, half)[0] == 0.0
+    assert unmatched_detection_score(one, half, iou_threshold=0.6)[0] == 0.7
+    with pytest.raises(ValueError, match="iou_threshold"):
+        unmatched_detection_score(one, half, iou_threshold=0)
+    with pytest.raises(ValueError, match="same images"):
+        unmatched_detection_score(one, half * 2)

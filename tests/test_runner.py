@@ -345,7 +345,9 @@ def test_ctrl_c_stops_a_two_job_compare_within_seconds_and_a_rerun_resumes(tmp_p
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    assert time.monotonic() - t0 < 5
+    # Seconds, not the rest of the grid (the checkpoint check below shows the run did not finish);
+    # 10 s leaves room for a loaded machine (7.4 s was seen with a study running beside the tests).
+    assert time.monotonic() - t0 < 10
     assert proc.returncode == 130 and "interrupted" in err and len(err.strip().splitlines()) <= 2, err
     assert len(finished) == 1 and all(p.read_bytes() == raw for p, raw in finished.items())
     ckpt = next(runs.glob("*-b4-*/checkpoint.pt"))

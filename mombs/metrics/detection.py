@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FROC_FPS", "FROC_AVERAGE_FPS", "FROCResult", "box_iou", "froc", "froc_curve"]
+__all__ = ["FROC_FPS", "FROC_AVERAGE_FPS", "FROCResult", "box_iou", "froc", "froc_curve", "unmatched_detection_score"]
 
 #: False positives per image at which ULD papers report sensitivity.
 FROC_FPS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -134,7 +134,8 @@ def froc_curve(detections, ground_truths, *, iou_threshold: float = 0.5) -> tupl
     return curve[0], curve[1]
 
 
-def _walk(detections, ground_truths, iou_threshold):
+def _checked(detections, ground_truths, iou_threshold) -> tuple[list, list]:
+    """Per image ``(boxes, scores)`` and ground-truth boxes, after checking every argument."""
     if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool) \
             or not 0 < iou_threshold <= 1:
         raise ValueError(f"iou_threshold={iou_threshold!r} must be a number in (0, 1]")
@@ -143,7 +144,48 @@ def _walk(detections, ground_truths, iou_threshold):
         raise ValueError(f"detections ({len(detections)} images) and ground_truths ({len(ground_truths)} "
                          f"images) must list the same images, at least one")
     gts = [_boxes(g, "ground_truths", i) for i, g in enumerate(ground_truths)]
-    dets = [_detections(d, i) for i, d in enumerate(detections)]
+    return [_detections(d, i) for i, d in enumerate(detections)], gts
+
+
+def unmatched_detection_score(detections, given_boxes, *, iou_threshold: float = 0.5) -> np.ndarray:
+    """Per image, how confidently the detector sees something that no given box covers.
+
+    The score of an image is the highest score among its detections whose IoU
+    with every given box of the image is below ``iou_threshold``, and 0 when
+    it has none. A lesion the annotators missed, which the detector finds,
+    raises it. So does an ordinary false positive. Higher = more likely an
+    image with a missing box.
+
+    Args:
+        detections: per image, a dict with ``"boxes"`` ``(n, 4)`` and
+            ``"scores"`` ``(n,)`` (torchvision's output), a ``(boxes, scores)``
+            pair or ``(n, 5)`` rows ``(x1, y1, x2, y2, score)``.
+        given_boxes: per image, the annotated ``(m, 4)`` boxes (or a dict
+            with ``"boxes"``).
+        iou_threshold: IoU at which a detection counts as covered by a given
+            box, in ``(0, 1]`` (0.5).
+
+    Returns:
+        ``(N,)`` float64 scores, higher = more likely a missed annotation.
+
+    Raises:
+        ValueError: lists of different lengths or empty, malformed boxes or
+            scores, or a bad ``iou_threshold``.
+    """
+    dets, gts = _checked(detections, given_boxes, iou_threshold)
+    out = np.zeros(len(gts), dtype=np.float64)
+    for i, ((boxes, scores), given) in enumerate(zip(dets, gts)):
+        if not boxes.shape[0]:
+            continue
+        covered = (box_iou(boxes, given) >= iou_threshold).any(axis=1) if given.shape[0] else \
+            np.zeros(boxes.shape[0], dtype=bool)
+        if (~covered).any():
+            out[i] = float(scores[~covered].max())
+    return out
+
+
+def _walk(detections, ground_truths, iou_threshold):
+    dets, gts = _checked(detections, ground_truths, iou_threshold)
     n_images, n_lesions = len(gts), sum(g.shape[0] for g in gts)
     image = np.concatenate([np.full(b.shape[0], i, dtype=np.int64) for i, (b, _) in enumerate(dets)])
     boxes = np.concatenate([b for b, _ in dets]).reshape(-1, 4)

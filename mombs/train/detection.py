@@ -34,7 +34,7 @@ import torch
 from ..assessor import assessment_pass
 from ..difficulty import difficulty_scores, quadrants
 from ..envinfo import environment_info
-from ..metrics.detection import FROC_AVERAGE_FPS, _sens_at, froc
+from ..metrics.detection import FROC_AVERAGE_FPS, _sens_at, froc, unmatched_detection_score
 from ..tasks.detection import detection_losses
 from .segmentation import FLAGGED_PER_QUADRANT, detection_scores
 
@@ -233,8 +233,11 @@ def summarize_detection(cfg, data, c, log: list, best: dict, x_te, y_te, out) ->
         generator=torch.Generator(device=device).manual_seed(cfg.seed + 77))
     q = quadrants(loss, unc)
     n = len(loss)
+    # A box-level signal beside the paper's image-level ones: a confident
+    # detection that no given box covers points at a lesion left unboxed.
+    unmatched = unmatched_detection_score(*detect(model, data.train))
     none = np.zeros(0, bool)
-    np.savez_compressed(out / "assessment.npz", loss=loss, uncertainty=unc, codes=q.codes,
+    np.savez_compressed(out / "assessment.npz", loss=loss, uncertainty=unc, codes=q.codes, unmatched=unmatched,
                         noisy=data.noisy_train if data.noisy_train is not None else none,
                         missing=data.missing_train if data.missing_train is not None else none,
                         corruption=data.corruption if data.corruption is not None else np.zeros(0, np.int64),
@@ -255,7 +258,7 @@ def summarize_detection(cfg, data, c, log: list, best: dict, x_te, y_te, out) ->
         "config": dataclasses.asdict(cfg), "key": cfg.key(), "data": data.describe(),
         "environment": environment_info(cfg.device),
     }
-    scores = {"difficulty": difficulty_scores(loss, unc), "loss": loss, "uncertainty": unc}
+    scores = {"difficulty": difficulty_scores(loss, unc), "loss": loss, "uncertainty": unc, "unmatched": unmatched}
     poor = q.mask("poorly-labeled")
     if data.missing_train is not None and data.missing_train.any():
         res["noisy_fit"] = log[-1].get("noisy_fit")
