@@ -792,6 +792,14 @@ def _run_images(run_dir: Path, n: int):
         return None, f"the training images could not be rebuilt from config.json ({type(err).__name__}: {err})"
 
 
+def _run_task(run: Path) -> str:
+    """The task a run folder's ``config.json`` names (runs from before tasks existed: classification)."""
+    cpath = run / "config.json"
+    if not cpath.is_file():
+        return "classification"
+    return json.loads(cpath.read_text()).get("config", {}).get("task", "classification")
+
+
 def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True, parquet: bool | None = None,
              per_quadrant: int = 16) -> dict:
     """The data-quality table and report of a finished ``mombs train`` classification run.
@@ -827,6 +835,11 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
     if not apath.is_file():
         raise FileNotFoundError(f"{apath} not found: diagnose needs a finished `mombs train` classification run "
                                 f"(its assessment.npz)")
+    task = _run_task(run)
+    if task != "classification":
+        raise ValueError(f"run_dir={str(run_dir)!r} is a {task} run; diagnose reads classification runs (one "
+                         f"label per sample). A {task} run's assessment.npz holds its per-image loss, "
+                         f"uncertainty and quadrants, and results.json how they find the noisy annotations")
     with np.load(apath, allow_pickle=False) as z:
         missing_keys = [k for k in ("loss", "uncertainty", "y") if k not in z.files]
         if missing_keys:

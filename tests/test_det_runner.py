@@ -114,12 +114,25 @@ def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with
 
 
 def test_an_interrupted_detection_run_resumes_to_the_same_result(tmp_path, interrupt_after_epoch):
-    cfg = RunConfig(strategy="mixed", **DET)
+    cfg = RunConfig(strategy="mixed", history=True, **DET)
     whole = run(cfg, tmp_path / "whole")
     interrupt_after_epoch(cfg, tmp_path / "cut", 0)
     resumed = run(cfg, tmp_path / "cut")
     assert resumed["froc_sens"] == whole["froc_sens"]
     assert resumed["curves"]["train_loss"] == whole["curves"]["train_loss"]
+    # the history: each epoch's per-image RPN loss (no classification signals), kept across the resume
+    h, cut = np.load(tmp_path / "whole/history.npz"), np.load(tmp_path / "cut/history.npz")
+    assert set(h.files) == {"train_loss", "uncertainty", "epochs"} and h["train_loss"].shape == (2, 16)
+    np.testing.assert_array_equal(h["epochs"], [0, 1])
+    assert np.isfinite(h["train_loss"]).all()  # every image is seen every epoch
+    np.testing.assert_allclose(h["train_loss"].mean(1), whole["curves"]["train_loss"], rtol=1e-5)
+    for k in h.files:
+        np.testing.assert_array_equal(cut[k], h[k])
+    # diagnose reads classification runs and says so, rather than failing on a missing label array
+    from mombs.quality import diagnose
+
+    with pytest.raises(ValueError, match="is a detection run; diagnose reads classification runs"):
+        diagnose(tmp_path / "whole")
     for name in ("loss", "uncertainty"):
         np.testing.assert_array_equal(np.load(tmp_path / "cut/assessment.npz")[name],
                                       np.load(tmp_path / "whole/assessment.npz")[name])

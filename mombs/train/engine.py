@@ -62,7 +62,8 @@ def training_signals(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.T
 
 def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, device,
                     num_samples: int, augment_gen: torch.Generator | None = None,
-                    fit_fn=class_fit, signals: bool = False, step_fn=None) -> dict:
+                    fit_fn=class_fit, signals: bool = False, signal_fn=training_signals,
+                    step_fn=None) -> dict:
     """One pass over ``loader``: the public sampler's batches, the assessor's bookkeeping.
 
     Args:
@@ -79,8 +80,11 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         augment_gen: generator of the random crop and flip; ``None``: no augmentation.
         fit_fn: ``(outputs, y) -> (B,)`` how well the training forward fits each
             given target, in ``[0, 1]`` (classification: label predicted or not).
-        signals: also return each sample's :func:`training_signals` and loss
-            (classification), for a run's history.
+        signals: also return each sample's training loss and ``signal_fn``'s
+            signals, for a run's history.
+        signal_fn: ``(outputs, y) -> {name: (B,) tensor}`` per-sample signals
+            read off the training forward (default :func:`training_signals`,
+            for classification logits); ``None``: the loss alone.
         step_fn: for models that compute their own losses (torchvision's
             detectors): ``step_fn(model, inputs, targets) -> (outputs,
             per_sample, objective)`` replaces ``loss_fn(model(x), y)``;
@@ -98,16 +102,19 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         ``train_loss`` (mean per-sample loss), ``fit``: ``(N,)`` float fit of
         each sample's last training forward (0 where unseen), ``seen``: ``(N,)``
         bool mask of the samples the epoch visited, and with ``signals`` a dict
-        ``signals`` of ``(N,)`` arrays ``loss``, ``prob_given``, ``margin`` (NaN
-        where unseen) and ``pred`` (-1 where unseen).
+        ``signals`` of ``(N,)`` arrays: ``loss`` and, with the default
+        ``signal_fn``, ``prob_given``, ``margin`` (NaN where unseen) and
+        ``pred`` (-1 where unseen).
     """
     model.train()
     fit = np.zeros(num_samples, dtype=np.float64)
     seen = np.zeros(num_samples, dtype=bool)
     sig = None
     if signals:
-        sig = {k: np.full(num_samples, np.nan, dtype=np.float32) for k in ("loss", "prob_given", "margin")}
-        sig["pred"] = np.full(num_samples, -1, dtype=np.int32)
+        sig = {"loss": np.full(num_samples, np.nan, dtype=np.float32)}
+        if signal_fn is training_signals:
+            sig.update({k: np.full(num_samples, np.nan, dtype=np.float32) for k in ("prob_given", "margin")})
+            sig["pred"] = np.full(num_samples, -1, dtype=np.int32)
     total_loss, total = 0.0, 0
     for step, (idx, xb, yb) in enumerate(loader):
         xb, yb = to_device(xb, device, non_blocking=True), to_device(yb, device, non_blocking=True)
@@ -145,7 +152,9 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         seen[batch] = True
         if sig is not None:
             sig["loss"][batch] = per_sample.detach().float().cpu().numpy()
-            for k, v in training_signals(logits, yb).items():
+            for k, v in (signal_fn(logits, yb) if signal_fn is not None else {}).items():
+                if k not in sig:
+                    sig[k] = np.full(num_samples, np.nan, dtype=np.float32)
                 sig[k][batch] = v.cpu().numpy()
     out = {"train_loss": total_loss / max(total, 1), "fit": fit, "seen": seen}
     if sig is not None:

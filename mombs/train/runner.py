@@ -30,7 +30,7 @@ from ..envinfo import environment_info
 from .build import ASSESS_BATCH_SIZE, Components, build
 from .checkpoint import atomic_json, load_checkpoint, remove_checkpoints, save_checkpoint
 from .config import RunConfig, run_dir_name
-from .engine import evaluate, train_one_epoch
+from .engine import evaluate, train_one_epoch, training_signals
 from .segmentation import detection_scores, summarize_segmentation
 
 __all__ = ["RunConfig", "run", "run_dir_name"]
@@ -142,7 +142,8 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
     start, log, best, history = _resume(c, ckpt_path, cfg, out)
     m = c.metric
     score_fn = c.evaluate or evaluate
-    signals = cfg.history and cfg.task == "classification"
+    signals = cfg.history  # classification adds its logit signals; other tasks keep the loss
+    signal_fn = training_signals if cfg.task == "classification" else None
     noisy_mask = data.noisy_train
     bar = None
     if progress:
@@ -164,7 +165,7 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus: Corpus | Non
         stats = train_one_epoch(c.model, c.loader, loss_fn=c.loss_fn, optimizer=c.optimizer,
                                 strategy=c.strategy, assessor=c.assessor, device=device,
                                 num_samples=len(c.train_set), augment_gen=c.augment_gen, fit_fn=c.fit_fn,
-                                signals=signals, step_fn=c.step_fn)
+                                signals=signals, signal_fn=signal_fn, step_fn=c.step_fn)
         c.scheduler.step()
         if c.assessor is not None:
             c.assessor.end_epoch()
