@@ -517,6 +517,29 @@ def render_det_overhead(root: Path) -> str:
               f"{r['ratio_after_pivot']:.2f}× after the pivot. " + _source(rel, res))
 
 
+def render_det_history(root: Path) -> str:
+    """Per epoch, how well the training loss ranks the images with a missing box (runs with a history)."""
+    rel = RESULTS / "det_loss_history.json"
+    res = _read(root, rel)
+    summ, runs = res["summary"], res["runs"]
+    epochs = len(summ["mean_auroc"]["loss"])
+    show = sorted({0, 1, 2, 3, 5, 10, 15, 20, 25, epochs - 1} & set(range(epochs)))
+
+    def row(name, key):
+        per = [[r["auroc"][key][e] for r in runs] for e in show]
+        return [name] + [f"{100 * min(v):.0f}–{100 * max(v):.0f} ({100 * sum(v) / len(v):.0f})" for v in per]
+
+    body = [row("that epoch's training loss", "loss"), row("mean training loss so far", "mean_loss")]
+    final = [r["final_model"] for r in runs]
+    fm = ", ".join(f"{k} {100 * sum(f[k] for f in final) / len(final):.0f}" for k in ("loss", "difficulty", "unmatched"))
+    strategies = sorted({r["strategy"] for r in runs})
+    return (_table(["AUROC % (min–max over runs, mean)"] + [f"epoch {e}" for e in show], body)
+            + f"\n\n{len(runs)} runs ({', '.join(strategies)}, seeds {sorted(r['seed'] for r in runs)}, "
+              f"{runs[0]['epochs']} epochs, pivot {runs[0]['pivot_epoch']}); images with a missing box: "
+              f"{100 * sum(r['base_rate'] for r in runs) / len(runs):.0f}% on average. The final model's "
+              f"assessment, for comparison (mean AUROC %): {fm}. " + _source(rel, res))
+
+
 RENDERERS = {
     "seg-study": render_seg_study,
     "seg-detection": render_seg_detection,
@@ -524,6 +547,7 @@ RENDERERS = {
     "det-study": render_det_study,
     "det-points": render_det_points,
     "det-detection": render_det_detection,
+    "det-history": render_det_history,
     "det-cost": render_det_cost,
     "det-overhead": render_det_overhead,
     "study": render_study,
