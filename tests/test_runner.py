@@ -346,9 +346,10 @@ def test_ctrl_c_stops_a_two_job_compare_within_seconds_and_a_rerun_resumes(tmp_p
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    # Seconds, not the rest of the grid (the checkpoint check below shows the run did not finish);
-    # 10 s leaves room for a loaded machine (7.4 s was seen with a study running beside the tests).
-    assert time.monotonic() - t0 < 10
+    # It stops at once (about 0.6 s here): the unfinished checkpoint below is the proof that the
+    # interrupted run did not go on to its end. This bound only catches a hang; it is loose because
+    # a clean-clone CI run once took 10.5 s, and 7.4 s was seen with a study running beside the tests.
+    assert time.monotonic() - t0 < 30
     assert proc.returncode == 130 and "interrupted" in err and len(err.strip().splitlines()) <= 2, err
     assert len(finished) == 1 and all(p.read_bytes() == raw for p, raw in finished.items())
     ckpt = next(runs.glob("*-b4-*/checkpoint.pt"))
