@@ -18,7 +18,16 @@ def sync(device: torch.device) -> None:
 
 
 def cuda_memory(device: torch.device, job: Callable[[], None]) -> dict:
-    """Growth of torch's peak allocated CUDA memory over one run of ``job``, MB."""
+    """Growth of torch's peak allocated CUDA memory over one run of ``job``.
+
+    Args:
+        device: a CUDA device.
+        job: what to run once.
+
+    Returns:
+        ``allocated_before_mb``, ``peak_allocated_mb`` and their difference
+        ``delta_mb``, in MiB (torch's allocations only, not the cache).
+    """
     sync(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
@@ -30,6 +39,13 @@ def cuda_memory(device: torch.device, job: Callable[[], None]) -> dict:
 
 
 def status_kb(field: str) -> int:
-    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``)."""
+    """A field of ``/proc/self/status``.
+
+    Args:
+        field: ``"VmRSS"`` (resident set now) or ``"VmHWM"`` (its high-water mark).
+
+    Returns:
+        The value in kB.
+    """
     with open("/proc/self/status") as fh:
         return int(re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.M).group(1))

@@ -88,6 +88,7 @@ class Bench:
         self.step_seed += 1
         losses, per_image = detection_losses(self.model, images, targets, seed=self.step_seed)
         loss = sum(losses.values())
+        self.last_loss = loss.detach()  # kept on the device: read once, at the end, not per step
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -186,7 +187,10 @@ def main(argv=None) -> int:
             seconds[job].append(time.perf_counter() - t0)
 
     sec = {job: statistics.median(v) for job, v in seconds.items()}
-    rec = {"model": args.model, "at": bench.at, "params": sum(p.numel() for p in bench.model.parameters()),
+    # A diverged run (NaN losses) would time other work than a training one: say whether it did.
+    last = float(bench.last_loss)
+    rec = {"train_loss_last": last, "train_loss_finite": bool(last == last and abs(last) != float("inf")),
+           "model": args.model, "at": bench.at, "params": sum(p.numel() for p in bench.model.parameters()),
            "seconds": {job: round(s, 3) for job, s in sec.items()},
            "seconds_per_repeat": {job: [round(s, 3) for s in v] for job, v in seconds.items()},
            "ratio_pass_full_over_train": round(sec["pass_full"] / sec["train"], 3),
@@ -202,7 +206,9 @@ def main(argv=None) -> int:
         mem = {job: bench.cuda_memory(job) for job in JOBS}
         rec["peak_memory_mb"] = {job: m["delta_mb"] for job, m in mem.items()}
         rec["peak_memory_detail"] = mem
-        rec["ratio_memory_pass_full_over_train"] = round(mem["pass_full"]["delta_mb"] / mem["train"]["delta_mb"], 3)
+        if mem["train"]["delta_mb"] > 0:
+            rec["ratio_memory_pass_full_over_train"] = round(mem["pass_full"]["delta_mb"]
+                                                             / mem["train"]["delta_mb"], 3)
     elif not args.no_memory:
         child_argv = [a for a in argv if a != "--no-memory"]
         mem = {job: _memory_subprocess(child_argv, job) for job in JOBS}

@@ -797,7 +797,12 @@ def _run_task(run: Path) -> str:
     cpath = run / "config.json"
     if not cpath.is_file():
         return "classification"
-    return json.loads(cpath.read_text()).get("config", {}).get("task", "classification")
+    try:
+        cfg = json.loads(cpath.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{cpath} cannot be read as JSON ({err}); is {str(run)!r} a mombs run folder?") from err
+    cfg = cfg.get("config", cfg) if isinstance(cfg, dict) else {}
+    return cfg.get("task", "classification")
 
 
 def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True, parquet: bool | None = None,
@@ -826,7 +831,8 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
 
     Raises:
         FileNotFoundError: no ``assessment.npz`` in ``run_dir`` (not a finished run).
-        ValueError: a malformed file, or a bad argument (named).
+        ValueError: a run of another task (segmentation, detection), a
+            malformed file, or a bad argument (named).
     """
     run = Path(run_dir)
     if not run.is_dir():

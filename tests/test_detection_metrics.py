@@ -108,5 +108,7 @@ def test_unmatched_detection_score_by_hand():
     assert unmatched_detection_score(one, half, iou_threshold=0.6)[0] == 0.7
     with pytest.raises(ValueError, match="iou_threshold"):
         unmatched_detection_score(one, half, iou_threshold=0)
-    with pytest.raises(ValueError, match="same images"):
+    with pytest.raises(ValueError, match="given_boxes .2 images. must list the same images"):
         unmatched_detection_score(one, half * 2)
+    with pytest.raises(ValueError, match=r"given_boxes\[0\] boxes must be \(n, 4\)"):
+        unmatched_detection_score(one, [np.zeros((1, 3))])

@@ -134,16 +134,17 @@ def froc_curve(detections, ground_truths, *, iou_threshold: float = 0.5) -> tupl
     return curve[0], curve[1]
 
 
-def _checked(detections, ground_truths, iou_threshold) -> tuple[list, list]:
-    """Per image ``(boxes, scores)`` and ground-truth boxes, after checking every argument."""
+def _checked(detections, ground_truths, iou_threshold, truth_name: str = "ground_truths") -> tuple[list, list]:
+    """Per image ``(boxes, scores)`` and ground-truth boxes, after checking every argument
+    (``truth_name``: what the caller calls its second argument, for the messages)."""
     if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool) \
             or not 0 < iou_threshold <= 1:
         raise ValueError(f"iou_threshold={iou_threshold!r} must be a number in (0, 1]")
     detections, ground_truths = list(detections), list(ground_truths)
     if len(detections) != len(ground_truths) or not detections:
-        raise ValueError(f"detections ({len(detections)} images) and ground_truths ({len(ground_truths)} "
+        raise ValueError(f"detections ({len(detections)} images) and {truth_name} ({len(ground_truths)} "
                          f"images) must list the same images, at least one")
-    gts = [_boxes(g, "ground_truths", i) for i, g in enumerate(ground_truths)]
+    gts = [_boxes(g, truth_name, i) for i, g in enumerate(ground_truths)]
     return [_detections(d, i) for i, d in enumerate(detections)], gts
 
 
@@ -172,7 +173,7 @@ def unmatched_detection_score(detections, given_boxes, *, iou_threshold: float =
         ValueError: lists of different lengths or empty, malformed boxes or
             scores, or a bad ``iou_threshold``.
     """
-    dets, gts = _checked(detections, given_boxes, iou_threshold)
+    dets, gts = _checked(detections, given_boxes, iou_threshold, "given_boxes")
     out = np.zeros(len(gts), dtype=np.float64)
     for i, ((boxes, scores), given) in enumerate(zip(dets, gts)):
         if not boxes.shape[0]:

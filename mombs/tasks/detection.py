@@ -403,8 +403,8 @@ def rpn_uncertainty(model, images, *, at: str, k: int = 8, alpha: float = 0.3, s
 
 #: The registered adapter: :func:`rpn_objectness_loss` (seed 0),
 #: :func:`rpn_objectness_map` as the prediction, sigmoid, and
-#: :func:`anchor_binary_entropy`. The assessor also needs
-#: ``forward_fn=rpn_forward`` and ``collate_fn=collate_detection``.
+#: :func:`anchor_binary_entropy`; its passes run :func:`rpn_forward` and batch
+#: items with :func:`collate_detection`.
 DETECTION = register_task(TaskAdapter("detection", loss_fn=rpn_objectness_loss, output_fn=rpn_objectness_map,
                                       activation="sigmoid", uncertainty_fn=anchor_binary_entropy,
                                       forward_fn=rpn_forward, collate_fn=collate_detection))

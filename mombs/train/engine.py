@@ -93,18 +93,19 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
             and ``fit_fn`` reads ``outputs``. Inputs and targets may be lists
             (of images, of target dicts). ``None``: ``loss_fn`` on ``model(x)``.
 
-    Raises:
-        FloatingPointError: a step's loss is NaN or infinite (training
-            diverged); raised before the optimizer steps on it or the
-            assessor records it.
-
     Returns:
         ``train_loss`` (mean per-sample loss), ``fit``: ``(N,)`` float fit of
         each sample's last training forward (0 where unseen), ``seen``: ``(N,)``
         bool mask of the samples the epoch visited, and with ``signals`` a dict
         ``signals`` of ``(N,)`` arrays: ``loss`` and, with the default
         ``signal_fn``, ``prob_given``, ``margin`` (NaN where unseen) and
-        ``pred`` (-1 where unseen).
+        ``pred`` (-1 where unseen). A custom ``signal_fn``'s signals are
+        float32 arrays, NaN where unseen.
+
+    Raises:
+        FloatingPointError: a step's per-sample losses or objective are NaN
+            or infinite (training diverged); raised before the optimizer
+            steps on them or the assessor records them.
     """
     model.train()
     fit = np.zeros(num_samples, dtype=np.float64)
@@ -126,15 +127,6 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
             per_sample = loss_fn(logits, yb)
         else:
             logits, per_sample, objective = step_fn(model, xb, yb)
-        # One host read per step (the epoch's mean needs it anyway), so that a
-        # diverged run stops here, named as such, instead of training on NaN.
-        batch_loss = float(per_sample.detach().sum())
-        if not math.isfinite(batch_loss):
-            raise FloatingPointError(f"training diverged: step {step} of the epoch gave a non-finite loss "
-                                     f"({batch_loss}); lower lr, or for detectors trained from scratch use "
-                                     f"optimizer=adam with lr around 1e-4")
-        if assessor is not None:
-            assessor.observe(idx, per_sample)
         w = strategy.weights(per_sample)
         if objective is not None:
             loss = objective(w)
@@ -142,6 +134,19 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
             loss = (per_sample * w).mean() if w is not None else per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # One host read per step (the epoch's mean needs it anyway), of the
+        # per-sample losses and of the objective (a detector's holds terms the
+        # per-sample losses do not), so that a diverged run stops here, named
+        # as such, before the optimizer steps on it or the assessor records it.
+        batch_loss, objective_value = torch.stack([per_sample.detach().sum().double(),
+                                                   loss.detach().double()]).tolist()
+        if not (math.isfinite(batch_loss) and math.isfinite(objective_value)):
+            raise FloatingPointError(f"training diverged: step {step} of the epoch gave a non-finite loss "
+                                     f"(per-sample sum {batch_loss}, objective {objective_value}); lower lr, "
+                                     f"or for detectors trained from scratch use optimizer=adam with lr "
+                                     f"around 1e-4")
+        if assessor is not None:
+            assessor.observe(idx, per_sample)
         optimizer.step()
         total_loss += batch_loss
         total += len(idx)
