@@ -324,7 +324,7 @@ def test_ctrl_c_stops_a_two_job_compare_within_seconds_and_a_rerun_resumes(tmp_p
     import mombs.report
 
     cfg = tmp_path / "grid.yaml"
-    cfg.write_text("dataset: digits\nepochs: 8\npivot_epoch: 1\nstrategies: [mixed]\nseeds: [0]\n"
+    cfg.write_text("dataset: digits\nepochs: 4\npivot_epoch: 1\nstrategies: [mixed]\nseeds: [0]\n"
                    "batch_sizes: [256, 4]\ntest_every: 1\njobs: 2\nout: o\n")
     argv = ["compare", "--config", str(cfg), "--no-progress"]
     # The batch-256 run is finished before the two-job compare starts, here (one job, no plots), so that
@@ -348,7 +348,7 @@ def test_ctrl_c_stops_a_two_job_compare_within_seconds_and_a_rerun_resumes(tmp_p
                             stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
-        if list(runs.glob("*-b4-*/checkpoint.pt")):  # batch 4 is mid-run: it has 7 epochs to go
+        if list(runs.glob("*-b4-*/checkpoint.pt")):  # batch 4 is mid-run: it has 3 epochs to go
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
@@ -360,13 +360,12 @@ def test_ctrl_c_stops_a_two_job_compare_within_seconds_and_a_rerun_resumes(tmp_p
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    # It stops at once (about 0.6 s here); the unfinished checkpoint below proves the run did not go on.
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 5  # it stops at once (about 0.6 s here)
     assert proc.returncode == 130 and "interrupted" in err and len(err.strip().splitlines()) <= 2, (state, err)
     assert len(finished) == 1 and all(p.read_bytes() == raw for p, raw in finished.items())
     ckpt = next(runs.glob("*-b4-*/checkpoint.pt"))
     kept = torch.load(ckpt, weights_only=False)  # intact: it loads
-    assert kept["epoch"] < 7 and not (ckpt.parent / "results.json").exists()  # intact, not finished
+    assert kept["epoch"] < 3 and not (ckpt.parent / "results.json").exists()  # intact, not finished
 
     # The rerun: the same grid, in this process (one job, no plots) to keep the test short.
     assert cli.main(argv + ["--set", "jobs=1", "--set", "threads=1"]) == 0  # 2 threads crawl on a busy machine
