@@ -95,23 +95,6 @@ def det_noise_options(noise: str, noise_rate: float, noise_mix: dict | None) -> 
             "resize_fraction": mix["resized"], "spurious_fraction": mix["spurious"]}
 
 
-class _BoxSet:
-    """Items ``(image (C, H, W), {"boxes": (n, 4) float32, "labels": (n,) int64 ones})``
-    from an ``(N, C, H, W)`` array and ``N`` box arrays; tensors made at access."""
-
-    def __init__(self, images: np.ndarray, boxes: list):
-        self.images, self.boxes = images, boxes
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    def __getitem__(self, i):
-        import torch
-
-        b = torch.from_numpy(np.asarray(self.boxes[i], dtype=np.float32).reshape(-1, 4))
-        return torch.from_numpy(self.images[i]), {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)}
-
-
 class _Picked:
     """Items ``indices`` of a map-style data set, in that order."""
 
@@ -189,7 +172,7 @@ def _synthetic_eval(seed: int, size: int, windows: str, n_val: int, n_test: int)
 
 
 def _synthetic(cfg) -> DetCorpus:
-    from .synthetic_det import make_synthetic_det
+    from .synthetic_det import BoxDataset, make_synthetic_det
 
     full = cfg.subset if cfg.subset is not None else DET_SYNTHETIC_DEFAULT_TRAIN
     size, windows = cfg.image_size or DET_DEFAULT_SIZE["synthetic-det"], cfg.windows or "three"
@@ -201,9 +184,9 @@ def _synthetic(cfg) -> DetCorpus:
                              DET_SYNTHETIC_EVAL_SIZES["test"])
     noisy = cfg.noise == "annotation"
     # Copies of the cached arrays: nothing a run does reaches the next run's data.
-    return DetCorpus(cfg.dataset, 2, int(tr.images.shape[1]), size, _BoxSet(tr.images, tr.boxes),
-                     _BoxSet(va.images.copy(), [b.copy() for b in va.clean_boxes]),
-                     _BoxSet(te.images.copy(), [b.copy() for b in te.clean_boxes]),
+    return DetCorpus(cfg.dataset, 2, int(tr.images.shape[1]), size, BoxDataset(tr.images, tr.boxes),
+                     BoxDataset(va.images.copy(), [b.copy() for b in va.clean_boxes]),
+                     BoxDataset(te.images.copy(), [b.copy() for b in te.clean_boxes]),
                      clean_boxes_train=tr.clean_boxes, noisy_train=tr.noisy.copy() if noisy else None,
                      missing_train=tr.missing.copy() if noisy else None,
                      corruption=tr.corruption.copy() if noisy else None)

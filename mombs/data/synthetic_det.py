@@ -36,7 +36,8 @@ import numpy as np
 
 from .synthetic_ct import _check_count, _check_range, _make_split
 
-__all__ = ["BOX_KINDS", "DET_CORRUPTIONS", "LESION_STATUS", "DetSplit", "SyntheticDet", "make_synthetic_det"]
+__all__ = ["BOX_KINDS", "BoxDataset", "DET_CORRUPTIONS", "LESION_STATUS", "DetSplit", "SyntheticDet",
+           "make_synthetic_det"]
 
 #: What a given box is: ``box_kind == k`` means ``BOX_KINDS[k]``.
 BOX_KINDS = ("clean", "shifted", "resized", "spurious")
@@ -138,11 +139,12 @@ class DetSplit:
         Args:
             clean: serve the clean boxes (an oracle run), else the given ones.
         """
-        return _DetDataset(self.images, self.clean_boxes if clean else self.boxes)
+        return BoxDataset(self.images, self.clean_boxes if clean else self.boxes)
 
 
-class _DetDataset:
-    """Items ``(image, {"boxes", "labels"})``; torch tensors made at access."""
+class BoxDataset:
+    """Items ``(image (C, H, W), {"boxes": (n, 4) float32, "labels": (n,) int64 ones})``
+    from an ``(N, C, H, W)`` array and ``N`` box arrays; torch tensors made at access."""
 
     def __init__(self, images: np.ndarray, boxes: list):
         self.images, self.boxes = images, boxes
