@@ -67,6 +67,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, *, dpi: int = 110, tight: bool = True) -> str:
+    """Writes ``fig`` to ``path``, closes it, and returns the file's name (what the report links)."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path.name
+
+
 def _curves(results, out: Path) -> str:
     plt = _plt()
     by = {}
@@ -100,11 +109,7 @@ def _curves(results, out: Path) -> str:
                     "exp(-RPN loss) %, images with noisy boxes" if det else
                     "% of noisy labels fit in the training pass")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, out / "curves.png")
 
 
 def _froc_curves(results, out: Path) -> str:
@@ -126,11 +131,7 @@ def _froc_curves(results, out: Path) -> str:
         ax.set(xscale="log", xlabel="false positives per image (log scale)", ylabel="test sensitivity %",
                title=f"FROC, {n} training images")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "froc.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, out / "froc.png")
 
 
 def _per_class(results, out: Path) -> str:
@@ -148,18 +149,13 @@ def _per_class(results, out: Path) -> str:
     ax.set(xlabel="class (training set ordered as given; long-tail: head to tail)", ylabel="test top-1 %",
            title="per-class accuracy (mean over seeds and batch sizes)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "per_class.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, out / "per_class.png")
 
 
 def _scatter(res, out: Path) -> str | None:
     path = Path(res["run_dir"]) / "assessment.npz"
     if not path.exists():
         return None
-    plt = _plt()
     z = np.load(path)
     if res.get("task") in ("segmentation", "detection"):
         if res["task"] == "detection":
@@ -172,9 +168,7 @@ def _scatter(res, out: Path) -> str | None:
                              f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}",
                              kinds=CORRUPTIONS)
         name = f"scatter-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        return name
+        return _save(fig, out / name, tight=False)
     noisy = z["noisy"] if z["noisy"].size else None
     counts = np.bincount(z["y_clean"])
     tail = counts[z["y_clean"]] < np.median(counts) if counts.min() < counts.max() else None
@@ -182,10 +176,7 @@ def _scatter(res, out: Path) -> str | None:
     what = "label flipped" if noisy is not None else "tail class"
     fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], member, what,
                          f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}")
-    name = f"scatter-{res['strategy']}-b{res['batch_size']}.png"
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return _save(fig, out / f"scatter-{res['strategy']}-b{res['batch_size']}.png", tight=False)
 
 
 def scatter_figure(loss, unc, codes, member, what: str, title: str, *, kinds=None):
@@ -266,11 +257,8 @@ def _quadrant_grid(res, out: Path, draw, kinds, what: str, legend: str, loss_dig
                         va="center", ha="right", fontsize=8)
     fig.suptitle(f"highest-loss {what} per quadrant ({res['strategy']}, B={res['batch_size']}, seed "
                  f"{res['seed']}): {legend}", fontsize=9)
-    fig.tight_layout()
-    name = f"flagged-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png"
-    fig.savefig(out / name, dpi=100)
-    plt.close(fig)
-    return name
+    return _save(fig, out / f"flagged-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png",
+                 dpi=100)
 
 
 def _flagged_grid(res, out: Path) -> str | None:
