@@ -24,6 +24,18 @@ def rank_sum(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture
+def compare_argv():
+    """``argv(out, options)``: ``mombs compare`` arguments for random vs mixed, seed 0, one job,
+    with each of ``options`` as a ``--set``."""
+    def argv(out, options: dict) -> list:
+        return (["compare", "--out", str(out), "--no-progress", "--set", "strategies=[random, mixed]",
+                 "--set", "seeds=[0]", "--set", "jobs=1"]
+                + [a for k, v in options.items() for a in ("--set", f"{k}={v}")])
+
+    return argv
+
+
+@pytest.fixture
 def interrupt_after_epoch(monkeypatch):
     """``interrupt(cfg, out, epoch)``: runs ``cfg`` into ``out`` and raises
     KeyboardInterrupt right after epoch ``epoch``'s checkpoint is written, as a

@@ -78,11 +78,8 @@ def test_the_step_objective_is_the_sum_of_torchvisions_losses_without_weights():
     assert torch.allclose(det_fit(out), torch.exp(-out)) and ((det_fit(out) > 0) & (det_fit(out) <= 1)).all()
 
 
-def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with_pictures(tmp_path, capsys):
-    argv = ["compare", "--out", str(tmp_path), "--no-progress", "--set", "strategies=[random, mixed]",
-            "--set", "seeds=[0]", "--set", "jobs=1"] + [a for k, v in DET.items()
-                                                        for a in ("--set", f"{k}={v}")]
-    assert cli.main(argv) == 0
+def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with_pictures(tmp_path, capsys, compare_argv):
+    assert cli.main(compare_argv(tmp_path, DET)) == 0
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2
     for d in runs:

@@ -71,11 +71,8 @@ def test_dice_fit_and_detection_scores_on_hand_computed_cases():
     assert detection_scores(np.ones(2, bool), {"s": np.arange(2.0)}, np.ones(2, bool))["auroc_s"] is None
 
 
-def test_two_epochs_of_segmentation_through_the_cli_write_results_and_a_report_with_pictures(tmp_path, capsys):
-    argv = ["compare", "--out", str(tmp_path), "--no-progress", "--set", "strategies=[random, mixed]",
-            "--set", "seeds=[0]", "--set", "jobs=1"] + [a for k, v in SEG.items()
-                                                        for a in ("--set", f"{k}={v}")]
-    assert cli.main(argv) == 0
+def test_two_epochs_of_segmentation_through_the_cli_write_results_and_a_report_with_pictures(tmp_path, capsys, compare_argv):
+    assert cli.main(compare_argv(tmp_path, SEG)) == 0
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2
     for d in runs:
