@@ -169,14 +169,15 @@ def _padded(rows: list, width: int) -> np.ndarray:
     return out
 
 
-def _flagged_examples(model, data, codes, loss) -> dict:
-    """The highest-loss training images of each quadrant with their boxes and detections."""
+def _flagged_examples(data, codes, loss, train_dets: list, train_given: list) -> dict:
+    """The highest-loss training images of each quadrant with their boxes and detections
+    (``train_dets``, ``train_given``: :func:`detect`'s output on the whole training split)."""
     picks = []
     for c in np.unique(codes):
         members = np.flatnonzero(codes == c)
         picks.extend(members[np.argsort(-loss[members], kind="stable")[:FLAGGED_PER_QUADRANT]].tolist())
     picks = np.asarray(sorted(picks), dtype=np.int64)
-    dets, given = detect(model, data.train, picks)
+    dets, given = [train_dets[i] for i in picks], [train_given[i] for i in picks]
     images = [data.train[int(i)][0] for i in picks]
     mid = [im[im.shape[0] // 2].float().numpy() for im in images]  # the key slice of 3 channels
     h, w = max(m.shape[0] for m in mid), max(m.shape[1] for m in mid)
@@ -235,14 +236,15 @@ def summarize_detection(cfg, data, c, log: list, best: dict, x_te, y_te, out) ->
     n = len(loss)
     # A box-level signal beside the paper's image-level ones: a confident
     # detection that no given box covers points at a lesion left unboxed.
-    unmatched = unmatched_detection_score(*detect(model, data.train))
+    train_dets, train_given = detect(model, data.train)  # one pass: the unmatched score and the pictures
+    unmatched = unmatched_detection_score(train_dets, train_given)
     none = np.zeros(0, bool)
     np.savez_compressed(out / "assessment.npz", loss=loss, uncertainty=unc, codes=q.codes, unmatched=unmatched,
                         noisy=data.noisy_train if data.noisy_train is not None else none,
                         missing=data.missing_train if data.missing_train is not None else none,
                         corruption=data.corruption if data.corruption is not None else np.zeros(0, np.int64),
                         possibly_noisy=data.possibly_noisy if data.possibly_noisy is not None else none)
-    np.savez_compressed(out / "flagged.npz", **_flagged_examples(model, data, q.codes, loss))
+    np.savez_compressed(out / "flagged.npz", **_flagged_examples(data, q.codes, loss, train_dets, train_given))
     res = {
         "task": "detection", "metric": "froc", "dataset": data.name, "strategy": cfg.strategy,
         "loss": cfg.loss, "batch_size": cfg.batch_size, "seed": cfg.seed, "model": cfg.model,
