@@ -12,7 +12,8 @@ The public surface:
   issues (``mombs.quality``; ``mombs diagnose RUN_DIR`` on the command line).
 """
 
-from .assessor import DifficultyAssessor, assessment_pass, to_device
+from .assessment import assessment_pass, to_device
+from .assessor import DifficultyAssessor
 from .data import IndexedDataset
 from .difficulty import QUADRANTS, DifficultyTracker, QuadrantResult, difficulty_scores, quadrants, rank_average, spearman
 from .noise import default_output_fn, feature_noise_uncertainty, prediction_entropy

@@ -248,7 +248,7 @@ def test_assessment_pass_leaves_the_global_random_state_alone():
 
 
 def test_a_partial_selection_keeps_every_input_of_a_multi_input_batch():
-    from mombs.assessor import _select
+    from mombs.assessment import _select
 
     a, b = torch.arange(3), torch.arange(3) * 10
     picked = _select((a, b, {"m": a}, [7, 8, 9]), np.array([True, False, True]))
