@@ -7,11 +7,12 @@ uncertainty values into difficulty scores and keeps them up to date.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ._checks import check_int, check_real
 
 __all__ = [
     "MEASURES",
@@ -175,8 +176,7 @@ def quadrants(loss, uncertainty, *, loss_quantile: float = 0.5,
     loss = _as_values("loss", loss)
     unc = _as_values("uncertainty", uncertainty, loss.shape[0])
     for name, q in (("loss_quantile", loss_quantile), ("uncertainty_quantile", uncertainty_quantile)):
-        if not isinstance(q, numbers.Real) or not 0 < q < 1:
-            raise ValueError(f"{name}={q!r} must be a number in (0, 1)")
+        check_real(name, q, 0, 1, low_open=True, high_open=True)
     if loss.size == 0:
         lt = ut = float("nan")
         codes = np.zeros(0, dtype=np.int8)
@@ -210,8 +210,7 @@ class DifficultyTracker:
     """
 
     def __init__(self, num_samples: int, *, keep_history: bool = False):
-        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
-            raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
+        check_int("num_samples", num_samples, 1)
         if not isinstance(keep_history, bool):
             raise ValueError(f"keep_history={keep_history!r} must be True or False")
         self.num_samples = int(num_samples)
@@ -230,8 +229,7 @@ class DifficultyTracker:
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch that later updates are stamped with."""
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r} must be an integer >= 0")
+        check_int("epoch", epoch, 0)
         self.epoch = int(epoch)
 
     def _update(self, kind: str, indices, values) -> None:

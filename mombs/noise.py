@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import weakref
 from collections.abc import Mapping
 from typing import Callable
 
 import torch
 import torch.nn as nn
+
+from ._checks import check_int, check_real
 
 __all__ = ["default_output_fn", "feature_noise_uncertainty", "find_module", "prediction_entropy"]
 
@@ -90,10 +91,8 @@ def _to_probs(out: torch.Tensor, activation: str) -> torch.Tensor:
 
 def _check_noise_args(k, alpha, activation) -> None:
     """The checks shared by every caller that disturbs features."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k={k!r} must be an integer >= 1")
-    if not isinstance(alpha, numbers.Real) or not 0 <= alpha < 1:
-        raise ValueError(f"alpha={alpha!r} must be a number in [0, 1)")
+    check_int("k", k, 1)
+    check_real("alpha", alpha, 0, 1, high_open=True)
     if activation not in ("auto", "softmax", "sigmoid"):
         raise ValueError(f"activation={activation!r} must be 'auto', 'softmax' or 'sigmoid'")
 
@@ -252,11 +251,8 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
     _check_noise_args(k, alpha, activation)
     if tiled not in (None, True, False):
         raise ValueError(f"tiled={tiled!r} must be True, False or None")
-    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral)
-                                   or chunk_rows < 1):
-        raise ValueError(f"chunk_rows={chunk_rows!r} must be an integer >= 1 or None")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    check_int("chunk_rows", chunk_rows, 1, optional=True)
+    check_int("seed", seed, 0)
     k, alpha, seed = int(k), float(alpha), int(seed)
     chunk_rows = None if chunk_rows is None else int(chunk_rows)
     module = find_module(model, at)

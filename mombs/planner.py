@@ -43,12 +43,13 @@ it can be and ``drop_last`` drops a random, difficulty-stratified set.
 from __future__ import annotations
 
 import heapq
-import numbers
 import sys
 from collections.abc import Sequence
 from typing import Iterator
 
 import numpy as np
+
+from ._checks import check_int, check_real
 
 __all__ = ["BatchPlan", "ORDERS", "plan_batches", "replica_layout"]
 
@@ -139,9 +140,9 @@ def replica_layout(n: int, batch_size: int, *, num_replicas: int = 1,
         ``padding`` (duplicated samples added), ``dropped`` (samples left out)
         and ``batches_per_replica``.
     """
-    _check_int("n", n, 0)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_replicas", num_replicas, 1)
+    check_int("n", n, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("num_replicas", num_replicas, 1)
     if drop_last:
         full = n // (num_replicas * batch_size)
         return {"full_per_replica": full, "tail_size": 0, "padding": 0,
@@ -193,16 +194,15 @@ def plan_batches(scores, batch_size: int, *, order: str = "mixed", seed: int = 0
             unknown order or an out-of-range seed, epoch, rank or jitter.
     """
     scores = _check_scores(scores)
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     _check_order(order)
-    _check_int("seed", seed, 0)
-    _check_int("epoch", epoch, 0)
-    _check_int("num_replicas", num_replicas, 1)
-    _check_int("rank", rank, 0)
+    check_int("seed", seed, 0)
+    check_int("epoch", epoch, 0)
+    check_int("num_replicas", num_replicas, 1)
+    check_int("rank", rank, 0)
     if rank >= num_replicas:
         raise ValueError(f"rank={rank} must be < num_replicas={num_replicas}")
-    if not isinstance(jitter, numbers.Real) or isinstance(jitter, bool) or not np.isfinite(jitter) or jitter < 0:
-        raise ValueError(f"jitter={jitter!r} must be a finite number >= 0")
+    check_real("jitter", jitter, 0)
     if not isinstance(drop_last, (bool, np.bool_)):
         raise ValueError(f"drop_last={drop_last!r} must be a bool")
     return _compute_plan(scores, int(batch_size), order, int(seed), int(epoch),
@@ -220,13 +220,6 @@ def _check_order(order) -> None:
             hint = (f"; {order!r} is a training strategy (mombs.strategies.create_strategy), "
                     f"whose sampler plans with one of these orders")
         raise ValueError(f"order={order!r} is not known; choose one of {list(ORDERS)}{hint}")
-
-
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
-    if value < low:
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
 
 
 def _check_scores(scores) -> np.ndarray:

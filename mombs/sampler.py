@@ -8,7 +8,6 @@ patched; use it as ``DataLoader(dataset, batch_sampler=sampler)``.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Sized
 from typing import Iterator
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .planner import DEFAULT_JITTER, _check_int, _check_order, _check_scores, plan_batches, replica_layout
+from ._checks import check_int, check_real, is_int
+from .planner import DEFAULT_JITTER, _check_order, _check_scores, plan_batches, replica_layout
 from .schedule import DEFAULT_PIVOT_EPOCH, planned
 
 __all__ = ["MixedOrderBatchSampler"]
@@ -30,8 +30,8 @@ def _resolve_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, 
         num_replicas = dist.get_world_size() if initialised else 1
     if rank is None:
         rank = dist.get_rank() if initialised else 0
-    _check_int("num_replicas", num_replicas, 1)
-    _check_int("rank", rank, 0)
+    check_int("num_replicas", num_replicas, 1)
+    check_int("rank", rank, 0)
     if rank >= num_replicas:
         raise ValueError(f"rank={rank} must be < num_replicas={num_replicas}")
     return int(num_replicas), int(rank)
@@ -86,23 +86,21 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
                  pivot_epoch: int = DEFAULT_PIVOT_EPOCH, drop_last: bool = False, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None,
                  jitter: float = DEFAULT_JITTER):
-        if isinstance(data_source, (int, np.integer)) and not isinstance(data_source, bool):
+        if is_int(data_source):
             n = int(data_source)
         elif isinstance(data_source, Sized) and not isinstance(data_source, (str, bytes)):
             n = len(data_source)
         else:
             raise ValueError(f"data_source={data_source!r} must be a sized data set or its "
                              f"number of samples")
-        _check_int("len(data_source)", n, 0)
-        _check_int("batch_size", batch_size, 1)
+        check_int("len(data_source)", n, 0)
+        check_int("batch_size", batch_size, 1)
         _check_order(order)
-        _check_int("pivot_epoch", pivot_epoch, 0)
-        _check_int("seed", seed, 0)
+        check_int("pivot_epoch", pivot_epoch, 0)
+        check_int("seed", seed, 0)
         if not isinstance(drop_last, bool):
             raise ValueError(f"drop_last={drop_last!r} must be a bool")
-        if (not isinstance(jitter, numbers.Real) or isinstance(jitter, bool) or not np.isfinite(jitter)
-                or jitter < 0):
-            raise ValueError(f"jitter={jitter!r} must be a finite number >= 0")
+        check_real("jitter", jitter, 0)
         self.num_replicas, self.rank = _resolve_replicas(num_replicas, rank)
         self.num_samples_total = n
         self.batch_size = int(batch_size)
@@ -134,7 +132,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch that the next ``__iter__`` plans, as ``DistributedSampler`` does."""
-        _check_int("epoch", epoch, 0)
+        check_int("epoch", epoch, 0)
         if epoch != self.epoch:
             self._skip = 0
             self._yielded = 0
@@ -179,7 +177,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         :meth:`mombs.DifficultyAssessor.observe` calls this for every batch, so
         a loop with an assessor needs nothing more.
         """
-        _check_int("batches", batches, 0)
+        check_int("batches", batches, 0)
         done = self._started_at if self._consumed is None else self._consumed
         self._consumed = min(done + batches, self._layout["batches_per_replica"])
 
@@ -255,7 +253,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
             done = batches_done
         else:
             done = self._yielded if self._consumed is None else self._consumed
-        _check_int("batches_done", done, 0)
+        check_int("batches_done", done, 0)
         if done > self._layout["batches_per_replica"]:
             raise ValueError(f"batches_done={done} exceeds the "
                              f"{self._layout['batches_per_replica']} batches of an epoch")
@@ -347,7 +345,7 @@ class _PlanIterator:
 
     def load_state_dict(self, state: dict) -> None:
         position = state["position"]
-        _check_int("position", position, 0)
+        check_int("position", position, 0)
         if self._plan is None:
             self._position = int(position)
         else:

@@ -13,10 +13,11 @@ ranking fidelity.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
+
+from ._checks import check_int, is_real
 
 __all__ = ["AssessmentSchedule", "DEFAULT_PIVOT_EPOCH", "SCHEDULES", "DEFAULT_SCHEDULE", "create_schedule",
            "planned"]
@@ -68,10 +69,8 @@ class AssessmentSchedule:
         if self.uncertainty_source not in ("train", "pass", "output"):
             raise ValueError(f"uncertainty_source={self.uncertainty_source!r} must be 'train', 'pass' "
                              f"or 'output'")
-        if (isinstance(self.uncertainty_every, bool) or not isinstance(self.uncertainty_every, numbers.Integral)
-                or self.uncertainty_every < 1):
-            raise ValueError(f"uncertainty_every={self.uncertainty_every!r} must be an integer >= 1")
-        if not isinstance(self.uncertainty_fraction, numbers.Real) or not 0 < self.uncertainty_fraction <= 1:
+        check_int("uncertainty_every", self.uncertainty_every, 1)
+        if not is_real(self.uncertainty_fraction) or not 0 < self.uncertainty_fraction <= 1:
             raise ValueError(f"uncertainty_fraction={self.uncertainty_fraction!r} must be in (0, 1]")
         if self.uncertainty_fraction < 1 and self.uncertainty_every != 1:
             raise ValueError(f"uncertainty_every={self.uncertainty_every} and uncertainty_fraction="

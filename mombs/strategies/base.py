@@ -9,12 +9,12 @@ epoch and :meth:`Strategy.weights` on each batch's per-sample losses.
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..sampler import MixedOrderBatchSampler
 from ..schedule import DEFAULT_PIVOT_EPOCH
 
@@ -59,8 +59,7 @@ class Strategy:
     order = "random"
 
     def __init__(self, *, pivot_epoch: int = DEFAULT_PIVOT_EPOCH):
-        if isinstance(pivot_epoch, bool) or not isinstance(pivot_epoch, numbers.Integral) or pivot_epoch < 0:
-            raise ValueError(f"pivot_epoch={pivot_epoch!r} must be an integer >= 0")
+        check_int("pivot_epoch", pivot_epoch, 0)
         self.pivot_epoch = pivot_epoch
 
     def create_sampler(self, data_source, batch_size: int, *, seed: int = 0, drop_last: bool = False,

@@ -3,13 +3,12 @@ previous epoch is seen twice (``shared/METHOD.md`` §3)."""
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ..planner import _check_int, _check_scores, plan_batches
+from .._checks import check_int, is_int, is_real
+from ..planner import _check_scores, plan_batches
 from ..schedule import DEFAULT_PIVOT_EPOCH, planned
 from .base import Strategy, register_strategy
 
@@ -36,15 +35,15 @@ class HardExampleBatchSampler(Sampler[list[int]]):
     def __init__(self, data_source, batch_size: int, *, fraction: float = 0.1,
                  pivot_epoch: int = DEFAULT_PIVOT_EPOCH,
                  drop_last: bool = False, seed: int = 0):
-        n = data_source if isinstance(data_source, numbers.Integral) else len(data_source)
-        _check_int("len(data_source)", n, 0)
-        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        n = data_source if is_int(data_source) else len(data_source)
+        check_int("len(data_source)", n, 0)
+        if not is_real(fraction) or not 0 < fraction <= 1:
             raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
         if not isinstance(drop_last, bool):
             raise ValueError(f"drop_last={drop_last!r} must be a bool")
-        _check_int("batch_size", batch_size, 1)
-        _check_int("pivot_epoch", pivot_epoch, 0)
-        _check_int("seed", seed, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("pivot_epoch", pivot_epoch, 0)
+        check_int("seed", seed, 0)
         self.num_samples_total, self.batch_size = int(n), int(batch_size)
         self.fraction, self.pivot_epoch = float(fraction), int(pivot_epoch)
         self.drop_last, self.seed = bool(drop_last), int(seed)
@@ -53,7 +52,7 @@ class HardExampleBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch that the next ``__iter__`` plans."""
-        _check_int("epoch", epoch, 0)
+        check_int("epoch", epoch, 0)
         self.epoch = int(epoch)
 
     def set_scores(self, scores) -> None:
@@ -111,7 +110,7 @@ class HardExampleRetrain(Strategy):
 
     def __init__(self, *, pivot_epoch: int = DEFAULT_PIVOT_EPOCH, fraction: float = 0.1):
         super().__init__(pivot_epoch=pivot_epoch)
-        if not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        if not is_real(fraction) or not 0 < fraction <= 1:
             raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
         self.fraction = float(fraction)
 

@@ -9,11 +9,10 @@ the last epoch. Batches are random.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 
+from .._checks import is_real
 from ..schedule import DEFAULT_PIVOT_EPOCH, planned
 from .base import Strategy, register_strategy
 
@@ -23,7 +22,7 @@ class _SelfPaced(Strategy):
 
     def __init__(self, *, pivot_epoch: int = DEFAULT_PIVOT_EPOCH, start_quantile: float = 0.5):
         super().__init__(pivot_epoch=pivot_epoch)
-        if not isinstance(start_quantile, numbers.Real) or not 0 < start_quantile <= 1:
+        if not is_real(start_quantile) or not 0 < start_quantile <= 1:
             raise ValueError(f"start_quantile={start_quantile!r} must be in (0, 1]")
         self.start_quantile = float(start_quantile)
         self.lam: float | None = None  # this epoch's threshold; None: every sample counts

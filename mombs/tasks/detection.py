@@ -59,11 +59,12 @@ a loss dict.
 from __future__ import annotations
 
 import contextlib
-import numbers
 from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_int
 from .base import TaskAdapter, register_task
 
 __all__ = ["DETECTION", "anchor_binary_entropy", "collate_detection", "detection_losses",
@@ -73,8 +74,7 @@ _EPS = 1e-12
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    check_int("seed", seed, 0)
     return int(seed)
 
 

@@ -20,11 +20,11 @@ first call, so ``import mombs.tasks`` works without it.
 from __future__ import annotations
 
 import functools
-import numbers
 
 import torch
 import torch.nn.functional as F
 
+from .._checks import is_real
 from ..noise import default_output_fn
 from .base import TaskAdapter, register_task
 
@@ -44,7 +44,7 @@ def _dice_loss(include_background: bool, sigmoid: bool, smooth_nr: float, smooth
 
 
 def _check_weight(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+    if not is_real(value) or not value >= 0:
         raise ValueError(f"{name}={value!r} must be a number >= 0")
     return float(value)
 
