@@ -308,18 +308,29 @@ class DifficultyTracker:
     def scores(self, measure: str = "both") -> np.ndarray:
         """Difficulty scores from the latest values, ``(N,)``, higher = harder.
 
-        A sample never measured in a measure gets that measure's middle rank,
-        so it is planned as average rather than as easy or hard.
+        Each measure's ranks span ``1..N``, however many samples it has: the
+        ``S`` measured samples' ranks ``1..S`` are stretched linearly onto
+        ``1..N`` (``r -> 1 + (r - 1)(N - 1)/(S - 1)``), so a measure taken on a
+        part of the data (the rotating schedules) weighs as much in the sum as
+        one taken on all of it. A sample never measured in a measure, and the
+        only one when ``S == 1``, gets the middle rank ``(N + 1) / 2``, so it is
+        planned as average rather than as easy or hard. With ``S == N`` the
+        scores are exactly :func:`difficulty_scores` of the latest values.
         """
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
         parts = ("loss", "uncertainty") if measure == "both" else (measure,)
-        total = np.zeros(self.num_samples, dtype=np.float64)
+        n = self.num_samples
+        total = np.zeros(n, dtype=np.float64)
         for kind in parts:
             seen = self.measured(kind)
-            ranks = np.full(self.num_samples, (seen.sum() + 1) / 2.0)
-            if seen.any():
-                ranks[seen] = _compute_ranks(getattr(self, kind)[seen])
+            s = int(seen.sum())
+            if s == n:  # untouched: fully measured runs keep their scores bit for bit
+                total += _compute_ranks(getattr(self, kind))
+                continue
+            ranks = np.full(n, (n + 1) / 2.0)
+            if s > 1:
+                ranks[seen] = 1.0 + (_compute_ranks(getattr(self, kind)[seen]) - 1.0) * ((n - 1) / (s - 1))
             total += ranks
         return total
 

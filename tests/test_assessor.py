@@ -80,6 +80,21 @@ def test_rotating_schedule_covers_everything_by_the_pivot():
     assert (t.loss_epoch == 4).all()  # the training pass's own losses
 
 
+def test_a_rotating_schedule_with_an_early_pivot_weighs_both_measures_equally():
+    # rotate-4 with the pivot at 1: the first plan has the uncertainty of a quarter
+    # of the data only. Its ranks must still span 1..N, as the loss's do.
+    ds, model, sampler, assessor, log = run("rotate-4", epochs=1, pivot=1)
+    t, n = assessor.tracker, len(ds)
+    seen = t.measured("uncertainty")
+    assert 0 < seen.sum() < n / 2 and t.measured("loss").all() and sampler.uses_scores(1)
+    unc, loss = t.scores("uncertainty"), t.scores("loss")
+    assert (unc[seen].min(), unc[seen].max()) == (1.0, n) == (loss.min(), loss.max())
+    assert (unc[~seen] == (n + 1) / 2).all()
+    # the plan follows both: among the measured, the score agrees with each measure alike
+    by_unc, by_loss = spearman(sampler.scores[seen], unc[seen]), spearman(sampler.scores[seen], loss[seen])
+    assert by_unc > 0.5 and abs(by_unc - by_loss) < 0.3, (by_unc, by_loss)
+
+
 def test_every_n_schedule_measures_every_n_epochs():
     *_, assessor, _ = run("every-2", epochs=6, pivot=2)
     assert (assessor.tracker.uncertainty_epoch == 5).all()

@@ -75,13 +75,41 @@ def test_tracker_bookkeeping():
     t.update_uncertainty(np.array([0, 1, 2, 3, 4, 5]), np.arange(6.0))
     assert t.loss_epoch.tolist() == [2, 2, 2, 3, -1, -1]
     assert t.measured().tolist() == [True] * 4 + [False] * 2
-    # loss ranks among the measured four: 4, 2, 3, 1; the unmeasured get the middle, 2.5
-    assert t.scores("loss").tolist() == [4.0, 2.0, 3.0, 1.0, 2.5, 2.5]
-    assert t.scores().tolist() == [5.0, 4.0, 6.0, 5.0, 7.5, 8.5]
+    # loss ranks among the measured four: 4, 2, 3, 1, stretched onto 1..6 (r -> 1 + (r - 1) * 5 / 3):
+    # 6, 8/3, 13/3, 1; the unmeasured get the middle of 1..6, 3.5. The uncertainty ranks are 1..6.
+    assert t.scores("loss") == pytest.approx([6.0, 8 / 3, 13 / 3, 1.0, 3.5, 3.5])
+    assert t.scores("uncertainty").tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert t.scores() == pytest.approx([7.0, 14 / 3, 22 / 3, 5.0, 8.5, 9.5])
     state = t.state_dict()
     other = DifficultyTracker(6)
     other.load_state_dict(state)
     assert np.array_equal(other.scores(), t.scores()) and other.epoch == 3
+
+
+def test_a_partly_measured_signal_weighs_as_much_as_a_fully_measured_one():
+    # Rotating schedules measure the uncertainty of a part of the data only; its
+    # ranks must span the same 1..N as the loss's, or the plan follows the loss alone.
+    t = DifficultyTracker(8)
+    t.update_loss(np.arange(8), [7.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # sample 0: the highest loss
+    t.update_uncertainty([0, 1, 2, 3], [0.0, 9.0, 1.0, 2.0])  # sample 1: the highest uncertainty
+    scores = t.scores()
+    assert scores[0] == scores[1] == 9.0  # loss-only hard == uncertainty-only hard: 8 + 1 == 1 + 8
+    assert t.scores("uncertainty")[:4] == pytest.approx([1.0, 8.0, 1 + 7 / 3, 1 + 14 / 3])
+    assert t.scores("uncertainty")[4:].tolist() == [4.5] * 4  # unmeasured: the middle of 1..8
+    one = DifficultyTracker(5)
+    one.update_loss([2], [1.0])
+    assert one.scores("loss").tolist() == [3.0] * 5  # one measured sample: the middle rank too
+    assert DifficultyTracker(3).scores().tolist() == [4.0] * 3
+
+
+def test_fully_measured_scores_are_the_plain_rank_sums_bit_for_bit():
+    rng = np.random.default_rng(3)
+    loss, unc = rng.random(500), rng.random(500).round(2)  # ties too
+    t = DifficultyTracker(500)
+    t.update_loss(np.arange(500), loss)
+    t.update_uncertainty(np.arange(500), unc)
+    assert np.array_equal(t.scores(), difficulty_scores(loss, unc))
+    assert np.array_equal(t.scores("loss"), rank_average(loss))
 
 
 def test_tracker_rejects_bad_updates():
