@@ -25,11 +25,11 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 # Fashion-MNIST comes from Debian's package when it can be installed; otherwise
 # the demo says so and falls back to scikit-learn's digits, which always work.
 demo: $(VENV)/.installed
-	@if ! $(PY) -c "import sys; from mombs.data.fashion_mnist import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)"; then \
+	@if ! $(PY) -c "import sys; from mombs.recipes.classification.fashion_mnist import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)"; then \
 	  echo "Fashion-MNIST not found; trying: apt-get install -y dataset-fashion-mnist"; \
 	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null 2>&1 || true; \
 	fi
-	@if $(PY) -c "import sys; from mombs.data.fashion_mnist import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)"; then \
+	@if $(PY) -c "import sys; from mombs.recipes.classification.fashion_mnist import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)"; then \
 	  $(PY) -m mombs.cli compare --config configs/demo.yaml; \
 	else \
 	  echo "Fashion-MNIST is not available here: falling back to scikit-learn's digits (long-tailed, 120 images in the largest class)."; \

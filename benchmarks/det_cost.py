@@ -1,8 +1,8 @@
 """What MoMBS' assessment pass costs for a Faster R-CNN, against a training epoch.
 
-On the synthetic detection set (:func:`mombs.data.synthetic_det.make_synthetic_det`,
+On the synthetic detection set (:func:`mombs.recipes.detection.synthetic_det.make_synthetic_det`,
 ``--size`` pixels square, three windows), for a Faster R-CNN of
-:func:`mombs.models.detection.create_detection_model` (``--model``: the
+:func:`mombs.recipes.detection.models.create_detection_model` (``--model``: the
 ``tiny`` one by default, ``fasterrcnn_resnet50_fpn`` for the paper's
 detector), times four jobs over the whole training set:
 
@@ -54,9 +54,9 @@ import time
 import torch
 
 import mombs
-from mombs.data.synthetic_det import make_synthetic_det
+from mombs.recipes.detection.synthetic_det import make_synthetic_det
 from mombs.envinfo import environment_info
-from mombs.models.detection import DET_FEATURE_MODULE, create_detection_model
+from mombs.recipes.detection.models import DET_FEATURE_MODULE, create_detection_model
 from mombs.tasks.detection import detection_losses
 
 from _cost import CUDA_MEMORY_METHOD, cuda_memory, status_kb, sync  # benchmarks/_cost.py: a script's folder is on sys.path

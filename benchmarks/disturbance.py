@@ -64,10 +64,10 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import mombs
-from mombs.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
-from mombs.data.label_noise import symmetric_noise
+from mombs.recipes.classification.fashion_mnist import find_fashion_mnist, load_fashion_mnist
+from mombs.recipes.classification.label_noise import symmetric_noise
 from mombs.envinfo import environment_info
-from mombs.models import create_model
+from mombs.recipes.classification.models import create_model
 
 #: The three noise points per model: the pooled vector, the last stage, a middle
 #: stage. small_cnn's ``features`` is Sequential(conv, bn, relu, maxpool, conv,
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
         "noise_points": NOISE_POINTS,
         "data": {"digits": "scikit-learn digits, 8x8, x/16 in [0,1], clean labels, the seed's shuffle",
                  "fashion-mnist": f"a seeded training subset, x/255 in [0,1], {args.noise:.0%} symmetric label noise "
-                                  f"(exact count, mombs.data.label_noise.symmetric_noise); small_cnn trains on "
+                                  f"(exact count, mombs.recipes.classification.label_noise.symmetric_noise); small_cnn trains on "
                                   f"{args.fmnist_n} and assesses the first {args.fmnist_assess_n}; resnet32 (slow on "
                                   f"one CPU core at 28x28) trains on {args.fmnist_n_resnet} and assesses "
                                   f"{args.fmnist_assess_n_resnet}",

@@ -399,7 +399,7 @@ def _noise_detection_tables(runs: list, corruptions, unit: str, pooled: str, ext
 
 def render_seg_detection(root: Path) -> str:
     """How the final model's signals find the corrupted masks, per training size (all arms pooled)."""
-    from mombs.data.synthetic_ct import CORRUPTIONS
+    from mombs.recipes.segmentation.synthetic_ct import CORRUPTIONS
 
     return _noise_detection_tables(_seg_runs(root), CORRUPTIONS[1:], "slices",
                                    "every run (all strategies, both batch sizes, 5 seeds)")
@@ -409,7 +409,7 @@ def render_det_detection(root: Path) -> str:
     """How the final detector's signals find the images with a lesion left without a box, per training size."""
     from study_table import load
 
-    from mombs.data.synthetic_det import DET_CORRUPTIONS
+    from mombs.recipes.detection.synthetic_det import DET_CORRUPTIONS
 
     return _noise_detection_tables(load(root / RESULTS / "detection"), DET_CORRUPTIONS[1:], "slices",
                                    "every run (all 7 strategies, 5 seeds)", extra=("unmatched",))

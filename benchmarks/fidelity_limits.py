@@ -51,7 +51,7 @@ from torch.utils.data import TensorDataset
 
 import mombs
 from mombs.envinfo import environment_info
-from mombs.models import FEATURE_MODULE, create_model
+from mombs.recipes.classification.models import FEATURE_MODULE, create_model
 from mombs.noise import _disturb, find_module
 
 from overhead import full_pass, load_data

@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import mombs
-from mombs.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
-from mombs.data.label_noise import symmetric_noise
+from mombs.recipes.classification.fashion_mnist import find_fashion_mnist, load_fashion_mnist
+from mombs.recipes.classification.label_noise import symmetric_noise
 from mombs.envinfo import environment_info
-from mombs.models import FEATURE_MODULE, create_model
+from mombs.recipes.classification.models import FEATURE_MODULE, create_model
 
 
 def load_data(args):

@@ -74,7 +74,7 @@ def input_check(cfg: dict, batches: int = 3) -> dict:
     import numpy as np
     import torch
 
-    from mombs.data.corpus import load_corpus
+    from mombs.recipes.classification.corpus import load_corpus
     from mombs.planner import plan_batches
     from mombs.train.build import build
 

@@ -1,8 +1,8 @@
 """What MoMBS' assessment pass costs for a 2-D U-Net, against a training epoch.
 
-On the synthetic CT set (:func:`mombs.data.synthetic_ct.make_synthetic_ct`,
+On the synthetic CT set (:func:`mombs.recipes.segmentation.synthetic_ct.make_synthetic_ct`,
 64 x 64, lung window, two classes), for MONAI's ``unet`` and ``basic_unet``
-at the factory defaults (:func:`mombs.models.segmentation.create_segmentation_model`),
+at the factory defaults (:func:`mombs.recipes.segmentation.models.create_segmentation_model`),
 times three jobs over the whole training set:
 
 - ``train``: one training epoch, SGD, batch ``--batch-size``, the batch mean of
@@ -55,9 +55,9 @@ import time
 import torch
 
 import mombs
-from mombs.data.synthetic_ct import make_synthetic_ct
+from mombs.recipes.segmentation.synthetic_ct import make_synthetic_ct
 from mombs.envinfo import environment_info
-from mombs.models.segmentation import SEG_FEATURE_MODULE, SEG_MODELS, create_segmentation_model
+from mombs.recipes.segmentation.models import SEG_FEATURE_MODULE, SEG_MODELS, create_segmentation_model
 from mombs.tasks.segmentation import per_image_dice_ce
 
 from _cost import CUDA_MEMORY_METHOD, cuda_memory, status_kb, sync  # benchmarks/_cost.py: a script's folder is on sys.path

@@ -151,10 +151,7 @@ class DifficultyAssessor:
         self._gen: torch.Generator | None = None
         self._captured: torch.Tensor | None = None
         self._hook = None
-        if self.schedule.uncertainty_source == "train":
-            self._hook = self._at_module.register_forward_hook(self._capture)
-        elif self.schedule.uncertainty_source == "output":
-            self._hook = model.register_forward_hook(self._capture_output)
+        self.open()
 
     # ------------------------------------------------------------------ #
     # the user's three calls
@@ -173,6 +170,7 @@ class DifficultyAssessor:
     def start_epoch(self, epoch: int) -> None:
         """Call before each epoch's training pass; sets the sampler's epoch too."""
         self._flush()  # values observed so far belong to the epoch they were observed in
+        self.open()  # after a close(): this epoch's training forwards are to be captured again
         self._tracker.set_epoch(epoch)
         self.epoch = int(epoch)
         self._captured = None
@@ -356,8 +354,31 @@ class DifficultyAssessor:
         if self.sampler is not None and self.active and all(self.tracker.measured(k).any() for k in kinds):
             self.sampler.set_scores(self.scores())
 
-    def close(self) -> None:
-        """Removes the feature or output hook of the ``train-*`` schedules, if any."""
+    def open(self) -> None:
+        """Registers the forward hook of the ``train-*`` schedules, unless it is registered.
+
+        The ``train-features`` schedule captures the output of ``at`` in the
+        training forward, ``train-entropy`` the model's output; the other
+        schedules need no hook and this does nothing. The constructor and
+        :meth:`start_epoch` call it, so a plain loop never needs to; the
+        integrations call it when a fit starts. Calling it again adds nothing:
+        the model carries at most this one hook.
+        """
         if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+            return
+        if self.schedule.uncertainty_source == "train":
+            self._hook = self._at_module.register_forward_hook(self._capture)
+        elif self.schedule.uncertainty_source == "output":
+            self._hook = self.model.register_forward_hook(self._capture_output)
+
+    def close(self) -> None:
+        """Removes the hook that :meth:`open` registered, if any; calling it again does nothing.
+
+        The integrations call it when a fit ends, so the user's network is left
+        with no hook of mombs'; a later :meth:`start_epoch` (or :meth:`open`)
+        registers it again.
+        """
+        hook, self._hook = self._hook, None
+        self._captured = None
+        if hook is not None:
+            hook.remove()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
+from ._atomic import atomic_write
 from .train import RunConfig
 
 #: Options of ``compare`` that are not fields of a run.
@@ -183,9 +183,8 @@ def _copy_result(run_dir, export: Path) -> None:
     dst = export / f"{Path(run_dir).name}.json"
     if dst.exists():
         return
-    tmp = dst.with_suffix(".json.tmp")
-    tmp.write_text((Path(run_dir) / "results.json").read_text())
-    os.replace(tmp, dst)
+    text = (Path(run_dir) / "results.json").read_text()
+    atomic_write(dst, lambda tmp: tmp.write_text(text))
 
 
 def _interrupted(out: Path) -> SystemExit:
@@ -221,7 +220,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _diagnose(args) -> int:
-    from .quality import SCORES, diagnose
+    from .diagnose import diagnose
+    from .quality import SCORES
 
     if args.score not in SCORES:
         raise _fail(f"--score={args.score!r} is not known; choose one of {list(SCORES)}")

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import multiprocessing as mp
-import numbers
 import os
 import signal
 import threading
@@ -27,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .losses import LOSSES
-from .stats import t_quantile, t_two_sided_p
+from ._checks import check_int
+from .recipes import DEFAULT_TASK, get_recipe
 from .strategies import STRATEGY_REGISTRY
 from .train import RunConfig, run, run_dir_name
 
@@ -58,9 +57,10 @@ def _grid_list(name: str, values, *, kind: str, check) -> list:
 
 def _check_int_item(name: str, lo: int, hi: int | None = None):
     def check(v):
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo or (hi is not None and v >= hi):
-            allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi})"
-            raise ValueError(f"{name}: {v!r} must be an integer {allowed}")
+        try:
+            check_int(name, v, lo, hi)
+        except ValueError as err:  # "seeds: -1 must be ...": the item, not a name=value pair
+            raise ValueError(str(err).replace(f"{name}=", f"{name}: ", 1)) from None
     return check
 
 
@@ -71,14 +71,15 @@ def _check_name_item(name: str, registry):
     return check
 
 
-def check_grid(*, strategies, seeds, batch_sizes=None, losses=None) -> dict:
+def check_grid(*, strategies, seeds, batch_sizes=None, losses=None, task: str = DEFAULT_TASK) -> dict:
     """Checks a grid's axes and returns them as plain lists.
 
     Args:
         strategies: strategy names, e.g. ``["random", "mixed"]`` (not a single string).
         seeds: distinct integers ``>= 0``.
         batch_sizes: distinct integers ``>= 1``, or ``None`` for the base config's.
-        losses: loss names, or ``None`` for the base config's.
+        losses: loss names of ``task``, or ``None`` for the base config's.
+        task: the runs' task, whose recipe names the losses.
 
     Returns:
         ``{"strategies", "seeds", "batch_sizes", "losses"}``; numpy scalars become
@@ -95,7 +96,7 @@ def check_grid(*, strategies, seeds, batch_sizes=None, losses=None) -> dict:
         out["batch_sizes"] = _grid_list("batch_sizes", batch_sizes, kind="integers >= 1",
                                         check=_check_int_item("batch_sizes", 1))
     if losses is not None:
-        out["losses"] = _grid_list("losses", losses, kind="loss names", check=_check_name_item("losses", LOSSES))
+        out["losses"] = _grid_list("losses", losses, kind="loss names", check=_check_name_item("losses", get_recipe(task).choices["loss"]))
     return out
 
 
@@ -109,7 +110,7 @@ def expand_grid(base: RunConfig, *, strategies, seeds, batch_sizes=None, losses=
     if not isinstance(base, RunConfig):
         raise ValueError(f"base must be a RunConfig, got {type(base).__name__}")
     base.validate()
-    grid = check_grid(strategies=strategies, seeds=seeds, batch_sizes=batch_sizes, losses=losses)
+    grid = check_grid(strategies=strategies, seeds=seeds, batch_sizes=batch_sizes, losses=losses, task=base.task)
     configs = []
     for b in grid["batch_sizes"] or [base.batch_size]:
         for loss in grid["losses"] or [base.loss]:
@@ -195,8 +196,7 @@ def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool
         seen.add(name)
     if isinstance(jobs, np.generic):
         jobs = jobs.item()
-    if not isinstance(jobs, numbers.Integral) or isinstance(jobs, bool) or jobs < 1:
-        raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
+    check_int("jobs", jobs, 1)
     if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
         raise ValueError(f"out_dir={out_dir!r} must be a folder path")
     if not isinstance(progress, bool):
@@ -290,10 +290,11 @@ def paired_difference(a: dict, b: dict) -> dict | None:
 
     Returns:
         ``n``, ``mean`` of ``a - b``, its 95% t-interval ``ci95`` and the
-        two-sided paired t-test ``p`` (``None`` when n < 2), plus the per-seed
-        ``diffs``; ``None`` without common seeds. The t distribution is exact
-        (:mod:`mombs.stats`), with or without scipy.
+        two-sided paired t-test ``p`` (``None`` when n < 2; scipy's Student
+        t), plus the per-seed ``diffs``; ``None`` without common seeds.
     """
+    from scipy import stats
+
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
@@ -301,10 +302,10 @@ def paired_difference(a: dict, b: dict) -> dict | None:
     out = {"n": len(d), "mean": float(d.mean()), "diffs": d.tolist(), "ci95": None, "p": None}
     if len(d) >= 2:
         se = d.std(ddof=1) / math.sqrt(len(d))
-        h = t_quantile(0.975, len(d) - 1) * se
+        h = float(stats.t.ppf(0.975, len(d) - 1)) * se
         out["ci95"] = [float(d.mean() - h), float(d.mean() + h)]
         if se > 0:
-            out["p"] = t_two_sided_p(float(d.mean() / se), len(d) - 1)
+            out["p"] = float(2 * stats.t.sf(abs(d.mean() / se), len(d) - 1))
         else:  # identical differences: no spread at all
             out["p"] = 1.0 if d.mean() == 0 else 0.0
     return out
@@ -352,7 +353,13 @@ def summarize(results: list[dict], *, metric: str | None = None, baseline: str =
     """
     groups: dict[tuple, dict[str, dict[int, dict]]] = {}
     for r in results:
-        groups.setdefault(_group_key(r), {}).setdefault(r["strategy"], {})[r["seed"]] = r
+        runs = groups.setdefault(_group_key(r), {}).setdefault(r["strategy"], {})
+        if r["seed"] in runs:  # a second copy would silently replace the first and leave n as it was
+            where = [x.get("run_dir") or x.get("key") for x in (runs[r["seed"]], r)]
+            raise ValueError(f"results hold two runs of strategy={r['strategy']!r}, seed={r['seed']} in the cell "
+                             f"{r['dataset']} B={r['batch_size']} {r['loss']} ({where[0]} and {where[1]}); "
+                             f"remove one")
+        runs[r["seed"]] = r
     labels: dict[tuple, int] = {}
     for key in groups:
         labels[key[:3]] = labels.get(key[:3], 0) + 1
@@ -360,7 +367,8 @@ def summarize(results: list[dict], *, metric: str | None = None, baseline: str =
     for key in sorted(groups):
         by_strategy = groups[key]
         first = next(iter(next(iter(by_strategy.values())).values()))
-        m = metric or first.get("metric", "top1")
+        recipe = _recipe_of(first)
+        m = metric or first.get("metric", recipe.metric)
         base = {s: r[m] for s, r in by_strategy.get(baseline, {}).items()}
         order = sorted(by_strategy, key=lambda s: (s != baseline, s))
         for strategy in order:
@@ -373,29 +381,38 @@ def summarize(results: list[dict], *, metric: str | None = None, baseline: str =
                    "seeds": sorted(runs)}
             if strategy != baseline and base:
                 row["vs_baseline"] = paired_difference({s: r[m] for s, r in runs.items()}, base)
-            extra = {}
-            for name in ("many", "medium", "few"):
-                v = [r["shot_top1"][name] for r in runs.values() if r.get("shot_top1", {}).get(name) is not None]
-                if v:
-                    extra[name] = float(np.mean(v))
-            for name in ("small_dice", "lesion_sensitivity"):
-                v = [r[name] for r in runs.values() if r.get(name) is not None]
-                if v:
-                    extra[name] = float(np.mean(v))
-            for fp in ("0.5", "1", "2"):
-                v = [r["froc_sens"][fp] for r in runs.values() if r.get("froc_sens", {}).get(fp) is not None]
-                if v:
-                    extra[f"sens@{fp}"] = float(np.mean(v))
-            det = [r["noise_detection"] for r in runs.values() if r.get("noise_detection")]
-            if det:
-                extra["poor_precision"] = float(np.mean([d["precision"] for d in det]))
-                extra["poor_recall"] = float(np.mean([d["recall"] for d in det]))
-                auroc = [d["auroc_difficulty"] for d in det if d.get("auroc_difficulty") is not None]
-                if auroc:
-                    extra["auroc"] = float(np.mean(auroc))
-            fits = [r["noisy_fit"] for r in runs.values() if r.get("noisy_fit") is not None]
-            if fits:
-                extra["noisy_fit"] = float(np.mean(fits))
-            row.update(extra)
+            row.update(recipe.row_extras(list(runs.values())))
+            row.update(_noise_extras(list(runs.values())))
             rows.append(row)
     return rows
+
+
+def _recipe_of(res: dict):
+    """The recipe of a result file (files from before tasks existed are the default task's)."""
+    return get_recipe(res.get("task") or DEFAULT_TASK)
+
+
+def _mean_of(values) -> float | None:
+    """The mean of the values that are defined (``None`` and NaN left out), or ``None``."""
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(v)) if v else None
+
+
+def _noise_extras(runs: list[dict]) -> dict:
+    """How the quadrant and the difficulty found planted noise, and its memorization, over a cell's runs.
+
+    A run whose quadrant flagged nothing has no precision: it is left out of
+    the mean rather than counted as 0.
+    """
+    extra = {}
+    found = [r["noise_detection"] for r in runs if r.get("noise_detection")]
+    if found:
+        for name, field in (("poor_precision", "precision"), ("poor_recall", "recall"),
+                            ("auroc", "auroc_difficulty")):
+            value = _mean_of(d.get(field) for d in found)
+            if value is not None:
+                extra[name] = value
+    fit = _mean_of(r.get("noisy_fit") for r in runs)
+    if fit is not None:
+        extra["noisy_fit"] = fit
+    return extra

@@ -125,7 +125,7 @@ def test_a_missing_data_folder_in_mombs_data_is_an_error(workspace, monkeypatch)
 
 
 def test_an_explicit_fashion_mnist_folder_never_falls_back_to_the_default(tmp_path, monkeypatch):
-    from mombs.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
+    from mombs.recipes.classification.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 
     monkeypatch.delenv("MOMBS_DATA", raising=False)
     with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.*/nonexistent \(data_dir\), which does"):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from mombs.data.cifar import load_cifar, load_cifar100n
-from mombs.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
-from mombs.data.imbalance import long_tailed_counts, long_tailed_indices, shot_groups
-from mombs.data.label_noise import pair_noise, symmetric_noise
+from mombs.recipes.classification.cifar import load_cifar, load_cifar100n
+from mombs.recipes.classification.fashion_mnist import find_fashion_mnist, load_fashion_mnist
+from mombs.recipes.classification.imbalance import long_tailed_counts, long_tailed_indices, shot_groups
+from mombs.recipes.classification.label_noise import pair_noise, symmetric_noise
 
 
 def write_idx(path, array, gz=True):
@@ -41,7 +41,7 @@ def test_fashion_mnist_reader(fake_fmnist, monkeypatch):
 
 def test_fashion_mnist_errors_name_the_file(fake_fmnist, tmp_path, monkeypatch):
     monkeypatch.delenv("MOMBS_DATA", raising=False)
-    monkeypatch.setattr("mombs.data.fashion_mnist.DEFAULT_FASHION_MNIST_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr("mombs.recipes.classification.fashion_mnist.DEFAULT_FASHION_MNIST_DIR", str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist"):
         load_fashion_mnist("train", tmp_path / "empty")
     bad = fake_fmnist / "t10k-images-idx3-ubyte.gz"

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mombs.data.synthetic_det import BOX_KINDS, DET_CORRUPTIONS, LESION_STATUS, make_synthetic_det
-from mombs.metrics.detection import box_iou
+from mombs.recipes.detection.synthetic_det import BOX_KINDS, DET_CORRUPTIONS, LESION_STATUS, make_synthetic_det
+from mombs.recipes.detection.metrics import box_iou
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_bad_options_name_the_argument():
 # --------------------------------------------------------------------------- #
 # DeepLesion reader, on a tiny DL_info.csv and 16-bit PNGs written here
 
-from mombs.data.deeplesion import DeepLesion, hu_from_png, patient_subset, read_dl_info  # noqa: E402
+from mombs.recipes.detection.deeplesion import DeepLesion, hu_from_png, patient_subset, read_dl_info  # noqa: E402
 
 _HEADER = ("File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Measurement_coordinates,"
            "Bounding_boxes,Lesion_diameters_Pixel_,Normalized_lesion_location,Coarse_lesion_type,"

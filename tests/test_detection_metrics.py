@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mombs.metrics.detection import FROC_FPS, box_iou, froc, froc_curve
+from mombs.recipes.detection.metrics import FROC_FPS, box_iou, froc, froc_curve
 
 A, B, C = [0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]
 
@@ -89,7 +89,7 @@ def test_bad_inputs_name_the_argument():
 
 
 def test_unmatched_detection_score_by_hand():
-    from mombs.metrics.detection import unmatched_detection_score
+    from mombs.recipes.detection.metrics import unmatched_detection_score
 
     given = [np.array([[0, 0, 10, 10]]),            # one box
              np.zeros((0, 4)),                       # no box at all

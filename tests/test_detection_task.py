@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("torchvision")
 
 import mombs  # noqa: E402
-from mombs.models.detection import DET_FEATURE_MODULE, DET_MODELS, create_detection_model  # noqa: E402
+from mombs.recipes.detection.models import DET_FEATURE_MODULE, DET_MODELS, create_detection_model  # noqa: E402
 from mombs.tasks import create_task  # noqa: E402
 from mombs.tasks.detection import (anchor_binary_entropy, collate_detection, detection_losses,  # noqa: E402
                                    rpn_forward, rpn_objectness_loss, rpn_objectness_map, rpn_uncertainty)

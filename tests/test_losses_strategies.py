@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mombs.losses import LOSSES, create_loss
+from mombs.recipes.classification.losses import LOSSES, create_loss
 from mombs.strategies import STRATEGY_REGISTRY, create_strategy
 
 

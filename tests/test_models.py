@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mombs.models import FEATURE_MODULE, MODELS, create_model
+from mombs.recipes.classification.models import FEATURE_MODULE, MODELS, create_model
 
 
 def _count(model):

@@ -35,27 +35,53 @@ def test_run_writes_logs_results_and_does_not_redo(tmp_path):
     assert run(cfg, tmp_path / "r") == res  # finished: read back, not redone
 
 
-def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+@pytest.fixture
+def built(monkeypatch):
+    """Every run's :class:`Components`, in the order :func:`run` built them."""
+    import mombs.train.runner as runner
+
+    made = []
+    original = runner.build
+
+    def keep(*args, **kwargs):
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(runner, "build", keep)
+    return made
+
+
+def _same_state(a, b) -> bool:
+    """Two (nested) state dicts hold equal tensors, arrays and values."""
+    import torch
+
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    if torch.is_tensor(a):
+        return torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    return a == b
+
+
+def test_an_interrupted_run_resumes_to_the_same_run(tmp_path, interrupt_after_epoch, built):
     cfg = RunConfig(strategy="mixed", **dict(TINY, epochs=3))
     whole = run(cfg, tmp_path / "whole")
-    import mombs.train.runner as train
-
-    calls = {"n": 0}
-    original = train.evaluate
-
-    def dying_evaluate(*a, **k):  # kill the run after its second epoch's checkpoint... almost
-        calls["n"] += 1
-        if calls["n"] == 4:  # epoch 1: validation (3rd call) then test (4th): die in between
-            raise KeyboardInterrupt
-        return original(*a, **k)
-
-    monkeypatch.setattr(train, "evaluate", dying_evaluate)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "cut")
-    monkeypatch.setattr(train, "evaluate", original)
+    interrupt_after_epoch(cfg, tmp_path / "cut", 1)
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
     resumed = run(cfg, tmp_path / "cut")
-    assert resumed["top1"] == whole["top1"] and resumed["curves"]["val_top1"] == whole["curves"]["val_top1"]
+    a, _, b = built  # the whole run, the cut one, its resumption
+    # The weights, the tracker's measures and the sampler's state are the uninterrupted run's ...
+    assert _same_state(a.model.state_dict(), b.model.state_dict())
+    assert _same_state(a.assessor.state_dict(), b.assessor.state_dict())
+    assert _same_state(a.sampler.state_dict(), b.sampler.state_dict())
+    assert np.array_equal(a.assessor.tracker.scores(), b.assessor.tracker.scores())
+    # ... and so is everything the run reports but its wall-clock seconds.
+    for res in (whole, resumed):
+        del res["seconds"], res["curves"]["seconds"], res["environment"]
+    assert resumed == whole
 
 
 def test_compare_grid_table_and_report(tmp_path):
@@ -128,33 +154,45 @@ def test_summarize_keeps_cells_that_differ_beyond_dataset_batch_and_loss_apart()
     assert len({r["dataset"] for r in summarize([old, new])}) == 1
 
 
-def test_exact_t_quantiles_without_scipy(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy now fails
-    monkeypatch.setitem(sys.modules, "scipy.stats", None)
-    from mombs.stats import t_quantile, t_two_sided_p
-
-    # Reference values of Student's t (tables; scipy.stats.t.ppf agrees to 1e-12).
-    assert t_quantile(0.975, 4) == pytest.approx(2.7764451051977934, abs=1e-9)
-    assert t_quantile(0.975, 1) == pytest.approx(12.706204736174694, abs=1e-9)
-    assert t_quantile(0.975, 9) == pytest.approx(2.262157162798205, abs=1e-9)
-    assert t_two_sided_p(2.7764451051977934, 4) == pytest.approx(0.05, abs=1e-10)
+def test_paired_difference_uses_students_t():
     d = paired_difference({s: 0.5 + 0.01 * s for s in range(5)}, {s: 0.5 for s in range(5)})
+    # t(0.975, 4) = 2.7764451051977934 (tables): 42% wider than the normal 1.96.
     h = 2.7764451051977934 * np.std([0, .01, .02, .03, .04], ddof=1) / np.sqrt(5)
-    assert d["ci95"] == pytest.approx([0.02 - h, 0.02 + h]) and d["p"] is not None
+    assert d["n"] == 5 and d["mean"] == pytest.approx(0.02)
+    assert d["ci95"] == pytest.approx([0.02 - h, 0.02 + h], abs=1e-12)
+    t = 0.02 / (np.std([0, .01, .02, .03, .04], ddof=1) / np.sqrt(5))
+    from scipy import stats
+
+    assert d["p"] == pytest.approx(2 * stats.t.sf(t, 4), abs=1e-15) and d["p"] < 0.05
+
+
+def test_summarize_refuses_a_run_given_twice():
+    results = [_result("random", s, 0.8) for s in range(2)] + [_result("mixed", s, 0.8) for s in range(2)]
+    results.append(_result("mixed", 1, 0.9))  # the same strategy and seed again: once it overwrote the first
+    with pytest.raises(ValueError, match="two runs of strategy='mixed', seed=1"):
+        summarize(results)
+
+
+def test_summarize_leaves_a_run_that_flagged_nothing_out_of_the_precision():
+    results = [_result("random", s, 0.8) for s in range(2)]
+    for r, precision in zip(results, (None, 0.5)):
+        r["noise_detection"] = {"precision": precision, "recall": 0.2, "auroc_difficulty": 0.7}
+    row = summarize(results)[0]
+    assert row["poor_precision"] == 0.5  # not (0 + 0.5) / 2: nothing flagged is no precision at all
+    assert row["poor_recall"] == pytest.approx(0.2) and row["auroc"] == pytest.approx(0.7)
 
 
 def test_the_runner_trains_through_the_strategy_sampler_and_a_dataloader():
     import torch
 
-    from mombs.data.corpus import load_corpus
+    from mombs.recipes.classification.corpus import load_corpus
     from mombs.planner import plan_batches
+    from mombs.recipes import get_recipe
     from mombs.train.build import build
 
-    cfg = RunConfig(strategy="mixed", **TINY)
+    cfg = RunConfig(strategy="mixed", **TINY).validate()
     data = load_corpus(cfg)
-    c = build(cfg, data, torch.device("cpu"))
+    c = build(cfg, get_recipe(cfg.task), data, torch.device("cpu"))
     assert c.loader.batch_sampler is c.sampler and c.assessor.sampler is c.sampler
     c.sampler.set_epoch(0)
     expected = plan_batches(np.zeros(len(data.y_train)), 32, order="random", seed=0, epoch=0).tolist()
@@ -185,14 +223,19 @@ def test_a_corrupt_checkpoint_is_named_and_the_previous_one_resumes(tmp_path, in
 
 def test_with_every_checkpoint_corrupt_the_run_starts_over(tmp_path, interrupt_after_epoch):
     cfg = RunConfig(strategy="mixed", **dict(TINY, epochs=3))
+    whole = run(cfg, tmp_path / "whole")
     out = tmp_path / "cut"
     interrupt_after_epoch(cfg, out, 1)
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         (out / name).write_bytes(b"PK\x03\x04 not a zip")
     with pytest.warns(RuntimeWarning, match="checkpoint.prev.pt cannot be read"):
         res = run(cfg, out)
+    # Started over from epoch 0, with the log of the attempt gone: the run is the uninterrupted one.
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
-    assert res["best_val_epoch"] >= 0
+    for r in (whole, res):
+        del r["seconds"], r["curves"]["seconds"], r["environment"]
+    assert res == whole
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == []
 
 
 def test_a_checkpoint_write_keeps_the_previous_one_until_the_new_one_reads_back(tmp_path, monkeypatch):
@@ -467,6 +510,7 @@ def test_a_diverged_step_stops_training_before_the_optimizer_steps_on_it():
     with pytest.raises(FloatingPointError, match=r"training diverged: step 0 .*lower lr"):
         train_one_epoch(model, DataLoader(data, batch_size=4), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                         loss_fn=lambda out, y: F.cross_entropy(out, y, reduction="none"), strategy=NoWeights(),
-                        assessor=None, device=torch.device("cpu"), num_samples=8)
+                        assessor=None, device=torch.device("cpu"), num_samples=8,
+                        fit_fn=lambda out, y: (out.argmax(1) == y).float())
     # nothing stepped: the weights are as they were (NaN where they were NaN)
     assert all(torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) for a, b in zip(model.parameters(), before))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mombs.data.covid_ct import (THREE_WINDOWS, ma_patient_id, medseg_blocks, read_covid_ct_seg, read_medseg_covid,
+from mombs.recipes.segmentation.covid_ct import (THREE_WINDOWS, ma_patient_id, medseg_blocks, read_covid_ct_seg, read_medseg_covid,
                                  split_by_patient, three_window, window_hu)
-from mombs.data.synthetic_ct import CORRUPTIONS, SIZE_GROUPS, make_synthetic_ct
+from mombs.recipes.segmentation.synthetic_ct import CORRUPTIONS, SIZE_GROUPS, make_synthetic_ct
 
 nib = pytest.importorskip("nibabel")
 
@@ -293,7 +293,7 @@ def test_synthetic_split_as_torch_dataset(syn):
 
 
 def test_corruptions_on_a_hand_made_square():
-    from mombs.data.synthetic_ct import SegSplit, _corrupt
+    from mombs.recipes.segmentation.synthetic_ct import SegSplit, _corrupt
     n = 4
     inst = np.zeros((n, 20, 20), dtype=np.int16)
     for i in range(n):

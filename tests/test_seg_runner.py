@@ -8,7 +8,7 @@ import torch
 
 from mombs import cli
 from mombs.train import RunConfig, run
-from mombs.train.segmentation import detection_scores, dice_fit
+from mombs.recipes.segmentation.training import detection_scores, dice_fit
 
 pytest.importorskip("monai")
 

@@ -254,10 +254,24 @@ class MoMBSCallback(pl.Callback):
             raise ValueError(f"assessor.model ({type(model).__name__}) is not a submodule of the "
                              f"LightningModule ({type(pl_module).__name__}): the assessor would measure a "
                              f"network that is not being trained. Build it on the module's own network")
+        self.assessor.open()  # the train-* schedules' hook, taken off again in teardown()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Forgets what a restore left for the train hooks (a ``validate`` restores too)."""
+        """Takes the assessor's forward hook off the network and forgets what a restore left.
+
+        The ``train-*`` schedules' hook goes on in :meth:`setup` and comes off
+        here, at the end of every ``fit`` (a ``validate`` restores too), so the
+        user's network carries it only while it trains: never more than one,
+        and none after.
+        """
         self._finish_restored, self._loader_copies = False, []
+        if self._assessor is not None:
+            self._assessor.close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Takes the hook off when ``fit`` fails: Lightning then skips :meth:`teardown`."""
+        if self._assessor is not None:
+            self._assessor.close()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Checks that the train dataloader draws its batches from the assessor's sampler.

@@ -572,11 +572,20 @@ class MoMBSTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        """``Trainer.train``; on a resume, first restores the assessor and the sampler from the checkpoint."""
+        """``Trainer.train``; on a resume, first restores the assessor and the sampler from the checkpoint.
+
+        The assessor's forward hook (``train-*`` schedules) is on the model
+        only while this call runs: it is taken off when training ends or
+        fails, and a later ``train()`` puts it on again.
+        """
         checkpoint = resume_from_checkpoint
         if isinstance(checkpoint, bool):
             # As the Trainer resolves it; when there is none, the Trainer raises.
             checkpoint = get_last_checkpoint(self.args.output_dir) if checkpoint else None
         if checkpoint is not None:
             self.mombs_callback.load(checkpoint, self.args)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        self.assessor.open()
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.assessor.close()

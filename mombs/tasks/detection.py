@@ -17,7 +17,7 @@ at the region proposal network (``shared/METHOD.md`` §1 and §6):
   each image sampled is.
 - **uncertainty**: the binary entropy of the RPN objectness, the mean
   probability over ``K`` passes with the first backbone block's output
-  disturbed (:data:`mombs.models.detection.DET_FEATURE_MODULE`), averaged per
+  disturbed (:data:`mombs.recipes.detection.models.DET_FEATURE_MODULE`), averaged per
   image over **every anchor of every FPN level, before NMS, whose centre lies
   inside the image** (:func:`anchor_binary_entropy`). The paper takes "the
   entropy of the RPN classification maps", which is the whole map. A
@@ -43,7 +43,7 @@ detector through :func:`rpn_forward` and batch items with
 
 .. code-block:: python
 
-    from mombs.models.detection import DET_FEATURE_MODULE, create_detection_model
+    from mombs.recipes.detection.models import DET_FEATURE_MODULE, create_detection_model
 
     model = create_detection_model("tiny")
     assessor = DifficultyAssessor(model, IndexedDataset(train), at=DET_FEATURE_MODULE["tiny"],

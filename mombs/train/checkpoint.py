@@ -1,4 +1,4 @@
-"""Atomic writes and the per-epoch checkpoint of a run.
+"""The per-epoch checkpoint of a run.
 
 A run keeps two checkpoints: ``checkpoint.pt`` (the latest epoch) and
 ``checkpoint.prev.pt`` (the one before). A new checkpoint is written to a
@@ -10,29 +10,15 @@ reports it by its path, sets it aside and resumes from the previous one.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_json", "atomic_torch", "load_checkpoint", "previous_checkpoint", "remove_checkpoints",
-           "save_checkpoint"]
+from .._atomic import atomic_write
 
-
-def atomic_json(path: Path, obj) -> None:
-    """Writes ``obj`` as JSON so that a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def atomic_torch(path: Path, obj) -> None:
-    """``torch.save`` through a temporary file and an atomic rename."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+__all__ = ["load_checkpoint", "previous_checkpoint", "remove_checkpoints", "save_checkpoint"]
 
 
 def previous_checkpoint(path: Path) -> Path:
@@ -61,19 +47,21 @@ def save_checkpoint(path: Path, obj: dict) -> None:
         obj: the checkpoint, a dict with at least ``key`` and ``epoch``.
     """
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    try:
-        back = _read(tmp)
-    except Exception as err:  # whatever torch raises for a bad file
-        raise OSError(f"checkpoint {tmp} does not read back ({type(err).__name__}: {err}); "
-                      f"the previous checkpoints are kept") from err
-    if back["key"] != obj["key"] or back["epoch"] != obj["epoch"]:
-        raise OSError(f"checkpoint {tmp} reads back as another one (epoch {back['epoch']}); "
-                      f"the previous checkpoints are kept")
-    if path.exists():
-        os.replace(path, previous_checkpoint(path))
-    os.replace(tmp, path)
+    prev = previous_checkpoint(path)
+
+    def verify(tmp: Path) -> None:
+        try:
+            back = _read(tmp)
+        except Exception as err:  # whatever torch raises for a bad file
+            raise OSError(f"checkpoint {tmp} does not read back ({type(err).__name__}: {err}); "
+                          f"the previous checkpoints are kept") from err
+        if back["key"] != obj["key"] or back["epoch"] != obj["epoch"]:
+            raise OSError(f"checkpoint {tmp} reads back as another one (epoch {back['epoch']}); "
+                          f"the previous checkpoints are kept")
+        if path.exists():  # only once the new one is known good
+            os.replace(path, prev)
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), verify=verify)
 
 
 def load_checkpoint(path: Path, key: str) -> dict | None:

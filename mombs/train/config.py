@@ -6,51 +6,26 @@ import dataclasses
 import hashlib
 import json
 import math
-import numbers
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.corpus import DATASETS, TRAIN_CLASS_SIZES, check_data_dir
-from ..data.det_corpus import DET_DATASETS, DET_LOSSES, check_det_data_dir, det_noise_options
-from ..data.seg_corpus import SEG_DATASETS, SEG_LOSSES, check_seg_data_dir
-from ..losses import LOSSES
-from ..models import MODELS
-from ..models.detection import DET_MODELS
-from ..models.segmentation import SEG_MODELS
+from .._checks import check_choice, check_int, check_real
+from ..recipes import DEFAULT_TASK, RECIPES, TASK_OPTIONS, get_recipe
 from ..schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, SCHEDULES, planned
 from ..strategies import STRATEGY_REGISTRY
 
-__all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "TASK_DEFAULTS", "run_dir_name"]
+__all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "run_dir_name"]
 
 #: Fields that do not change a run's outcome: left out of its key.
 _NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every", "history")
 #: Fields added with segmentation and detection: in a run's key only when set,
 #: so that the keys (and folder names) of every run made before them stay.
-_KEY_IF_SET = {"task": "classification", "image_size": None, "noise_mix": None, "windows": None,
+_KEY_IF_SET = {"task": DEFAULT_TASK, "image_size": None, "noise_mix": None, "windows": None,
                "optimizer": "sgd", "train_fraction": None}
 _OPTIMIZERS = ("sgd", "adam")
 
-#: What ``dataset``, ``model`` and ``loss`` are when left unset, per task.
-TASK_DEFAULTS = {
-    "classification": {"dataset": "fashion-mnist", "model": "small_cnn", "loss": "ce"},
-    "segmentation": {"dataset": "synthetic-ct", "model": "unet", "loss": "dice-ce"},
-    "detection": {"dataset": "synthetic-det", "model": "tiny", "loss": "rpn"},
-}
-
-#: The pivot of the library's samplers, read from the sampler itself so that the
-#: runner and a user's own loop can never disagree on it (one default in mombs).
-
-_NOISES = ("none", "symmetric", "pair", "human")
-_SEG_NOISES = ("none", "annotation")
-#: Per task: the data sets, models, losses and label noises it takes.
-_TASK_CHOICES = {
-    "classification": {"dataset": DATASETS, "model": MODELS, "loss": LOSSES, "noise": _NOISES},
-    "segmentation": {"dataset": SEG_DATASETS, "model": SEG_MODELS, "loss": SEG_LOSSES, "noise": _SEG_NOISES},
-    "detection": {"dataset": DET_DATASETS, "model": DET_MODELS, "loss": DET_LOSSES, "noise": _SEG_NOISES},
-}
-_WINDOWS = ("lung", "three")
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
@@ -67,40 +42,6 @@ def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{value!r} ({type(value).__name__}) is not a JSON value")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(name: str, v, lo: int, hi: int | None = None, *, optional: bool = False) -> None:
-    if optional and v is None:
-        return
-    if not _is_int(v) or v < lo or (hi is not None and v >= hi):
-        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi})"
-        raise ValueError(f"{name}={v!r} must be an integer {allowed}" + (" or null" if optional else ""))
-
-
-def _real(name: str, v, lo: float, hi: float, *, lo_open: bool, hi_open: bool, optional: bool = False,
-          why: str = "") -> None:
-    if optional and v is None:
-        return
-    ok = _is_real(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    if not ok:
-        if hi == math.inf:
-            allowed = f"{'>' if lo_open else '>='} {lo:g}"
-        else:
-            allowed = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise ValueError(f"{name}={v!r} must be a number {allowed}" + (" or null" if optional else "") + why)
-
-
-def _choice(name: str, v, choices) -> None:
-    if not isinstance(v, str) or v not in choices:
-        raise ValueError(f"{name}={v!r} is not known; choose one of {sorted(choices)}")
 
 
 def _check_device(device) -> None:
@@ -131,28 +72,16 @@ class RunConfig:
     anything is loaded; :func:`~mombs.train.run` and
     :func:`~mombs.compare.run_grid` call it at their door. numpy scalars are
     accepted wherever Python numbers are. ``dataset``, ``model`` and ``loss``
-    left as ``None`` become the task's defaults (:data:`TASK_DEFAULTS`) there.
-
-    Segmentation (``task="segmentation"``): ``subset`` is the number of
-    training slices (synthetic default 300), ``noise="annotation"`` with
-    ``noise_rate`` corrupts that share of the synthetic training masks in the
-    proportions of ``noise_mix``, ``image_size`` is the slice side (synthetic
-    default 64; real slices are resampled to it when set) and ``windows`` the
-    CT windows as channels (``"lung"``: one, ``"three"``: the paper's three).
-
-    Detection (``task="detection"``, see ``docs/detection.md``): ``subset`` is
-    the number of training slices of the synthetic set (default 200, the 100%
-    regime) and ``train_fraction`` the share of them kept (a prefix, so the
-    25/50/100% regimes are nested; DeepLesion: the share of training
-    patients); ``noise="annotation"`` leaves ``noise_rate`` of the synthetic
-    training lesions without a box and shifts, resizes and adds boxes as
-    ``noise_mix`` says (``{"shifted", "resized", "spurious"}``, default 0.1,
-    0.1, 0.05); ``image_size`` is the slice side (synthetic default 64, the
-    detector resizes to it) and ``windows`` ``"three"`` (default) or ``"lung"``.
+    left as ``None`` become the task's defaults (its recipe's ``defaults``)
+    there. Which options a task takes, and what they mean for it, is its
+    recipe's business (:mod:`mombs.recipes`; ``docs/segmentation.md`` and
+    ``docs/detection.md`` for the dense tasks): ``image_size``, ``noise_mix``,
+    ``windows`` and ``train_fraction`` are options of some tasks only, and a
+    task that does not take one refuses it by name.
     """
 
-    task: str = "classification"
-    dataset: str | None = None        # None: the task's default (TASK_DEFAULTS)
+    task: str = DEFAULT_TASK
+    dataset: str | None = None        # None: the task's default (its recipe's defaults)
     data_dir: str | None = None
     subset: int | None = None          # training images kept (seeded), before the LT cut
     imbalance: float | None = None     # long-tailed rho, e.g. 0.01
@@ -161,10 +90,10 @@ class RunConfig:
     noise_rate: float = 0.0
     noise_file: str | None = None      # CIFAR-100_human.pt for noise="human"
     val_fraction: float = 0.1
-    image_size: int | None = None      # segmentation: slice side in pixels
-    noise_mix: dict | None = None      # segmentation: weights of the annotation corruptions
-    windows: str | None = None         # segmentation: "lung" (1 channel, default) or "three"
-    train_fraction: float | None = None  # detection: share of the training slices (patients) kept
+    image_size: int | None = None      # dense tasks: slice side in pixels
+    noise_mix: dict | None = None      # dense tasks: weights of the annotation corruptions
+    windows: str | None = None         # dense tasks: CT windows as channels, "lung" or "three"
+    train_fraction: float | None = None  # share of the training slices (patients) kept, where taken
     model: str | None = None           # None: the task's default
     loss: str | None = None            # None: the task's default
     strategy: str = "random"
@@ -193,8 +122,8 @@ class RunConfig:
         return out
 
     def _resolve_defaults(self) -> None:
-        if self.task in TASK_DEFAULTS:
-            for name, value in TASK_DEFAULTS[self.task].items():
+        if self.task in RECIPES:
+            for name, value in get_recipe(self.task).defaults.items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)
 
@@ -215,41 +144,36 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, os.PathLike):
                 setattr(self, name, os.fspath(v))
-        _choice("task", self.task, TASK_DEFAULTS)
+        check_choice("task", self.task, RECIPES)
+        recipe = get_recipe(self.task)
         self._resolve_defaults()
-        seg, det = self.task == "segmentation", self.task == "detection"
         for name in ("dataset", "model", "loss"):
-            _choice(name, getattr(self, name), _TASK_CHOICES[self.task][name])
-        _choice("strategy", self.strategy, STRATEGY_REGISTRY)
-        _choice("optimizer", self.optimizer, _OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("noise", self.noise, _TASK_CHOICES[self.task]["noise"])
+            check_choice(name, getattr(self, name), recipe.choices[name])
+        check_choice("strategy", self.strategy, STRATEGY_REGISTRY)
+        check_choice("optimizer", self.optimizer, _OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("noise", self.noise, recipe.choices["noise"])
         for name in ("batch_size", "epochs", "k", "test_every"):
-            _int(name, getattr(self, name), 1)
-        _int("pivot_epoch", self.pivot_epoch, 0)
-        _int("seed", self.seed, 0, 2 ** 32)
-        _int("threads", self.threads, 1, optional=True)
-        _int("subset", self.subset, 1, optional=True)
-        _int("img_max", self.img_max, 1, optional=True)
-        _int("image_size", self.image_size, 32, optional=True)
-        if self.windows is not None:
-            _choice("windows", self.windows, _WINDOWS)
+            check_int(name, getattr(self, name), 1)
+        check_int("pivot_epoch", self.pivot_epoch, 0)
+        check_int("seed", self.seed, 0, 2 ** 32)
+        check_int("threads", self.threads, 1, optional=True)
+        check_int("subset", self.subset, 1, optional=True)
+        check_int("img_max", self.img_max, 1, optional=True)
+        check_int("image_size", self.image_size, 32, optional=True)
         if not isinstance(self.history, bool):
             raise ValueError(f"history={self.history!r} must be true or false")
-        _real("imbalance", self.imbalance, 0, 1, lo_open=True, hi_open=False, optional=True)
-        _real("train_fraction", self.train_fraction, 0, 1, lo_open=True, hi_open=False, optional=True)
-        if self.train_fraction is not None and not det:
-            raise ValueError(f"train_fraction={self.train_fraction!r} only applies to task='detection'; "
-                             f"use subset for a smaller training set")
-        _real("val_fraction", self.val_fraction, 0, 1, lo_open=True, hi_open=True,
-              why=": choices need a validation split")
-        _real("noise_rate", self.noise_rate, 0, 1, lo_open=False, hi_open=True)
-        _real("alpha", self.alpha, 0, 1, lo_open=False, hi_open=True)
-        _real("lr", self.lr, 0, math.inf, lo_open=True, hi_open=True)
+        check_real("imbalance", self.imbalance, 0, 1, low_open=True, high_open=False, optional=True)
+        check_real("train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=False, optional=True)
+        check_real("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True,
+                   why=": choices need a validation split")
+        check_real("noise_rate", self.noise_rate, 0, 1, low_open=False, high_open=True)
+        check_real("alpha", self.alpha, 0, 1, low_open=False, high_open=True)
+        check_real("lr", self.lr, 0, math.inf, low_open=True, high_open=True)
         if self.optimizer == "sgd":
-            _real("momentum", self.momentum, 0, 1, lo_open=True, hi_open=True,
-                  why=": the runner's SGD uses Nesterov momentum, which needs momentum > 0")
-        _real("weight_decay", self.weight_decay, 0, math.inf, lo_open=False, hi_open=True)
+            check_real("momentum", self.momentum, 0, 1, low_open=True, high_open=True,
+                       why=": the runner's SGD uses Nesterov momentum, which needs momentum > 0")
+        check_real("weight_decay", self.weight_decay, 0, math.inf, low_open=False, high_open=True)
         if self.augment is not None and not isinstance(self.augment, bool):
             raise ValueError(f"augment={self.augment!r} must be true, false or null (null: crop+flip for CIFAR)")
         if not isinstance(self.tags, dict) or not all(isinstance(k, str) for k in self.tags):
@@ -263,119 +187,19 @@ class RunConfig:
             if v is not None and (not isinstance(v, str) or not v):
                 raise ValueError(f"{name}={v!r} must be a path or null")
         _check_device(self.device)
-        if seg:
-            self._check_segmentation()
-        elif det:
-            self._check_detection()
-        else:
-            self._check_combinations()
-            check_data_dir(self.dataset, self.data_dir)
+        self._check_task_options(recipe)
+        recipe.check(self)  # the task's own options: cross-field checks and its data folder
         self._check_pivot()
         return self
 
-    def _check_segmentation(self) -> None:
-        """The checks of a segmentation run."""
-        from ..data.synthetic_ct import _resolve_mix
-
-        for name, why in (("imbalance", "a long-tailed cut is for classification"),
-                          ("img_max", "a long-tailed cut is for classification"),
-                          ("noise_file", "human labels are for CIFAR-100")):
-            if getattr(self, name) is not None:
-                raise ValueError(f"{name}={getattr(self, name)!r} does not apply to task='segmentation' ({why})")
-        if self.augment:
-            raise ValueError("augment=True does not apply to task='segmentation': the runner's crop and flip "
-                             "move the image but not its mask; set augment=false or null")
-        synthetic = self.dataset == "synthetic-ct"
-        if self.noise == "annotation" and not synthetic:
-            raise ValueError(f"noise='annotation' plants mask corruptions in dataset='synthetic-ct' only, "
-                             f"got dataset={self.dataset!r}")
-        if self.noise == "none" and self.noise_rate != 0:
-            raise ValueError(f"noise_rate={self.noise_rate!r} has no effect with noise='none'; "
-                             f"set noise=annotation or noise_rate=0")
-        if self.noise_mix is not None:
-            if self.noise != "annotation":
-                raise ValueError(f"noise_mix={self.noise_mix!r} only applies with noise='annotation'")
-            if not isinstance(self.noise_mix, dict):
-                raise ValueError(f"noise_mix={self.noise_mix!r} must be a mapping of corruption: weight")
-            _resolve_mix(self.noise_mix)  # names and weights, with its own message
-        if self.image_size is not None and synthetic and self.image_size % 16:
-            raise ValueError(f"image_size={self.image_size!r} must be a multiple of 16 (the U-Nets halve "
-                             f"the slice 3 or 4 times)")
-        check_seg_data_dir(self.dataset, self.data_dir)
-
-    def _check_detection(self) -> None:
-        """The checks of a detection run."""
-        for name, why in (("imbalance", "a long-tailed cut is for classification"),
-                          ("img_max", "a long-tailed cut is for classification"),
-                          ("noise_file", "human labels are for CIFAR-100")):
-            if getattr(self, name) is not None:
-                raise ValueError(f"{name}={getattr(self, name)!r} does not apply to task='detection' ({why})")
-        if self.augment:
-            raise ValueError("augment=True does not apply to task='detection': the runner's crop and flip "
-                             "move the image but not its boxes; set augment=false or null")
-        synthetic = self.dataset == "synthetic-det"
-        if self.noise == "annotation" and not synthetic:
-            raise ValueError(f"noise='annotation' plants box noise in dataset='synthetic-det' only, "
-                             f"got dataset={self.dataset!r} (DeepLesion's boxes are as annotated)")
-        if self.noise == "none" and self.noise_rate != 0:
-            raise ValueError(f"noise_rate={self.noise_rate!r} has no effect with noise='none'; "
-                             f"set noise=annotation (noise_rate: share of lesions without a box) or noise_rate=0")
-        if self.noise_mix is not None and self.noise != "annotation":
-            raise ValueError(f"noise_mix={self.noise_mix!r} only applies with noise='annotation'")
-        det_noise_options(self.noise, self.noise_rate, self.noise_mix)  # names and shares, its own message
-        if self.windows is not None and not synthetic:
-            raise ValueError(f"windows={self.windows!r} only applies to dataset='synthetic-det' (DeepLesion's "
-                             f"three channels are the key slice and its neighbours)")
-        if self.windows == "lung" and self.model != "tiny":
-            raise ValueError(f"windows='lung' gives 1-channel images and model={self.model!r} takes 3 channels; "
-                             f"use windows=three or model=tiny")
-        if synthetic and self.subset is not None and self.train_fraction is not None \
-                and round(self.train_fraction * self.subset) < 1:
-            raise ValueError(f"train_fraction={self.train_fraction!r} of subset={self.subset!r} keeps no slice")
-        schedule = STRATEGY_REGISTRY[self.strategy].schedule or self.schedule
-        if STRATEGY_REGISTRY[self.strategy].measure is not None and SCHEDULES[schedule].uncertainty_source != "pass":
-            passes = sorted(k for k, v in SCHEDULES.items() if v.uncertainty_source == "pass")
-            raise ValueError(f"strategy={self.strategy!r} with schedule={schedule!r} reads the uncertainty off "
-                             f"the training forward, which for a torchvision detector is a loss dict; "
-                             f"task='detection' needs a schedule whose uncertainty comes from an assessment "
-                             f"pass: one of {passes}")
-        check_det_data_dir(self.dataset, self.data_dir)
-
-    def _check_combinations(self) -> None:
-        """The checks of a classification run that involve more than one field."""
-        for name in ("image_size", "noise_mix", "windows"):
-            if getattr(self, name) is not None:
-                raise ValueError(f"{name}={getattr(self, name)!r} only applies to task='segmentation' "
-                                 f"or task='detection'")
-        if self.noise == "none" and self.noise_rate != 0:
-            raise ValueError(f"noise_rate={self.noise_rate!r} has no effect with noise='none'; "
-                             f"set noise=symmetric or noise=pair, or noise_rate=0")
-        if self.noise == "pair" and not self.noise_rate < 0.5:
-            raise ValueError(f"noise_rate={self.noise_rate!r} must be below 0.5 for noise='pair' "
-                             f"(the true class must stay the majority)")
-        if self.noise == "human":
-            if self.dataset != "cifar100":
-                raise ValueError(f"noise='human' needs dataset='cifar100', got dataset={self.dataset!r}")
-            if not isinstance(self.noise_file, str) or not os.path.isfile(self.noise_file):
-                raise ValueError(f"noise_file={self.noise_file!r} must be the CIFAR-100_human.pt file for "
-                                 f"noise='human' (from the CIFAR-N release)")
-        elif self.noise_file is not None:
-            raise ValueError(f"noise_file={self.noise_file!r} is only read with noise='human'")
-        if self.img_max is not None and self.imbalance is None:
-            raise ValueError(f"img_max={self.img_max!r} only applies to a long-tailed cut; set imbalance too")
-        sizes = TRAIN_CLASS_SIZES[self.dataset]
-        total = sum(sizes)
-        if self.subset is not None and self.subset > total:
-            raise ValueError(f"subset={self.subset!r} exceeds the {total} training images of {self.dataset}")
-        if self.imbalance is not None and self.img_max is not None and self.subset is None:
-            from ..data.imbalance import long_tailed_counts
-
-            counts = long_tailed_counts(self.img_max, len(sizes), self.imbalance)
-            over = [c for c in range(len(sizes)) if counts[c] > sizes[c]]
-            if over:
-                c = over[0]
-                raise ValueError(f"img_max={self.img_max!r} asks for {counts[c]} images of class {c} of "
-                                 f"{self.dataset}, which has {sizes[c]}")
+    def _check_task_options(self, recipe) -> None:
+        """Refuses an option of other tasks, naming the tasks that take it."""
+        for name in TASK_OPTIONS:
+            value = getattr(self, name)
+            if value is not None and name not in recipe.takes:
+                takers = " or ".join(f"task={t!r}" for t in sorted(RECIPES) if name in get_recipe(t).takes)
+                raise ValueError(f"{name}={value!r} does not apply to task={self.task!r}; "
+                                 f"it is an option of {takers}")
 
     def _check_pivot(self) -> None:
         """A strategy that plans from the pivot needs a planned epoch."""

@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation, as torchvision's references split them."""
+"""One training epoch, as torchvision's references write it; evaluation is the recipe's."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..assessor import to_device
+from ..assessment import to_device
 
-__all__ = ["augment", "class_fit", "evaluate", "train_one_epoch", "training_signals"]
+__all__ = ["augment", "train_one_epoch"]
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -24,46 +24,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip.to(x.device)[:, None, None, None], out.flip(3), out)
 
 
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, np.ndarray]:
-    """Top-1 accuracy and ``(n,)`` predictions over a whole split."""
-    model.eval()
-    preds = []
-    with torch.no_grad():
-        for s in range(0, len(y), batch_size):
-            preds.append(model(x[s:s + batch_size]).argmax(1).cpu())
-    pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
-    return float((pred == y.cpu().numpy()).mean()) if len(pred) else float("nan"), pred
-
-
-def class_fit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` 1.0 where the forward predicts the given label, else 0.0."""
-    return (logits.argmax(1) == y).float()
-
-
-def training_signals(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What a classification training forward says about each sample's given label.
-
-    Args:
-        logits: ``(B, C)`` logits, ``C >= 2``.
-        y: ``(B,)`` given labels.
-
-    Returns:
-        ``prob_given``: ``(B,)`` softmax probability of the given label (dataset
-        cartography's confidence; higher = easier); ``margin``: ``(B,)`` the given
-        label's logit minus the largest other logit (the AUM margin; negative
-        when another class wins); ``pred``: ``(B,)`` the argmax.
-    """
-    logits = logits.detach().float()
-    given = logits.gather(1, y[:, None])[:, 0]
-    others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return {"prob_given": torch.softmax(logits, 1).gather(1, y[:, None])[:, 0], "margin": given - others,
-            "pred": logits.argmax(1)}
-
-
 def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, device,
-                    num_samples: int, augment_gen: torch.Generator | None = None,
-                    fit_fn=class_fit, signals: bool = False, signal_fn=training_signals,
-                    step_fn=None) -> dict:
+                    num_samples: int, fit_fn, augment_gen: torch.Generator | None = None,
+                    signals: bool = False, signal_fn=None, step_fn=None) -> dict:
     """One pass over ``loader``: the public sampler's batches, the assessor's bookkeeping.
 
     Args:
@@ -79,12 +42,12 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         num_samples: ``N``, the training set size.
         augment_gen: generator of the random crop and flip; ``None``: no augmentation.
         fit_fn: ``(outputs, y) -> (B,)`` how well the training forward fits each
-            given target, in ``[0, 1]`` (classification: label predicted or not).
+            given target, in ``[0, 1]`` (say, 1 where the label is predicted).
         signals: also return each sample's training loss and ``signal_fn``'s
             signals, for a run's history.
         signal_fn: ``(outputs, y) -> {name: (B,) tensor}`` per-sample signals
-            read off the training forward (default :func:`training_signals`,
-            for classification logits); ``None``: the loss alone.
+            read off the training forward (a recipe's; say, the given label's
+            margin); ``None``: the loss alone.
         step_fn: for models that compute their own losses (torchvision's
             detectors): ``step_fn(model, inputs, targets) -> (outputs,
             per_sample, objective)`` replaces ``loss_fn(model(x), y)``;
@@ -97,10 +60,9 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         ``train_loss`` (mean per-sample loss), ``fit``: ``(N,)`` float fit of
         each sample's last training forward (0 where unseen), ``seen``: ``(N,)``
         bool mask of the samples the epoch visited, and with ``signals`` a dict
-        ``signals`` of ``(N,)`` arrays: ``loss`` and, with the default
-        ``signal_fn``, ``prob_given``, ``margin`` (NaN where unseen) and
-        ``pred`` (-1 where unseen). A custom ``signal_fn``'s signals are
-        float32 arrays, NaN where unseen.
+        ``signals`` of ``(N,)`` arrays: ``loss`` and each of ``signal_fn``'s
+        signals; float signals are float32, NaN where unseen, integer ones
+        (a prediction) int32, -1 where unseen.
 
     Raises:
         FloatingPointError: a step's per-sample losses or objective are NaN
@@ -113,9 +75,6 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
     sig = None
     if signals:
         sig = {"loss": np.full(num_samples, np.nan, dtype=np.float32)}
-        if signal_fn is training_signals:
-            sig.update({k: np.full(num_samples, np.nan, dtype=np.float32) for k in ("prob_given", "margin")})
-            sig["pred"] = np.full(num_samples, -1, dtype=np.int32)
     total_loss, total = 0.0, 0
     for step, (idx, xb, yb) in enumerate(loader):
         xb, yb = to_device(xb, device, non_blocking=True), to_device(yb, device, non_blocking=True)
@@ -159,7 +118,8 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
             sig["loss"][batch] = per_sample.detach().float().cpu().numpy()
             for k, v in (signal_fn(logits, yb) if signal_fn is not None else {}).items():
                 if k not in sig:
-                    sig[k] = np.full(num_samples, np.nan, dtype=np.float32)
+                    sig[k] = (np.full(num_samples, -1, dtype=np.int32) if not v.dtype.is_floating_point
+                              else np.full(num_samples, np.nan, dtype=np.float32))
                 sig[k][batch] = v.cpu().numpy()
     out = {"train_loss": total_loss / max(total, 1), "fit": fit, "seen": seen}
     if sig is not None:

@@ -1,7 +1,7 @@
 """A detection run's data, built from its config: the synthetic detection set or DeepLesion.
 
-The detection counterpart of :mod:`mombs.data.corpus` and
-:mod:`mombs.data.seg_corpus`. Every split is a map-style data set of
+The detection counterpart of :mod:`mombs.recipes.classification.corpus` and
+:mod:`mombs.recipes.segmentation.corpus`. Every split is a map-style data set of
 ``(image (C, H, W) float32, {"boxes": (n, 4), "labels": (n,)})`` items, as
 torchvision's detectors take them; DeepLesion's slices are read from disk when
 an item is asked for, never all at once. Nothing here imports torchvision or
@@ -33,7 +33,7 @@ DET_SYNTHETIC_EVAL_SIZES = {"val": 50, "test": 100}
 #: The box corruptions besides missed boxes that ``noise="annotation"`` plants
 #: unless ``noise_mix`` says otherwise: shares of the training lesions given a
 #: shifted or a resized box, and spurious boxes per training slice
-#: (:func:`mombs.data.synthetic_det.make_synthetic_det`'s defaults).
+#: (:func:`mombs.recipes.detection.synthetic_det.make_synthetic_det`'s defaults).
 DET_NOISE_DEFAULTS = {"shifted": 0.1, "resized": 0.1, "spurious": 0.05}
 #: The default image side: the synthetic set's slices, DeepLesion's native 512.
 DET_DEFAULT_SIZE = {"synthetic-det": 64, "deeplesion": 512}
@@ -59,7 +59,7 @@ def check_det_data_dir(dataset: str, data_dir) -> None:
 
 
 def det_noise_options(noise: str, noise_rate: float, noise_mix: dict | None) -> dict:
-    """The box-noise fractions of :func:`~mombs.data.synthetic_det.make_synthetic_det` a config asks for.
+    """The box-noise fractions of :func:`~mombs.recipes.detection.synthetic_det.make_synthetic_det` a config asks for.
 
     Args:
         noise: ``"none"`` (clean boxes) or ``"annotation"``.
@@ -127,7 +127,7 @@ class DetCorpus:
         missing_train: ``(N,)`` bool, images with at least one lesion left
             without a box, or ``None``.
         corruption: ``(N,)`` int64 codes into
-            :data:`~mombs.data.synthetic_det.DET_CORRUPTIONS`, or ``None``.
+            :data:`~mombs.recipes.detection.synthetic_det.DET_CORRUPTIONS`, or ``None``.
         possibly_noisy: ``(N,)`` bool, DeepLesion's ``Possibly_noisy`` on any
             lesion of the slice, or ``None``.
     """
@@ -215,7 +215,7 @@ def _deeplesion(cfg) -> DetCorpus:
 def load_det_corpus(cfg) -> DetCorpus:
     """Builds the splits a detection :class:`~mombs.train.RunConfig` asks for.
 
-    ``synthetic-det``: :func:`~mombs.data.synthetic_det.make_synthetic_det`
+    ``synthetic-det``: :func:`~mombs.recipes.detection.synthetic_det.make_synthetic_det`
     with ``subset`` training slices (default
     :data:`DET_SYNTHETIC_DEFAULT_TRAIN`, the 100% regime) of ``image_size``
     pixels (64), ``windows`` (``"three"``), the box noise of
@@ -223,7 +223,7 @@ def load_det_corpus(cfg) -> DetCorpus:
     all drawn from ``cfg.seed``; ``train_fraction`` keeps the first
     ``round(train_fraction * subset)`` slices, so the 25/50/100% regimes are
     nested and share their box noise.
-    ``deeplesion``: :class:`~mombs.data.deeplesion.DeepLesion` with the
+    ``deeplesion``: :class:`~mombs.recipes.detection.deeplesion.DeepLesion` with the
     official split, ``train_fraction`` of the training patients (seeded by
     ``cfg.seed``), ``subset`` a seeded share of those key slices, slices
     scaled to ``[0, 1]`` with their longer side capped at ``image_size`` (512).

@@ -9,7 +9,7 @@ purpose and keeps the truth, so that the difficulty quadrants can be scored:
   grown or shrunk about their centre;
 - **spurious**: a few boxes are put where there is no lesion.
 
-The slices are those of :mod:`mombs.data.synthetic_ct` (its drawing code is
+The slices are those of :mod:`mombs.recipes.segmentation.synthetic_ct` (its drawing code is
 reused, not copied): air, a body, two textured lungs with bright vessel dots,
 and soft-edged lesions of log-uniform radius and contrast. With the same
 options and seed the images are the segmentation set's images, each image
@@ -25,7 +25,7 @@ Validation and test boxes are always clean.
 
 The defaults (200 training slices of 64 x 64, three windows as 3 channels)
 are sized for two CPU cores and the ``"tiny"`` detector of
-:mod:`mombs.models.detection`.
+:mod:`mombs.recipes.detection.models`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .synthetic_ct import _check_count, _check_range, _make_split
+# The synthetic detection set is the segmentation recipe's synthetic CT slices, boxed.
+from ..segmentation.synthetic_ct import _check_count, _check_range, _make_split
 
 __all__ = ["BOX_KINDS", "BoxDataset", "DET_CORRUPTIONS", "LESION_STATUS", "DetSplit", "SyntheticDet",
            "make_synthetic_det"]
@@ -70,7 +71,7 @@ class DetSplit:
         lesions: per-lesion table, each ``(L,)``: ``image``, ``label`` (value
             in ``instances``), ``area`` (pixels), ``contrast`` (HU above the
             lung), ``radius`` (pixels), ``group`` (code into
-            :data:`mombs.data.synthetic_ct.SIZE_GROUPS`, 1-4), ``status``
+            :data:`mombs.recipes.segmentation.synthetic_ct.SIZE_GROUPS`, 1-4), ``status``
             (code into :data:`LESION_STATUS`).
     """
 
@@ -202,7 +203,7 @@ def _clip_box(box: np.ndarray, size: int) -> np.ndarray:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from ..metrics.detection import box_iou
+    from .metrics import box_iou
 
     return box_iou(a, b)
 

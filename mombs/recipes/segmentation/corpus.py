@@ -1,6 +1,6 @@
 """A segmentation run's data, built from its config: the synthetic CT set or a public COVID-19 CT set.
 
-The segmentation counterpart of :mod:`mombs.data.corpus`. Nothing here imports
+The segmentation counterpart of :mod:`mombs.recipes.classification.corpus`. Nothing here imports
 MONAI, nibabel or scipy until data is actually read.
 """
 
@@ -62,10 +62,10 @@ class SegCorpus:
         y_train_clean: ``(N, H, W)`` int64 clean training masks, or ``None``
             when the truth is unknown (real data).
         noisy_train: ``(N,)`` bool, the corrupted masks, or ``None``.
-        corruption: ``(N,)`` int64 codes into :data:`~mombs.data.synthetic_ct.CORRUPTIONS`, or ``None``.
+        corruption: ``(N,)`` int64 codes into :data:`~mombs.recipes.segmentation.synthetic_ct.CORRUPTIONS`, or ``None``.
         y_val, y_test: ``(N, H, W)`` int64 clean masks.
         size_group_test: ``(N_test,)`` int64 codes into
-            :data:`~mombs.data.synthetic_ct.SIZE_GROUPS` (lesion area of the slice).
+            :data:`~mombs.recipes.segmentation.synthetic_ct.SIZE_GROUPS` (lesion area of the slice).
         size_group_train: the same for the training slices (clean masks).
     """
 
@@ -155,10 +155,10 @@ def _public(cfg) -> SegCorpus:
 def load_seg_corpus(cfg) -> SegCorpus:
     """Builds the splits a segmentation :class:`~mombs.train.RunConfig` asks for.
 
-    ``synthetic-ct``: :func:`~mombs.data.synthetic_ct.make_synthetic_ct` with
+    ``synthetic-ct``: :func:`~mombs.recipes.segmentation.synthetic_ct.make_synthetic_ct` with
     ``subset`` training slices (default 300) and the fixed
     :data:`SYNTHETIC_EVAL_SIZES`, all drawn from ``cfg.seed``.
-    ``covid-ct`` / ``medseg-covid``: the readers of :mod:`mombs.data.covid_ct`
+    ``covid-ct`` / ``medseg-covid``: the readers of :mod:`mombs.recipes.segmentation.covid_ct`
     with their patient-wise split seeded by ``cfg.seed`` (``subset``: a seeded
     share of the training slices). Lesion masks are binary.
     """

@@ -1,0 +1,46 @@
+"""Data quality from training signals: a label-issue score, a flag and a data map per sample.
+
+A training run already computes, for every sample, its loss, and mombs adds
+its uncertainty (``shared/METHOD.md`` §1). Kept per epoch (the tracker's
+``keep_history=True``, the runner's ``history: true``), the same run also gives
+the training-dynamics figures of AUM (Pleiss et al. 2020) and dataset
+cartography (Swayamdipta et al. 2020). Split as cleanlab splits its
+``rank`` and ``filter``:
+
+==========  =================================================================
+module      what it owns
+==========  =================================================================
+signals     per-step figures of one training forward: the given label's
+            margin and probability
+scores      pure per-sample scores (AUM, cartography) and how well a score
+            finds known noise (:func:`detection_metrics`, :func:`noise_detection`)
+table       :func:`data_quality`: a row per sample, ranked (higher = more
+            likely a wrong label); :func:`write_table`: CSV and Parquet
+report      :func:`write_report`: the data maps and picture grids
+==========  =================================================================
+
+``mombs diagnose RUN_DIR`` (:mod:`mombs.diagnose`) does all of it for a
+finished run folder. ``docs/quality.md`` holds the measured comparison with
+cleanlab, AUM with its threshold samples and cartography.
+"""
+
+from .report import write_report
+from .scores import area_under_margin, aum_threshold, cartography, detection_metrics, noise_detection
+from .signals import given_label_margin, given_label_prob
+from .table import HISTORY_KEYS, SCORES, DataQuality, data_quality, write_table
+
+__all__ = [
+    "HISTORY_KEYS",
+    "SCORES",
+    "DataQuality",
+    "area_under_margin",
+    "aum_threshold",
+    "cartography",
+    "data_quality",
+    "detection_metrics",
+    "given_label_margin",
+    "given_label_prob",
+    "noise_detection",
+    "write_report",
+    "write_table",
+]

@@ -1,0 +1,33 @@
+"""The detection recipe: CT slices with lesion boxes, a torchvision Faster R-CNN, FROC.
+
+Data sets: a synthetic set with planted box noise (the synthetic CT slices
+of the segmentation recipe, boxed) and DeepLesion (``corpus``). Models:
+torchvision's Faster R-CNN with a ResNet-50-FPN, MobileNet-v3-FPN or tiny
+backbone (``models``). Metrics: FROC as lesion-detection papers count it and
+the unmatched-detection score (``metrics``).
+"""
+
+from __future__ import annotations
+
+from .. import Recipe
+from .corpus import DET_DATASETS, DET_LOSSES, load_det_corpus
+from .models import DET_MODELS
+from .options import check
+from .report import report_figures, report_notes, run_figures
+from .summary import row_extras, summarize
+from .training import create_model, parts
+
+__all__ = ["RECIPE"]
+
+#: Label noises a detection run can plant (synthetic set only).
+NOISES = ("none", "annotation")
+
+RECIPE = Recipe(
+    name="detection", metric="froc",
+    defaults={"dataset": "synthetic-det", "model": "tiny", "loss": "rpn"},
+    choices={"dataset": DET_DATASETS, "model": DET_MODELS, "loss": DET_LOSSES, "noise": NOISES},
+    takes=("image_size", "noise_mix", "windows", "train_fraction"),
+    # Each of the K disturbed passes runs the RPN on every image of the batch.
+    assess_batch_size=16, check=check, load=load_det_corpus, create_model=create_model, parts=parts,
+    summarize=summarize, columns={"sens@0.5": "sens@0.5FP %", "sens@1": "sens@1FP %", "sens@2": "sens@2FP %"},
+    row_extras=row_extras, report_notes=report_notes, report_figures=report_figures, run_figures=run_figures)

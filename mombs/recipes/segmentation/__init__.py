@@ -1,0 +1,32 @@
+"""The segmentation recipe: CT slices with lesion masks, a MONAI U-Net, lesion Dice.
+
+Data sets: a synthetic CT set with planted mask corruptions, the COVID-19 CT
+set of Ma et al. and MedSeg (``corpus``). Models: MONAI's ``UNet`` and
+``BasicUNet`` (``models``). Metrics: per-image Dice, small-lesion Dice and
+lesion-wise sensitivity (``metrics``).
+"""
+
+from __future__ import annotations
+
+from .. import Recipe
+from .corpus import SEG_DATASETS, SEG_LOSSES, load_seg_corpus
+from .models import SEG_MODELS
+from .options import check
+from .report import report_notes, run_figures
+from .summary import row_extras, summarize
+from .training import create_model, parts
+
+__all__ = ["RECIPE"]
+
+#: Label noises a segmentation run can plant (synthetic set only).
+NOISES = ("none", "annotation")
+
+RECIPE = Recipe(
+    name="segmentation", metric="dice",
+    defaults={"dataset": "synthetic-ct", "model": "unet", "loss": "dice-ce"},
+    choices={"dataset": SEG_DATASETS, "model": SEG_MODELS, "loss": SEG_LOSSES, "noise": NOISES},
+    takes=("image_size", "noise_mix", "windows"),
+    # Every slice's K disturbed predictions are whole maps: smaller batches than classification's.
+    assess_batch_size=32, check=check, load=load_seg_corpus, create_model=create_model, parts=parts,
+    summarize=summarize, columns={"small_dice": "small-lesion Dice %", "lesion_sensitivity": "lesion sens. %"},
+    row_extras=row_extras, report_notes=report_notes, run_figures=run_figures)

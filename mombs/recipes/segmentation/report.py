@@ -1,0 +1,55 @@
+"""What a segmentation comparison's report says and draws beyond the shared pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ...plots import quadrant_grid, save, scatter_figure
+
+__all__ = ["report_notes", "run_figures"]
+
+
+def report_notes(results: list[dict]) -> dict:
+    """The report's wording for segmentation runs."""
+    return {"what": "Dice is the mean per-image lesion Dice (MONAI DiceMetric) over the test slices with a "
+                    "lesion, final epoch",
+            "flipped": "corrupted masks",
+            "memorization": "the training Dice on corrupted masks in the last training pass (memorization).",
+            "notes": ["Small-lesion Dice: test slices whose lesions cover at most 1% of the slice. "
+                      "Lesion sens.: test lesions (connected components) the prediction overlaps."],
+            "metric_name": "Dice", "metric_title": "Dice",
+            "memorization_axis": "training Dice % on corrupted masks"}
+
+
+def _scatter(res: dict, out: Path) -> str | None:
+    from .synthetic_ct import CORRUPTIONS
+
+    path = Path(res["run_dir"]) / "assessment.npz"
+    if not path.exists():
+        return None
+    z = np.load(path)
+    corruption = z["corruption"] if z["corruption"].size else None
+    fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], corruption, "corruption",
+                         f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}",
+                         kinds=CORRUPTIONS)
+    return save(fig, out / f"scatter-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png", tight=False)
+
+
+def _flagged_grid(res: dict, out: Path) -> str | None:
+    """Image, given mask, clean mask, prediction."""
+    from .synthetic_ct import CORRUPTIONS
+
+    def draw(ax, z, m):
+        for key, colour in (("clean", "lime"), ("given", "red"), ("pred", "cyan")):
+            if z[key][m].any():
+                ax.contour(z[key][m], levels=[0.5], colors=colour, linewidths=0.8)
+
+    return quadrant_grid(res, out, draw, CORRUPTIONS, "slices",
+                         "given mask red, clean mask green, prediction cyan", 2)
+
+
+def run_figures(res: dict, out: Path) -> list[str]:
+    """One run's loss-uncertainty scatter by corruption, and its quadrants' highest-loss slices."""
+    return [f for f in (_scatter(res, out), _flagged_grid(res, out)) if f]
