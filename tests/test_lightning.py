@@ -178,6 +178,57 @@ def test_a_skipped_step_is_skipped_and_a_builder_function_is_called_in_setup():
 
 
 # ---------------------------------------------------------------------- #
+# the user's network is left as it was found
+
+
+def _hooks(net: nn.Module) -> int:
+    return sum(len(m._forward_hooks) for m in net.modules())
+
+
+class _CountHooks(L.Callback):
+    def __init__(self, net):
+        self.net, self.during = net, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.during.append(_hooks(self.net))
+
+
+@pytest.mark.parametrize("schedule", ["train-features", "train-entropy"])
+def test_repeated_fits_leave_no_forward_hook_on_the_network(schedule):
+    # Fits 1 and 2 reuse one assessor, fit 3 builds a new one on the same network.
+    train = mombs.IndexedDataset(_data(n=48))
+    net = _net()
+    sampler = mombs.MixedOrderBatchSampler(train, BATCH, pivot_epoch=1)
+    count = _CountHooks(net)
+    module = _Module(net, lambda: DataLoader(train, batch_sampler=sampler))
+    left = []
+    for fit in range(3):
+        if fit != 1:
+            assessor = mombs.DifficultyAssessor(net, train, at="features", sampler=sampler, k=2,
+                                                schedule=schedule, head=net.head)
+            cb = MoMBSCallback(assessor)
+        _trainer([cb, count], max_epochs=2).fit(module)
+        left.append(_hooks(net))
+        assert assessor.tracker.measured().all()  # the hook captured in the fit: both measures taken
+    assert left == [0, 0, 0]
+    assert set(count.during) == {1} and len(count.during) == 3 * 2 * 6  # one hook in every step of every fit
+    assessor.close()  # closing twice is fine
+    assert _hooks(net) == 0
+
+
+def test_a_failed_fit_leaves_no_forward_hook_on_the_network():
+    train = mombs.IndexedDataset(_data(n=48))
+    net = _net()
+    sampler = mombs.MixedOrderBatchSampler(train, BATCH, pivot_epoch=1)
+    assessor = mombs.DifficultyAssessor(net, train, at="features", sampler=sampler, k=2,
+                                        schedule="train-features", head=net.head)
+    module = _Module(net, lambda: DataLoader(train, batch_sampler=sampler), output="mean")
+    with pytest.raises(ValueError, match="must return a dict"):
+        _trainer([MoMBSCallback(assessor)], max_epochs=1).fit(module)
+    assert _hooks(net) == 0
+
+
+# ---------------------------------------------------------------------- #
 # configurations that Lightning would silently break
 
 

@@ -289,6 +289,33 @@ def test_a_training_batch_without_indices_is_a_clear_error(tmp_path):
 # the example
 
 
+class CountHooks(TrainerCallback):
+    def __init__(self):
+        self.during = []
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.during.append(_hooks(model))
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_training_leaves_no_forward_hook_on_the_model(tmp_path):
+    data = Tokens(n=32)
+    trainer = make_trainer(tmp_path, dataset=data, num_train_epochs=2,
+                           assessor_options={"k": 2, "schedule": "train-entropy"})
+    count = CountHooks()
+    trainer.add_callback(count)
+    left = []
+    for _ in range(2):  # a second train() puts the hook on again, and takes it off again
+        trainer.train()
+        left.append(_hooks(trainer.model))
+    assert left == [0, 0]
+    assert set(count.during) == {1} and len(count.during) == 2 * 2 * 4
+    assert trainer.assessor.tracker.measured("uncertainty").all()  # captured in training
+
+
 def test_the_example_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("hf_trainer_example", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
