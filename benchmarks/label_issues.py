@@ -527,14 +527,14 @@ def _run_cell(setting: str, seed: int, part: str) -> None:
 
 def _mean_ci(values) -> tuple[float, float]:
     """Mean and the half-width of its 95% t interval (``nan`` with one value)."""
-    from mombs.stats import t_quantile
+    from scipy import stats
 
     v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
     if v.size == 0:
         return float("nan"), float("nan")
     if v.size == 1:
         return float(v[0]), float("nan")
-    return float(v.mean()), float(t_quantile(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
 
 
 def _fmt(mean: float, half: float, digits: int = 2) -> str:

@@ -76,11 +76,12 @@ def input_check(cfg: dict, batches: int = 3) -> dict:
 
     from mombs.recipes.classification.corpus import load_corpus
     from mombs.planner import plan_batches
+    from mombs.recipes import get_recipe
     from mombs.train.build import build
 
-    rc = RunConfig(**cfg)
+    rc = RunConfig(**cfg).validate()
     data = load_corpus(rc)
-    c = build(rc, data, torch.device("cpu"))
+    c = build(rc, get_recipe(rc.task), data, torch.device("cpu"))
     c.sampler.set_epoch(0)
     old = plan_batches(np.zeros(len(data.y_train)), rc.batch_size, order="random", seed=rc.seed, epoch=0).tolist()
     x, y = data.x_train, torch.from_numpy(data.y_train)

@@ -27,7 +27,7 @@ _EXPORT_SAFE = ("jobs", "threads", "out", "title", "data_dir", "export")
 
 _EPILOG = """\
 export: a config's `export: <folder>` copies each finished run's results.json
-there (the study configs export to benchmarks/results/classification). It
+there (the study configs export to benchmarks/results/<task>). It
 applies only to the config as it stands: a --set that changes its runs (say
 --set epochs=1 or --set seeds=[0]) keeps them in the run folder alone and says
 so. Overrides that keep the runs as they are (jobs, threads, out, title,

@@ -50,7 +50,7 @@ def _run_task(run: Path) -> str:
 
 def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True, parquet: bool | None = None,
              per_quadrant: int = 16) -> dict:
-    """The data-quality table and report of a finished ``mombs train`` classification run.
+    """The data-quality table and report of a finished ``mombs train`` run with one label per sample.
 
     Reads ``RUN_DIR/assessment.npz`` (the final loss and uncertainty, the given
     labels and, for planted noise, the wrong-label mask) and, when the run
@@ -82,7 +82,7 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
         raise FileNotFoundError(f"run_dir={str(run_dir)!r} is not a folder")
     apath = run / "assessment.npz"
     if not apath.is_file():
-        raise FileNotFoundError(f"{apath} not found: diagnose needs a finished `mombs train` classification run "
+        raise FileNotFoundError(f"{apath} not found: diagnose needs a finished `mombs train` run "
                                 f"(its assessment.npz)")
     task = _run_task(run)
     if task not in RECIPES or not get_recipe(task).label_table:

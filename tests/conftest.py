@@ -110,3 +110,32 @@ def digits_model():
             loss.backward()
             opt.step()
     return model, x, y, flipped, rare
+
+
+def check_run_files(run_dir, res: dict, member_key: str) -> None:
+    """A dense run's files say what they are for, checked against its own assessment.npz.
+
+    ``noise_detection`` scores the poorly-labeled quadrant and the losses
+    against the planted truth ``assessment.npz[member_key]`` (recomputed here
+    by hand and with scikit-learn), and ``flagged.npz`` holds exactly the
+    highest-loss training samples of each quadrant, with their losses.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from mombs import QUADRANTS
+
+    z = np.load(run_dir / "assessment.npz")
+    f = np.load(run_dir / "flagged.npz")
+    codes, loss, member = z["codes"], z["loss"], z[member_key].astype(bool)
+    poor = codes == QUADRANTS.index("poorly-labeled")
+    assert {q: int((codes == i).sum()) for i, q in enumerate(QUADRANTS)} == res["quadrant_counts"]
+    found = res["noise_detection"]
+    assert found["flagged"] == poor.sum() and found["base_rate"] == pytest.approx(member.mean())
+    assert found["precision"] == pytest.approx(member[poor].mean()) and found["recall"] == pytest.approx(
+        poor[member].mean())
+    assert found["auroc_loss"] == pytest.approx(roc_auc_score(member, loss))
+    for c in np.unique(codes):
+        of_c = np.flatnonzero(codes == c)
+        top = of_c[np.argsort(-loss[of_c], kind="stable")[:6]]
+        assert sorted(f["index"][f["codes"] == c]) == sorted(top)
+    np.testing.assert_array_equal(f["loss"], loss[f["index"]])

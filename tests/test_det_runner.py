@@ -9,8 +9,9 @@ import torch
 pytest.importorskip("torchvision")
 
 from mombs import cli  # noqa: E402
-from mombs.data import det_corpus  # noqa: E402
+from mombs.recipes.detection import corpus as det_corpus  # noqa: E402
 from mombs.train import RunConfig, run  # noqa: E402
+from conftest import check_run_files  # noqa: E402
 from mombs.recipes.detection.training import DetectionStep, det_fit  # noqa: E402
 
 # 16 training slices of 32 x 32, 12 validation and 16 test slices: a 2-epoch
@@ -55,7 +56,7 @@ def test_bad_detection_options_are_named(options, message):
 
 
 def test_train_fraction_is_refused_outside_detection():
-    with pytest.raises(ValueError, match="train_fraction=0.5 only applies to task='detection'"):
+    with pytest.raises(ValueError, match="train_fraction=0.5 does not apply to task='classification'; it is an option of task='detection'$"):
         RunConfig(dataset="digits", train_fraction=0.5).validate()
 
 
@@ -99,6 +100,8 @@ def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with
         np.testing.assert_array_equal(z["noisy"], z["corruption"] > 0)
         f = np.load(d / "flagged.npz")
         assert f["image"].shape[1:] == (32, 32) and f["given"].shape[2] == f["clean"].shape[2] == 4
+        check_run_files(d, res, "missing")
+        np.testing.assert_array_equal(f["missing"], z["missing"][f["index"]])
         assert f["det"].shape[:2] == f["det_scores"].shape
         lines = (d / "log.jsonl").read_text().splitlines()
         assert [json.loads(x)["epoch"] for x in lines] == [0, 1] and "val_froc" in json.loads(lines[0])
@@ -126,9 +129,10 @@ def test_an_interrupted_detection_run_resumes_to_the_same_result(tmp_path, inter
     for k in h.files:
         np.testing.assert_array_equal(cut[k], h[k])
     # diagnose reads classification runs and says so, rather than failing on a missing label array
-    from mombs.quality import diagnose
+    from mombs.diagnose import diagnose
 
-    with pytest.raises(ValueError, match="is a detection run; diagnose reads classification runs"):
+    with pytest.raises(ValueError, match=r"is a detection run; diagnose reads runs with one class label per "
+                                         r"sample \(task 'classification'\)"):
         diagnose(tmp_path / "whole")
     for name in ("loss", "uncertainty"):
         np.testing.assert_array_equal(np.load(tmp_path / "cut/assessment.npz")[name],

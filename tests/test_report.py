@@ -8,7 +8,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mombs import QUADRANTS, quadrants
-from mombs.report import _curves, scatter_figure
+from mombs.plots import scatter_figure
+from mombs.recipes import get_recipe
+from mombs.report import _curves
 
 
 def _run(strategy, fits):
@@ -37,8 +39,9 @@ def test_the_loss_axis_is_logarithmic_with_labelled_decades_and_small_quadrants_
 
 
 def test_no_memorization_panel_without_label_noise(tmp_path):
-    _curves([_run("random", None), _run("mixed", None)], tmp_path)
+    notes = get_recipe("classification").report_notes([])
+    _curves([_run("random", None), _run("mixed", None)], tmp_path, notes)
     narrow = matplotlib.image.imread(tmp_path / "curves.png").shape[1]
-    _curves([_run("random", [0.1, 0.2, 0.3]), _run("mixed", [0.1, 0.1, 0.2])], tmp_path)
+    _curves([_run("random", [0.1, 0.2, 0.3]), _run("mixed", [0.1, 0.1, 0.2])], tmp_path, notes)
     wide = matplotlib.image.imread(tmp_path / "curves.png").shape[1]
     assert narrow < 0.6 * wide  # one panel against two

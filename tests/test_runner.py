@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from mombs import cli
-from mombs.compare import expand_grid, load_results, paired_difference, run_grid, summarize
+from mombs.compare import (
+    expand_grid,
+    load_results,
+    paired_difference,
+    run_grid,
+    summarize,
+)
 from mombs.report import format_table, write_report
 from mombs.train import RunConfig, run, run_dir_name
 
@@ -185,9 +191,9 @@ def test_summarize_leaves_a_run_that_flagged_nothing_out_of_the_precision():
 def test_the_runner_trains_through_the_strategy_sampler_and_a_dataloader():
     import torch
 
-    from mombs.recipes.classification.corpus import load_corpus
     from mombs.planner import plan_batches
     from mombs.recipes import get_recipe
+    from mombs.recipes.classification.corpus import load_corpus
     from mombs.train.build import build
 
     cfg = RunConfig(strategy="mixed", **TINY).validate()

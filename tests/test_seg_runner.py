@@ -8,7 +8,9 @@ import torch
 
 from mombs import cli
 from mombs.train import RunConfig, run
-from mombs.recipes.segmentation.training import detection_scores, dice_fit
+from conftest import check_run_files
+from mombs.quality import noise_detection
+from mombs.recipes.segmentation.training import dice_fit
 
 pytest.importorskip("monai")
 
@@ -52,7 +54,8 @@ def test_bad_segmentation_options_are_named(options, message):
 
 @pytest.mark.parametrize("name, value", [("image_size", 64), ("windows", "lung"), ("noise_mix", {"missed": 1})])
 def test_segmentation_fields_are_refused_for_classification(name, value):
-    with pytest.raises(ValueError, match=f"{name}=.* only applies to task='segmentation'"):
+    with pytest.raises(ValueError, match=f"{name}=.* does not apply to task='classification'; it is an option of "
+                                         f"task='detection' or task='segmentation'"):
         RunConfig(dataset="digits", **{name: value}).validate()
 
 
@@ -65,10 +68,12 @@ def test_dice_fit_and_detection_scores_on_hand_computed_cases():
     assert torch.allclose(dice_fit(logits, target), torch.tensor([2 / 3, 1.0, 0.0]))
 
     member = np.array([True, True, False, False])
-    det = detection_scores(member, {"s": np.array([0.9, 0.2, 0.5, 0.1])}, np.array([True, False, True, False]))
+    det = noise_detection(member, {"s": np.array([0.9, 0.2, 0.5, 0.1])}, np.array([True, False, True, False]))
     assert det["precision"] == 0.5 and det["recall"] == 0.5 and det["base_rate"] == 0.5
     assert det["auroc_s"] == pytest.approx(0.75)  # pairs (member, other) ranked right: 3 of 4
-    assert detection_scores(np.ones(2, bool), {"s": np.arange(2.0)}, np.ones(2, bool))["auroc_s"] is None
+    assert noise_detection(np.ones(2, bool), {"s": np.arange(2.0)}, np.ones(2, bool))["auroc_s"] is None
+    # Nothing flagged: the flag has no precision (once 0.0 here and NaN in the label table).
+    assert noise_detection(member, {}, np.zeros(4, bool))["precision"] is None
 
 
 def test_two_epochs_of_segmentation_through_the_cli_write_results_and_a_report_with_pictures(tmp_path, capsys, compare_argv):
@@ -88,10 +93,16 @@ def test_two_epochs_of_segmentation_through_the_cli_write_results_and_a_report_w
         np.testing.assert_array_equal(z["noisy"], z["corruption"] > 0)
         f = np.load(d / "flagged.npz")
         assert f["image"].shape[1:] == (32, 32) and f["given"].shape == f["pred"].shape == f["clean"].shape
+        check_run_files(d, res, "noisy")
+        np.testing.assert_array_equal(f["corruption"], z["corruption"][f["index"]])
         lines = (d / "log.jsonl").read_text().splitlines()
         assert [json.loads(x)["epoch"] for x in lines] == [0, 1] and "val_dice" in json.loads(lines[0])
     report = (tmp_path / "report.md").read_text()
-    assert "Dice %" in report and "small-lesion Dice" in report
+    assert "Dice %" in report and "small-lesion Dice" in report and "corrupted masks" in report
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["strategy"], r["n"]) for r in rows] == [("random", 1), ("mixed", 1)]
+    mixed = json.loads(next(d for d in runs if "-mixed-" in d.name).joinpath("results.json").read_text())
+    assert rows[1]["mean"] == mixed["dice"] and rows[1]["poor_precision"] == mixed["noise_detection"]["precision"]
     for png in ("curves.png", "scatter-mixed-b4-n16.png", "flagged-mixed-b4-n16.png", "flagged-random-b4-n16.png"):
         assert f"]({png})" in report and (tmp_path / png).stat().st_size > 1000
     assert "Dice %" in capsys.readouterr().out

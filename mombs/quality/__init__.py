@@ -25,7 +25,13 @@ cleanlab, AUM with its threshold samples and cartography.
 """
 
 from .report import write_report
-from .scores import area_under_margin, aum_threshold, cartography, detection_metrics, noise_detection
+from .scores import (
+    area_under_margin,
+    aum_threshold,
+    cartography,
+    detection_metrics,
+    noise_detection,
+)
 from .signals import given_label_margin, given_label_prob
 from .table import HISTORY_KEYS, SCORES, DataQuality, data_quality, write_table
 

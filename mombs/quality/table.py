@@ -14,8 +14,20 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import check_int, is_real
-from ..difficulty import QUADRANTS, _as_values, _compute_ranks, difficulty_scores, quadrants
-from .scores import _history_array, _seen_mean, area_under_margin, cartography, detection_metrics
+from ..difficulty import (
+    QUADRANTS,
+    _as_values,
+    _compute_ranks,
+    difficulty_scores,
+    quadrants,
+)
+from .scores import (
+    _history_array,
+    _seen_mean,
+    area_under_margin,
+    cartography,
+    detection_metrics,
+)
 
 __all__ = ["DataQuality", "HISTORY_KEYS", "SCORES", "data_quality", "write_table"]
 

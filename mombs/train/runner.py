@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._atomic import atomic_json, atomic_npz
 from ..recipes import get_recipe
 from .build import Components, build
-from .._atomic import atomic_json, atomic_npz
 from .checkpoint import load_checkpoint, remove_checkpoints, save_checkpoint
 from .config import RunConfig, run_dir_name
 from .engine import train_one_epoch

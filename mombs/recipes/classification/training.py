@@ -9,7 +9,8 @@ from torch.utils.data import TensorDataset
 from ...quality.signals import _given_label_margin, _given_label_prob
 from .. import TaskParts
 from .losses import create_loss
-from .models import FEATURE_MODULE, create_model as _create
+from .models import FEATURE_MODULE
+from .models import create_model as _create
 
 __all__ = ["class_fit", "create_model", "evaluate", "parts", "training_signals"]
 

@@ -39,11 +39,12 @@ What is read, and how (as DeepLesion's own reference code reads it):
 from __future__ import annotations
 
 import csv
-import numbers
 import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..._checks import check_int, is_real
 
 __all__ = ["DL_INFO_COLUMNS", "DeepLesion", "KeySlice", "hu_from_png", "patient_subset", "read_dl_info",
            "window_hu_to_range"]
@@ -198,10 +199,9 @@ def patient_subset(patients, fraction: float, seed: int = 0) -> np.ndarray:
     Returns:
         Sorted ``(m,)`` array of the kept ids.
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+    if not is_real(fraction) or not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction!r} must be a number in (0, 1] (the paper uses 0.25, 0.5, 1)")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    check_int("seed", seed, 0)
     ids = np.unique(np.asarray(patients))
     order = np.random.default_rng(int(seed)).permutation(ids.size)
     keep = max(1, int(round(fraction * ids.size))) if ids.size else 0
@@ -252,18 +252,15 @@ class DeepLesion:
         if split not in SPLIT_CODES:
             raise ValueError(f"split={split!r} must be one of {list(SPLIT_CODES)}")
         window = tuple(window)
-        if len(window) != 2 or not all(isinstance(w, numbers.Real) for w in window) or not window[0] < window[1]:
+        if len(window) != 2 or not all(is_real(w) for w in window) or not window[0] < window[1]:
             raise ValueError(f"window={window!r} must be (lo, hi) HU with lo < hi")
-        if isinstance(value_max, bool) or not isinstance(value_max, numbers.Real) or not value_max > 0:
+        if not is_real(value_max) or not value_max > 0:
             raise ValueError(f"value_max={value_max!r} must be a number > 0")
-        if isinstance(neighbours, bool) or not isinstance(neighbours, numbers.Integral) or neighbours < 0:
-            raise ValueError(f"neighbours={neighbours!r} must be an integer >= 0")
-        if norm_spacing is not None and (isinstance(norm_spacing, bool) or not isinstance(norm_spacing, numbers.Real)
-                                         or not norm_spacing > 0):
+        check_int("neighbours", neighbours, 0)
+        if norm_spacing is not None and (not is_real(norm_spacing) or not norm_spacing > 0):
             raise ValueError(f"norm_spacing={norm_spacing!r} must be a number > 0 (mm per pixel) or None")
-        if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, numbers.Integral)
-                                     or max_size < 1):
-            raise ValueError(f"max_size={max_size!r} must be an integer >= 1 or None")
+        if max_size is not None:
+            check_int("max_size", max_size, 1)
         self.root = os.fspath(root)
         self.images_dir = os.path.join(self.root, "Images_png")
         records = [s for s in read_dl_info(info_csv or os.path.join(self.root, "DL_info.csv"))

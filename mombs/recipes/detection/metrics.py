@@ -189,7 +189,6 @@ def _walk(detections, ground_truths, iou_threshold):
     dets, gts = _checked(detections, ground_truths, iou_threshold)
     n_images, n_lesions = len(gts), sum(g.shape[0] for g in gts)
     image = np.concatenate([np.full(b.shape[0], i, dtype=np.int64) for i, (b, _) in enumerate(dets)])
-    boxes = np.concatenate([b for b, _ in dets]).reshape(-1, 4)
     scores = np.concatenate([s for _, s in dets])
     order = np.argsort(-scores, kind="stable")  # ties: image order, then the image's own order
     found = [np.zeros(g.shape[0], dtype=bool) for g in gts]

@@ -28,11 +28,12 @@ with a three-level FPN, anchors of 8, 16 and 32 pixels, and a small box head.
 
 from __future__ import annotations
 
-import numbers
 from collections import OrderedDict
 
 import torch
 import torch.nn as nn
+
+from ..._checks import check_int, is_int
 
 __all__ = ["DET_FEATURE_MODULE", "DET_MODELS", "TinyDetectionBackbone", "create_detection_model"]
 
@@ -103,8 +104,7 @@ class TinyDetectionBackbone(nn.Module):
 
 
 def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    check_int(name, value, 1)
 
 
 def _tiny(num_classes: int, in_channels: int, min_size: int, max_size: int, **kw) -> nn.Module:
@@ -172,7 +172,7 @@ def create_detection_model(name: str, *, num_classes: int = 2, in_channels: int 
     _check_positive("min_size", min_size)
     max_size = max(min_size, _DEFAULT_SIZE[name]) if max_size is None else max_size
     _check_positive("max_size", max_size)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+    if not is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} must be an integer >= 2 (background included)")
     if max_size < min_size:
         raise ValueError(f"max_size={max_size!r} must be >= min_size={min_size!r}")

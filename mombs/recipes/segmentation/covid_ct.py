@@ -184,8 +184,10 @@ def _check_common(windows, binary, split, fractions, seed, slices, size):
     split_by_patient(["a"], fractions, seed)  # validates fractions and seed
 
 
-def _load(path: Path, what: str, how: str) -> "nib.Nifti1Image":
+def _load(path: Path, what: str, how: str):
+    """The NIfTI image at ``path`` (a ``nibabel`` image), or an error saying how to get it."""
     import nibabel as nib
+
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} not found; {how}")
     try:
@@ -239,7 +241,12 @@ def _canonical_axial(img) -> np.ndarray:
     counts inferior to superior; each slice is shown as radiologists do: rows
     anterior to posterior, columns the patient's right to left.
     """
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+    from nibabel.orientations import (
+        apply_orientation,
+        axcodes2ornt,
+        io_orientation,
+        ornt_transform,
+    )
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]

@@ -20,10 +20,10 @@ imported at the first call.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
+
+from ..._checks import check_int, is_int
 
 __all__ = ["dice_per_image", "lesion_sensitivity", "mean_dice", "small_lesion_dice"]
 
@@ -89,7 +89,7 @@ def dice_per_image(pred, target, *, num_classes: int | None = None, include_back
     if num_classes is None:
         logits = torch.as_tensor(pred)
         num_classes = max(logits.shape[1], 2) if logits.is_floating_point() and logits.ndim >= 3 else 2
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+    if not is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} must be an integer >= 2 (background included)")
     pred_map, target_map = _pair(pred, target)
     for name, m in (("pred", pred_map), ("target", target_map)):
@@ -157,8 +157,7 @@ def lesion_sensitivity(pred_mask, target_mask, *, connectivity: int = 2, per_ima
         raise ImportError("lesion counts need scipy: pip install 'mombs[seg]'") from err
     p, t = _masks(pred_mask, target_mask)
     spatial = t.ndim - 1
-    if isinstance(connectivity, bool) or not isinstance(connectivity, numbers.Integral) \
-            or not 1 <= connectivity <= spatial:
+    if not is_int(connectivity) or not 1 <= connectivity <= spatial:
         raise ValueError(f"connectivity={connectivity!r} must be an integer in [1, {spatial}]")
     structure = ndimage.generate_binary_structure(spatial, int(connectivity))
     found = np.zeros(len(t), dtype=np.int64)
@@ -190,8 +189,7 @@ def small_lesion_dice(pred, target, *, max_area: int, **dice_kw) -> tuple[float,
     Raises:
         ValueError: for a bad ``max_area`` or what :func:`dice_per_image` refuses.
     """
-    if isinstance(max_area, bool) or not isinstance(max_area, numbers.Integral) or max_area < 1:
-        raise ValueError(f"max_area={max_area!r} must be an integer >= 1 (pixels)")
+    check_int("max_area", max_area, 1)
     dice = dice_per_image(pred, target, **dice_kw)
     t = torch.as_tensor(target)
     area = (t.reshape(t.shape[0], -1) != 0).sum(dim=1).to(dice.device)
