@@ -272,26 +272,32 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
 
     def load_state_dict(self, state: dict) -> None:
         """Restores :meth:`state_dict`; the next ``__iter__`` yields the rest of
-        that epoch's batches, exactly as the interrupted run would have."""
-        for key in ("batch_size", "drop_last", "num_replicas", "num_samples"):
-            mine = self.num_samples_total if key == "num_samples" else getattr(self, key)
-            if state.get(key) != mine:
-                raise ValueError(f"state_dict has {key}={state.get(key)!r} but this sampler has "
-                                 f"{key}={mine!r}; resume with the same settings")
+        that epoch's batches, exactly as the interrupted run would have.
+
+        The constructor's settings are the run's: a state saved with another
+        order, batch size, ``drop_last``, data set size, number of replicas,
+        seed, pivot epoch or jitter is refused rather than taken over (an
+        assessor built on this sampler keeps the pivot epoch it was given).
+        The rank is not stored: under DDP every rank may load rank 0's state.
+
+        Raises:
+            ValueError: naming the first field that differs and both values.
+        """
         order = state.get("order", state.get("strategy"))  # "strategy": states saved before the rename
         _check_order(order)
-        if order != self.order:
-            raise ValueError(f"state_dict has order={order!r} but this sampler has order={self.order!r}; "
-                             f"resume with the same settings")
+        for key in ("order", "batch_size", "drop_last", "num_samples", "num_replicas", "seed", "pivot_epoch",
+                    "jitter"):
+            mine = self.num_samples_total if key == "num_samples" else getattr(self, key)
+            theirs = order if key == "order" else state.get(key)
+            if theirs != mine:
+                raise ValueError(f"state {key}={theirs!r} differs from this sampler's {key}={mine!r}; build "
+                                 f"the sampler with the run's settings")
 
         def array(a):
             return None if a is None else _check_scores(a.numpy() if torch.is_tensor(a) else np.asarray(a))
 
         scores, epoch_scores = array(state.get("scores")), array(state.get("epoch_scores"))
         self._scores, self._epoch_scores = scores, epoch_scores
-        self.seed = int(state["seed"])
-        self.pivot_epoch = int(state["pivot_epoch"])
-        self.jitter = float(state["jitter"])
         self.epoch = int(state["epoch"])
         self._skip = int(state["batches_done"])
         self._yielded = self._started_at = self._skip

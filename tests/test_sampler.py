@@ -84,7 +84,7 @@ def test_resume_mid_epoch_gives_exactly_the_remaining_batches(drop_last):
     state = s.state_dict()
     assert state["batches_done"] == 11
 
-    fresh = MixedOrderBatchSampler(301, 7, seed=0, drop_last=drop_last)  # settings come from the state
+    fresh = MixedOrderBatchSampler(301, 7, pivot_epoch=1, seed=9, drop_last=drop_last)  # the run's settings
     fresh.load_state_dict(state)
     assert len(fresh) == len(full)  # the epoch's length, as torch's samplers report it
     rest = list(fresh)
@@ -105,7 +105,7 @@ def test_resume_with_dataloader_step_count():
         if step == 4:
             state = s.state_dict(batches_done=step + 1)
             break
-    resumed = MixedOrderBatchSampler(ds, 6)
+    resumed = MixedOrderBatchSampler(ds, 6, seed=2)
     resumed.load_state_dict(state)
     assert taken + [x.tolist() for (x,) in DataLoader(ds, batch_sampler=resumed)] == full
 
@@ -132,7 +132,7 @@ def test_an_assessors_observe_counts_what_a_prefetching_loader_really_trained():
             state = s.state_dict()
             break
     assert s._yielded > 4 and state["batches_done"] == 4  # the workers drew ahead; the state did not
-    resumed = MixedOrderBatchSampler(ds, 6, pivot_epoch=0)
+    resumed = MixedOrderBatchSampler(ds, 6, seed=2, pivot_epoch=0)
     resumed.load_state_dict(state)
     assert taken + list(resumed) == full
 
@@ -163,12 +163,19 @@ def test_state_dict_survives_torch_save(tmp_path):
 @pytest.mark.parametrize("other, match", [
     (dict(data_source=40, batch_size=5), "batch_size=4"),
     (dict(data_source=41, batch_size=4), "num_samples=40"),
-    (dict(data_source=40, batch_size=4, order="anti"), "order='mixed' but this sampler has order='anti'"),
+    (dict(data_source=40, batch_size=4, order="anti"),
+     "state order='mixed' differs from this sampler's order='anti'; build the sampler with the run's settings"),
     (dict(data_source=40, batch_size=4, num_replicas=2, rank=0), "num_replicas=1"),
     (dict(data_source=40, batch_size=4, drop_last=True), "drop_last=False"),
+    # the constructor's values are the run's: a state never changes them behind the assessor's back
+    (dict(data_source=40, batch_size=4, pivot_epoch=3),
+     "state pivot_epoch=1 differs from this sampler's pivot_epoch=3; build the sampler with the run's settings"),
+    (dict(data_source=40, batch_size=4, seed=7), "state seed=0 differs from this sampler's seed=7"),
+    (dict(data_source=40, batch_size=4, jitter=0.0), "state jitter=0.005 differs from this sampler's jitter=0.0"),
 ])
 def test_load_state_dict_rejects_other_settings(other, match):
     state = MixedOrderBatchSampler(40, 4).state_dict()
+    assert state["jitter"] == 0.005  # the default the jitter case names
     fresh = MixedOrderBatchSampler(**other)
     before = fresh.state_dict()
     with pytest.raises(ValueError, match=match):
@@ -222,7 +229,7 @@ def test_new_scores_mid_epoch_do_not_change_the_replayed_epoch():
     full = head + list(it)
     s.set_scores(rank_sum(200, seed=2))  # e.g. an assessor that measures as it goes
     state = s.state_dict(batches_done=5)
-    resumed = MixedOrderBatchSampler(200, 8)
+    resumed = MixedOrderBatchSampler(200, 8, seed=1)
     resumed.load_state_dict(state)
     assert list(resumed) == full[5:]
     resumed.set_epoch(3)  # the next epoch is planned from the newest scores
@@ -278,3 +285,12 @@ def test_a_resumed_sampler_in_a_plain_dataloader_with_workers_yields_the_rest(wo
     r.load_state_dict(state)
     got = [b.tolist() for b in DataLoader(torch.arange(64), batch_sampler=r, num_workers=workers)]
     assert got == full[3:] and len(r) == 8
+
+
+def test_an_ohem_state_from_another_seed_is_refused():
+    from mombs.strategies import create_strategy
+
+    state = create_strategy("ohem", pivot_epoch=1).create_sampler(40, 8, seed=0).state_dict()
+    other = create_strategy("ohem", pivot_epoch=1).create_sampler(40, 8, seed=5)
+    with pytest.raises(ValueError, match="state seed=0 differs from this sampler's seed=5"):
+        other.load_state_dict(state)

@@ -91,8 +91,11 @@ class HardExampleBatchSampler(Sampler[list[int]]):
                 "scores": None if self._scores is None else torch.from_numpy(self._scores.copy())}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restores :meth:`state_dict`."""
-        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
+        """Restores :meth:`state_dict`; a state saved with another seed is refused (the constructor's is the run's)."""
+        if state.get("seed") != self.seed:
+            raise ValueError(f"state seed={state.get('seed')!r} differs from this sampler's seed={self.seed!r}; "
+                             f"build the sampler with the run's settings")
+        self.epoch = int(state["epoch"])
         s = state.get("scores")
         self._scores = None if s is None else _check_scores(s.numpy() if torch.is_tensor(s) else np.asarray(s))
 
