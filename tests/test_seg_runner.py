@@ -52,7 +52,7 @@ def test_bad_segmentation_options_are_named(options, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("name, value", [("image_size", 64), ("windows", "lung"), ("noise_mix", {"missed": 1})])
+@pytest.mark.parametrize("name, value", [("windows", "lung"), ("noise_mix", {"missed": 1})])
 def test_segmentation_fields_are_refused_for_classification(name, value):
     with pytest.raises(ValueError, match=f"{name}=.* does not apply to task='classification'; it is an option of "
                                          f"task='detection' or task='segmentation'"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._checks import check_choice, check_int, check_real
+from .._checks import check_choice, check_int, check_real, is_real
 from ..recipes import DEFAULT_TASK, RECIPES, TASK_OPTIONS, get_recipe
 from ..schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, SCHEDULES, planned
 from ..strategies import STRATEGY_REGISTRY
@@ -23,8 +23,11 @@ _NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every", "history")
 #: Fields added with segmentation and detection: in a run's key only when set,
 #: so that the keys (and folder names) of every run made before them stay.
 _KEY_IF_SET = {"task": DEFAULT_TASK, "image_size": None, "noise_mix": None, "windows": None,
-               "optimizer": "sgd", "train_fraction": None}
+               "optimizer": "sgd", "train_fraction": None, "test_fraction": None, "weights": None,
+               "normalize": None, "annotations": None, "foreground_only": None, "intensity_window": None}
 _OPTIMIZERS = ("sgd", "adam")
+#: How images are scaled: by the training set's own mean and std, ImageNet's, or not at all.
+_NORMALIZATIONS = ("dataset", "imagenet", "none")
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -94,6 +97,12 @@ class RunConfig:
     noise_mix: dict | None = None      # dense tasks: weights of the annotation corruptions
     windows: str | None = None         # dense tasks: CT windows as channels, "lung" or "three"
     train_fraction: float | None = None  # share of the training slices (patients) kept, where taken
+    test_fraction: float | None = None  # your data without a test split: the share drawn for testing
+    weights: str | None = None         # a local state-dict file to start the model from
+    normalize: str | None = None       # images: "dataset" (its mean/std), "imagenet" or "none"
+    annotations: str | None = None     # COCO: the instances JSON file in data_dir (if there are several)
+    foreground_only: bool | None = None  # volumes: train on slices with foreground only
+    intensity_window: list | None = None  # volumes: [lo, hi] clip before scaling (None: per-volume z-score)
     model: str | None = None           # None: the task's default
     loss: str | None = None            # None: the task's default
     strategy: str = "random"
@@ -140,7 +149,7 @@ class RunConfig:
         """
         for f in dataclasses.fields(self):
             setattr(self, f.name, _plain(getattr(self, f.name)))
-        for name in ("data_dir", "noise_file"):  # a pathlib.Path is as good as a string
+        for name in ("data_dir", "noise_file", "weights", "annotations"):  # a pathlib.Path is as good as a string
             v = getattr(self, name)
             if isinstance(v, os.PathLike):
                 setattr(self, name, os.fspath(v))
@@ -167,6 +176,7 @@ class RunConfig:
         check_real("train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=False, optional=True)
         check_real("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True,
                    why=": choices need a validation split")
+        check_real("test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True, optional=True)
         check_real("noise_rate", self.noise_rate, 0, 1, low_open=False, high_open=True)
         check_real("alpha", self.alpha, 0, 1, low_open=False, high_open=True)
         check_real("lr", self.lr, 0, math.inf, low_open=True, high_open=True)
@@ -182,10 +192,20 @@ class RunConfig:
             json.dumps(self.tags)
         except (TypeError, ValueError) as err:
             raise ValueError(f"tags={self.tags!r} must hold JSON values (strings, numbers, lists, ...)") from err
-        for name in ("data_dir", "noise_file"):
+        for name in ("data_dir", "noise_file", "weights", "annotations"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or not v):
                 raise ValueError(f"{name}={v!r} must be a path or null")
+        if self.normalize is not None:
+            check_choice("normalize", self.normalize, _NORMALIZATIONS)
+        if self.foreground_only is not None and not isinstance(self.foreground_only, bool):
+            raise ValueError(f"foreground_only={self.foreground_only!r} must be true, false or null")
+        if self.intensity_window is not None:
+            w = self.intensity_window
+            if not isinstance(w, (list, tuple)) or len(w) != 2 or not all(is_real(v) for v in w) or not w[0] < w[1]:
+                raise ValueError(f"intensity_window={w!r} must be [lo, hi] with lo < hi (say [-1000, 400] "
+                                 f"for a CT lung window), or null for a per-volume z-score")
+            self.intensity_window = [float(v) for v in w]
         _check_device(self.device)
         self._check_task_options(recipe)
         recipe.check(self)  # the task's own options: cross-field checks and its data folder

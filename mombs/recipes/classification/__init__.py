@@ -32,7 +32,7 @@ RECIPE = Recipe(
     name="classification", metric="top1",
     defaults={"dataset": "fashion-mnist", "model": "small_cnn", "loss": "ce"},
     choices={"dataset": DATASETS, "model": MODELS, "loss": LOSSES, "noise": NOISES},
-    takes=("imbalance", "img_max", "noise_file"),
+    takes=("imbalance", "img_max", "noise_file", "image_size", "weights", "normalize"),
     assess_batch_size=512, check=check, load=load_corpus, create_model=create_model, parts=parts,
     summarize=summarize, columns={"many": "many %", "medium": "med. %", "few": "few %"}, row_extras=row_extras,
     report_notes=report_notes, report_figures=report_figures, run_figures=run_figures,

@@ -26,7 +26,7 @@ RECIPE = Recipe(
     name="detection", metric="froc",
     defaults={"dataset": "synthetic-det", "model": "tiny", "loss": "rpn"},
     choices={"dataset": DET_DATASETS, "model": DET_MODELS, "loss": DET_LOSSES, "noise": NOISES},
-    takes=("image_size", "noise_mix", "windows", "train_fraction"),
+    takes=("image_size", "noise_mix", "windows", "train_fraction", "annotations", "weights"),
     # Each of the K disturbed passes runs the RPN on every image of the batch.
     assess_batch_size=16, check=check, load=load_det_corpus, create_model=create_model, parts=parts,
     summarize=summarize, columns={"sens@0.5": "sens@0.5FP %", "sens@1": "sens@1FP %", "sens@2": "sens@2FP %"},

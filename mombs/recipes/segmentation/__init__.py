@@ -25,7 +25,7 @@ RECIPE = Recipe(
     name="segmentation", metric="dice",
     defaults={"dataset": "synthetic-ct", "model": "unet", "loss": "dice-ce"},
     choices={"dataset": SEG_DATASETS, "model": SEG_MODELS, "loss": SEG_LOSSES, "noise": NOISES},
-    takes=("image_size", "noise_mix", "windows"),
+    takes=("image_size", "noise_mix", "windows", "foreground_only", "intensity_window"),
     # Every slice's K disturbed predictions are whole maps: smaller batches than classification's.
     assess_batch_size=32, check=check, load=load_seg_corpus, create_model=create_model, parts=parts,
     summarize=summarize, columns={"small_dice": "small-lesion Dice %", "lesion_sensitivity": "lesion sens. %"},
