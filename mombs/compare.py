@@ -152,6 +152,19 @@ def _start_pool(jobs: int):
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _worker_threads(jobs: int) -> int:
+    """Torch threads of each of ``jobs`` workers: a share of the cores, capped by ``OMP_NUM_THREADS``.
+
+    Spawned workers would otherwise set ``cpu_count // jobs`` threads over the
+    user's ``OMP_NUM_THREADS=1``, which a single ``mombs train`` respects.
+    """
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if limit.isdigit() and int(limit) >= 1:
+        threads = min(threads, int(limit))
+    return threads
+
+
 def _worker(args):
     cfg_dict, run_dir = args
     try:
@@ -174,7 +187,9 @@ def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool
     Args:
         configs: the runs, a non-empty list of distinct :class:`RunConfig`.
         out_dir: the comparison's folder; runs go to ``out_dir/runs``.
-        jobs: runs at a time (processes), ``>= 1``; each gets ``cpu_count // jobs`` threads.
+        jobs: runs at a time (processes), ``>= 1``; each gets ``cpu_count // jobs`` threads,
+            and no more than ``OMP_NUM_THREADS`` when that is set (as ``mombs train`` honours it),
+            unless its config sets ``threads``.
         progress: a progress bar over runs (needs ``tqdm``).
         on_result: called with ``(run_dir, top1, error)`` as each run ends.
 
@@ -208,7 +223,7 @@ def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool
         raise ValueError(f"out_dir={str(out)!r} exists and is not a folder")
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = _worker_threads(jobs)
     todo = []
     for cfg in configs:
         d = runs / run_dir_name(cfg)

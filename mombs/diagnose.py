@@ -105,8 +105,9 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
             history = {k: z[k] for k in z.files if k in HISTORY_KEYS}
             if "uncertainty" in history and np.isnan(history["uncertainty"]).all():
                 del history["uncertainty"]
+    sources = {k[len("source_"):]: v for k, v in a.items() if k.startswith("source_")}
     q = data_quality(a["loss"], a["uncertainty"], a["y"].astype(np.int64), history=history,
-                     wrong_label=wrong, score=score)
+                     wrong_label=wrong, score=score, sources=sources or None)
     out = Path(out_dir) if out_dir is not None else run / "diagnose"
     paths = write_table(q, out, parquet=parquet)
     pics, why = (None, "pictures were not asked for") if not images else _run_images(run, len(q))

@@ -80,6 +80,22 @@ def _check_history(history, n: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _check_sources(sources, n: int) -> dict[str, np.ndarray]:
+    if sources is None:
+        return {}
+    if not hasattr(sources, "items"):
+        raise ValueError(f"sources must be a mapping of name -> (N,) array, got {type(sources).__name__}")
+    out = {}
+    for name, values in sources.items():
+        arr = np.asarray(values)
+        if not isinstance(name, str) or name in ("index", "given_label"):
+            raise ValueError(f"sources has the key {name!r}; use names such as 'path', 'case', 'slice'")
+        if arr.shape != (n,):
+            raise ValueError(f"sources[{name!r}] has shape {arr.shape}; expected ({n},), one entry per sample")
+        out[name] = arr
+    return out
+
+
 def _final_pred(pred: np.ndarray) -> np.ndarray:
     """The last prediction each sample got (``-1`` if never seen), ``(N,)``."""
     seen = pred >= 0
@@ -177,7 +193,7 @@ class DataQuality:
 
 def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wrong_label=None,
                  score: str = "auto", aum_threshold: float = 0.0, loss_quantile: float = 0.5,
-                 uncertainty_quantile: float = 0.5) -> DataQuality:
+                 uncertainty_quantile: float = 0.5, sources=None) -> DataQuality:
     """A table of every sample's label-issue score, flag and quadrant, from one run's signals.
 
     Args:
@@ -203,6 +219,9 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
             samples (:func:`aum_threshold`).
         loss_quantile: quadrant split of the loss, in ``(0, 1)``.
         uncertainty_quantile: quadrant split of the uncertainty, in ``(0, 1)``.
+        sources: optional mapping of ``(N,)`` arrays naming each sample's
+            origin (``path``, ``case``, ``slice``, ``image_id``): columns
+            right after ``index``, so that a row names the file it describes.
 
     Returns:
         A :class:`DataQuality`.
@@ -226,7 +245,10 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
     unc = _as_values("uncertainty", uncertainty, n)
     q = quadrants(loss, unc, loss_quantile=loss_quantile, uncertainty_quantile=uncertainty_quantile)
     hist = _check_history(history, n)
-    table: dict[str, np.ndarray] = {"index": np.arange(n), "given_label": lab.astype(np.int64)}
+    table: dict[str, np.ndarray] = {"index": np.arange(n)}
+    for name, values in _check_sources(sources, n).items():
+        table[name] = values
+    table["given_label"] = lab.astype(np.int64)
     missing = []
     if "pred" in hist:
         table["predicted_label"] = _final_pred(hist["pred"]).astype(np.int64)

@@ -112,6 +112,7 @@ class Recipe:
             the others are refused when set.
         assess_batch_size: samples per batch of an assessment pass.
         label_table: a run has one class label per sample (``mombs diagnose`` reads it).
+        reads_data_dir: the data sets that read ``data_dir`` (the others refuse one).
         check: ``(cfg) -> None``: the task's own option checks (cross-field,
             data folder); raises ``ValueError`` naming the option.
         load: ``(cfg) -> data``: the run's splits; ``data.describe()`` is a
@@ -153,3 +154,4 @@ class Recipe:
     run_figures: Callable = lambda result, out: []
     training_images: Callable | None = None
     label_table: bool = False
+    reads_data_dir: tuple = ()

@@ -155,6 +155,7 @@ class RunConfig:
                 setattr(self, name, os.fspath(v))
         check_choice("task", self.task, RECIPES)
         recipe = get_recipe(self.task)
+        self._check_data_dir_has_a_reader(recipe)
         self._resolve_defaults()
         for name in ("dataset", "model", "loss"):
             check_choice(name, getattr(self, name), recipe.choices[name])
@@ -211,6 +212,20 @@ class RunConfig:
         recipe.check(self)  # the task's own options: cross-field checks and its data folder
         self._check_pivot()
         return self
+
+    def _check_data_dir_has_a_reader(self, recipe) -> None:
+        """A data folder needs a data set that reads one; it is never silently ignored."""
+        if self.data_dir is None:
+            return
+        readers = {t: get_recipe(t).reads_data_dir for t in RECIPES}
+        if self.dataset is None:
+            said = "; ".join(f"task={t!r}: {', '.join(names)}" for t, names in readers.items() if names)
+            raise ValueError(f"data_dir={self.data_dir!r} needs a dataset that reads it; give dataset= one of "
+                             f"{said} (docs/your-data.md)")
+        if self.dataset in recipe.choices["dataset"] and self.dataset not in recipe.reads_data_dir:
+            raise ValueError(f"data_dir={self.data_dir!r} is not read by dataset={self.dataset!r}, which needs "
+                             f"no files; drop data_dir, or give a dataset that reads it: "
+                             f"{', '.join(recipe.reads_data_dir)}")
 
     def _check_task_options(self, recipe) -> None:
         """Refuses an option of other tasks, naming the tasks that take it."""

@@ -29,7 +29,7 @@ from .build import Components, build
 from .checkpoint import load_checkpoint, remove_checkpoints, save_checkpoint
 from .config import RunConfig, run_dir_name
 from .engine import train_one_epoch
-from .summary import FinishedRun, summarize_run
+from .summary import FinishedRun, source_arrays, summarize_run
 
 __all__ = ["RunConfig", "run", "run_dir_name"]
 
@@ -76,9 +76,11 @@ def _record_history(history: dict, stats: dict, c: Components) -> None:
         history.setdefault("uncertainty", []).append(unc)
 
 
-def _write_history(out: Path, history: dict) -> None:
-    """``history.npz``: ``(E, N)`` arrays, one row per epoch (see :class:`RunConfig` ``history``)."""
+def _write_history(out: Path, history: dict, sources: dict | None) -> None:
+    """``history.npz``: ``(E, N)`` arrays, one row per epoch (see :class:`RunConfig` ``history``),
+    and each training sample's origin (``source_*``, ``(N,)``)."""
     arrays = {k: np.stack(rows) for k, rows in history.items()}
+    arrays.update(source_arrays(sources))
     arrays["epochs"] = np.arange(len(next(iter(history.values()))), dtype=np.int64)
     atomic_npz(out / "history.npz", **arrays)
 
@@ -129,6 +131,8 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus=None) -> dict
     out.mkdir(parents=True, exist_ok=True)
     atomic_json(out / "config.json", {"config": dataclasses.asdict(cfg), "key": cfg.key(),
                                       "data": data.describe()})
+    if getattr(data, "splits", None):  # which files (cases, images) each split holds: a rerun reads the same
+        atomic_json(out / "splits.json", data.splits)
     c = build(cfg, recipe, data, device)
     ckpt_path = out / "checkpoint.pt"
     try:
@@ -139,7 +143,7 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus=None) -> dict
     results = summarize_run(FinishedRun(cfg=cfg, recipe=recipe, data=data, parts=c.parts, train_set=c.train_set,
                                         log=log, best=best, out=out))
     if history:
-        _write_history(out, history)
+        _write_history(out, history, getattr(data, "sources", None))
     atomic_json(results_path, results)
     remove_checkpoints(ckpt_path)
     return results

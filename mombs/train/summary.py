@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._atomic import atomic_npz
 from ..assessment import assessment_pass
 from ..difficulty import QuadrantResult, quadrants
 from ..envinfo import environment_info
 
 __all__ = ["FLAGGED_PER_QUADRANT", "FinishedRun", "best_state", "final_assessment", "flagged_picks",
-           "summarize_run"]
+           "source_arrays", "summarize_run"]
 
 #: Offset of the final assessment pass's seed from the run's: its draws are its own.
 FINAL_PASS_SEED_OFFSET = 77
@@ -123,6 +124,34 @@ def flagged_picks(codes: np.ndarray, loss: np.ndarray, per_quadrant: int = FLAGG
     return np.asarray(sorted(picks), dtype=np.int64)
 
 
+def source_arrays(sources: dict | None, rows=None) -> dict:
+    """``{"source_<name>": (N,) array}`` of the training samples' origins (file, case, slice, image id).
+
+    Args:
+        sources: the data's ``sources``: name -> ``(N,)`` array in training order, or ``None``.
+        rows: which training samples (default all), in that order.
+    """
+    if not sources:
+        return {}
+    return {f"source_{k}": (np.asarray(v) if rows is None else np.asarray(v)[np.asarray(rows, dtype=np.int64)])
+            for k, v in sources.items()}
+
+
+def _stamp_sources(out: Path, sources: dict | None) -> None:
+    """Adds each training sample's origin to the run's ``assessment.npz`` and ``flagged.npz``,
+    so that every row a user reads names the file (case and slice, image id) it describes."""
+    if not sources:
+        return
+    for name, rows_key in (("assessment.npz", None), ("flagged.npz", "index")):
+        path = out / name
+        if not path.exists():
+            continue
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays.update(source_arrays(sources, arrays[rows_key] if rows_key else None))
+        atomic_npz(path, **arrays)
+
+
 def summarize_run(run: FinishedRun) -> dict:
     """``results.json`` of a finished run: the common fields, then the recipe's.
 
@@ -136,6 +165,7 @@ def summarize_run(run: FinishedRun) -> dict:
            "batch_size": cfg.batch_size, "seed": cfg.seed, "model": cfg.model, "epochs": cfg.epochs,
            "pivot_epoch": cfg.pivot_epoch, "best_val_epoch": run.best["epoch"], f"val_{m}": log[-1][f"val_{m}"]}
     res.update(recipe.summarize(run))
+    _stamp_sources(run.out, getattr(run.data, "sources", None))
     res.update({
         "curves": {k.format(metric=m): [r.get(k.format(metric=m)) for r in log] for k in _CURVES},
         "seconds": float(sum(r["seconds"] for r in log)),

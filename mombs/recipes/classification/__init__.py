@@ -36,4 +36,5 @@ RECIPE = Recipe(
     assess_batch_size=512, check=check, load=load_corpus, create_model=create_model, parts=parts,
     summarize=summarize, columns={"many": "many %", "medium": "med. %", "few": "few %"}, row_extras=row_extras,
     report_notes=report_notes, report_figures=report_figures, run_figures=run_figures,
-    training_images=training_images, label_table=True)
+    training_images=training_images, label_table=True,
+    reads_data_dir=("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"))

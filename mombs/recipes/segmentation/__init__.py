@@ -29,4 +29,5 @@ RECIPE = Recipe(
     # Every slice's K disturbed predictions are whole maps: smaller batches than classification's.
     assess_batch_size=32, check=check, load=load_seg_corpus, create_model=create_model, parts=parts,
     summarize=summarize, columns={"small_dice": "small-lesion Dice %", "lesion_sensitivity": "lesion sens. %"},
-    row_extras=row_extras, report_notes=report_notes, run_figures=run_figures)
+    row_extras=row_extras, report_notes=report_notes, run_figures=run_figures,
+    reads_data_dir=("covid-ct", "medseg-covid", "msd", "nnunet"))
