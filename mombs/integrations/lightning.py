@@ -48,45 +48,11 @@ except ImportError as err:  # the extra is optional; say which one to install
 from ..assessor import DifficultyAssessor
 from ..planner import replica_layout
 from ..sampler import MixedOrderBatchSampler
+from ._loader_state import SAMPLER_KEY, flat_loaders, overwrite, sampler_holders
 
 __all__ = ["MoMBSCallback"]
 
 _STATE_VERSION = 1
-
-
-def _flat_loaders(obj) -> list:
-    """The data loaders in ``trainer.train_dataloader``: one, or a list/tuple/dict of them."""
-    if isinstance(obj, Mapping):
-        return [dl for v in obj.values() for dl in _flat_loaders(v)]
-    if isinstance(obj, (list, tuple)):
-        return [dl for v in obj for dl in _flat_loaders(v)]
-    return [] if obj is None else [obj]
-
-
-_SAMPLER_KEY, _ITER_KEY = "_index_sampler_state", "_sampler_iter_state"  # torchdata's keys
-
-
-def _sampler_holders(obj) -> list[dict]:
-    """The dicts inside a torchdata ``StatefulDataLoader`` state that hold a
-    mombs batch sampler's state (and its iterator's), at any depth."""
-    found = []
-    if isinstance(obj, Mapping):
-        if isinstance(obj.get(_SAMPLER_KEY), dict) and "batches_done" in obj[_SAMPLER_KEY]:
-            found.append(obj)
-        for value in obj.values():
-            found.extend(_sampler_holders(value))
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            found.extend(_sampler_holders(value))
-    return found
-
-
-def _overwrite(holders: list[dict], sampler_state: dict) -> None:
-    """Puts ``sampler_state`` in the loader states' copies, with the iterator at its start."""
-    for holder in holders:
-        holder[_SAMPLER_KEY] = dict(sampler_state)
-        if isinstance(holder.get(_ITER_KEY), dict) and "position" in holder[_ITER_KEY]:
-            holder[_ITER_KEY] = {**holder[_ITER_KEY], "position": int(sampler_state["batches_done"])}
 
 
 def _check_key(name: str, value) -> None:
@@ -284,7 +250,7 @@ class MoMBSCallback(pl.Callback):
             RuntimeError: the dataloader's batch sampler is another
                 ``MixedOrderBatchSampler`` (Lightning rebuilt it).
         """
-        self._check_loaders(_flat_loaders(trainer.train_dataloader))
+        self._check_loaders(flat_loaders(trainer.train_dataloader))
         self._loader_copies = []
         # Lightning planned the loader's first epoch (iter) before this hook, so
         # moving the sampler here comes too late for it; on_fit_start does that
@@ -479,11 +445,11 @@ class MoMBSCallback(pl.Callback):
             return
         keys = ("num_samples", "batch_size", "num_replicas", "seed", "order")
         self._loader_copies = [
-            holder for holder in _sampler_holders(loops["state_dict"].get("combined_loader", []))
-            if all(holder[_SAMPLER_KEY].get(k) == saved.get(k) for k in keys)]
+            holder for holder in sampler_holders(loops["state_dict"].get("combined_loader", []))
+            if all(holder[SAMPLER_KEY].get(k) == saved.get(k) for k in keys)]
         ended = int(mine.get("ended_epoch", -1))
         if ended >= int(saved["epoch"]) or int(saved["batches_done"]) >= self._epoch_batches():
-            _overwrite(self._loader_copies, self._restore_now(saved, ended))
+            overwrite(self._loader_copies, self._restore_now(saved, ended))
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restores :meth:`state_dict`."""
@@ -519,4 +485,4 @@ class MoMBSCallback(pl.Callback):
         self.assessor.end_epoch()
         self._ended_epoch = self.assessor.epoch
         self.sampler.set_epoch(self.assessor.epoch + 1)  # the assessor follows in on_train_epoch_start
-        _overwrite(self._loader_copies, self.sampler.state_dict(batches_done=0))
+        overwrite(self._loader_copies, self.sampler.state_dict(batches_done=0))

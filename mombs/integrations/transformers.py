@@ -88,7 +88,7 @@ from ..assessor import DifficultyAssessor
 from ..noise import default_output_fn
 from ..sampler import MixedOrderBatchSampler
 
-__all__ = ["INDEX_KEY", "MoMBSCallback", "MoMBSTrainer", "sequence_classification_loss"]
+__all__ = ["INDEX_KEY", "MoMBSTrainer", "MoMBSTrainerCallback", "sequence_classification_loss"]
 
 #: Batch entry that carries the data set indices of the samples, ``(B,)`` int64.
 INDEX_KEY = "mombs_index"
@@ -259,7 +259,7 @@ def _state_file(args) -> str:
 # the epoch calls and the checkpoints
 
 
-class MoMBSCallback(TrainerCallback):
+class MoMBSTrainerCallback(TrainerCallback):
     """Makes the assessor's epoch calls at the Trainer's epoch hooks and saves mombs' state in checkpoints.
 
     :class:`MoMBSTrainer` adds it; it is public so that its state can be read.
@@ -297,7 +297,7 @@ class MoMBSCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_hyper_param_search:
             # The checkpoint then lives in a trial's run folder, which callbacks are not told.
-            warnings.warn("MoMBSCallback does not save mombs' state during a hyperparameter search",
+            warnings.warn("MoMBSTrainerCallback does not save mombs' state during a hyperparameter search",
                           stacklevel=2)
             return
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -383,7 +383,7 @@ class MoMBSTrainer(Trainer):
             view of this trainer's model and its ``dataset`` the training set
             with indices, so ``trainer.assessor.quadrants()`` and
             ``trainer.assessor.scores()`` read the latest measurements.
-        mombs_callback: the :class:`MoMBSCallback` that drives it.
+        mombs_callback: the :class:`MoMBSTrainerCallback` that drives it.
 
     Raises:
         ValueError: for a sampler that does not match the arguments (size,
@@ -422,7 +422,7 @@ class MoMBSTrainer(Trainer):
             sequence_classification_loss, label_smoothing=float(self.args.label_smoothing_factor))
         self._split = _BatchSplit(index_key, list(self.label_names))
         self.assessor = self._create_assessor(at, dict(assessor_options or {}))
-        self.mombs_callback = MoMBSCallback(self.assessor, sampler)
+        self.mombs_callback = MoMBSTrainerCallback(self.assessor, sampler)
         self.add_callback(self.mombs_callback)
 
     # ------------------------------------------------------------------ #
