@@ -265,6 +265,10 @@ def main(argv=None) -> int:
             raise _fail(f"{grid_only[0]} is an option of `mombs compare`, not of `mombs train`")
         from .train import run, run_dir_name
 
+        if "strategy" not in options:  # the default is the baseline: say so before anything else
+            print(f"mombs: no strategy given: training with random batches (strategy={cfg.strategy}, the "
+                  f"baseline); --set strategy=mixed trains with MoMBS, `mombs compare` runs both",
+                  file=sys.stderr, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / "resolved_config.json").write_text(json.dumps(options, indent=1, default=str))
         try:

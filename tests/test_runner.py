@@ -520,3 +520,13 @@ def test_a_diverged_step_stops_training_before_the_optimizer_steps_on_it():
                         fit_fn=lambda out, y: (out.argmax(1) == y).float())
     # nothing stepped: the weights are as they were (NaN where they were NaN)
     assert all(torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) for a, b in zip(model.parameters(), before))
+
+
+def test_a_plain_mombs_train_says_first_that_it_trains_random_batches(tmp_path, capsys):
+    argv = ["train", "--set", "dataset=digits", "--set", "epochs=1", "--set", "batch_size=64", "--set", "threads=1",
+            "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith("mombs: no strategy given: training with random batches")
+    assert cli.main(argv + ["--set", "strategy=random"]) == 0  # asked for by name: nothing to say
+    assert "no strategy given" not in capsys.readouterr().err

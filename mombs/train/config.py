@@ -215,8 +215,8 @@ class RunConfig:
 
     def _check_data_dir_has_a_reader(self, recipe) -> None:
         """A data folder needs a data set that reads one; it is never silently ignored."""
-        if self.data_dir is None:
-            return
+        if not isinstance(self.data_dir, str) or not self.data_dir:
+            return  # none, or not a path: the field's own check names it
         readers = {t: get_recipe(t).reads_data_dir for t in RECIPES}
         if self.dataset is None:
             said = "; ".join(f"task={t!r}: {', '.join(names)}" for t, names in readers.items() if names)
