@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from plain_loop import SmallCNN, digits_with_noise  # noqa: E402
+from plain_loop import SmallCNN, batch_balance, digits_with_noise  # noqa: E402
 
 import mombs  # noqa: E402
 from mombs.integrations.lightning import MoMBSCallback  # noqa: E402
@@ -34,10 +34,17 @@ class DigitsModule(L.LightningModule):
         super().__init__()
         self.net = SmallCNN()
         self.train_set, self.test_set, self.sampler, self.lr = train, test_set, sampler, lr
+        self.balance = {}  # epoch -> (std of the batches' difficulty sums, std of random batches')
+
+    def on_train_epoch_start(self):
+        # MoMBSCallback's hook ran first: these are the scores this epoch is planned from.
+        self.planned_from = self.sampler.scores if self.sampler.uses_scores() else None
+        self.batches = []
 
     def training_step(self, batch, batch_idx):
         idx, x, y = batch                                              # mombs: IndexedDataset items
         loss = F.cross_entropy(self.net(x), y, reduction="none")
+        self.batches.append(idx.cpu().numpy())                         # to show the balance
         return {"loss": loss.mean(), "sample_loss": loss.detach(), "indices": idx}  # mombs
 
     def validation_step(self, batch, batch_idx):
@@ -48,6 +55,9 @@ class DigitsModule(L.LightningModule):
         acc = self.trainer.callback_metrics.get("test_top1", torch.tensor(float("nan")))
         print(f"epoch {self.current_epoch:3d}  test top-1 {acc:.3f}  planned={self.sampler.uses_scores()}",
               flush=True)
+        if self.planned_from is not None:
+            self.balance[self.current_epoch] = batch_balance(self.batches, self.planned_from,
+                                                             seed=self.current_epoch)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
@@ -84,13 +94,16 @@ def main(argv=None):
                         enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module)
 
+    result = {"accuracy": float(trainer.callback_metrics["test_top1"]), "balance": module.balance}
     if assessor.tracker.measured().all():
         q = assessor.quadrants()
-        poor = q.mask("poorly-labeled")
+        poor, flips = q.mask("poorly-labeled"), flipped.numpy()
+        result.update(precision=float(flips[poor].mean()), recall=float(poor[flips].mean()),
+                      base_rate=float(flips.mean()))
         print("quadrant counts:", q.counts)
-        print(f"flipped labels found in 'poorly-labeled': precision {flipped[poor].float().mean():.2f}, "
-              f"recall {poor[flipped.numpy()].mean():.2f} (base rate {flipped.float().mean():.2f})")
-    return float(trainer.callback_metrics["test_top1"])
+        print(f"flipped labels found in 'poorly-labeled': precision {result['precision']:.2f}, "
+              f"recall {result['recall']:.2f} (base rate {result['base_rate']:.2f})")
+    return result
 
 
 if __name__ == "__main__":

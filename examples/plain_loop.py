@@ -69,8 +69,11 @@ def main(argv=None):
                                         schedule=args.schedule, head=model.head)         # mombs
     loader = DataLoader(train, batch_sampler=sampler)
 
+    results = {"balance": {}, "labels": {}}
     for epoch in range(args.epochs):
         assessor.start_epoch(epoch)                                           # mombs
+        planned_from = sampler.scores if sampler.uses_scores() else None      # to show the balance below
+        batches = []
         model.train()
         for idx, x, y in loader:
             loss = F.cross_entropy(model(x), y, reduction="none")
@@ -78,6 +81,7 @@ def main(argv=None):
             opt.zero_grad()
             loss.mean().backward()
             opt.step()
+            batches.append(idx.numpy())
         assessor.end_epoch()                                                  # mombs
 
         model.eval()
@@ -85,9 +89,30 @@ def main(argv=None):
             xs, ys = test_set.tensors
             acc = (model(xs).argmax(1) == ys).float().mean().item()
         print(f"epoch {epoch:3d}  test top-1 {acc:.3f}  planned={sampler.uses_scores()}")
+        if planned_from is not None:
+            results["balance"][epoch] = batch_balance(batches, planned_from, seed=epoch)
         if epoch + 1 in (args.pivot_epoch, args.epochs) and args.noise > 0:
-            label_check(model, train, flipped, epoch)
-    return acc
+            results["labels"][epoch] = label_check(model, train, flipped, epoch)
+    assessor.close()  # the train-features schedule's hook comes off the model
+    return {"accuracy": acc, **results}
+
+
+def batch_balance(batches, scores, seed):
+    """The spread of the full batches' difficulty sums, and that of random batches.
+
+    A mixed-order epoch puts hard samples with easy ones, so its batches' sums
+    of the scores it was planned from are nearly equal: their std is a small
+    fraction of that of random batches of the same size. (The one short batch
+    of an epoch whose size the batch size does not divide is left out.)
+    """
+    size = max(len(b) for b in batches)
+    full = [b for b in batches if len(b) == size]
+    shuffled = np.random.default_rng(seed).permutation(np.concatenate(batches))
+    random_batches = shuffled[:len(full) * size].reshape(len(full), size)
+    mixed = float(np.std([scores[b].sum() for b in full]))
+    rand = float(np.std([scores[b].sum() for b in random_batches]))
+    print(f"  batch difficulty sums: std {mixed:.1f}; random batches: {rand:.1f}")
+    return mixed, rand
 
 
 def label_check(model, train, flipped, epoch):
@@ -103,6 +128,9 @@ def label_check(model, train, flipped, epoch):
     precision falls to ~0.2, below the base rate: what is left in the quadrant
     is mostly hard clean digits. Pick the epoch on a validation split, or use
     the loss ranking, which degrades more slowly.
+
+    Returns:
+        ``{"precision", "recall", "base_rate"}`` of the quadrant's catch.
     """
     (_, loss), (_, unc) = mombs.assessment_pass(model, train, at="features")   # mombs
     poor = mombs.quadrants(loss, unc).mask("poorly-labeled")                   # mombs
@@ -110,9 +138,12 @@ def label_check(model, train, flipped, epoch):
     with torch.no_grad():
         memorized = (model.eval()(x).argmax(1) == y)[flipped].float().mean()
     flips = flipped.numpy()
+    found = {"precision": float(flips[poor].mean()), "recall": float(poor[flips].mean()),
+             "base_rate": float(flips.mean())}
     print(f"after epoch {epoch}: the network reproduces {memorized:.0%} of the flipped labels; "
-          f"'poorly-labeled' finds them at precision {flips[poor].mean():.2f}, recall {poor[flips].mean():.2f} "
-          f"(base rate {flips.mean():.2f})")
+          f"'poorly-labeled' finds them at precision {found['precision']:.2f}, recall {found['recall']:.2f} "
+          f"(base rate {found['base_rate']:.2f})")
+    return found
 
 
 if __name__ == "__main__":

@@ -139,10 +139,16 @@ def test_plain_loop_example_runs(capsys):
     spec = importlib.util.spec_from_file_location("plain_loop", ROOT / "examples" / "plain_loop.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    acc = example.main(["--epochs", "3", "--pivot-epoch", "1", "--schedule", "paper"])
+    result = example.main(["--epochs", "2", "--pivot-epoch", "1", "--schedule", "paper"])
     out = capsys.readouterr().out
-    assert "planned=True" in out and "precision" in out
-    assert 0.0 <= acc <= 1.0
+    assert "planned=False" in out and "planned=True" in out
+    # the planned epoch is balanced: its batches' difficulty sums are nearly equal, random ones' are not
+    mixed, rand = result["balance"][1]
+    assert list(result["balance"]) == [1] and mixed < 0.05 * rand, result["balance"]
+    # the poorly-labeled quadrant catches the planted wrong labels well above their base rate
+    for found in result["labels"].values():
+        assert found["precision"] > 2 * found["base_rate"] and found["recall"] > 0.2, result["labels"]
+    assert 0.5 < result["accuracy"] <= 1.0  # ten digit classes: chance is 0.1
 
 
 def test_schedule_fields_are_checked():

@@ -421,10 +421,15 @@ def test_ddp_two_processes_cover_the_epoch_and_agree(tmp_path):
 
 def test_the_example_runs(capsys):
     example = runpy.run_path(str(ROOT / "examples" / "lightning_fit.py"), run_name="lightning_fit_example")
-    acc = example["main"](["--epochs", "2", "--pivot-epoch", "1"])
+    result = example["main"](["--epochs", "2", "--pivot-epoch", "1"])
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch")]
     assert len(lines) == 2 and "planned=False" in lines[0] and "planned=True" in lines[1]
-    assert 0.0 <= acc <= 1.0
+    # the planned epoch is balanced: its batches' difficulty sums are nearly equal, random ones' are not
+    mixed, rand = result["balance"][1]
+    assert list(result["balance"]) == [1] and mixed < 0.05 * rand, result["balance"]
+    # the poorly-labeled quadrant catches the planted wrong labels well above their base rate
+    assert result["precision"] > 1.5 * result["base_rate"] and result["recall"] > 0.2, result
+    assert 0.5 < result["accuracy"] <= 1.0  # ten digit classes: chance is 0.1
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--ddp-worker"]:
