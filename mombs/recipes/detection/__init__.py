@@ -1,7 +1,8 @@
 """The detection recipe: CT slices with lesion boxes, a torchvision Faster R-CNN, FROC.
 
 Data sets: a synthetic set with planted box noise (the synthetic CT slices
-of the segmentation recipe, boxed) and DeepLesion (``corpus``). Models:
+of the segmentation recipe, boxed), DeepLesion and your own COCO files
+(``corpus``, ``coco``). Models:
 torchvision's Faster R-CNN with a ResNet-50-FPN, MobileNet-v3-FPN or tiny
 backbone (``models``). Metrics: FROC as lesion-detection papers count it and
 the unmatched-detection score (``metrics``).

@@ -1,10 +1,10 @@
-"""A detection run's data, built from its config: the synthetic detection set or DeepLesion.
+"""A detection run's data, built from its config: the synthetic detection set, DeepLesion or your COCO files.
 
 The detection counterpart of :mod:`mombs.recipes.classification.corpus` and
 :mod:`mombs.recipes.segmentation.corpus`. Every split is a map-style data set of
 ``(image (C, H, W) float32, {"boxes": (n, 4), "labels": (n,)})`` items, as
-torchvision's detectors take them; DeepLesion's slices are read from disk when
-an item is asked for, never all at once. Nothing here imports torchvision or
+torchvision's detectors take them; DeepLesion's slices and COCO images are
+read from disk when an item is asked for, never all at once. Nothing here imports torchvision or
 reads a PNG until data is actually read.
 """
 
@@ -20,7 +20,7 @@ __all__ = ["DET_DATASETS", "DET_LOSSES", "DET_NOISE_DEFAULTS", "DET_SYNTHETIC_DE
            "DET_SYNTHETIC_EVAL_SIZES", "DetCorpus", "check_det_data_dir", "det_noise_options", "load_det_corpus"]
 
 #: Detection data set names understood by :func:`load_det_corpus`.
-DET_DATASETS = ("synthetic-det", "deeplesion")
+DET_DATASETS = ("synthetic-det", "deeplesion", "coco")
 #: Detection losses: ``"rpn"`` trains on the sum of torchvision's four Faster
 #: R-CNN losses and gives the assessor each image's RPN objectness loss.
 DET_LOSSES = ("rpn",)
@@ -42,13 +42,23 @@ _DEEPLESION_WHERE = ("DeepLesion (NIH Clinical Center, https://nihcc.app.box.com
                      "holding DL_info.csv and Images_png/ (the Images_png_*.zip parts unzipped into one folder)")
 
 
-def check_det_data_dir(dataset: str, data_dir) -> None:
-    """Refuses a missing DeepLesion folder, naming what to put there.
+def check_det_data_dir(dataset: str, data_dir, annotations: str | None = None) -> None:
+    """Refuses a missing DeepLesion or COCO folder, naming what to put there.
+
+    Only the file system is asked; a COCO file's contents are checked when
+    the corpus is loaded (:func:`~mombs.recipes.detection.coco.read_coco`).
 
     Raises:
         ValueError: for ``dataset="deeplesion"``, a ``data_dir`` that is
-            unset or lacks ``DL_info.csv`` or ``Images_png/``.
+            unset or lacks ``DL_info.csv`` or ``Images_png/``; for
+            ``dataset="coco"``, one unset, empty or without its JSON file
+            (:func:`~mombs.recipes.detection.coco.find_annotations`).
     """
+    if dataset == "coco":
+        from .coco import find_annotations
+
+        find_annotations(data_dir, annotations)
+        return
     if dataset != "deeplesion":
         return
     ok = isinstance(data_dir, str) and os.path.isfile(os.path.join(data_dir, "DL_info.csv")) \
@@ -130,6 +140,16 @@ class DetCorpus:
             :data:`~mombs.recipes.detection.synthetic_det.DET_CORRUPTIONS`, or ``None``.
         possibly_noisy: ``(N,)`` bool, DeepLesion's ``Possibly_noisy`` on any
             lesion of the slice, or ``None``.
+        sources: where each training image comes from, in training order:
+            ``{"path": (N,) str}`` (a file name) and, for COCO,
+            ``"image_id": (N,) int64``; or ``None`` (the synthetic set, whose
+            slices are their own positions).
+        splits: the file names of each split, ``{"train": [...], "val": [...],
+            "test": [...]}`` (``train`` in training order), or ``None`` (the
+            synthetic set).
+        info: what :meth:`describe` adds about the files read (COCO: the
+            JSON file, the image folder used, how the splits were made, the
+            classes), or ``None``.
     """
 
     name: str
@@ -144,6 +164,9 @@ class DetCorpus:
     missing_train: np.ndarray | None = None
     corruption: np.ndarray | None = None
     possibly_noisy: np.ndarray | None = None
+    sources: dict | None = None
+    splits: dict | None = None
+    info: dict | None = None
 
     def describe(self) -> dict:
         from .synthetic_det import DET_CORRUPTIONS
@@ -155,6 +178,8 @@ class DetCorpus:
             d["train_noise_rate"] = float(self.noisy_train.mean())
             d["train_missing_rate"] = float(self.missing_train.mean())
             d["train_corruptions"] = {c: int((self.corruption == i).sum()) for i, c in enumerate(DET_CORRUPTIONS)}
+        if self.info is not None:
+            d.update(self.info)
         return d
 
 
@@ -208,8 +233,45 @@ def _deeplesion(cfg) -> DetCorpus:
     else:
         train_set, slices = train, train.slices
     noisy = np.asarray([bool(np.any(s.noisy)) for s in slices], dtype=bool)
-    return DetCorpus(cfg.dataset, 2, 3, size, train_set, DeepLesion(cfg.data_dir, "val", **opts),
-                     DeepLesion(cfg.data_dir, "test", **opts), possibly_noisy=noisy)
+    val, test = DeepLesion(cfg.data_dir, "val", **opts), DeepLesion(cfg.data_dir, "test", **opts)
+    names = [s.file_name for s in slices]
+    return DetCorpus(cfg.dataset, 2, 3, size, train_set, val, test, possibly_noisy=noisy,
+                     sources={"path": np.asarray(names)},
+                     splits={"train": names, "val": [s.file_name for s in val.slices],
+                             "test": [s.file_name for s in test.slices]})
+
+
+def _coco(cfg) -> DetCorpus:
+    from .coco import COCO_MAX_SIZE, CocoImages, coco_splits, read_coco
+
+    coco = read_coco(cfg.data_dir, cfg.annotations)
+    split = coco_splits(coco, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    train = split["train"]
+    if cfg.train_fraction is not None:  # one seeded order: the smaller shares are nested in the larger
+        order = np.random.default_rng([cfg.seed, 0xC0C1]).permutation(train.size)
+        train = np.sort(train[order[:max(1, int(round(cfg.train_fraction * train.size)))]])
+    if cfg.subset is not None:
+        if cfg.subset > train.size:
+            raise ValueError(f"subset={cfg.subset} exceeds the {train.size} training images of {coco.annotations}")
+        train = np.sort(np.random.default_rng([cfg.seed, 0xC0C2]).choice(train, cfg.subset, replace=False))
+    # One channel only for a model that takes it (the tiny one) and grey images only.
+    channels = 1 if cfg.model == "tiny" and all(im.grey for im in coco.images) else 3
+    size = cfg.image_size or min(COCO_MAX_SIZE, max(max(im.width, im.height) for im in coco.images))
+    parts = {"train": [coco.images[i] for i in train],
+             **{s: [coco.images[i] for i in split[s]] for s in ("val", "test")}}
+    tr = parts["train"]
+    info = {"annotations_file": os.path.basename(coco.annotations),
+            "image_root": "data_dir" if coco.image_root == cfg.data_dir else "data_dir/images",
+            "split_by": "the images' 'split' field" if coco.images[0].split is not None else
+            f"drawn from seed {cfg.seed}",
+            "classes": [[k + 1, cid, name] for k, (cid, name) in enumerate(coco.categories)],
+            "crowd_skipped": coco.crowd_skipped,
+            "images_without_boxes": {s: sum(not len(im.boxes) for im in v) for s, v in parts.items()}}
+    return DetCorpus(cfg.dataset, len(coco.categories) + 1, channels, int(size),
+                     *(CocoImages(parts[s], channels) for s in ("train", "val", "test")),
+                     sources={"path": np.asarray([im.file_name for im in tr]),
+                              "image_id": np.asarray([im.image_id for im in tr], dtype=np.int64)},
+                     splits={s: [im.file_name for im in v] for s, v in parts.items()}, info=info)
 
 
 def load_det_corpus(cfg) -> DetCorpus:
@@ -227,10 +289,21 @@ def load_det_corpus(cfg) -> DetCorpus:
     official split, ``train_fraction`` of the training patients (seeded by
     ``cfg.seed``), ``subset`` a seeded share of those key slices, slices
     scaled to ``[0, 1]`` with their longer side capped at ``image_size`` (512).
+    ``coco``: :func:`~mombs.recipes.detection.coco.read_coco` on ``data_dir``
+    (``annotations`` picks the JSON file), split by
+    :func:`~mombs.recipes.detection.coco.coco_splits` (the images' ``"split"``
+    field, else ``val_fraction`` and ``test_fraction`` (0.2) drawn from
+    ``cfg.seed``); ``train_fraction`` keeps a seeded share of the training
+    images (nested), ``subset`` a seeded count of those; ``num_classes`` is
+    the categories plus the background; ``image_size`` defaults to the longest
+    image side, capped at 512; grey images give 1 channel for ``model="tiny"``,
+    3 otherwise.
     """
     if cfg.dataset == "synthetic-det":
         return _synthetic(cfg)
     if cfg.dataset == "deeplesion":
         check_det_data_dir(cfg.dataset, cfg.data_dir)
         return _deeplesion(cfg)
+    if cfg.dataset == "coco":
+        return _coco(cfg)
     raise ValueError(f"dataset={cfg.dataset!r} is not known; choose one of {list(DET_DATASETS)}")

@@ -35,7 +35,8 @@ import torch.nn as nn
 
 from ..._checks import check_int, is_int
 
-__all__ = ["DET_FEATURE_MODULE", "DET_MODELS", "TinyDetectionBackbone", "create_detection_model"]
+__all__ = ["DET_FEATURE_MODULE", "DET_MODELS", "TinyDetectionBackbone", "create_detection_model",
+           "load_detection_weights"]
 
 #: Model names that :func:`create_detection_model` builds.
 DET_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "tiny")
@@ -186,3 +187,89 @@ def create_detection_model(name: str, *, num_classes: int = 2, in_channels: int 
     build = getattr(detection, name)
     return build(weights=None, weights_backbone=None, num_classes=int(num_classes), min_size=int(min_size),
                  max_size=int(max_size), **kw)
+
+
+def _state_dict_of(path) -> dict:
+    """The ``{name: tensor}`` mapping a file holds (unwrapping ``{"state_dict": ...}`` or ``{"model": ...}``)."""
+    import os
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"weights={path!r} is not a file; give a local state-dict file "
+                         f"(torch.save(model.state_dict(), path))")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors alike: the file is not what it should be
+        why = str(err).split("WeightsUnpickler error:")[-1]  # torch's advice before it is about trust
+        why = " ".join(why.split())[:100]
+        raise ValueError(f"weights={path!r} is not a file torch.load reads as a state dict with "
+                         f"weights_only=True ({type(err).__name__}: {why})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+            break
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     for k, v in sd.items()):
+        raise ValueError(f"weights={path!r} holds {type(sd).__name__}, not a state dict (a mapping of "
+                         f"parameter names to tensors, as model.state_dict() gives)")
+    if all(k.startswith("module.") for k in sd):  # saved from a DistributedDataParallel wrapper
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _misfit(target: dict, given: dict) -> list:
+    """What keeps ``given`` from filling every entry of ``target``: missing keys and shape mismatches."""
+    out = [f"missing {k!r}" for k in target if k not in given]
+    out += [f"{k!r} is {tuple(given[k].shape)}, the model's {tuple(v.shape)}"
+            for k, v in target.items() if k in given and given[k].shape != v.shape]
+    return out
+
+
+def load_detection_weights(model: nn.Module, path) -> str:
+    """Loads a local state-dict file into a detector: the whole detector when the keys fit, else its backbone.
+
+    The targets are tried in order: the whole detector (the file's keys are
+    exactly the model's, with the same shapes), ``model.backbone`` (keys
+    with or without their ``"backbone."`` prefix), ``model.backbone.body``
+    (with or without ``"backbone.body."``: an ImageNet ResNet-50's
+    ``state_dict()`` fits a ResNet-50-FPN's body). A backbone target takes
+    every one of its keys from the file with the same shape and ignores the
+    file's others (a classifier's ``fc``, a detector's heads trained for
+    another number of classes). A ``"module."`` prefix on every key (a DDP
+    wrapper) is dropped; ``{"state_dict": sd}`` and ``{"model": sd}``
+    checkpoints are unwrapped. Nothing is downloaded.
+
+    Args:
+        model: a torchvision Faster R-CNN (:func:`create_detection_model`).
+        path: the file, as ``torch.save(model.state_dict(), path)`` writes it;
+            read with ``weights_only=True``.
+
+    Returns:
+        What was loaded: ``"detector"``, ``"backbone"`` or ``"backbone.body"``.
+
+    Raises:
+        ValueError: a missing file, one ``torch.load`` cannot read or that
+            holds no mapping of names to tensors, or keys that fit neither the
+            detector nor its backbone (naming the first misfits).
+    """
+    sd = _state_dict_of(path)
+    whole = model.state_dict()
+    if set(sd) == set(whole) and not _misfit(whole, sd):
+        model.load_state_dict(sd)
+        return "detector"
+    backbone = getattr(model, "backbone", None)
+    targets = [("backbone", backbone, ("backbone.", "")),
+               ("backbone.body", getattr(backbone, "body", None), ("backbone.body.", "body.", ""))]
+    for name, module, prefixes in targets:
+        if module is None:
+            continue
+        want = module.state_dict()
+        for prefix in prefixes:
+            given = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            if not _misfit(want, given):
+                module.load_state_dict({k: given[k] for k in want})
+                return name
+    why = _misfit(whole, sd) + [f"unexpected {k!r}" for k in sd if k not in whole]
+    raise ValueError(f"weights={path!r}: its {len(sd)} keys fit neither the {type(model).__name__} "
+                     f"({len(whole)} keys) nor its backbone: {'; '.join(why[:3])}"
+                     f"{f', and {len(why) - 3} more' if len(why) > 3 else ''}")

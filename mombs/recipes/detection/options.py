@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..._checks import check_choice
 from ...schedule import SCHEDULES
 from ...strategies import STRATEGY_REGISTRY
@@ -27,7 +29,7 @@ def check(cfg) -> None:
     synthetic = cfg.dataset == "synthetic-det"
     if cfg.noise == "annotation" and not synthetic:
         raise ValueError(f"noise='annotation' plants box noise in dataset='synthetic-det' only, "
-                         f"got dataset={cfg.dataset!r} (DeepLesion's boxes are as annotated)")
+                         f"got dataset={cfg.dataset!r} (DeepLesion's and COCO files' boxes are as annotated)")
     if cfg.noise == "none" and cfg.noise_rate != 0:
         raise ValueError(f"noise_rate={cfg.noise_rate!r} has no effect with noise='none'; "
                          f"set noise=annotation (noise_rate: share of lesions without a box) or noise_rate=0")
@@ -50,4 +52,10 @@ def check(cfg) -> None:
                          f"the training forward, which for a torchvision detector is a loss dict; "
                          f"task='detection' needs a schedule whose uncertainty comes from an assessment "
                          f"pass: one of {passes}")
-    check_det_data_dir(cfg.dataset, cfg.data_dir)
+    if cfg.annotations is not None and cfg.dataset != "coco":
+        raise ValueError(f"annotations={cfg.annotations!r} only applies to dataset='coco' (the COCO JSON file "
+                         f"in data_dir), got dataset={cfg.dataset!r}")
+    if cfg.weights is not None and not os.path.isfile(cfg.weights):
+        raise ValueError(f"weights={cfg.weights!r} is not a file; give a local state-dict file "
+                         f"(torch.save(model.state_dict(), path)). Nothing is downloaded.")
+    check_det_data_dir(cfg.dataset, cfg.data_dir, cfg.annotations)

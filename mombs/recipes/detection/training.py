@@ -138,11 +138,16 @@ def evaluate_detection(model, dataset, batch_size: int = EVAL_BATCH_SIZE) -> tup
 
 
 def create_model(cfg, data) -> torch.nn.Module:
-    """The run's Faster R-CNN (weights drawn from torch's global generator: the runner seeds it)."""
-    from .models import create_detection_model
+    """The run's Faster R-CNN (weights drawn from torch's global generator: the runner seeds it),
+    then ``cfg.weights`` loaded into it when set
+    (:func:`~mombs.recipes.detection.models.load_detection_weights`)."""
+    from .models import create_detection_model, load_detection_weights
 
-    return create_detection_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                                  min_size=data.image_size, max_size=data.image_size)
+    model = create_detection_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                                   min_size=data.image_size, max_size=data.image_size)
+    if cfg.weights is not None:
+        load_detection_weights(model, cfg.weights)
+    return model
 
 
 def parts(cfg, data, model, device) -> TaskParts:
