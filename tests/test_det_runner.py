@@ -34,7 +34,7 @@ def test_detection_defaults_and_keys():
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(dataset="synthetic-ct"), "dataset='synthetic-ct' is not known; choose one of ['deeplesion'"),
+    (dict(dataset="synthetic-ct"), "dataset='synthetic-ct' is not known; choose one of ['coco', 'deeplesion'"),
     (dict(model="unet"), "model='unet' is not known"),
     (dict(loss="dice-ce"), "loss='dice-ce' is not known"),
     (dict(noise="symmetric", noise_rate=0.2), "noise='symmetric' is not known"),
