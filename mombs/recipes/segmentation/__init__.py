@@ -1,7 +1,8 @@
 """The segmentation recipe: CT slices with lesion masks, a MONAI U-Net, lesion Dice.
 
 Data sets: a synthetic CT set with planted mask corruptions, the COVID-19 CT
-set of Ma et al. and MedSeg (``corpus``). Models: MONAI's ``UNet`` and
+set of Ma et al., MedSeg, and your own Medical Segmentation Decathlon or nnU-Net
+task folder (``corpus``, ``decathlon``). Models: MONAI's ``UNet`` and
 ``BasicUNet`` (``models``). Metrics: per-image Dice, small-lesion Dice and
 lesion-wise sensitivity (``metrics``).
 """

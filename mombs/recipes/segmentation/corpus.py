@@ -1,4 +1,5 @@
-"""A segmentation run's data, built from its config: the synthetic CT set or a public COVID-19 CT set.
+"""A segmentation run's data, built from its config: the synthetic CT set, a public COVID-19 CT set, or
+your own Medical Segmentation Decathlon / nnU-Net task folder.
 
 The segmentation counterpart of :mod:`mombs.recipes.classification.corpus`. Nothing here imports
 MONAI, nibabel or scipy until data is actually read.
@@ -13,11 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .decathlon import DECATHLON_DATASETS, check_task_folder
+
 __all__ = ["SEG_DATASETS", "SEG_LOSSES", "SYNTHETIC_EVAL_SIZES", "SegCorpus", "check_seg_data_dir",
            "load_seg_corpus"]
 
 #: Segmentation data set names understood by :func:`load_seg_corpus`.
-SEG_DATASETS = ("synthetic-ct", "covid-ct", "medseg-covid")
+SEG_DATASETS = ("synthetic-ct", "covid-ct", "medseg-covid", "msd", "nnunet")
 #: Segmentation losses: ``"dice-ce"`` is :func:`mombs.tasks.segmentation.per_image_dice_ce`
 #: on the lesion channel (background left out of the Dice term, kept in the CE).
 SEG_LOSSES = ("dice-ce",)
@@ -41,8 +44,12 @@ def check_seg_data_dir(dataset: str, data_dir) -> None:
 
     Raises:
         ValueError: ``data_dir`` unset or not a folder for ``covid-ct`` /
-            ``medseg-covid``.
+            ``medseg-covid``; for ``msd`` / ``nnunet`` also an empty folder or
+            one without ``dataset.json``.
     """
+    if dataset in DECATHLON_DATASETS:
+        check_task_folder(data_dir)
+        return
     if dataset not in _WHERE:
         return
     if data_dir is None or not os.path.isdir(data_dir):
@@ -67,6 +74,10 @@ class SegCorpus:
         size_group_test: ``(N_test,)`` int64 codes into
             :data:`~mombs.recipes.segmentation.synthetic_ct.SIZE_GROUPS` (lesion area of the slice).
         size_group_train: the same for the training slices (clean masks).
+        sources: what each training slice is, in training order: name -> ``(N_train,)`` array
+            (``"path"``: its file relative to ``data_dir``; ``"case"``, ``"slice"``: its volume and
+            axial index, where there are volumes), or ``None``.
+        splits: ``{"train": [case ids], "val": [...], "test": [...]}`` where cases are split, or ``None``.
     """
 
     name: str
@@ -82,6 +93,8 @@ class SegCorpus:
     y_test: torch.Tensor
     size_group_test: np.ndarray
     size_group_train: np.ndarray
+    sources: dict | None = None
+    splits: dict | None = None
 
     def describe(self) -> dict:
         from .synthetic_ct import CORRUPTIONS, SIZE_GROUPS
@@ -93,6 +106,8 @@ class SegCorpus:
         if self.noisy_train is not None:
             d["train_noise_rate"] = float(self.noisy_train.mean())
             d["train_corruptions"] = {c: int((self.corruption == i).sum()) for i, c in enumerate(CORRUPTIONS)}
+        if self.splits is not None:
+            d["cases"] = {k: len(v) for k, v in self.splits.items()}
         return d
 
 
@@ -128,11 +143,12 @@ def _synthetic(cfg) -> SegCorpus:
     # Copies of the cached arrays: nothing a run does reaches the next run's data.
     return SegCorpus(cfg.dataset, 2, t(tr.images), t(tr.masks), tr.clean_masks, noisy,
                      tr.corruption if noisy is not None else None, t(va.images.copy()), t(va.clean_masks.copy()),
-                     t(te.images.copy()), t(te.clean_masks.copy()), te.size_group.copy(), tr.size_group)
+                     t(te.images.copy()), t(te.clean_masks.copy()), te.size_group.copy(), tr.size_group,
+                     sources={"path": np.asarray([f"synthetic-ct/train#{i}" for i in range(n_train)])})
 
 
 def _public(cfg) -> SegCorpus:
-    from .covid_ct import read_covid_ct_seg, read_medseg_covid
+    from .covid_ct import _MA_IMAGES, read_covid_ct_seg, read_medseg_covid
 
     reader = read_covid_ct_seg if cfg.dataset == "covid-ct" else read_medseg_covid
     splits = {}
@@ -140,7 +156,10 @@ def _public(cfg) -> SegCorpus:
         s = reader(cfg.data_dir, windows=cfg.windows or "lung", split=name, seed=cfg.seed,
                    size=cfg.image_size)
         splits[name] = (torch.from_numpy(np.ascontiguousarray(s.images())), s.masks)
+        if name == "train":
+            ids = s.slice_ids
     x_tr, y_tr = splits["train"]
+    keep = np.arange(len(y_tr))
     if cfg.subset is not None:
         if cfg.subset > len(y_tr):
             raise ValueError(f"subset={cfg.subset} exceeds the {len(y_tr)} training slices of {cfg.dataset}")
@@ -148,8 +167,34 @@ def _public(cfg) -> SegCorpus:
         x_tr, y_tr = x_tr[keep], y_tr[keep]
     y_val, y_te = splits["val"][1], splits["test"][1]
     t = torch.from_numpy
+    folder = f"{_MA_IMAGES}/" if cfg.dataset == "covid-ct" else ""
+    sources = {"path": np.asarray([f"{folder}{ids[i][0]}.nii.gz" for i in keep]),
+               "case": np.asarray([ids[i][0] for i in keep]),
+               "slice": np.asarray([ids[i][1] for i in keep], np.int64)}
     return SegCorpus(cfg.dataset, 2, x_tr, t(y_tr), None, None, None, splits["val"][0], t(y_val),
-                     splits["test"][0], t(y_te), _size_groups(y_te), _size_groups(y_tr))
+                     splits["test"][0], t(y_te), _size_groups(y_te), _size_groups(y_tr), sources=sources)
+
+
+def _decathlon(cfg) -> SegCorpus:
+    from .decathlon import DEFAULT_TEST_FRACTION, read_decathlon
+
+    val = cfg.val_fraction
+    test = cfg.test_fraction if cfg.test_fraction is not None else DEFAULT_TEST_FRACTION
+    d = read_decathlon(cfg.data_dir, size=cfg.image_size, foreground_only=bool(cfg.foreground_only),
+                       intensity_window=cfg.intensity_window, fractions=(1 - val - test, val, test), seed=cfg.seed)
+    tr = d.train
+    keep = np.arange(len(tr.masks))
+    if cfg.subset is not None:
+        if cfg.subset > len(keep):
+            raise ValueError(f"subset={cfg.subset} exceeds the {len(keep)} training slices of {cfg.data_dir}")
+        keep = np.sort(np.random.default_rng([cfg.seed, 0x5E6]).choice(len(keep), cfg.subset, replace=False))
+    t = torch.from_numpy
+    y_tr = tr.masks[keep]
+    return SegCorpus(cfg.dataset, 2, t(np.ascontiguousarray(tr.images[keep])), t(y_tr), None, None, None,
+                     t(d.val.images), t(d.val.masks), t(d.test.images), t(d.test.masks),
+                     _size_groups(d.test.masks), _size_groups(y_tr),
+                     sources={"path": tr.path[keep], "case": tr.case[keep], "slice": tr.slice[keep]},
+                     splits=d.splits)
 
 
 def load_seg_corpus(cfg) -> SegCorpus:
@@ -161,10 +206,17 @@ def load_seg_corpus(cfg) -> SegCorpus:
     ``covid-ct`` / ``medseg-covid``: the readers of :mod:`mombs.recipes.segmentation.covid_ct`
     with their patient-wise split seeded by ``cfg.seed`` (``subset``: a seeded
     share of the training slices). Lesion masks are binary.
+
+    ``msd`` / ``nnunet``: :func:`~mombs.recipes.segmentation.decathlon.read_decathlon` on
+    ``data_dir``, cases split by ``cfg.seed`` (``val_fraction``; ``test_fraction``, default
+    0.2), all slices or, with ``foreground_only``, those with a non-zero label; the target
+    is every non-zero label; ``subset`` as above.
     """
     if cfg.dataset == "synthetic-ct":
         return _synthetic(cfg)
     if cfg.dataset in _WHERE:
         check_seg_data_dir(cfg.dataset, cfg.data_dir)
         return _public(cfg)
+    if cfg.dataset in DECATHLON_DATASETS:
+        return _decathlon(cfg)
     raise ValueError(f"dataset={cfg.dataset!r} is not known; choose one of {list(SEG_DATASETS)}")

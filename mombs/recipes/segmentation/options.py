@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..._checks import check_choice
 from .corpus import check_seg_data_dir
+from .decathlon import DECATHLON_DATASETS, DEFAULT_TEST_FRACTION
 
 __all__ = ["WINDOWS", "check"]
 
@@ -25,6 +26,7 @@ def check(cfg) -> None:
         raise ValueError("augment=True does not apply to task='segmentation': the runner's crop and flip "
                          "move the image but not its mask; set augment=false or null")
     synthetic = cfg.dataset == "synthetic-ct"
+    volumes = cfg.dataset in DECATHLON_DATASETS
     if cfg.noise == "annotation" and not synthetic:
         raise ValueError(f"noise='annotation' plants mask corruptions in dataset='synthetic-ct' only, "
                          f"got dataset={cfg.dataset!r}")
@@ -37,7 +39,15 @@ def check(cfg) -> None:
         if not isinstance(cfg.noise_mix, dict):
             raise ValueError(f"noise_mix={cfg.noise_mix!r} must be a mapping of corruption: weight")
         _resolve_mix(cfg.noise_mix)  # names and weights, with its own message
-    if cfg.image_size is not None and synthetic and cfg.image_size % 16:
+    if volumes and cfg.windows is not None:
+        raise ValueError(f"windows={cfg.windows!r} applies to the HU sets (synthetic-ct, covid-ct, medseg-covid); "
+                         f"for dataset={cfg.dataset!r} give intensity_window=[lo, hi] or null (per-volume z-score)")
+    if volumes:
+        test = cfg.test_fraction if cfg.test_fraction is not None else DEFAULT_TEST_FRACTION
+        if cfg.val_fraction + test >= 1:
+            raise ValueError(f"val_fraction={cfg.val_fraction!r} and test_fraction={test!r} leave no training "
+                             f"cases for dataset={cfg.dataset!r}; their sum must be below 1")
+    if cfg.image_size is not None and (synthetic or volumes) and cfg.image_size % 16:
         raise ValueError(f"image_size={cfg.image_size!r} must be a multiple of 16 (the U-Nets halve "
                          f"the slice 3 or 4 times)")
     check_seg_data_dir(cfg.dataset, cfg.data_dir)
