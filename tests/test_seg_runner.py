@@ -156,3 +156,10 @@ def test_a_segmentation_run_reads_the_medseg_files(tmp_path):
     assert res["dataset"] == "medseg-covid" and res["data"]["image_shape"] == [3, 32, 32]
     assert res["data"]["train"] + res["data"]["val"] + res["data"]["test"] == 30
     assert "noise_detection" not in res and 0 <= res["dice"] <= 1  # no truth to score the quadrants against
+
+
+@pytest.mark.parametrize("name, value", [("foreground_only", True), ("intensity_window", [-1000, 400]),
+                                         ("test_fraction", 0.3)])
+def test_options_of_task_folders_are_refused_for_the_built_in_sets(name, value):
+    with pytest.raises(ValueError, match=f"{name}=.* applies to a task folder of your own"):
+        RunConfig(task="segmentation", **{name: value}).validate()

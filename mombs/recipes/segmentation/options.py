@@ -42,6 +42,12 @@ def check(cfg) -> None:
     if volumes and cfg.windows is not None:
         raise ValueError(f"windows={cfg.windows!r} applies to the HU sets (synthetic-ct, covid-ct, medseg-covid); "
                          f"for dataset={cfg.dataset!r} give intensity_window=[lo, hi] or null (per-volume z-score)")
+    if not volumes:
+        for name in ("foreground_only", "intensity_window", "test_fraction"):
+            if getattr(cfg, name) is not None:  # never silently ignored
+                raise ValueError(f"{name}={getattr(cfg, name)!r} applies to a task folder of your own "
+                                 f"(dataset={' or '.join(map(repr, DECATHLON_DATASETS))}), not to "
+                                 f"dataset={cfg.dataset!r}")
     if volumes:
         test = cfg.test_fraction if cfg.test_fraction is not None else DEFAULT_TEST_FRACTION
         if cfg.val_fraction + test >= 1:
