@@ -180,3 +180,8 @@ def test_the_cli_names_a_bad_detection_option(tmp_path):
         cli.main(["train", "--out", str(tmp_path), "--set", "task=detection", "--set", "dataset=deeplesion"])
     assert "data_dir=None must be the folder of dataset='deeplesion'" in str(err.value)
     assert not (tmp_path / "resolved_config.json").exists()  # refused before anything is written
+
+
+def test_test_fraction_is_refused_for_sets_that_come_with_a_test_split():
+    with pytest.raises(ValueError, match="test_fraction=0.3 only applies to dataset='coco'"):
+        RunConfig(task="detection", test_fraction=0.3).validate()

@@ -52,6 +52,9 @@ def check(cfg) -> None:
                          f"the training forward, which for a torchvision detector is a loss dict; "
                          f"task='detection' needs a schedule whose uncertainty comes from an assessment "
                          f"pass: one of {passes}")
+    if cfg.test_fraction is not None and cfg.dataset != "coco":  # never silently ignored
+        raise ValueError(f"test_fraction={cfg.test_fraction!r} only applies to dataset='coco' (the other sets "
+                         f"come with their test split)")
     if cfg.annotations is not None and cfg.dataset != "coco":
         raise ValueError(f"annotations={cfg.annotations!r} only applies to dataset='coco' (the COCO JSON file "
                          f"in data_dir), got dataset={cfg.dataset!r}")
