@@ -2,8 +2,11 @@
 
 Data sets: scikit-learn's digits, Fashion-MNIST, CIFAR-10/100 (``corpus``),
 with a seeded subset, a long-tailed cut (``imbalance``), symmetric, pair or
-CIFAR-100N human label noise. Models: a small CNN and a CIFAR ResNet-32
-(``models``). Losses: cross-entropy and the long-tail losses (``losses``).
+CIFAR-100N human label noise; your own images as an ImageFolder tree or a CSV
+of paths and labels, read lazily (``folder``). Models: a small CNN, a CIFAR
+ResNet-32, torchvision's ResNet-18/50 and EfficientNet-B0, optionally started
+from a local state-dict file (``models``). Losses: cross-entropy and the
+long-tail losses (``losses``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ NOISES = ("none", "symmetric", "pair", "human")
 
 
 def training_images(cfg):
-    """``(N, C, H, W)`` normalized training images of a run, rebuilt from its config."""
+    """``(N, C, H, W)`` normalized training images of a run, rebuilt from its config
+    (for your own files, a data set that reads image ``i`` when indexed)."""
     return load_corpus(cfg).x_train
 
 

@@ -1,4 +1,9 @@
-"""A run's data, built from its config: reader -> subset -> long tail -> split -> label noise."""
+"""A run's data, built from its config: reader -> subset -> long tail -> split -> label noise.
+
+The built-in sets are read into memory; your own images (``imagefolder``,
+``csv``: :mod:`.folder`) are listed, checked and split here and read from
+their files as training asks for them.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .folder import (FILE_DATASETS, IMAGENET_MEAN, IMAGENET_STD, SPLITS, ImageFiles, assign_splits, channel_stats,
+                     channels_of, read_files, scan_images)
 from .imbalance import long_tailed_indices, shot_groups
 from .label_noise import pair_noise, symmetric_noise
+from .models import wants_rgb
 
-__all__ = ["Corpus", "DATASETS", "TRAIN_CLASS_SIZES", "check_data_dir", "load_corpus"]
+__all__ = ["BUILT_IN", "Corpus", "DATASETS", "FILE_DATASETS", "TRAIN_CLASS_SIZES", "check_data_dir",
+           "load_corpus"]
 
-#: Data set names understood by :func:`load_corpus`.
-DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100")
+#: The data sets this package reads itself, into memory.
+BUILT_IN = ("digits", "fashion-mnist", "cifar10", "cifar100")
+#: Data set names understood by :func:`load_corpus`: the built-in ones, then your own files.
+DATASETS = BUILT_IN + FILE_DATASETS
+#: Training images the ``dataset`` normalization of your files reads for its mean and std
+#: (a seeded sample; all of them when there are fewer).
+STATS_SAMPLE = 2048
 
 #: Training images per class of each data set as :func:`load_corpus` reads it
 #: (digits: its fixed 1,347-image training split), so that ``subset`` and
@@ -51,9 +65,19 @@ def check_data_dir(dataset: str, data_dir) -> None:
 
 @dataclass
 class Corpus:
-    """In-memory splits. Images are normalized float ``(N, C, H, W)`` tensors;
-    labels are int64 numpy arrays. ``y_train``/``y_val`` are the labels trained
-    on (noisy where noise was added); the clean ones and the noise mask are kept."""
+    """A run's splits. Images are normalized float ``(N, C, H, W)`` tensors
+    (built-in sets) or :class:`~.folder.ImageFiles` that read them from files
+    on demand (your own: ``len``, ``[i]`` and ``shape`` as a tensor's); labels
+    are int64 numpy arrays. ``y_train``/``y_val`` are the labels trained on
+    (noisy where noise was added); the clean ones and the noise mask are kept.
+
+    ``sources`` describes each training sample's origin, in training order:
+    ``{"path": (N_train,) str array}``, a file path relative to ``data_dir``
+    (your files) or ``"{dataset}/train#{i}"``, ``i`` the index into the set's
+    training file (built-in sets). ``splits`` lists the same names per split:
+    ``{"train": [...], "val": [...], "test": [...]}``. ``classes`` names the
+    class ids of your files; ``data_dir`` is where they were read.
+    """
 
     name: str
     num_classes: int
@@ -66,6 +90,10 @@ class Corpus:
     x_test: torch.Tensor
     y_test: np.ndarray
     shot_groups: dict | None = None
+    sources: dict | None = None
+    splits: dict | None = None
+    classes: list | None = None
+    data_dir: str | None = None
 
     def describe(self) -> dict:
         d = {"name": self.name, "num_classes": self.num_classes, "train": int(len(self.y_train)),
@@ -73,6 +101,12 @@ class Corpus:
              "train_class_counts": np.bincount(self.y_train_clean, minlength=self.num_classes).tolist()}
         if self.noisy_train is not None:
             d["train_noise_rate"] = float(self.noisy_train.mean())
+        if self.data_dir is not None:
+            d["data_dir"] = self.data_dir
+        if self.classes is not None:
+            d["classes"] = list(self.classes)
+        if not torch.is_tensor(self.x_train):
+            d["image_shape"] = list(self.x_train.shape[1:])
         return d
 
 
@@ -102,10 +136,52 @@ def _read(name: str, data_dir):
     raise ValueError(f"dataset={name!r} is not known; choose one of {list(DATASETS)}")
 
 
+def _names(dataset: str, split: str, indices) -> np.ndarray:
+    """``(n,)`` str array ``"{dataset}/{split}#{i}"``: built-in samples named by their index in the set's file."""
+    return np.array([f"{dataset}/{split}#{i}" for i in indices], dtype=str)
+
+
+def _load_files(cfg) -> Corpus:
+    """Your images: listed and checked (every file opened once), split, read lazily."""
+    table = read_files(cfg.dataset, cfg.data_dir)
+    modes, sizes = scan_images(table.root, table.paths)
+    if cfg.image_size is None:
+        if len(set(sizes)) > 1:
+            j = next(i for i, s in enumerate(sizes) if s != sizes[0])
+            raise ValueError(f"images differ in size ({table.paths[0]} is {sizes[0][0]}x{sizes[0][1]}, "
+                             f"{table.paths[j]} is {sizes[j][0]}x{sizes[j][1]}); set image_size to resize "
+                             f"every image to one square side")
+        shape = (sizes[0][1], sizes[0][0])
+    else:
+        shape = (cfg.image_size, cfg.image_size)
+    idx = assign_splits(table, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    channels = channels_of(modes, rgb=wants_rgb(cfg.model) or cfg.normalize == "imagenet")
+    x = {s: ImageFiles(table.root, table.paths[idx[s]], channels=channels, image_shape=shape, size=cfg.image_size)
+         for s in SPLITS}
+    mean = std = None
+    if cfg.normalize in (None, "dataset"):
+        n = len(x["train"])
+        rng = np.random.default_rng([cfg.seed, 0x57A7])
+        pick = np.arange(n) if n <= STATS_SAMPLE else np.sort(rng.choice(n, STATS_SAMPLE, replace=False))
+        mean, std = channel_stats(x["train"], pick)
+    elif cfg.normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    for images in x.values():
+        images.set_normalization(mean, std)
+    y = {s: table.labels[idx[s]] for s in SPLITS}
+    return Corpus(cfg.dataset, len(table.classes), x["train"], y["train"], y["train"].copy(), None,
+                  x["val"], y["val"], x["test"], y["test"], None,
+                  sources={"path": table.paths[idx["train"]]},
+                  splits={s: table.paths[idx[s]].tolist() for s in SPLITS},
+                  classes=list(table.classes), data_dir=str(cfg.data_dir))
+
+
 def load_corpus(cfg) -> Corpus:
     """Builds the splits a :class:`~mombs.train.RunConfig` asks for. All draws use
     private generators seeded from ``cfg.seed``."""
     cfg = cfg.resolved() if hasattr(cfg, "resolved") else cfg
+    if cfg.dataset in FILE_DATASETS:
+        return _load_files(cfg)
     xtr, ytr, xte, yte, num_classes = _read(cfg.dataset, cfg.data_dir)
     rng = np.random.default_rng([cfg.seed, 0xC0DE])
     keep = np.arange(len(ytr))
@@ -144,8 +220,16 @@ def load_corpus(cfg) -> Corpus:
         return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float().div_(255)
 
     x_train, x_val, x_test = to_tensor(xtr[tr_idx]), to_tensor(xtr[val_idx]), to_tensor(xte)
-    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
-    std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    if cfg.normalize in (None, "dataset"):
+        mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+        std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    elif cfg.normalize == "imagenet":  # options.check allows it for the colour sets only
+        mean, std = (torch.tensor(v).reshape(1, -1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    else:
+        mean, std = torch.zeros(()), torch.ones(())
     norm = lambda t: (t - mean) / std  # noqa: E731
+    train_names = _names(cfg.dataset, "train", tr_idx)
+    splits = {"train": train_names.tolist(), "val": _names(cfg.dataset, "train", val_idx).tolist(),
+              "test": _names(cfg.dataset, "test", range(len(yte))).tolist()}
     return Corpus(cfg.dataset, num_classes, norm(x_train), y_train, y_clean, noisy,
-                  norm(x_val), y_val, norm(x_test), yte, groups)
+                  norm(x_val), y_val, norm(x_test), yte, groups, sources={"path": train_names}, splits=splits)

@@ -4,32 +4,55 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ...quality.signals import _given_label_margin, _given_label_prob
 from .. import TaskParts
+from .folder import LabelledImages
 from .losses import create_loss
-from .models import FEATURE_MODULE
+from .models import FEATURE_MODULE, HEAD_PREFIX, classifier_head, load_weights
 from .models import create_model as _create
 
 __all__ = ["class_fit", "create_model", "evaluate", "parts", "training_signals"]
 
 #: Datasets trained with random crops and flips unless ``augment`` says otherwise.
 _AUGMENTED = ("cifar10", "cifar100")
+#: Images per forward when evaluating a split read from files (decoded as it goes).
+FILE_BATCH_SIZE = 64
 
 
-def evaluate(model, split, batch_size: int = 1000) -> tuple[float, np.ndarray]:
+def _evaluate_files(model, split: Dataset, batch_size: int) -> tuple[float, np.ndarray]:
+    device = next(model.parameters()).device
+    model.eval()
+    preds, ys = [], []
+    with torch.no_grad():
+        for x, y in DataLoader(split, batch_size=batch_size, shuffle=False):
+            preds.append(model(x.to(device)).argmax(1).cpu())
+            ys.append(y)
+    if not preds:
+        return float("nan"), np.zeros(0, dtype=np.int64)
+    pred, y = torch.cat(preds).numpy(), torch.cat(ys).numpy()
+    return float((pred == y).mean()), pred
+
+
+def evaluate(model, split, batch_size: int | None = None) -> tuple[float, np.ndarray]:
     """Top-1 accuracy and ``(n,)`` predictions over a whole split.
 
     Args:
         model: the network; put in eval mode.
-        split: ``(x (n, C, H, W), y (n,))`` tensors on the model's device.
-        batch_size: images per forward.
+        split: ``(x (n, C, H, W), y (n,))`` tensors on the model's device, or
+            a data set of ``(x, y)`` items (images read from files), read in
+            order and moved to the model's device batch by batch.
+        batch_size: images per forward; default 1000 for tensors,
+            :data:`FILE_BATCH_SIZE` for a data set.
 
     Returns:
         ``(top1, pred)``: accuracy in ``[0, 1]`` (NaN for an empty split),
         higher = better, and the predicted classes.
     """
+    if isinstance(split, Dataset):
+        return _evaluate_files(model, split, batch_size or FILE_BATCH_SIZE)
+    batch_size = batch_size or 1000
     x, y = split
     model.eval()
     preds = []
@@ -64,19 +87,32 @@ def training_signals(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.T
 
 
 def create_model(cfg, data) -> torch.nn.Module:
-    """The run's network (weights drawn from torch's global generator: the runner seeds it)."""
-    return _create(cfg.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1])
+    """The run's network (weights drawn from torch's global generator: the runner seeds it),
+    started from ``cfg.weights`` where given (:func:`~.models.load_weights`)."""
+    model = _create(cfg.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1])
+    if cfg.weights is not None:
+        load_weights(model, cfg.weights, head=HEAD_PREFIX[cfg.model])
+    return model
 
 
 def parts(cfg, data, model, device) -> TaskParts:
-    """The training set and the evaluation splits on ``device``, the loss and the rest."""
+    """The training set and the evaluation splits, the loss and the rest.
+
+    In-memory images go to ``device`` whole; images read from files stay
+    data sets of ``(x, y)`` items, each batch moved to ``device`` as it is read.
+    """
     def on_device(x, y):
         return x.to(device), torch.as_tensor(y).to(device)
 
+    if torch.is_tensor(data.x_train):
+        train, val, test = (TensorDataset(*on_device(data.x_train, data.y_train)), on_device(data.x_val, data.y_val),
+                            on_device(data.x_test, data.y_test))
+    else:
+        train, val, test = (LabelledImages(data.x_train, data.y_train), LabelledImages(data.x_val, data.y_val),
+                            LabelledImages(data.x_test, data.y_test))
     counts = np.bincount(data.y_train, minlength=data.num_classes)
     return TaskParts(
-        model=model, at=FEATURE_MODULE[cfg.model], train_data=TensorDataset(*on_device(data.x_train, data.y_train)),
-        val=on_device(data.x_val, data.y_val), test=on_device(data.x_test, data.y_test), evaluate=evaluate,
+        model=model, at=FEATURE_MODULE[cfg.model], train_data=train, val=val, test=test, evaluate=evaluate,
         loss_fn=create_loss(cfg.loss, class_counts=counts, epochs=cfg.epochs).to(device), fit_fn=class_fit,
-        task="classification", signal_fn=training_signals, head=getattr(model, "fc", None),
+        task="classification", signal_fn=training_signals, head=classifier_head(cfg.model, model),
         augment=cfg.augment if cfg.augment is not None else cfg.dataset in _AUGMENTED)
