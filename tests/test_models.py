@@ -41,5 +41,5 @@ def test_every_model_names_its_feature_module():
 
 
 def test_unknown_model_is_named():
-    with pytest.raises(ValueError, match=r"model='resnet18'.*resnet32"):
-        create_model("resnet18", num_classes=10)
+    with pytest.raises(ValueError, match=r"model='resnet999'.*resnet32"):
+        create_model("resnet999", num_classes=10)

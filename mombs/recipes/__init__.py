@@ -113,6 +113,8 @@ class Recipe:
         assess_batch_size: samples per batch of an assessment pass.
         label_table: a run has one class label per sample (``mombs diagnose`` reads it).
         reads_data_dir: the data sets that read ``data_dir`` (the others refuse one).
+        own_data: of those, the formats whose ``data_dir`` IS the data (a user's
+            folder, not a copy of a public set): its path is part of a run's key.
         check: ``(cfg) -> None``: the task's own option checks (cross-field,
             data folder); raises ``ValueError`` naming the option.
         load: ``(cfg) -> data``: the run's splits; ``data.describe()`` is a
@@ -155,3 +157,4 @@ class Recipe:
     training_images: Callable | None = None
     label_table: bool = False
     reads_data_dir: tuple = ()
+    own_data: tuple = ()

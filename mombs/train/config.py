@@ -248,10 +248,14 @@ class RunConfig:
 
     def outcome_fields(self) -> dict:
         """The fields that change the run's outcome (all but device, threads, tags, ...),
-        with the task's defaults filled in."""
+        with the task's defaults filled in; ``data_dir`` (its real path) where it holds
+        a user's own data, not where it locates a public set's files."""
         d = dataclasses.asdict(self.resolved())
+        data_dir = d["data_dir"]
         for k in _NOT_IN_KEY:
             d.pop(k)
+        if data_dir and self.task in RECIPES and d["dataset"] in get_recipe(self.task).own_data:
+            d["data_dir"] = os.path.realpath(data_dir)  # your folder is the data: another folder, another run
         for k, default in _KEY_IF_SET.items():
             if d[k] == default:
                 d.pop(k)

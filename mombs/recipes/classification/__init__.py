@@ -41,4 +41,4 @@ RECIPE = Recipe(
     summarize=summarize, columns={"many": "many %", "medium": "med. %", "few": "few %"}, row_extras=row_extras,
     report_notes=report_notes, report_figures=report_figures, run_figures=run_figures,
     training_images=training_images, label_table=True,
-    reads_data_dir=("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"))
+    reads_data_dir=("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"), own_data=("imagefolder", "csv"))

@@ -32,4 +32,4 @@ RECIPE = Recipe(
     assess_batch_size=16, check=check, load=load_det_corpus, create_model=create_model, parts=parts,
     summarize=summarize, columns={"sens@0.5": "sens@0.5FP %", "sens@1": "sens@1FP %", "sens@2": "sens@2FP %"},
     row_extras=row_extras, report_notes=report_notes, report_figures=report_figures, run_figures=run_figures,
-    reads_data_dir=("deeplesion", "coco"))
+    reads_data_dir=("deeplesion", "coco"), own_data=("coco",))

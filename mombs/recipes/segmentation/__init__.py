@@ -31,4 +31,4 @@ RECIPE = Recipe(
     assess_batch_size=32, check=check, load=load_seg_corpus, create_model=create_model, parts=parts,
     summarize=summarize, columns={"small_dice": "small-lesion Dice %", "lesion_sensitivity": "lesion sens. %"},
     row_extras=row_extras, report_notes=report_notes, run_figures=run_figures,
-    reads_data_dir=("covid-ct", "medseg-covid", "msd", "nnunet"))
+    reads_data_dir=("covid-ct", "medseg-covid", "msd", "nnunet"), own_data=("msd", "nnunet"))
