@@ -72,3 +72,64 @@ def test_diagnose_names_the_misfiled_pictures_of_an_image_folder(misfiled_tree, 
     assert mean_rank < 0.1, (mean_rank, sorted(ranks[p] for p in planted))
     top = sorted(rows, key=lambda r: int(r["label_issue_rank"]))[:len(planted)]
     assert sum(r["path"] in planted for r in top) >= len(planted) - 1
+
+
+def _only_run(out):
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def _check_traceable(run, key: str = "path") -> dict:
+    """The run folder names its split and every training sample's origin, in training order."""
+    splits = json.loads((run / "splits.json").read_text())
+    z = np.load(run / "assessment.npz")
+    assert len(z["loss"]) == len(z[f"source_{key}"])
+    return {"splits": splits, "assessment": z}
+
+
+def test_mombs_train_on_a_csv_file(misfiled_tree, tmp_path, capsys):
+    root, _ = misfiled_tree
+    files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
+    table = root / "labels.csv"
+    table.write_text("path,label,split\n" + "".join(
+        f"{p},{p.parts[0]},{'test' if i % 5 == 0 else 'val' if i % 5 == 1 else 'train'}\n"
+        for i, p in enumerate(files)))
+    out = tmp_path / "runs"
+    assert cli.main(["train", "--set", "dataset=csv", "--data-dir", str(table), "--set", "epochs=1",
+                     "--set", "batch_size=32", "--set", "threads=1", "--out", str(out), "--no-progress"]) == 0
+    got = _check_traceable(_only_run(out))
+    train = [str(p) for i, p in enumerate(files) if i % 5 > 1]
+    assert sorted(got["splits"]["train"]) == sorted(train)  # the CSV's split column, file for file
+    assert sorted(got["assessment"]["source_path"].tolist()) == sorted(train)
+
+
+def test_mombs_train_on_a_decathlon_folder_splits_by_case(tmp_path):
+    from test_decathlon import make_task
+
+    root = make_task(tmp_path / "Task99_Toy")
+    out = tmp_path / "runs"
+    assert cli.main(["train", "--set", "task=segmentation", "--set", "dataset=msd", "--data-dir", str(root),
+                     "--set", "image_size=32", "--set", "epochs=1", "--set", "batch_size=8", "--set", "threads=1",
+                     "--set", "val_fraction=0.2", "--out", str(out), "--no-progress"]) == 0
+    got = _check_traceable(_only_run(out), "case")
+    splits, z = got["splits"], got["assessment"]
+    cases = [set(splits[s]) for s in ("train", "val", "test")]
+    assert all(c for c in cases) and not (cases[0] & cases[1] or cases[0] & cases[2] or cases[1] & cases[2])
+    assert set(z["source_case"].tolist()) == cases[0]  # every training slice comes from a training case
+    assert len(set(zip(z["source_case"].tolist(), z["source_slice"].tolist()))) == len(z["loss"])
+
+
+def test_mombs_train_on_a_coco_folder_keeps_images_without_boxes(tmp_path):
+    from test_coco import write_coco
+
+    root = write_coco(tmp_path / "boxes")
+    out = tmp_path / "runs"
+    assert cli.main(["train", "--set", "task=detection", "--set", "dataset=coco", "--data-dir", str(root),
+                     "--set", "image_size=64", "--set", "epochs=1", "--set", "batch_size=4", "--set", "threads=1",
+                     "--out", str(out), "--no-progress"]) == 0
+    got = _check_traceable(_only_run(out), "image_id")
+    doc = json.loads((root / "instances.json").read_text())
+    named = sorted(sum((got["splits"][s] for s in ("train", "val", "test")), []))
+    assert named == sorted(e["file_name"] for e in doc["images"])  # every image, boxed or not, in one split
+    assert sorted(got["assessment"]["source_path"].tolist()) == sorted(got["splits"]["train"])
