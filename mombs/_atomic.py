@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -41,9 +43,12 @@ def atomic_write(path, write: Callable[[Path], None], *, verify: Callable[[Path]
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            write(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except Exception as err:
+            raise _explained(path, err) from err
         if verify is not None:
             verify(tmp)
         os.replace(tmp, path)
@@ -51,6 +56,29 @@ def atomic_write(path, write: Callable[[Path], None], *, verify: Callable[[Path]
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _explained(path: Path, err: Exception) -> Exception:
+    """A write error as one line that names the file and says what is wrong with the disk.
+
+    torch reports a full disk as ``[enforce fail at inline_container.cc:...]``; numpy and the
+    file system as ``OSError`` with an errno. Either way the user reads the path and the cause.
+    """
+    code = getattr(err, "errno", None)
+    if code == errno.ENOSPC or (code is None and _disk_is_full(path.parent)):
+        return OSError(errno.ENOSPC, f"cannot write {path}: the disk is full ({type(err).__name__}: {err})")
+    if code == errno.EROFS:
+        return OSError(errno.EROFS, f"cannot write {path}: the file system is read-only")
+    if code in (errno.EACCES, errno.EPERM):
+        return OSError(code, f"cannot write {path}: permission denied")
+    return err
+
+
+def _disk_is_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def atomic_json(path, obj, *, indent: int | None = 1) -> None:

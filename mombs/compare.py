@@ -21,6 +21,7 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import numpy as np
 from ._checks import check_int
 from .recipes import DEFAULT_TASK, get_recipe
 from .strategies import STRATEGY_REGISTRY
-from .train import RunConfig, run, run_dir_name
+from .train import RunConfig, run_dir_name
 
 __all__ = ["check_grid", "expand_grid", "load_results", "paired_difference", "run_grid", "summarize"]
 
@@ -121,7 +122,7 @@ def expand_grid(base: RunConfig, *, strategies, seeds, batch_sizes=None, losses=
     return configs
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     """Pool initializer: SIGINT is the parent's to handle.
 
     The worker was started with SIGINT blocked (see :func:`_start_pool`), so a
@@ -130,6 +131,31 @@ def _worker_init() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _die_with_parent(parent)
+
+
+#: prctl's option that asks the kernel for a signal when the parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """On Linux, the kernel kills this worker when the process that started it dies.
+
+    A ``compare`` killed with SIGKILL cannot terminate its pool; its workers would
+    go on training and writing, and a rerun of the same command would put two
+    writers on one run folder. Elsewhere the run folder's lock still stops that.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl to be had: the run folder's lock remains
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
 
 
 def _start_pool(jobs: int):
@@ -147,7 +173,7 @@ def _start_pool(jobs: int):
     """
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        return mp.get_context("spawn").Pool(jobs, initializer=_worker_init)
+        return mp.get_context("spawn").Pool(jobs, initializer=_worker_init, initargs=(os.getpid(),))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
@@ -166,6 +192,8 @@ def _worker_threads(jobs: int) -> int:
 
 
 def _worker(args):
+    from .train import run  # the runner and torch: imported once a run starts, not to check a grid
+
     cfg_dict, run_dir = args
     try:
         cfg = RunConfig(**cfg_dict)

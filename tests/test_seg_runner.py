@@ -23,7 +23,7 @@ def test_classification_keys_do_not_move_with_the_segmentation_fields():
     # Pinned before the segmentation fields existed: every committed run keeps its folder.
     assert RunConfig().key() == "11f7a7d05f"
     assert RunConfig(dataset="digits", strategy="mixed", epochs=3).key() == "b0e6feab92"
-    assert RunConfig(history=True).key() == RunConfig().key()  # history changes no outcome
+    assert RunConfig(history=True).key() != RunConfig().key()  # history.npz is an output: its own run
     seg = RunConfig(task="segmentation")
     assert seg.key() != RunConfig().key()
     assert seg.resolved().dataset == "synthetic-ct" and seg.resolved().model == "unet"

@@ -71,7 +71,9 @@ def load_checkpoint(path: Path, key: str) -> dict | None:
     reported with a :class:`RuntimeWarning` naming it, renamed to
     ``<name>.corrupt`` so that the next save does not keep it as the previous
     one, and the previous checkpoint is tried. A checkpoint of another run
-    (another key) is ignored.
+    (another key, say one copied in by hand) is set aside the same way, as
+    ``<name>.foreign``, with a warning naming both keys: it never makes the
+    run start over while a checkpoint of its own remains.
 
     Returns:
         The checkpoint dict, or ``None`` when there is none to resume from.
@@ -89,16 +91,24 @@ def load_checkpoint(path: Path, key: str) -> dict | None:
                           f"moved to {corrupt.name}, resuming from the previous checkpoint if there is one",
                           RuntimeWarning, stacklevel=2)
             continue
-        if ck.get("key") == key:
-            if candidate != path:
-                warnings.warn(f"resuming from {candidate} (epoch {ck['epoch']})", RuntimeWarning, stacklevel=2)
-            return ck
-        return None  # the newest readable file belongs to another run: start over
+        if ck.get("key") != key:
+            foreign = candidate.with_name(candidate.name + ".foreign")
+            os.replace(candidate, foreign)
+            warnings.warn(f"checkpoint {candidate} belongs to another run (key {ck.get('key')!r}, this run's is "
+                          f"{key!r}); moved to {foreign.name}, resuming from the previous checkpoint if there "
+                          f"is one", RuntimeWarning, stacklevel=2)
+            continue
+        if candidate != path:
+            warnings.warn(f"resuming from {candidate} (epoch {ck['epoch']})", RuntimeWarning, stacklevel=2)
+        return ck
     return None
 
 
 def remove_checkpoints(path: Path) -> None:
-    """Deletes a finished run's checkpoints (latest, previous, temporary, set-aside corrupt ones)."""
+    """Deletes a finished run's checkpoints (latest, previous, temporary, set-aside corrupt ones).
+
+    Files set aside as another run's (``.foreign``) are left: they are not this run's to delete.
+    """
     path = Path(path)
     prev = previous_checkpoint(path)
     for p in (path, prev, path.with_suffix(path.suffix + ".tmp"), path.with_name(path.name + ".corrupt"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -19,12 +20,13 @@ from ..strategies import STRATEGY_REGISTRY
 __all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "run_dir_name"]
 
 #: Fields that do not change a run's outcome: left out of its key.
-_NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every", "history")
+_NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every")
 #: Fields added with segmentation and detection: in a run's key only when set,
 #: so that the keys (and folder names) of every run made before them stay.
 _KEY_IF_SET = {"task": DEFAULT_TASK, "image_size": None, "noise_mix": None, "windows": None,
                "optimizer": "sgd", "train_fraction": None, "test_fraction": None, "weights": None,
-               "normalize": None, "annotations": None, "foreground_only": None, "intensity_window": None}
+               "normalize": None, "annotations": None, "foreground_only": None, "intensity_window": None,
+               "history": False}
 _OPTIMIZERS = ("sgd", "adam")
 #: How images are scaled: by the training set's own mean and std, ImageNet's, or not at all.
 _NORMALIZATIONS = ("dataset", "imagenet", "none")
@@ -48,10 +50,12 @@ def _json_default(value):
 
 
 def _check_device(device) -> None:
-    import torch
-
     if not isinstance(device, str):
         raise ValueError(f"device={device!r} must be a string such as 'cpu', 'cuda' or 'cuda:1'")
+    if device == "cpu":
+        return  # always there: checking it needs no torch import (seconds on a small CPU)
+    import torch
+
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as err:
@@ -255,7 +259,9 @@ class RunConfig:
         for k in _NOT_IN_KEY:
             d.pop(k)
         if data_dir and self.task in RECIPES and d["dataset"] in get_recipe(self.task).own_data:
-            d["data_dir"] = os.path.realpath(data_dir)  # your folder is the data: another folder, another run
+            # Your folder is the data: another folder, or files added, removed or changed in it, is another run.
+            d["data_dir"] = os.path.realpath(data_dir)
+            d["data_fingerprint"] = data_fingerprint(d["data_dir"])
         for k, default in _KEY_IF_SET.items():
             if d[k] == default:
                 d.pop(k)
@@ -265,6 +271,37 @@ class RunConfig:
         """A short hash of everything that changes the run's outcome."""
         text = json.dumps(self.outcome_fields(), sort_keys=True, default=_json_default)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(path: str, stamp: tuple) -> str:
+    digest = hashlib.sha1()
+    root = path if os.path.isdir(path) else os.path.dirname(path)
+    files = [path] if os.path.isfile(path) else []
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        files += [os.path.join(folder, n) for n in sorted(names) if not n.startswith(".")]
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:  # vanished while listing: its absence is the fingerprint
+            continue
+        digest.update(f"{os.path.relpath(f, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def data_fingerprint(path: str) -> str:
+    """A short hash of the files under ``path`` (a folder, or a file and its folder): their
+    relative paths, sizes and modification times. Nothing is read but the file system's listing.
+
+    The listing is taken once per process for as long as the folder's own modification time
+    stays the same (a run asks for its key at every checkpoint).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return _fingerprint(path, (st.st_mtime_ns, st.st_size))
 
 
 def run_dir_name(cfg: RunConfig) -> str:

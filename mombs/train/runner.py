@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from .build import Components, build
 from .checkpoint import load_checkpoint, remove_checkpoints, save_checkpoint
 from .config import RunConfig, run_dir_name
 from .engine import train_one_epoch
+from .lock import run_lock
 from .summary import FinishedRun, source_arrays, summarize_run
 
 __all__ = ["RunConfig", "run", "run_dir_name"]
@@ -85,6 +88,65 @@ def _write_history(out: Path, history: dict, sources: dict | None) -> None:
     atomic_npz(out / "history.npz", **arrays)
 
 
+#: Fields that change neither a run's numbers nor its files: a rerun may differ in them.
+_RERUN_MAY_CHANGE = ("device", "threads", "tags", "data_dir")
+
+
+def _set_aside(path: Path, why: str) -> None:
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    warnings.warn(f"{path} {why}; moved to {aside.name}, and the run resumes from its checkpoint if it has one",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _finished(out: Path, cfg: RunConfig) -> dict | None:
+    """The results of this run if the folder holds them; ``None`` when it must (re)run.
+
+    A ``results.json`` that does not read (cut short, empty) is set aside, named,
+    and the run resumes; one of another run is refused. Checkpoints that a killed
+    run left beside its results are removed.
+    """
+    path = out / "results.json"
+    if not path.exists():
+        return None
+    try:
+        res = json.loads(path.read_text())
+        if not isinstance(res, dict):
+            raise ValueError(f"it holds a {type(res).__name__}, not a run's results")
+    except (OSError, ValueError) as err:
+        _set_aside(path, f"cannot be read ({type(err).__name__}: {err})")
+        return None
+    if res.get("key") not in (None, cfg.key()):
+        raise ValueError(f"{out} holds the finished run {res.get('key')!r}, not this one ({cfg.key()!r}): "
+                         f"give this run its own folder")
+    remove_checkpoints(out / "checkpoint.pt")
+    return res
+
+
+def _check_same_run(out: Path, cfg: RunConfig) -> None:
+    """Refuses a folder that holds (part of) a run with other settings, naming the difference."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        text = json.loads(path.read_text())
+        saved, saved_key = text["config"], text.get("key")
+        known = {f.name for f in dataclasses.fields(RunConfig)}
+        before = dataclasses.asdict(RunConfig(**{k: v for k, v in saved.items() if k in known}).resolved())
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        _set_aside(path, f"cannot be read ({type(err).__name__}: {err})")
+        return
+    now = dataclasses.asdict(cfg.resolved())
+    changed = [k for k in now if k not in _RERUN_MAY_CHANGE and before.get(k) != now[k]]
+    if not changed and saved_key != cfg.key():  # the same options on another data folder (or other data in it)
+        changed = ["data_dir"]
+    if changed:
+        was = ", ".join(f"{k}={before.get(k)!r}" for k in changed)
+        asked = ", ".join(f"{k}={now[k]!r}" for k in changed)
+        raise ValueError(f"{out} holds a run with {was}; this command asks {asked}. Give it another folder "
+                         f"(--out), or remove this one to start over")
+
+
 def _epoch_losses(c: Components) -> np.ndarray | None:
     """A copy of the latest per-sample losses, or ``None`` while some sample has none."""
     if c.assessor is None or not c.assessor.tracker.measured("loss").all():
@@ -121,31 +183,37 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus=None) -> dict
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} exists and is not a folder")
     results_path = out / "results.json"
-    if results_path.exists():
-        return json.loads(results_path.read_text())
+    _check_same_run(out, cfg)
+    finished = _finished(out, cfg)
+    if finished is not None:
+        return finished
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     recipe = get_recipe(cfg.task)
     data = corpus or recipe.load(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_json(out / "config.json", {"config": dataclasses.asdict(cfg), "key": cfg.key(),
-                                      "data": data.describe()})
-    if getattr(data, "splits", None):  # which files (cases, images) each split holds: a rerun reads the same
-        atomic_json(out / "splits.json", data.splits)
-    c = build(cfg, recipe, data, device)
-    ckpt_path = out / "checkpoint.pt"
-    try:
-        log, best, history = _train(cfg, c, data, out, ckpt_path, device, progress)
-    finally:
-        if c.assessor is not None:
-            c.assessor.close()  # its hooks come off the model even when training fails
-    results = summarize_run(FinishedRun(cfg=cfg, recipe=recipe, data=data, parts=c.parts, train_set=c.train_set,
-                                        log=log, best=best, out=out))
-    if history:
-        _write_history(out, history, getattr(data, "sources", None))
-    atomic_json(results_path, results)
-    remove_checkpoints(ckpt_path)
+    with run_lock(out):  # one writer per run folder; taken once the data has loaded, so a bad input writes nothing
+        finished = _finished(out, cfg)  # another process may have finished it while the data loaded
+        if finished is not None:
+            return finished
+        _check_same_run(out, cfg)
+        atomic_json(out / "config.json", {"config": dataclasses.asdict(cfg), "key": cfg.key(),
+                                          "data": data.describe()})
+        if getattr(data, "splits", None):  # which files (cases, images) each split holds: a rerun reads the same
+            atomic_json(out / "splits.json", data.splits)
+        c = build(cfg, recipe, data, device)
+        ckpt_path = out / "checkpoint.pt"
+        try:
+            log, best, history = _train(cfg, c, data, out, ckpt_path, device, progress)
+        finally:
+            if c.assessor is not None:
+                c.assessor.close()  # its hooks come off the model even when training fails
+        results = summarize_run(FinishedRun(cfg=cfg, recipe=recipe, data=data, parts=c.parts,
+                                            train_set=c.train_set, log=log, best=best, out=out))
+        if history:
+            _write_history(out, history, getattr(data, "sources", None))
+        atomic_json(results_path, results)
+        remove_checkpoints(ckpt_path)
     return results
 
 
