@@ -7,6 +7,7 @@ the task's recipe rebuilds the training images for the picture grids.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,16 @@ def _run_task(run: Path) -> str:
         raise ValueError(f"{cpath} cannot be read as JSON ({err}); is {str(run)!r} a mombs run folder?") from err
     cfg = cfg.get("config", cfg) if isinstance(cfg, dict) else {}
     return cfg.get("task", DEFAULT_TASK)
+
+
+def _read_npz(path: Path) -> dict:
+    """Every array of a run's ``.npz`` file, or a ValueError that names the file when it is damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); the run that wrote it was cut "
+                         f"short or the file was damaged: run the same `mombs train` command again") from err
 
 
 def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True, parquet: bool | None = None,
@@ -91,20 +102,18 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
                          f"per sample (task {' or '.join(map(repr, takers))}). A {task} run's assessment.npz "
                          f"holds its per-image loss, uncertainty and quadrants, and results.json how they "
                          f"find the noisy annotations")
-    with np.load(apath, allow_pickle=False) as z:
-        missing_keys = [k for k in ("loss", "uncertainty", "y") if k not in z.files]
-        if missing_keys:
-            raise ValueError(f"{apath} lacks {missing_keys}; it holds {sorted(z.files)}")
-        a = {k: z[k] for k in z.files}
+    a = _read_npz(apath)
+    missing_keys = [k for k in ("loss", "uncertainty", "y") if k not in a]
+    if missing_keys:
+        raise ValueError(f"{apath} lacks {missing_keys}; it holds {sorted(a)}")
     wrong = a.get("noisy")
     wrong = wrong.astype(bool) if wrong is not None and wrong.shape == a["y"].shape else None
     history = None
     hpath = run / "history.npz"
     if hpath.is_file():
-        with np.load(hpath, allow_pickle=False) as z:
-            history = {k: z[k] for k in z.files if k in HISTORY_KEYS}
-            if "uncertainty" in history and np.isnan(history["uncertainty"]).all():
-                del history["uncertainty"]
+        history = {k: v for k, v in _read_npz(hpath).items() if k in HISTORY_KEYS}
+        if "uncertainty" in history and np.isnan(history["uncertainty"]).all():
+            del history["uncertainty"]
     sources = {k[len("source_"):]: v for k, v in a.items() if k.startswith("source_")}
     q = data_quality(a["loss"], a["uncertainty"], a["y"].astype(np.int64), history=history,
                      wrong_label=wrong, score=score, sources=sources or None)

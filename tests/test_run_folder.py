@@ -174,3 +174,15 @@ def test_compare_workers_die_with_a_killed_parent(tmp_path):
     for p in alive:
         os.kill(p, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived their parent"
+
+
+@pytest.mark.parametrize("name", ["assessment.npz", "history.npz"])
+def test_diagnose_names_a_damaged_npz(tmp_path, name):
+    from mombs.diagnose import diagnose
+
+    folder = tmp_path / "run"
+    run(RunConfig(**dict(TINY, history=True)), folder)
+    raw = (folder / name).read_bytes()
+    (folder / name).write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=rf"{folder / name} cannot be read \(BadZipFile: .*run the same "):
+        diagnose(folder, images=False)
