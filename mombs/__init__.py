@@ -12,16 +12,26 @@ The public surface:
   issues (``mombs.quality``; ``mombs diagnose RUN_DIR`` on the command line).
 """
 
-from .assessment import assessment_pass, to_device
-from .assessor import DifficultyAssessor
-from .data import IndexedDataset
-from .difficulty import QUADRANTS, DifficultyTracker, QuadrantResult, difficulty_scores, quadrants, rank_average, spearman
-from .noise import default_output_fn, feature_noise_uncertainty, prediction_entropy
-from .planner import ORDERS, BatchPlan, plan_batches, replica_layout
-from .quality import DataQuality, data_quality
-from .sampler import MixedOrderBatchSampler
-from .schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, SCHEDULES, AssessmentSchedule, create_schedule, planned
-from .tasks import TASKS, TaskAdapter, create_task, per_sample_loss
+from importlib import import_module as _import_module
+from importlib.util import find_spec as _find_spec
+
+#: Where each public name lives. Imported on first use (PEP 562), so that
+#: ``import mombs`` and the ``mombs`` command's ``--help`` cost no torch import.
+_WHERE = {
+    "assessment": ("assessment_pass", "to_device"),
+    "assessor": ("DifficultyAssessor",),
+    "data": ("IndexedDataset",),
+    "difficulty": ("QUADRANTS", "DifficultyTracker", "QuadrantResult", "difficulty_scores", "quadrants",
+                   "rank_average", "spearman"),
+    "noise": ("default_output_fn", "feature_noise_uncertainty", "prediction_entropy"),
+    "planner": ("ORDERS", "BatchPlan", "plan_batches", "replica_layout"),
+    "quality": ("DataQuality", "data_quality"),
+    "sampler": ("MixedOrderBatchSampler",),
+    "schedule": ("DEFAULT_PIVOT_EPOCH", "DEFAULT_SCHEDULE", "SCHEDULES", "AssessmentSchedule", "create_schedule",
+                 "planned"),
+    "tasks": ("TASKS", "TaskAdapter", "create_task", "per_sample_loss"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 __version__ = "0.1.0"
 
@@ -59,3 +69,19 @@ __all__ = [
     "to_device",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """A public name, or a submodule (``mombs.quality``), imported on first access."""
+    if name in _MODULE_OF:
+        value = getattr(_import_module(f".{_MODULE_OF[name]}", __name__), name)
+    elif not name.startswith("__") and _find_spec(f"{__name__}.{name}") is not None:
+        value = _import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ._checks import check_int, check_real
 
@@ -33,6 +32,8 @@ QUADRANTS = ("poorly-labeled", "under-represented", "well-represented", "overfit
 
 
 def _as_values(name: str, values, n: int | None = None) -> np.ndarray:
+    import torch  # here: ``mombs diagnose`` checks its options without torch
+
     if torch.is_tensor(values):
         # numpy has no bfloat16: widen on the torch side first (float16 and
         # bfloat16 losses from autocast are common).
@@ -233,6 +234,8 @@ class DifficultyTracker:
         self.epoch = int(epoch)
 
     def _update(self, kind: str, indices, values) -> None:
+        import torch
+
         idx = indices.detach().cpu().numpy() if torch.is_tensor(indices) else np.asarray(indices)
         if idx.size == 0:
             idx = idx.astype(np.int64)
@@ -355,6 +358,8 @@ class DifficultyTracker:
         Each rank contributes the entries it wrote; a sample written by several
         ranks (padding) gets the mean of their values and the latest epoch.
         """
+        import torch
+
         dist = torch.distributed
         for kind in ("loss", "uncertainty"):
             dirty = self._dirty[kind]
@@ -386,6 +391,8 @@ class DifficultyTracker:
         ``history_uncertainty`` ``(E, N)``). Arrays are torch tensors, so
         ``torch.load`` reads the state with its default ``weights_only=True``.
         """
+        import torch
+
         arrays = {key: torch.from_numpy(getattr(self, key).copy())
                   for key in ("loss", "uncertainty", "loss_epoch", "uncertainty_epoch")}
         state = {"num_samples": self.num_samples, "epoch": self.epoch, **arrays,
@@ -403,6 +410,8 @@ class DifficultyTracker:
         if int(state["num_samples"]) != self.num_samples:
             raise ValueError(f"state_dict is for num_samples={state['num_samples']} but this tracker "
                              f"has num_samples={self.num_samples}")
+        import torch
+
         self.epoch = int(state["epoch"])
         for key in ("loss", "uncertainty", "loss_epoch", "uncertainty_epoch"):
             arr = state[key].numpy() if torch.is_tensor(state[key]) else np.asarray(state[key])

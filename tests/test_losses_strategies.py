@@ -45,6 +45,12 @@ def test_ldam_drw_reweights_from_80_percent_of_training():
     assert after[1] / after[0] > before[1] / before[0]
 
 
+def test_the_loss_names_a_config_is_checked_against_are_the_registry_keys():
+    from mombs.recipes.classification.names import LOSS_NAMES
+
+    assert LOSS_NAMES == tuple(LOSSES)
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="loss='l2' is not known; choose one of"):
         create_loss("l2")

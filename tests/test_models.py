@@ -40,6 +40,14 @@ def test_every_model_names_its_feature_module():
     assert set(FEATURE_MODULE) == set(MODELS)
 
 
+def test_the_names_a_config_is_checked_against_are_the_registry_keys():
+    from mombs.recipes.classification.names import MODEL_NAMES, TORCHVISION_MODELS
+    from mombs.recipes.classification.torchvision_models import TORCHVISION_MODELS as built
+
+    assert MODEL_NAMES == tuple(MODELS)
+    assert TORCHVISION_MODELS == built and set(TORCHVISION_MODELS) <= set(MODELS)
+
+
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match=r"model='resnet999'.*resnet32"):
         create_model("resnet999", num_classes=10)

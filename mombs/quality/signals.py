@@ -6,12 +6,17 @@ cartography (:mod:`mombs.quality.scores`).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where logits are read: ``mombs diagnose`` checks its options without torch
+    import torch
 
 __all__ = ["given_label_margin", "given_label_prob"]
 
 
 def _logits_labels(logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     logits = torch.as_tensor(logits)
     labels = torch.as_tensor(labels, device=logits.device)
     if logits.ndim != 2 or logits.shape[1] < 2:

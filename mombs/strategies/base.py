@@ -9,14 +9,15 @@ epoch and :meth:`Strategy.weights` on each batch's per-sample losses.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from .._checks import check_int
-from ..sampler import MixedOrderBatchSampler
 from ..schedule import DEFAULT_PIVOT_EPOCH
+
+if TYPE_CHECKING:  # the registry imports without torch: a config names strategies before any run
+    import torch
 
 __all__ = ["STRATEGY_REGISTRY", "Strategy", "create_strategy", "register_strategy"]
 
@@ -70,6 +71,8 @@ class Strategy:
         ``load_state_dict``; plans depend only on the seed, the epoch and the
         scores it was given.
         """
+        from ..sampler import MixedOrderBatchSampler
+
         return MixedOrderBatchSampler(data_source, batch_size, order=self.order, pivot_epoch=self.pivot_epoch,
                                       drop_last=drop_last, seed=seed, num_replicas=num_replicas, rank=rank)
 

@@ -9,12 +9,16 @@ the last epoch. Batches are random.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .._checks import is_real
 from ..schedule import DEFAULT_PIVOT_EPOCH, planned
 from .base import Strategy, register_strategy
+
+if TYPE_CHECKING:  # imported where weights are computed: the registry imports without torch
+    import torch
 
 
 class _SelfPaced(Strategy):
@@ -76,6 +80,8 @@ class SelfPacedLog(_SelfPaced):
     zeta = 0.5
 
     def regularizer(self, loss, lam):
+        import torch
+
         scaled = loss * ((1 - self.zeta) / lam)
         v = torch.log(scaled + self.zeta) / np.log(self.zeta)
         return torch.where(scaled < 1 - self.zeta, v, torch.zeros_like(v)).clamp(0, 1)
@@ -88,6 +94,8 @@ class SelfPacedMixture(_SelfPaced):
     ``zeta = lambda_1 lambda_2 / (lambda_1 - lambda_2) = lambda``."""
 
     def regularizer(self, loss, lam):
+        import torch
+
         mid = lam / loss.clamp_min(1e-12) - 1.0
         return torch.where(loss <= lam / 2, torch.ones_like(loss),
                            torch.where(loss >= lam, torch.zeros_like(loss), mid))

@@ -15,7 +15,22 @@ The runner is a user of the public API like any other: it trains through a
 sampler and measures through :class:`~mombs.DifficultyAssessor`.
 """
 
-from .config import RunConfig, run_dir_name
-from .runner import run
+from importlib import import_module as _import_module
 
 __all__ = ["RunConfig", "run", "run_dir_name"]
+
+#: The module of each public name, imported on first use (PEP 562): the
+#: command line checks a config without importing the runner (and torch).
+_MODULE_OF = {"RunConfig": "config", "run_dir_name": "config", "run": "runner"}
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

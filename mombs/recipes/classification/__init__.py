@@ -11,19 +11,20 @@ long-tail losses (``losses``).
 
 from __future__ import annotations
 
-from .. import Recipe
+from .. import Recipe, lazy
 from .corpus import DATASETS, load_corpus
-from .losses import LOSSES
-from .models import MODELS
+from .names import LOSS_NAMES, MODEL_NAMES
 from .options import check
-from .report import report_figures, report_notes, run_figures
-from .summary import row_extras, summarize
-from .training import create_model, parts
 
 __all__ = ["RECIPE"]
 
 #: Label noises a classification run can plant.
 NOISES = ("none", "symmetric", "pair", "human")
+
+#: The recipe's functions whose modules import torch, by module: bound with
+#: :func:`~mombs.recipes.lazy`, so that checking a config imports none of them.
+_LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_extras"),
+         "report": ("report_notes", "report_figures", "run_figures")}
 
 
 def training_images(cfg):
@@ -35,10 +36,10 @@ def training_images(cfg):
 RECIPE = Recipe(
     name="classification", metric="top1",
     defaults={"dataset": "fashion-mnist", "model": "small_cnn", "loss": "ce"},
-    choices={"dataset": DATASETS, "model": MODELS, "loss": LOSSES, "noise": NOISES},
+    choices={"dataset": DATASETS, "model": MODEL_NAMES, "loss": LOSS_NAMES, "noise": NOISES},
     takes=("imbalance", "img_max", "noise_file", "image_size", "weights", "normalize"),
-    assess_batch_size=512, check=check, load=load_corpus, create_model=create_model, parts=parts,
-    summarize=summarize, columns={"many": "many %", "medium": "med. %", "few": "few %"}, row_extras=row_extras,
-    report_notes=report_notes, report_figures=report_figures, run_figures=run_figures,
+    assess_batch_size=512, check=check, load=load_corpus,
+    columns={"many": "many %", "medium": "med. %", "few": "few %"},
     training_images=training_images, label_table=True,
-    reads_data_dir=("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"), own_data=("imagefolder", "csv"))
+    reads_data_dir=("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"), own_data=("imagefolder", "csv"),
+    **{name: lazy(f"{__name__}.{module}", name) for module, names in _LAZY.items() for name in names})

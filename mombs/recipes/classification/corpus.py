@@ -11,14 +11,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from .folder import (FILE_DATASETS, IMAGENET_MEAN, IMAGENET_STD, SPLITS, ImageFiles, assign_splits, channel_stats,
-                     channels_of, read_files, scan_images)
+import numpy as np
+
+from .folder import (FILE_DATASETS, IMAGENET_MEAN, IMAGENET_STD, SPLITS, assign_splits, channel_stats, channels_of,
+                     read_files, scan_images)
 from .imbalance import long_tailed_indices, shot_groups
 from .label_noise import pair_noise, symmetric_noise
-from .models import wants_rgb
+from .names import wants_rgb
+
+if TYPE_CHECKING:  # torch is imported where data is built: a config is checked without it
+    import torch
 
 __all__ = ["BUILT_IN", "Corpus", "DATASETS", "FILE_DATASETS", "TRAIN_CLASS_SIZES", "check_data_dir",
            "load_corpus"]
@@ -96,6 +100,8 @@ class Corpus:
     data_dir: str | None = None
 
     def describe(self) -> dict:
+        import torch
+
         d = {"name": self.name, "num_classes": self.num_classes, "train": int(len(self.y_train)),
              "val": int(len(self.y_val)), "test": int(len(self.y_test)),
              "train_class_counts": np.bincount(self.y_train_clean, minlength=self.num_classes).tolist()}
@@ -143,6 +149,8 @@ def _names(dataset: str, split: str, indices) -> np.ndarray:
 
 def _load_files(cfg) -> Corpus:
     """Your images: listed and checked (every file opened once), split, read lazily."""
+    from .image_files import ImageFiles
+
     table = read_files(cfg.dataset, cfg.data_dir)
     modes, sizes = scan_images(table.root, table.paths)
     if cfg.image_size is None:
@@ -179,6 +187,8 @@ def _load_files(cfg) -> Corpus:
 def load_corpus(cfg) -> Corpus:
     """Builds the splits a :class:`~mombs.train.RunConfig` asks for. All draws use
     private generators seeded from ``cfg.seed``."""
+    import torch
+
     cfg = cfg.resolved() if hasattr(cfg, "resolved") else cfg
     if cfg.dataset in FILE_DATASETS:
         return _load_files(cfg)

@@ -8,7 +8,9 @@ torchvision's ``datasets.ImageFolder`` does; :func:`read_csv`),
 check raises a one-line :class:`ValueError` naming the file and what is wrong,
 before anything trains.
 
-Pillow and torchvision are optional dependencies, imported on use.
+Pillow and torchvision are optional dependencies, imported on use; torch too:
+the two torch data sets (:class:`ImageFiles`, :class:`LabelledImages`) live in
+:mod:`.image_files` and are imported from there when first asked for.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 __all__ = ["DEFAULT_TEST_FRACTION", "FILE_DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS", "FileTable",
            "ImageFiles", "LabelledImages", "assign_splits", "channel_stats", "channels_of", "read_csv", "read_files",
@@ -39,6 +39,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 #: Bad files named in a message before "and N more".
 _NAMED = 3
+
+
+def __getattr__(name: str):
+    """The torch data sets :class:`ImageFiles` and :class:`LabelledImages`, from
+    :mod:`.image_files` when first asked for: checking a config needs no torch."""
+    if name in ("ImageFiles", "LabelledImages"):
+        from . import image_files
+
+        return getattr(image_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _pil():
@@ -345,89 +355,6 @@ def scan_images(root: Path, paths) -> tuple[list[str], list[tuple[int, int]]]:
 def channels_of(modes, *, rgb: bool) -> int:
     """1 when every image is grey and nothing asks for colour, else 3 (grey images repeated)."""
     return 3 if rgb or any(m not in _GREY_MODES for m in modes) else 1
-
-
-class ImageFiles(Dataset):
-    """Images read from files when asked for: item ``i`` is a ``(C, H, W)`` float32 tensor.
-
-    Each image is decoded by Pillow, converted to ``channels`` (grey repeated
-    to 3 channels; colour and palette images to RGB, alpha dropped), resized
-    to ``size`` x ``size`` (bilinear, the aspect ratio not kept), scaled to
-    ``[0, 1]`` (16-bit images by 65535) and normalized per channel. Like a
-    tensor it has ``len`` and ``shape`` ``(N, C, H, W)``.
-
-    Args:
-        root: the folder the paths are relative to.
-        paths: ``(N,)`` relative file paths.
-        channels: 1 or 3.
-        image_shape: ``(H, W)`` after resizing.
-        size: the square side to resize to, or ``None`` to keep each image's size.
-        mean, std: ``(C,)`` per-channel normalization (``None``: none).
-    """
-
-    def __init__(self, root, paths, *, channels: int, image_shape: tuple[int, int], size: int | None = None,
-                 mean=None, std=None):
-        self.root, self.paths = Path(root), np.asarray(paths, dtype=str)
-        self.channels, self.size = int(channels), size
-        self.shape = (len(self.paths), self.channels, *image_shape)
-        self.set_normalization(mean, std)
-
-    def set_normalization(self, mean, std) -> None:
-        """Per-channel ``(C,)`` mean and std subtracted and divided (``None``: left as read)."""
-        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def _read(self, i: int) -> np.ndarray:
-        """``(H, W, C)`` float32 in ``[0, 1]``, resized, not normalized."""
-        Image = _pil()
-        with Image.open(self.root / self.paths[i]) as im:
-            scale = 255.0
-            if im.mode.startswith("I;16") or im.mode == "I":
-                im, scale = im.convert("F"), 65535.0
-            elif im.mode == "F":
-                scale = 1.0
-            elif self.channels == 3 or im.mode not in _GREY_MODES:
-                im = im.convert("RGB")
-            else:
-                im = im.convert("L")
-            if self.size is not None and im.size != (self.size, self.size):
-                im = im.resize((self.size, self.size), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / scale
-        if a.ndim == 2:
-            a = a[..., None]
-        if a.shape[-1] != self.channels:  # grey read where 3 channels are wanted (16-bit, float)
-            a = np.repeat(a, self.channels, axis=-1)
-        return a
-
-    def raw(self, i: int) -> torch.Tensor:
-        """Item ``i`` before normalization: ``(C, H, W)`` in ``[0, 1]``."""
-        try:
-            a = self._read(int(i))
-        except OSError as err:
-            raise ValueError(f"{self.paths[i]} does not decode ({type(err).__name__}: {err})") from err
-        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
-
-    def __getitem__(self, i) -> torch.Tensor:
-        x = self.raw(i)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return x
-
-
-class LabelledImages(Dataset):
-    """``(x, y)`` items: an image of ``images`` and its int64 label, as a ``TensorDataset`` gives them."""
-
-    def __init__(self, images, labels):
-        self.images, self.labels = images, torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
 
 
 def channel_stats(images: ImageFiles, indices) -> tuple[np.ndarray, np.ndarray]:

@@ -120,7 +120,8 @@ class LogitAdjustedLoss(nn.Module):
         return F.cross_entropy(logits + self.log_prior, target, reduction="none")
 
 
-#: Loss builders by name. Those that need class counts take ``class_counts=``.
+#: Loss builders by name. Those that need class counts take ``class_counts=``. Its
+#: keys are :data:`.names.LOSS_NAMES`, which a config is checked against without torch.
 LOSSES = {
     "ce": CrossEntropy,
     "focal": FocalLoss,

@@ -8,14 +8,16 @@ from collections.abc import Mapping
 
 import torch
 
+from .names import TORCHVISION_MODELS, wants_rgb
 from .resnet import resnet32
 from .small_cnn import SmallCNN
-from .torchvision_models import TORCHVISION_MODELS, efficientnet_b0, resnet18, resnet50, torchvision_head
+from .torchvision_models import efficientnet_b0, resnet18, resnet50, torchvision_head
 
 __all__ = ["FEATURE_MODULE", "HEAD_PREFIX", "MODELS", "SmallCNN", "classifier_head", "create_model",
            "load_weights", "resnet32", "wants_rgb"]
 
-#: Model builders by name; each takes ``num_classes`` and ``in_channels``.
+#: Model builders by name; each takes ``num_classes`` and ``in_channels``. Its keys
+#: are :data:`.names.MODEL_NAMES`, which a config is checked against without torch.
 MODELS = {"small_cnn": SmallCNN, "resnet32": resnet32, "resnet18": resnet18, "resnet50": resnet50,
           "efficientnet_b0": efficientnet_b0}
 
@@ -37,11 +39,6 @@ FEATURE_MODULE = {"small_cnn": "pool", "resnet32": "pool", "resnet18": "avgpool"
 #: loaded, when a weights file's head does not fit ``num_classes``.
 HEAD_PREFIX = {"small_cnn": "fc.", "resnet32": "fc.", "resnet18": "fc.", "resnet50": "fc.",
                "efficientnet_b0": "classifier."}
-
-
-def wants_rgb(name: str) -> bool:
-    """Whether model ``name`` takes 3-channel images only (grey ones are repeated for it)."""
-    return name in TORCHVISION_MODELS
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3):

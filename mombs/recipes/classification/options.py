@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .corpus import FILE_DATASETS, TRAIN_CLASS_SIZES, check_data_dir
 from .imbalance import long_tailed_counts
-from .models import wants_rgb
+from .names import wants_rgb
 
 __all__ = ["check"]
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ["TORCHVISION_MODELS", "efficientnet_b0", "resnet18", "resnet50", "torchvision_head"]
+from .names import TORCHVISION_MODELS
 
-#: The torchvision models, all of them for 3-channel images.
-TORCHVISION_MODELS = ("resnet18", "resnet50", "efficientnet_b0")
+__all__ = ["TORCHVISION_MODELS", "efficientnet_b0", "resnet18", "resnet50", "torchvision_head"]
 
 
 def _build(name: str, num_classes: int, in_channels: int) -> nn.Module:

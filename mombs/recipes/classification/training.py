@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ...quality.signals import _given_label_margin, _given_label_prob
 from .. import TaskParts
-from .folder import LabelledImages
+from .image_files import LabelledImages
 from .losses import create_loss
 from .models import FEATURE_MODULE, HEAD_PREFIX, classifier_head, load_weights
 from .models import create_model as _create

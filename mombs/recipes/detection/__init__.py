@@ -10,18 +10,20 @@ the unmatched-detection score (``metrics``).
 
 from __future__ import annotations
 
-from .. import Recipe
+from .. import Recipe, lazy
 from .corpus import DET_DATASETS, DET_LOSSES, load_det_corpus
-from .models import DET_MODELS
+from .names import DET_MODELS
 from .options import check
-from .report import report_figures, report_notes, run_figures
-from .summary import row_extras, summarize
-from .training import create_model, parts
 
 __all__ = ["RECIPE"]
 
 #: Label noises a detection run can plant (synthetic set only).
 NOISES = ("none", "annotation")
+
+#: The recipe's functions whose modules import torch, by module: bound with
+#: :func:`~mombs.recipes.lazy`, so that checking a config imports none of them.
+_LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_extras"),
+         "report": ("report_notes", "report_figures", "run_figures")}
 
 RECIPE = Recipe(
     name="detection", metric="froc",
@@ -29,7 +31,7 @@ RECIPE = Recipe(
     choices={"dataset": DET_DATASETS, "model": DET_MODELS, "loss": DET_LOSSES, "noise": NOISES},
     takes=("image_size", "noise_mix", "windows", "train_fraction", "annotations", "weights"),
     # Each of the K disturbed passes runs the RPN on every image of the batch.
-    assess_batch_size=16, check=check, load=load_det_corpus, create_model=create_model, parts=parts,
-    summarize=summarize, columns={"sens@0.5": "sens@0.5FP %", "sens@1": "sens@1FP %", "sens@2": "sens@2FP %"},
-    row_extras=row_extras, report_notes=report_notes, report_figures=report_figures, run_figures=run_figures,
-    reads_data_dir=("deeplesion", "coco"), own_data=("coco",))
+    assess_batch_size=16, check=check, load=load_det_corpus,
+    columns={"sens@0.5": "sens@0.5FP %", "sens@1": "sens@1FP %", "sens@2": "sens@2FP %"},
+    reads_data_dir=("deeplesion", "coco"), own_data=("coco",),
+    **{name: lazy(f"{__name__}.{module}", name) for module, names in _LAZY.items() for name in names})

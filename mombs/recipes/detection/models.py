@@ -34,12 +34,10 @@ import torch
 import torch.nn as nn
 
 from ..._checks import check_int, is_int
+from .names import DET_MODELS
 
 __all__ = ["DET_FEATURE_MODULE", "DET_MODELS", "TinyDetectionBackbone", "create_detection_model",
            "load_detection_weights"]
-
-#: Model names that :func:`create_detection_model` builds.
-DET_MODELS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "tiny")
 
 #: For each model, the ``named_modules()`` name of the first backbone block's
 #: output, where MoMBS disturbs the features (module docstring).

@@ -9,18 +9,20 @@ lesion-wise sensitivity (``metrics``).
 
 from __future__ import annotations
 
-from .. import Recipe
+from .. import Recipe, lazy
 from .corpus import SEG_DATASETS, SEG_LOSSES, load_seg_corpus
 from .models import SEG_MODELS
 from .options import check
-from .report import report_notes, run_figures
-from .summary import row_extras, summarize
-from .training import create_model, parts
 
 __all__ = ["RECIPE"]
 
 #: Label noises a segmentation run can plant (synthetic set only).
 NOISES = ("none", "annotation")
+
+#: The recipe's functions whose modules import torch, by module: bound with
+#: :func:`~mombs.recipes.lazy`, so that checking a config imports none of them.
+_LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_extras"),
+         "report": ("report_notes", "run_figures")}
 
 RECIPE = Recipe(
     name="segmentation", metric="dice",
@@ -28,7 +30,7 @@ RECIPE = Recipe(
     choices={"dataset": SEG_DATASETS, "model": SEG_MODELS, "loss": SEG_LOSSES, "noise": NOISES},
     takes=("image_size", "noise_mix", "windows", "foreground_only", "intensity_window"),
     # Every slice's K disturbed predictions are whole maps: smaller batches than classification's.
-    assess_batch_size=32, check=check, load=load_seg_corpus, create_model=create_model, parts=parts,
-    summarize=summarize, columns={"small_dice": "small-lesion Dice %", "lesion_sensitivity": "lesion sens. %"},
-    row_extras=row_extras, report_notes=report_notes, run_figures=run_figures,
-    reads_data_dir=("covid-ct", "medseg-covid", "msd", "nnunet"), own_data=("msd", "nnunet"))
+    assess_batch_size=32, check=check, load=load_seg_corpus,
+    columns={"small_dice": "small-lesion Dice %", "lesion_sensitivity": "lesion sens. %"},
+    reads_data_dir=("covid-ct", "medseg-covid", "msd", "nnunet"), own_data=("msd", "nnunet"),
+    **{name: lazy(f"{__name__}.{module}", name) for module, names in _LAZY.items() for name in names})

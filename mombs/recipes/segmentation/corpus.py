@@ -10,11 +10,14 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .decathlon import DECATHLON_DATASETS, check_task_folder
+
+if TYPE_CHECKING:  # torch is imported where data is built: a config is checked without it
+    import torch
 
 __all__ = ["SEG_DATASETS", "SEG_LOSSES", "SYNTHETIC_EVAL_SIZES", "SegCorpus", "check_seg_data_dir",
            "load_seg_corpus"]
@@ -130,6 +133,8 @@ def _synthetic_eval(seed: int, size: int, windows: str):
 
 
 def _synthetic(cfg) -> SegCorpus:
+    import torch
+
     from .synthetic_ct import make_synthetic_ct
 
     n_train = cfg.subset if cfg.subset is not None else SYNTHETIC_DEFAULT_TRAIN
@@ -148,6 +153,8 @@ def _synthetic(cfg) -> SegCorpus:
 
 
 def _public(cfg) -> SegCorpus:
+    import torch
+
     from .covid_ct import _MA_IMAGES, read_covid_ct_seg, read_medseg_covid
 
     reader = read_covid_ct_seg if cfg.dataset == "covid-ct" else read_medseg_covid
@@ -176,6 +183,8 @@ def _public(cfg) -> SegCorpus:
 
 
 def _decathlon(cfg) -> SegCorpus:
+    import torch
+
     from .decathlon import DEFAULT_TEST_FRACTION, read_decathlon
 
     val = cfg.val_fraction

@@ -17,7 +17,10 @@ when a model is built.
 
 from __future__ import annotations
 
-import torch.nn as nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a model is looked at: a config is checked without it
+    import torch.nn as nn
 
 __all__ = ["SEG_FEATURE_MODULE", "SEG_MODELS", "create_segmentation_model", "seg_feature_module"]
 
@@ -113,6 +116,8 @@ def seg_feature_module(model: nn.Module) -> str:
     Raises:
         ValueError: for any other model.
     """
+    import torch.nn as nn
+
     kind = type(model).__name__
     if kind == "BasicUNet" and hasattr(model, "down_4"):
         return "down_4"

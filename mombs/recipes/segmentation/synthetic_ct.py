@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from .covid_ct import _window_images
 
@@ -193,6 +192,8 @@ def _blob(h, w, cy, cx, ry, rx, angle, wobble, phases):
 
 def _draw_image(rng, size, n_lesions, radius_px, contrast_hu, n_vessels):
     """One slice: HU image ``(H, W)`` float32, instance map ``(H, W)`` int16, per-lesion rows."""
+    from scipy import ndimage  # here, not at the top: checking a config's noise_mix needs no scipy
+
     h = w = size
     hu = np.full((h, w), _AIR)
     body = _blob(h, w, h / 2 + rng.normal(0, 0.01 * h), w / 2 + rng.normal(0, 0.01 * w),
@@ -285,6 +286,8 @@ def _shift(mask, dy, dx):
 
 def _corrupt(split: SegSplit, n_noisy: int, mix: np.ndarray, seed: int, cfg) -> None:
     """Draws which training masks go wrong and how; edits ``split`` in place."""
+    from scipy import ndimage
+
     rng = np.random.default_rng([seed, 0x0015E])
     has_lesion = np.flatnonzero(split.clean_masks.any(axis=(1, 2)))
     # only masks with a lesion can be missed, eroded, dilated or shifted; drawing all
