@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -206,6 +207,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="output folder (default: from the config, else runs/<command>)")
         p.add_argument("--data-dir", help="the data folder (same as --set data_dir=...); must exist")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--debug", action="store_true",
+                       help="show the full traceback of an error (also: MOMBS_DEBUG=1)")
     d = sub.add_parser("diagnose", help="data-quality table and report of a finished `mombs train` run",
                        description="Writes RUN_DIR/diagnose/data_quality.csv (and .parquet with pyarrow), "
                                    "report.md and the data maps, from the run's assessment.npz and, when the "
@@ -216,7 +219,20 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "quadrant, loss, aum, confidence, combined")
     d.add_argument("--no-images", action="store_true", help="no picture grids (do not rebuild the data)")
     d.add_argument("--per-quadrant", type=int, default=16, help="pictures per quadrant grid (default 16)")
+    d.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: MOMBS_DEBUG=1)")
     return parser
+
+
+def _debugging(args) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("MOMBS_DEBUG", "") not in ("", "0")
+
+
+def _one_line(err: BaseException) -> SystemExit:
+    """An error raised during a run as the one line ``mombs: ...`` (its traceback is behind --debug)."""
+    text = " ".join(str(err).split()) or "(no message)"
+    if not isinstance(err, (ValueError, FileNotFoundError)):  # say what kind of failure it is
+        text = f"{type(err).__name__}: {text}"
+    return _fail(f"{text} (--debug shows where)")
 
 
 def _diagnose(args) -> int:
@@ -231,6 +247,8 @@ def _diagnose(args) -> int:
         res = diagnose(args.run_dir, args.out, score=args.score, images=not args.no_images,
                        per_quadrant=args.per_quadrant)
     except (FileNotFoundError, ValueError) as err:
+        if _debugging(args):
+            raise
         raise _fail(str(err)) from None
     s = res["summary"]
     print(json.dumps({"table": str(res["table"]), "parquet": str(res["parquet"]) if res["parquet"] else None,
@@ -269,12 +287,17 @@ def main(argv=None) -> int:
             print(f"mombs: no strategy given: training with random batches (strategy={cfg.strategy}, the "
                   f"baseline); --set strategy=mixed trains with MoMBS, `mombs compare` runs both",
                   file=sys.stderr, flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "resolved_config.json").write_text(json.dumps(options, indent=1, default=str))
-        try:
+        try:  # the run creates its folder only once its data has loaded: a refusal writes nothing
             res = run(cfg, out / run_dir_name(cfg), progress=not args.no_progress)
         except KeyboardInterrupt:
             raise _interrupted(out) from None
+        except Exception as err:  # a data, disk or training error: one line, as compare reports its runs'
+            if _debugging(args):
+                raise
+            raise _one_line(err) from None
+        finally:
+            if out.is_dir():
+                (out / "resolved_config.json").write_text(json.dumps(options, indent=1, default=str))
         m = res.get("metric", "top1")
         print(json.dumps({k: res[k] for k in ("dataset", "strategy", "batch_size", "seed", m,
                                                f"{m}_best_val", "seconds")}))
@@ -313,6 +336,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         raise _interrupted(out) from None
     except RuntimeError as err:
+        if _debugging(args):
+            raise
         raise _fail(str(err)) from None
     if export is not None:  # runs finished in an earlier sitting too
         for res in results:

@@ -186,3 +186,36 @@ def test_diagnose_names_a_damaged_npz(tmp_path, name):
     (folder / name).write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match=rf"{folder / name} cannot be read \(BadZipFile: .*run the same "):
         diagnose(folder, images=False)
+
+
+def test_mombs_train_prints_one_line_for_an_error_during_the_run(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from mombs import cli
+
+    monkeypatch.delenv("MOMBS_DEBUG", raising=False)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    (tmp_path / "imgs" / "b" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    argv = ["train", "--set", "dataset=imagefolder", "--data-dir", str(tmp_path / "imgs"), "--set", "epochs=1",
+            "--out", str(tmp_path / "runs"), "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    text = str(exc.value.code)
+    assert text.startswith("mombs: 1 of 7 image(s) do not decode: b/cut.png") and "\n" not in text, text
+    assert not (tmp_path / "runs").exists()  # refused at the door: nothing written
+    with pytest.raises(ValueError, match="do not decode"):  # the traceback, for whoever asks
+        cli.main(argv + ["--debug"])
+
+
+def test_a_diverged_run_is_one_line_naming_the_kind_of_failure(tmp_path):
+    from mombs import cli
+
+    argv = ["train", "--set", "dataset=digits", "--set", "epochs=2", "--set", "lr=1000000000000.0", "--set", "threads=1",
+            "--set", "strategy=random", "--out", str(tmp_path), "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    text = str(exc.value.code)
+    assert text.startswith("mombs: FloatingPointError: training diverged") and "\n" not in text, text
