@@ -81,10 +81,14 @@ def _only_run(out):
 
 
 def _check_traceable(run, key: str = "path") -> dict:
-    """The run folder names its split and every training sample's origin, in training order."""
+    """The run folder names its split and every training sample's origin, in training order, and
+    every training sample was trained on in every epoch (its per-epoch loss is recorded)."""
     splits = json.loads((run / "splits.json").read_text())
     z = np.load(run / "assessment.npz")
     assert len(z["loss"]) == len(z[f"source_{key}"])
+    h = np.load(run / "history.npz")
+    assert h["train_loss"].shape == (len(h["epochs"]), len(z["loss"])) and np.isfinite(h["train_loss"]).all()
+    np.testing.assert_array_equal(h[f"source_{key}"], z[f"source_{key}"])
     return {"splits": splits, "assessment": z}
 
 
@@ -96,8 +100,9 @@ def test_mombs_train_on_a_csv_file(misfiled_tree, tmp_path, capsys):
         f"{p},{p.parts[0]},{'test' if i % 5 == 0 else 'val' if i % 5 == 1 else 'train'}\n"
         for i, p in enumerate(files)))
     out = tmp_path / "runs"
-    assert cli.main(["train", "--set", "dataset=csv", "--data-dir", str(table), "--set", "epochs=1",
-                     "--set", "batch_size=32", "--set", "threads=1", "--out", str(out), "--no-progress"]) == 0
+    assert cli.main(["train", "--set", "dataset=csv", "--data-dir", str(table), "--set", "epochs=2",
+                     "--set", "batch_size=32", "--set", "threads=1", "--set", "history=true", "--out", str(out),
+                     "--no-progress"]) == 0
     got = _check_traceable(_only_run(out))
     train = [str(p) for i, p in enumerate(files) if i % 5 > 1]
     assert sorted(got["splits"]["train"]) == sorted(train)  # the CSV's split column, file for file
@@ -110,8 +115,8 @@ def test_mombs_train_on_a_decathlon_folder_splits_by_case(tmp_path):
     root = make_task(tmp_path / "Task99_Toy")
     out = tmp_path / "runs"
     assert cli.main(["train", "--set", "task=segmentation", "--set", "dataset=msd", "--data-dir", str(root),
-                     "--set", "image_size=32", "--set", "epochs=1", "--set", "batch_size=8", "--set", "threads=1",
-                     "--set", "val_fraction=0.2", "--out", str(out), "--no-progress"]) == 0
+                     "--set", "image_size=32", "--set", "epochs=2", "--set", "batch_size=8", "--set", "threads=1",
+                     "--set", "val_fraction=0.2", "--set", "history=true", "--out", str(out), "--no-progress"]) == 0
     got = _check_traceable(_only_run(out), "case")
     splits, z = got["splits"], got["assessment"]
     cases = [set(splits[s]) for s in ("train", "val", "test")]
@@ -126,8 +131,8 @@ def test_mombs_train_on_a_coco_folder_keeps_images_without_boxes(tmp_path):
     root = write_coco(tmp_path / "boxes")
     out = tmp_path / "runs"
     assert cli.main(["train", "--set", "task=detection", "--set", "dataset=coco", "--data-dir", str(root),
-                     "--set", "image_size=64", "--set", "epochs=1", "--set", "batch_size=4", "--set", "threads=1",
-                     "--out", str(out), "--no-progress"]) == 0
+                     "--set", "image_size=64", "--set", "epochs=2", "--set", "batch_size=4", "--set", "threads=1",
+                     "--set", "history=true", "--out", str(out), "--no-progress"]) == 0
     got = _check_traceable(_only_run(out), "image_id")
     doc = json.loads((root / "instances.json").read_text())
     named = sorted(sum((got["splits"][s] for s in ("train", "val", "test")), []))
