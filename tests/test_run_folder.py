@@ -219,3 +219,32 @@ def test_a_diverged_run_is_one_line_naming_the_kind_of_failure(tmp_path):
         cli.main(argv)
     text = str(exc.value.code)
     assert text.startswith("mombs: FloatingPointError: training diverged") and "\n" not in text, text
+
+
+def test_a_cut_nifti_volume_is_named(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from mombs.recipes.segmentation.covid_ct import read_medseg_covid
+
+    vol = np.random.default_rng(0).uniform(-1000, 400, (32, 32, 10)).astype(np.float32)
+    mask = np.zeros((32, 32, 10), np.uint8)
+    mask[10:14, 10:14, 3:6] = 1
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "tr_im.nii.gz"))
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "tr_mask.nii.gz"))
+    raw = (tmp_path / "tr_im.nii.gz").read_bytes()
+    (tmp_path / "tr_im.nii.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'tr_im.nii.gz'}: the NIfTI file's voxel data cannot be "
+                                         r"read \(EOFError: .*cut short or damaged"):
+        read_medseg_covid(tmp_path)
+
+
+def test_a_cut_deeplesion_png_is_named(tmp_path):
+    from PIL import Image
+
+    from mombs.recipes.detection.deeplesion import hu_from_png
+
+    path = tmp_path / "000.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 60000, (64, 64)).astype(np.uint16)).save(path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=rf"{path}: the PNG cannot be read \(OSError: .*cut short or damaged"):
+        hu_from_png(path)

@@ -164,10 +164,14 @@ def hu_from_png(path) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found. {_WHERE}")
-    with Image.open(path) as im:
-        if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise ValueError(f"{path} is a {im.mode!r} PNG; DeepLesion slices are 16-bit grey ('I;16')")
-        values = np.asarray(im, dtype=np.int64)
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+                raise ValueError(f"{path} is a {im.mode!r} PNG; DeepLesion slices are 16-bit grey ('I;16')")
+            values = np.asarray(im, dtype=np.int64)
+    except (OSError, SyntaxError) as err:  # Pillow: "image file is truncated", "cannot identify image file"
+        raise ValueError(f"{path}: the PNG cannot be read ({type(err).__name__}: {err}); the file is cut short "
+                         f"or damaged") from err
     return (values - HU_OFFSET).astype(np.int32)
 
 

@@ -25,6 +25,7 @@ as channels (METHOD.md §6); :func:`three_window` makes them.
 from __future__ import annotations
 
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +185,19 @@ def _check_common(windows, binary, split, fractions, seed, slices, size):
     split_by_patient(["a"], fractions, seed)  # validates fractions and seed
 
 
+def voxels(img) -> np.ndarray:
+    """A NIfTI image's voxels as float32, or a ValueError naming its file when the data is damaged.
+
+    nibabel reads the header at ``load`` and the voxels only here: a ``.nii.gz`` cut short
+    fails now, with gzip's or numpy's words and no file name.
+    """
+    try:
+        return np.asarray(img.dataobj, dtype=np.float32)
+    except (EOFError, OSError, ValueError, zlib.error) as err:
+        raise ValueError(f"{img.get_filename()}: the NIfTI file's voxel data cannot be read "
+                         f"({type(err).__name__}: {err}); the file is cut short or damaged") from err
+
+
 def _load(path: Path, what: str, how: str):
     """The NIfTI image at ``path`` (a ``nibabel`` image), or an error saying how to get it."""
     import nibabel as nib
@@ -247,7 +261,7 @@ def _canonical_axial(img) -> np.ndarray:
         io_orientation,
         ornt_transform,
     )
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = voxels(img)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -411,8 +425,8 @@ def read_medseg_covid(root, *, windows: str | None = "three", binary: bool = Tru
     if img.shape[:3] != mimg.shape[:3] or len(img.shape) != 3:
         raise ValueError(f"{img_path} has shape {img.shape} but {mask_path} has {mimg.shape}; "
                          f"expected two (H, W, Z) stacks of the same shape")
-    mask = np.rint(np.asarray(mimg.dataobj, dtype=np.float32)).astype(np.int64).transpose(2, 1, 0)
-    vol = np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0)
+    mask = np.rint(voxels(mimg)).astype(np.int64).transpose(2, 1, 0)
+    vol = voxels(img).transpose(2, 1, 0)
     _check_hu(vol, img_path, non_hu)
     run = medseg_blocks(vol.shape[0], fractions, seed)
     keep = _select(mask, slices)
