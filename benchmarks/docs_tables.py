@@ -236,6 +236,85 @@ def render_disturbance(root: Path) -> str:
     return _table(head, body) + "\n\n" + _source(rel, res)
 
 
+#: How benchmarks/dense_fidelity.py's tasks are named in the docs.
+DENSE_TASK_LABELS = {
+    "segmentation": "segmentation (U-Net)",
+    "detection": "detection (tiny Faster R-CNN)",
+    "detection-mobilenet": "detection (MobileNet-v3-FPN)",
+    "classification": "classification (small CNN)",
+}
+
+
+def render_dense_fidelity(root: Path) -> str:
+    """What the K disturbed passes add in the dense tasks: per task and alpha, per checkpoint, and the costs."""
+    import numpy as np
+
+    rel = RESULTS / "dense_fidelity_cpu.json"
+    res = _read(root, rel)
+    runs = res["runs"]
+    # The docs' task order, whatever order the runs finished in.
+    summary = {t: res["summary"][t] for t in sorted(res["summary"], key=lambda t: (
+        list(DENSE_TASK_LABELS).index(t) if t in DENSE_TASK_LABELS else len(DENSE_TASK_LABELS), t))}
+
+    def ms(stats: dict | None, digits: int = 4) -> str:
+        if not stats or stats.get("mean") is None:
+            return "-"
+        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+    def label(task: str) -> str:
+        return DENSE_TASK_LABELS.get(task, task)
+
+    body = []
+    for task, entry in summary.items():
+        for alpha, a in entry["per_alpha"].items():
+            body.append([label(task), alpha, ms(a["rho_plain"]), ms(a["rho_repeat"]), ms(a["rho_plain_corrected"]),
+                         ms(a["rho_score_plain"]), ms(a["rho_train"]), f"{a['k_pass_over_epoch']['mean']:.2f}×"])
+    by_alpha = _table(["task", "alpha", "Spearman(u K=8, plain entropy)", "K=8 vs another K=8 draw",
+                       "noise-corrected", "Spearman(difficulty scores)", "Spearman(u K=8, training-forward entropy)",
+                       "K=8 pass / epoch"], body)
+
+    alphas = [float(a) for a in next(iter(summary.values()))["per_alpha"]]
+    shown = [a for a in (0.3, max(alphas)) if a in alphas]
+    ck_body = []
+    for task in summary:
+        task_runs = [r for r in runs if r["task"] == task]
+        for epoch in task_runs[0]["checkpoints"]:
+            recs = [rec for r in task_runs for rec in r["checkpoint_records"] if rec["epoch"] == epoch]
+            cells = [c for r in task_runs for c in r["cells"] if c["epoch"] == epoch]
+
+            def mean(values):
+                v = [x for x in values if x is not None]
+                return f"{np.mean(v):.3f}" if v else "-"
+
+            row = [label(task), str(epoch)]
+            row += [mean(c["rho_plain"] for c in cells if c["alpha"] == a) for a in shown]
+            row += [mean(c["rho_repeat"] for c in cells if c["alpha"] == a) for a in shown]
+            row += [mean(c["rho_train"] for c in cells if c["alpha"] == 0.3), mean(r["rho_plain_train"] for r in recs)]
+            ck_body.append(row)
+    per_ckpt = _table(["task", "after epoch"] + [f"u(α={a:g}) vs plain" for a in shown]
+                      + [f"u(α={a:g}) vs another draw" for a in shown]
+                      + ["u(α=0.3) vs training forward", "plain vs training forward"], ck_body)
+
+    cost_body = []
+    for task, entry in summary.items():
+        task_runs = [r for r in runs if r["task"] == task]
+        k_over = np.mean([c["k_pass_over_epoch"] for r in task_runs for c in r["cells"]])
+        pc = entry["per_checkpoint"]
+        metric = next(k for k in task_runs[0] if k.startswith("final_val_"))
+        score = np.mean([r[metric] for r in task_runs])
+        cost_body.append([label(task), str(task_runs[0]["n_train"]), f"{metric[len('final_val_'):]} {score:.3f}",
+                          f"{entry['epoch_seconds_median']['mean']:.2f}",
+                          f"{pc['plain_over_epoch']['mean']:.2f}×", f"{k_over:.2f}×", f"{pc['loss_over_epoch']['mean']:.2f}×",
+                          "0 (read in the training forward)"])
+    costs = _table(["task", "training samples", "final validation score", "training epoch s (median)", "plain pass / epoch",
+                    f"K={res['args']['k']} pass / epoch", "loss pass / epoch", "training-forward entropy: extra pass"],
+                   cost_body)
+    seeds = sorted({r["seed"] for r in runs})
+    return (by_alpha + f"\n\nMean ± std over {len(seeds)} seeds × 3 checkpoints. Per checkpoint "
+            f"(mean over seeds):\n\n" + per_ckpt + "\n\nWhat each pass costs, over one training epoch of the same "
+            "run (1 CPU thread, the recipe's assessment batch size):\n\n" + costs + "\n\n" + _source(rel, res))
+
+
 def render_onepath(root: Path) -> str:
     """The committed NL batch-size-32 cell against its rerun through the one path, seed by seed."""
     rel = RESULTS / "onepath_compare.json"
@@ -552,6 +631,7 @@ RENDERERS = {
     "det-overhead": render_det_overhead,
     "study": render_study,
     "disturbance": render_disturbance,
+    "dense-fidelity": render_dense_fidelity,
     "onepath": render_onepath,
     "lt-curves": render_lt_curves,
     "planner": render_planner,
