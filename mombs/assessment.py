@@ -126,6 +126,36 @@ def _task_io(task, forward_fn, collate_fn):
     return forward_fn or adapter.forward_fn, collate_fn or adapter.collate_fn
 
 
+def _check_materialised(model: nn.Module) -> None:
+    """Refuses a model whose weights are on the ``meta`` device (shapes, no values)."""
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.device.type == "meta":
+            raise ValueError(f"the model's {name!r} is on the meta device: it has shapes but no values, so "
+                             f"nothing can be measured. Materialise the model first (e.g. "
+                             f"model.to_empty(device='cpu') and load_state_dict) and measure that")
+
+
+def _low_precision_dtype(model: nn.Module) -> torch.dtype | None:
+    """The model's floating dtype when it is float16 or bfloat16 (``model.half()``), else ``None``."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype if p.dtype in (torch.float16, torch.bfloat16) else None
+    return None
+
+
+def _cast_floats(obj, dtype: torch.dtype):
+    """``obj`` with every floating tensor in it cast to ``dtype``; other entries as they are."""
+    if torch.is_tensor(obj):
+        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
+    if isinstance(obj, Mapping):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_cast_floats(v, dtype) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast_floats(v, dtype) for v in obj)
+    return obj
+
+
 def _as_index_array(indices) -> np.ndarray:
     return indices.cpu().numpy() if torch.is_tensor(indices) else np.asarray(indices)
 
@@ -145,7 +175,9 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
     every batch gets one plain forward for its losses and ``k`` disturbed ones
     (chunked, running mean) for its uncertainties. Values stay on the device
     until the pass ends. Nothing is trained and every module's train/eval flag
-    is restored.
+    is restored. A float16 or bfloat16 network (``model.half()``) gets its
+    floating inputs cast to its dtype; a network on the ``meta`` device is
+    refused.
 
     Args:
         model: the network.
@@ -202,6 +234,10 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
         find_module(model, at)
     idx = np.union1d(loss_idx, unc_idx)
     want_loss, want_unc = np.isin(idx, loss_idx), np.isin(idx, unc_idx)
+    _check_materialised(model)
+    # A half or bfloat16 network gets its float inputs in its own dtype; a
+    # float32 one gets them as they come (so its numbers stay as they were).
+    low_precision = _low_precision_dtype(model)
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -237,6 +273,8 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
             if not (m_loss.any() or m_unc.any()):
                 continue
             inputs = to_device(inputs, device, non_blocking=True)
+            if low_precision is not None:
+                inputs = _cast_floats(inputs, low_precision)
             if m_loss.any():
                 output = model(inputs) if forward_fn is None else forward_fn(model, inputs)
                 value = loss_fn(output, to_device(targets, device, non_blocking=True))

@@ -28,6 +28,7 @@ in :mod:`mombs.assessment`, stateless; the runner and the benchmarks call it too
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -35,14 +36,84 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_int
-from .assessment import _default_batch_fn, _normal_device, _task_io, _task_parts, assessment_pass
+from .assessment import _check_materialised, _default_batch_fn, _normal_device, _task_io, _task_parts, \
+    assessment_pass
 from .difficulty import MEASURES, DifficultyTracker, QuadrantResult
 from .noise import _check_noise_args, _disturb, _eval_mode, _resolve_activation, _to_probs, find_module, \
     prediction_entropy
+from .planner import replica_layout
+from .sampler import MixedOrderBatchSampler
 from .schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, AssessmentSchedule, create_schedule, planned
-from .tasks import TaskAdapter
+from .tasks import TaskAdapter, create_task
 
 __all__ = ["DifficultyAssessor"]
+
+
+def _on_host(indices: torch.Tensor) -> bool:
+    """Whether reading ``indices`` costs no wait for a device (a CPU tensor)."""
+    return indices.device.type == "cpu"
+
+
+def _check_range(idx: np.ndarray, n: int) -> None:
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        out = idx[(idx < 0) | (idx >= n)]
+        raise ValueError(f"observe() got indices {out[:5].tolist()} outside the data set's [0, {n}): the batch "
+                         f"comes from another data set than the assessor's ({n} samples), or its indices are "
+                         f"not data set indices")
+
+
+def _repeats(seen: np.ndarray, idx: np.ndarray) -> int:
+    """How many of ``idx`` were observed before: already in ``seen``, or earlier in ``idx`` itself."""
+    return int(idx.size - np.unique(idx[~seen[idx]]).size)
+
+
+def _refuse_repeats(seen: np.ndarray, idx: np.ndarray, epoch: int):
+    values, counts = np.unique(idx, return_counts=True)
+    again = np.union1d(idx[seen[idx]], values[counts > 1])
+    raise ValueError(f"observe() got samples {again[:10].tolist()}{' ...' if again.size > 10 else ''} "
+                     f"({again.size} in all) that were already observed in epoch {epoch}: call observe() once "
+                     f"per batch. A second call for a batch files its losses twice and moves the sampler's "
+                     f"resume position on, so a resumed run would skip a batch")
+
+
+def _refuse_non_finite(kind: str, epoch: int, samples: np.ndarray, count: int):
+    raise ValueError(f"observe() got {count} non-finite per-sample {kind} value(s) (NaN or inf) in epoch {epoch}, "
+                     f"first for samples {samples[:5].tolist()}: the training diverged (lower the learning "
+                     f"rate), or the loss is undefined for these samples (a mean over no valid element, say)")
+
+
+def _check_dataset_and_sampler(dataset, sampler) -> None:
+    """The data set is not empty, and the sampler (when it says its size) was built for it."""
+    if not hasattr(dataset, "__len__"):
+        raise ValueError(f"dataset={type(dataset).__name__} must have a length: the assessor needs the "
+                         f"training set as a map-style data set (mombs.IndexedDataset(train_set))")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the data set is empty (len(dataset) == 0); the assessor measures the training set")
+    size = getattr(sampler, "num_samples_total", None)
+    if size is not None and size != n:
+        raise ValueError(f"the sampler was built for {size} samples but the data set has {n}: build both "
+                         f"from the same training set (MixedOrderBatchSampler(train, ...) and "
+                         f"DifficultyAssessor(model, train, ...)); a validation set or a subset has another size")
+
+
+def _check_detector(model: nn.Module, task, forward_fn, schedule: AssessmentSchedule) -> None:
+    """Refuses what fails deep inside for a torchvision detector: another task, or a schedule that
+    reads the training forward (which for a detector returns a loss dict)."""
+    # Read off the class's bases, so that torchvision is never imported for the check:
+    # a detector's class was imported with torchvision's detection models.
+    if not any(c.__name__ == "GeneralizedRCNN" and c.__module__.startswith("torchvision.")
+               for c in type(model).__mro__):
+        return
+    name = create_task(task).name
+    if name != "detection" and forward_fn is None:
+        raise ValueError(f"model is a torchvision detector ({type(model).__name__}) but task={name!r}: pass "
+                         f"task='detection', whose assessment passes run the region proposal network and "
+                         f"batch images of different sizes as lists")
+    if schedule.uncertainty_source != "pass":
+        raise ValueError(f"schedule={schedule.name!r} reads the training forward's output, which a torchvision "
+                         f"detector returns as a loss dict; use a schedule whose uncertainty comes from an "
+                         f"assessment pass, e.g. 'reuse-loss' or 'paper'")
 
 
 class DifficultyAssessor:
@@ -115,9 +186,11 @@ class DifficultyAssessor:
         self.schedule = create_schedule(schedule)
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
+        _check_dataset_and_sampler(dataset, sampler)
         loss_fn, output_fn, uncertainty_fn, activation = _task_parts(task, loss_fn, output_fn, uncertainty_fn,
                                                                      activation)
         forward_fn, collate_fn = _task_io(task, forward_fn, collate_fn)
+        _check_detector(model, task, forward_fn, self.schedule)
         _check_noise_args(k, alpha, activation)
         for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0)):
             check_int(name, value, low)
@@ -148,6 +221,14 @@ class DifficultyAssessor:
         # Training-step values not yet in the tracker: (kind, indices, values), on their devices.
         self._pending: list[tuple[str, object, torch.Tensor]] = []
         self.epoch = 0
+        # What this process observed in the current epoch (see _note_observed):
+        # the samples, how many of them came twice (a DDP sampler's padding may
+        # repeat a few), device-resident indices not yet read, and the calls.
+        self._seen = np.zeros(len(dataset), dtype=bool)
+        self._seen_key: tuple | None = None
+        self._repeats = 0
+        self._unread: list[torch.Tensor] = []
+        self._steps = 0
         self._gen: torch.Generator | None = None
         self._captured: torch.Tensor | None = None
         self._hook = None
@@ -176,19 +257,36 @@ class DifficultyAssessor:
         self._captured = None
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
+        self._forget_observed()
 
     def observe(self, indices, loss: torch.Tensor) -> None:
-        """Record one training step's per-sample losses.
+        """Record one training step's per-sample losses; call it once per batch.
 
         Args:
             indices: ``(B,)`` data set indices of the batch.
             loss: ``(B,)`` per-sample losses (``reduction="none"``), any float
                 dtype (bfloat16 and float16 from autocast included); detached here.
+
+        Raises:
+            ValueError: ``loss`` is not ``(B,)`` for the ``(B,)`` integer
+                indices; an index lies outside the data set; a loss is NaN or
+                infinite (naming the first samples); or, with a
+                :class:`~mombs.MixedOrderBatchSampler`, samples already
+                observed in this epoch come again (the same batch observed
+                twice, which would also move the sampler's resume position
+                on). Indices and losses on the host are checked here; on a
+                GPU, where reading them would make the CPU wait, their values
+                are checked when they reach the tracker (at :meth:`end_epoch`).
+                A refused call changes nothing.
         """
         captured, self._captured = self._captured, None
-        step = []  # checked in full before anything is kept, so a refused call changes nothing
-        if self.active and self.schedule.loss_source == "train":
-            step.append(self._checked("loss", indices, loss))
+        # Checked in full before anything is kept, so a refused call changes nothing.
+        _, idx, values = self._checked("loss", indices, loss)
+        keep_loss = self.active and self.schedule.loss_source == "train"
+        host = idx.numpy() if _on_host(idx) else None
+        if host is not None:
+            self._check_host_step(host, values if keep_loss else None)
+        step = [("loss", idx, values)] if keep_loss else []
         if self.active and self.schedule.uncertainty_source in ("train", "output") and self.measure != "loss":
             if captured is None:
                 where = self.at if self.schedule.uncertainty_source == "train" else "the model's output"
@@ -196,8 +294,10 @@ class DifficultyAssessor:
                                    f"call observe() right after the training forward")
             unc = (self._head_uncertainty(captured) if self.schedule.uncertainty_source == "train"
                    else captured)
-            step.append(self._checked("uncertainty", indices, unc))
+            step.append(self._checked("uncertainty", idx, unc))
+        self._note_observed(idx, host)
         self._pending.extend(step)
+        self._steps += 1
         if self.sampler is not None and callable(getattr(self.sampler, "note_consumed", None)):
             self.sampler.note_consumed()  # where the loop really is, whatever a loader prefetched
 
@@ -212,14 +312,86 @@ class DifficultyAssessor:
                              f"indices")
         if not torch.is_tensor(indices):
             indices = torch.as_tensor(np.asarray(indices))
-        if indices.ndim != 1 or indices.dtype.is_floating_point or indices.dtype.is_complex:
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
             raise ValueError(f"observe() needs the batch's (B,) integer data set indices, got a {indices.dtype} "
-                             f"tensor of shape {tuple(indices.shape)}; wrap the data set in "
-                             f"mombs.IndexedDataset so that batches carry (index, x, y)")
+                             f"tensor of shape {tuple(indices.shape)}: the batch carries no indices, so its "
+                             f"first field came instead; wrap the data set in mombs.IndexedDataset so that "
+                             f"batches carry (index, x, y)")
+        if indices.ndim != 1:
+            raise ValueError(f"observe() needs the batch's indices as one (B,) integer tensor, got shape "
+                             f"{tuple(indices.shape)}; pass indices.reshape(-1) (a data set whose items "
+                             f"carry a (1,) index gives (B, 1))")
         return kind, indices.detach(), values.detach()
+
+    def _check_host_step(self, idx: np.ndarray, loss: torch.Tensor | None) -> None:
+        """What can be checked of a step whose indices are on the host: their range, the
+        losses to keep when they are on the host too, and samples observed twice."""
+        _check_range(idx, self._tracker.num_samples)
+        if loss is not None and loss.device.type == "cpu":
+            bad = ~torch.isfinite(loss)
+            if bool(bad.any()):
+                _refuse_non_finite("loss", self.epoch, idx[bad.numpy()], int(bad.sum()))
+        if self._counts_repeats():
+            seen = self._seen_now()
+            if self._repeats + _repeats(seen, idx) > self._allowed_repeats():
+                _refuse_repeats(seen, idx, self.epoch)
+
+    def _counts_repeats(self) -> bool:
+        # Only a MixedOrderBatchSampler's epoch holds each sample once (per
+        # process, up to its padding): other samplers may draw with replacement.
+        return isinstance(self.sampler, MixedOrderBatchSampler)
+
+    def _allowed_repeats(self) -> int:
+        """Samples a process may see twice in an epoch: the sampler's padding under DDP, else none."""
+        s = self.sampler
+        return replica_layout(s.num_samples_total, s.batch_size, num_replicas=s.num_replicas,
+                              drop_last=s.drop_last)["padding"]
+
+    def _seen_now(self) -> np.ndarray:
+        """The samples observed in the current epoch. They are forgotten when the sampler's
+        epoch moves on without :meth:`start_epoch` (a loop that drives the sampler itself)."""
+        key = (self.epoch, self.sampler.epoch)
+        if key != self._seen_key:
+            self._read_unread()  # the previous epoch's device-resident indices, against its own record
+            self._forget_observed()
+        return self._seen
+
+    def _forget_observed(self) -> None:
+        self._seen[:] = False
+        self._repeats = 0
+        self._unread = []
+        self._steps = 0
+        self._seen_key = (self.epoch, getattr(self.sampler, "epoch", None))
+
+    def _note_observed(self, idx: torch.Tensor, host: np.ndarray | None) -> None:
+        """Records a step's samples as observed in this epoch (indices on a device: read at the flush)."""
+        if not self._counts_repeats():
+            return
+        if host is None:
+            self._unread.append(idx)
+            return
+        seen = self._seen_now()
+        self._repeats += _repeats(seen, host)
+        seen[host] = True
+
+    def _read_unread(self) -> None:
+        """Reads the device-resident indices observed since the last read, in one copy, and checks
+        their range and that no sample came twice."""
+        unread, self._unread = self._unread, []
+        if not unread:
+            return
+        host = torch.cat([i.reshape(-1).to(unread[0].device) for i in unread]).cpu().numpy()
+        _check_range(host, self._seen.size)
+        if self._repeats + _repeats(self._seen, host) > self._allowed_repeats():
+            _refuse_repeats(self._seen, host, self.epoch)
+        self._repeats += _repeats(self._seen, host)
+        self._seen[host] = True
 
     def _flush(self) -> None:
         """Moves the pending training-step values into the tracker, one host copy per kind."""
+        if self._unread:
+            self._seen_now()  # an epoch the sampler left behind is read against its own record first
+            self._read_unread()
         pending, self._pending = self._pending, []
         for kind in ("loss", "uncertainty"):
             parts = [(i, v) for k, i, v in pending if k == kind]
@@ -230,6 +402,9 @@ class DifficultyAssessor:
             idx = torch.cat([i.reshape(-1).to(parts[0][0].device) for i, _ in parts]).cpu()
             vals = torch.cat([v.to(parts[0][1].device, torch.float32) for _, v in parts])
             vals = vals.to("cpu", torch.float64)
+            bad = ~torch.isfinite(vals)
+            if bool(bad.any()):
+                _refuse_non_finite(kind, self._tracker.epoch, idx.numpy()[bad.numpy()], int(bad.sum()))
             try:
                 getattr(self._tracker, f"update_{kind}")(idx, vals)
             except ValueError as err:
@@ -259,10 +434,47 @@ class DifficultyAssessor:
                        else np.zeros(0, dtype=np.int64))
             self._assess(loss_idx, unc_idx)
         self.tracker.sync()
+        self._warn_unobserved()
         scores = self.tracker.scores(self.measure)
         if self.sampler is not None and planned(self.epoch + 1, self.pivot_epoch):
             self.sampler.set_scores(scores)
         return scores
+
+    def _warn_unobserved(self) -> None:
+        """Warns when the epoch's training steps left samples without the values the schedule takes
+        from them (``observe()`` forgotten, or called for some batches only).
+
+        With a :class:`~mombs.MixedOrderBatchSampler` every sample of the epoch
+        is expected but those its ``drop_last`` leaves out; with another
+        sampler, which may draw a part of the data, only an epoch with no
+        observed sample at all is reported. Read after the merge across
+        ranks, so every rank counts the whole epoch.
+        """
+        kinds = []
+        if self.schedule.loss_source == "train" and self.measure != "uncertainty":
+            kinds.append("loss")
+        if self.schedule.uncertainty_source != "pass" and self.measure != "loss":
+            kinds.append("uncertainty")
+        if not kinds:
+            return
+        t, n = self._tracker, self._tracker.num_samples
+        kind, missing = max(((k, int((getattr(t, f"{k}_epoch") != self.epoch).sum())) for k in kinds),
+                            key=lambda km: km[1])
+        s = self.sampler
+        if isinstance(s, MixedOrderBatchSampler):
+            allowed = replica_layout(s.num_samples_total, s.batch_size, num_replicas=s.num_replicas,
+                                     drop_last=s.drop_last)["dropped"]
+            batches = f"; the sampler's epoch has {len(s)} batches per process"
+        else:
+            allowed, batches = n - 1, ""
+        if missing <= allowed:
+            return
+        warnings.warn(f"end_epoch(): {missing} of {n} samples got no per-sample {kind} from the training "
+                      f"steps of epoch {self.epoch} (observe() was called {self._steps} times in this "
+                      f"process{batches}). Call assessor.observe(indices, per_sample_loss) once after every "
+                      f"training step: schedule={self.schedule.name!r} takes the {kind} from them, and these "
+                      f"samples are planned from an earlier epoch's {kind}, or as average if they never had one",
+                      RuntimeWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ #
     # measuring
@@ -286,6 +498,7 @@ class DifficultyAssessor:
             rank, world = dist.get_rank(), dist.get_world_size()
             idx = np.union1d(loss_idx, unc_idx)[rank::world]
             loss_idx, unc_idx = np.intersect1d(loss_idx, idx), np.intersect1d(unc_idx, idx)
+        _check_materialised(self.model)  # before a generator is made on its device
         device = self._device()
         (li, lv), (ui, uv) = assessment_pass(
             self.model, self.dataset, loss_indices=loss_idx, uncertainty_indices=unc_idx, at=self.at,
@@ -344,9 +557,10 @@ class DifficultyAssessor:
 
     def load_state_dict(self, state: dict) -> None:
         """Restores :meth:`state_dict` and, once scores exist, hands them to the sampler."""
-        self._pending = []  # what was observed since is replaced by the state
+        self._pending, self._unread = [], []  # what was observed since is replaced by the state
         self.tracker.load_state_dict(state["tracker"])
         self.epoch = int(state["epoch"])
+        self._forget_observed()
         if state.get("generator") is not None:
             self._gen = torch.Generator(device=self._device())
             self._gen.set_state(state["generator"].cpu())

@@ -124,6 +124,11 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         self._started_at = 0  # where the current iteration started (a resume skips)
         self._resumed = False  # load_state_dict ran: the epoch's own scores plan it
         self._warned_no_scores = False
+        # The epoch whose whole plan an iteration has yielded from its first batch
+        # on, until set_epoch or load_state_dict: a second such pass over the same
+        # epoch means that nothing drives the epochs (_PlanIterator warns).
+        self._passed_epoch: int | None = None
+        self._warned_same_epoch = False
         self._layout = replica_layout(n, self.batch_size, num_replicas=self.num_replicas,
                                       drop_last=drop_last)
 
@@ -133,6 +138,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch that the next ``__iter__`` plans, as ``DistributedSampler`` does."""
         check_int("epoch", epoch, 0)
+        self._passed_epoch = None
         if epoch != self.epoch:
             self._skip = 0
             self._yielded = 0
@@ -169,6 +175,19 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         self._consumed = None
         return plan, skip
 
+    def _end_whole_pass(self) -> None:
+        """An iteration yielded the current epoch's whole plan; the second one without
+        :meth:`set_epoch` in between warns (once): nothing drives the epochs."""
+        if self._passed_epoch == self.epoch and not self._warned_same_epoch:
+            self._warned_same_epoch = True
+            warnings.warn(f"MixedOrderBatchSampler: a second whole pass over epoch {self.epoch} without "
+                          f"set_epoch(): every epoch gets the same batches and none is planned from scores. "
+                          f"Call sampler.set_epoch(epoch) (or assessor.start_epoch(epoch)) before each epoch; "
+                          f"under PyTorch Lightning add mombs.integrations.lightning.MoMBSCallback(assessor), "
+                          f"since Lightning never calls set_epoch on a batch sampler", RuntimeWarning,
+                          stacklevel=3)
+        self._passed_epoch = self.epoch
+
     def note_consumed(self, batches: int = 1) -> None:
         """Counts batches of the current epoch that the training loop has trained on.
 
@@ -194,8 +213,9 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         """
         arr = _check_scores(scores)
         if arr.shape[0] != self.num_samples_total:
-            raise ValueError(f"scores has {arr.shape[0]} entries but the data set has "
-                             f"{self.num_samples_total} samples")
+            raise ValueError(f"scores has {arr.shape[0]} entries but this sampler was built for "
+                             f"{self.num_samples_total} samples: give one score per sample of the data set "
+                             f"the sampler was built for")
         self._scores = np.array(arr, copy=True)
 
     @property
@@ -303,6 +323,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         self._yielded = self._started_at = self._skip
         self._consumed = None
         self._resumed = True
+        self._passed_epoch = None
 
 
 class _PlanIterator:
@@ -318,6 +339,7 @@ class _PlanIterator:
         self._sampler = sampler
         self._plan = None      # planned at the first batch drawn
         self._next = 0
+        self._whole = False    # whether this pass started at the epoch's first batch
         self._position = None  # a position loaded before the first batch
 
     def __iter__(self):
@@ -325,6 +347,7 @@ class _PlanIterator:
 
     def _start(self) -> None:
         self._plan, self._next = self._sampler._begin()
+        self._whole = self._next == 0  # a resumed pass yields only the rest of its epoch
         if self._position is not None:
             self._seek(self._position)
 
@@ -333,6 +356,7 @@ class _PlanIterator:
             raise ValueError(f"position={position} exceeds the {len(self._plan)} batches of the epoch")
         self._next = self._sampler._yielded = self._sampler._started_at = int(position)
         self._sampler._consumed = None
+        self._whole = self._whole and position == 0
 
     def __next__(self) -> list[int]:
         if self._plan is None:
@@ -342,6 +366,10 @@ class _PlanIterator:
         batch = self._plan[self._next].tolist()
         self._next += 1
         self._sampler._yielded = self._next
+        if self._whole and self._next == len(self._plan):
+            # The epoch's last batch: frameworks that know the length (Lightning) never ask for more.
+            self._whole = False
+            self._sampler._end_whole_pass()
         return batch
 
     def state_dict(self) -> dict:

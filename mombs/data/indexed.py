@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch.utils.data import Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
@@ -20,6 +22,10 @@ class IndexedDataset(Dataset):
 
     Args:
         dataset: a map-style data set with ``__len__`` and ``__getitem__``.
+
+    An item asked for with a list of indices is refused: that is a batch
+    sampler passed to the ``DataLoader`` as ``sampler=`` instead of
+    ``batch_sampler=`` (:meth:`read_batch` reads a batch at once).
     """
 
     def __init__(self, dataset):
@@ -32,7 +38,19 @@ class IndexedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        item = self.dataset[index]
+        if isinstance(index, list):
+            raise ValueError(f"IndexedDataset got a list of {len(index)} indices as one item: a batch sampler "
+                             f"(mombs.MixedOrderBatchSampler yields whole batches) was passed to the DataLoader "
+                             f"as sampler=. Pass DataLoader(dataset, batch_sampler=sampler), with no "
+                             f"batch_size, shuffle or drop_last; read_batch(indices) reads a batch at once")
+        try:
+            item = self.dataset[index]
+        except IndexError as err:
+            n = len(self.dataset)
+            if isinstance(index, numbers.Integral) and not -n <= index < n:
+                raise IndexError(f"index {index} is outside the data set of {n} samples: was the sampler "
+                                 f"built for a data set of another size?") from err
+            raise
         return (index, *item) if isinstance(item, tuple) else (index, item)
 
     def read_batch(self, indices) -> tuple:

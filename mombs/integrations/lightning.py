@@ -346,10 +346,15 @@ class MoMBSCallback(pl.Callback):
         idx = indices.detach() if torch.is_tensor(indices) else np.asarray(indices)
         integer = (not idx.is_floating_point() and not idx.is_complex() and idx.dtype != torch.bool
                    if torch.is_tensor(idx) else np.issubdtype(idx.dtype, np.integer))
-        if idx.ndim != 1 or not integer or idx.shape[0] != loss.shape[0]:
+        if not integer:
             raise ValueError(f"training_step output {self.indices_key!r} must be ({loss.shape[0]},) integer "
                              f"data set indices, one per loss, got shape {tuple(idx.shape)} and dtype "
-                             f"{idx.dtype}; wrap the data set in mombs.IndexedDataset to get them")
+                             f"{idx.dtype}: the batch carries no indices; wrap the data set in "
+                             f"mombs.IndexedDataset to get them")
+        if idx.ndim != 1 or idx.shape[0] != loss.shape[0]:
+            raise ValueError(f"training_step output {self.indices_key!r} must be ({loss.shape[0]},) integer "
+                             f"data set indices, one per loss in {self.loss_key!r}, got shape "
+                             f"{tuple(idx.shape)}; return the batch's (B,) indices (idx.reshape(-1) for (B, 1))")
         self.assessor.observe(idx, loss)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -58,7 +58,7 @@ class HardExampleBatchSampler(Sampler[list[int]]):
         """``(N,)`` scores, higher = harder (the loss rank); a copy is kept."""
         arr = _check_scores(scores)
         if arr.shape[0] != self.num_samples_total:
-            raise ValueError(f"scores has {arr.shape[0]} entries but the data set has "
+            raise ValueError(f"scores has {arr.shape[0]} entries but this sampler was built for "
                              f"{self.num_samples_total} samples")
         self._scores = np.array(arr, copy=True)
 
