@@ -133,7 +133,9 @@ class Recipe:
     Attributes:
         name: the task.
         metric: the result field a run is scored by (``top1``, ``dice``, ``froc``).
-        defaults: ``dataset``, ``model`` and ``loss`` when a config leaves them unset.
+        defaults: ``dataset``, ``model``, ``loss``, and the assessment's ``schedule``,
+            ``k`` and ``alpha``, when a config leaves them unset (each recipe says
+            why it chose its assessment defaults).
         choices: per option (``dataset``, ``model``, ``loss``, ``noise``) the names it takes.
         takes: the task-specific options (of :data:`TASK_OPTIONS`) it takes;
             the others are refused when set.

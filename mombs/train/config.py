@@ -14,7 +14,7 @@ import numpy as np
 
 from .._checks import check_choice, check_int, check_real, is_real
 from ..recipes import DEFAULT_TASK, RECIPES, TASK_OPTIONS, get_recipe
-from ..schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, SCHEDULES, planned
+from ..schedule import DEFAULT_PIVOT_EPOCH, SCHEDULES, planned
 from ..strategies import STRATEGY_REGISTRY
 
 __all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "run_dir_name"]
@@ -111,9 +111,9 @@ class RunConfig:
     loss: str | None = None            # None: the task's default
     strategy: str = "random"
     pivot_epoch: int = DEFAULT_PIVOT_EPOCH
-    schedule: str = DEFAULT_SCHEDULE
-    k: int = 8
-    alpha: float = 0.3
+    schedule: str | None = None        # None: the task's default (its recipe's defaults; mombs.schedule)
+    k: int | None = None               # None: the task's default (K disturbed predictions per sample)
+    alpha: float | None = None         # None: the task's default (noise half-width, 1 + U(-alpha, alpha))
     batch_size: int = 16
     epochs: int = 20
     optimizer: str = "sgd"             # sgd (Nesterov) or adam (AdamW: weight_decay decoupled)
@@ -129,7 +129,8 @@ class RunConfig:
     tags: dict = field(default_factory=dict)
 
     def resolved(self) -> "RunConfig":
-        """A copy with ``dataset``, ``model`` and ``loss`` filled in from the task's defaults."""
+        """A copy with ``dataset``, ``model``, ``loss``, ``schedule``, ``k`` and ``alpha`` filled
+        in from the task's defaults."""
         out = dataclasses.replace(self, tags=dict(self.tags))
         out._resolve_defaults()
         return out

@@ -25,9 +25,12 @@ NOISES = ("none", "annotation")
 _LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_extras"),
          "report": ("report_notes", "report_figures", "run_figures")}
 
+#: The assessment a detection run makes unless told otherwise (see below).
+ASSESSMENT = {"schedule": "reuse-loss", "k": 8, "alpha": 0.3}
+
 RECIPE = Recipe(
     name="detection", metric="froc",
-    defaults={"dataset": "synthetic-det", "model": "tiny", "loss": "rpn"},
+    defaults={"dataset": "synthetic-det", "model": "tiny", "loss": "rpn", **ASSESSMENT},
     choices={"dataset": DET_DATASETS, "model": DET_MODELS, "loss": DET_LOSSES, "noise": NOISES},
     takes=("image_size", "noise_mix", "windows", "train_fraction", "annotations", "weights"),
     # Each of the K disturbed passes runs the RPN on every image of the batch.

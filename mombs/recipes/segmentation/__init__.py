@@ -24,9 +24,12 @@ NOISES = ("none", "annotation")
 _LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_extras"),
          "report": ("report_notes", "run_figures")}
 
+#: The assessment a segmentation run makes unless told otherwise (see below).
+ASSESSMENT = {"schedule": "reuse-loss", "k": 8, "alpha": 0.3}
+
 RECIPE = Recipe(
     name="segmentation", metric="dice",
-    defaults={"dataset": "synthetic-ct", "model": "unet", "loss": "dice-ce"},
+    defaults={"dataset": "synthetic-ct", "model": "unet", "loss": "dice-ce", **ASSESSMENT},
     choices={"dataset": SEG_DATASETS, "model": SEG_MODELS, "loss": SEG_LOSSES, "noise": NOISES},
     takes=("image_size", "noise_mix", "windows", "foreground_only", "intensity_window"),
     # Every slice's K disturbed predictions are whole maps: smaller batches than classification's.
