@@ -40,7 +40,7 @@ the same in both arms. Phases:
 **Ranking fidelity**, not timed: after every ``end_epoch`` that hands the
 sampler the scores of a planned epoch, the Spearman correlation between those
 scores and a fresh eval-mode :func:`mombs.assessment_pass` (loss and K = 8
-uncertainty, the run's ``alpha``, its own noise seed) of the same model. That
+uncertainty at the paper's alpha 0.3 whatever the run's, its own noise seed) of the same model. That
 pass runs in a forked child (``os.fork``; torch runs one thread), so that it
 neither disturbs the run's state nor counts in its time or peak memory.
 
@@ -84,13 +84,13 @@ TASKS = {
     "segmentation": {
         "config": {"task": "segmentation", "dataset": "synthetic-ct", "noise": "annotation", "noise_rate": 0.3,
                    "model": "unet", "loss": "dice-ce", "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4,
-                   "batch_size": 4, "epochs": 25, "pivot_epoch": 5, "k": 8, "test_every": 25},
+                   "batch_size": 4, "epochs": 25, "pivot_epoch": 5, "k": 8, "alpha": 0.3, "test_every": 25},
         "source": "configs/study/seg_synth_10.yaml (its recipe; training slices as --seg-slices)",
     },
     "detection": {
         "config": {"task": "detection", "dataset": "synthetic-det", "subset": 200, "noise": "annotation",
                    "noise_rate": 0.3, "model": "tiny", "optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-4,
-                   "batch_size": 4, "epochs": 30, "pivot_epoch": 5, "k": 8, "test_every": 30},
+                   "batch_size": 4, "epochs": 30, "pivot_epoch": 5, "k": 8, "alpha": 0.3, "test_every": 30},
         "source": "configs/study/det_synth_50.yaml (its recipe; train_fraction 0.25 of the 200-slice base: 50 "
                   "training slices; epochs as --det-epochs)",
     },
@@ -102,7 +102,7 @@ ORDER = (("random", 0), ("mixed", 0), ("mixed", 1), ("random", 1))
 #: torch threads in every run (the study's jobs: 2 on 2 cores run one thread each).
 THREADS = 1
 #: The fidelity reference's K and noise seed (as benchmarks/overhead.py).
-REFERENCE_K, REFERENCE_SEED = 8, 987654
+REFERENCE_K, REFERENCE_ALPHA, REFERENCE_SEED = 8, 0.3, 987654
 
 
 def task_fields(args) -> dict:
@@ -118,6 +118,10 @@ def task_fields(args) -> dict:
         fields["subset"] = 24 if args.task == "detection" else 12
         fields.pop("train_fraction", None)
     fields["test_every"] = fields["epochs"]
+    if args.k is not None:  # the assessment's K and alpha; the fidelity reference stays the paper's K = 8 at 0.3
+        fields["k"] = args.k
+    if args.alpha is not None:
+        fields["alpha"] = args.alpha
     return fields
 
 
@@ -200,7 +204,7 @@ def _reference(model, train_set, parts, cfg, batch_size: int, measure: str) -> n
     import mombs
 
     (_, loss), (_, unc) = mombs.assessment_pass(
-        model, train_set, at=parts.at, k=REFERENCE_K, alpha=cfg.alpha, task=parts.task,
+        model, train_set, at=parts.at, k=REFERENCE_K, alpha=REFERENCE_ALPHA, task=parts.task,
         batch_size=batch_size, generator=torch.Generator().manual_seed(REFERENCE_SEED))
     return np.asarray(mombs.difficulty_scores(loss, unc, measure=measure), np.float64)
 
@@ -430,6 +434,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg-slices", type=int, default=150, help="segmentation training slices (study: 30)")
     p.add_argument("--det-slices", type=int, default=50, help="detection training slices (of the 200-slice base)")
     p.add_argument("--det-epochs", type=int, default=20, help="detection epochs (study: 30)")
+    p.add_argument("--k", type=int, help="disturbed predictions per sample (default: the task's, or the "
+                                       "study's 8); --k 1 --alpha 0 is one plain eval pass")
+    p.add_argument("--alpha", type=float, help="noise half-width (default: the task's, or the study's 0.3)")
     p.add_argument("--no-eval", action="store_true", help="skip the untimed final validation score")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 3 epochs, pivot 1")
     p.add_argument("--note", action="append", default=[], help="a note kept in the result")
