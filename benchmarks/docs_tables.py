@@ -596,6 +596,60 @@ def render_det_overhead(root: Path) -> str:
               f"{r['ratio_after_pivot']:.2f}× after the pivot. " + _source(rel, res))
 
 
+#: What each schedule measures, for the dense tasks' overhead tables (``train-entropy`` is not in overhead_cpu.json).
+DENSE_SCHEDULE_NOTES = {**SCHEDULE_NOTES, "train-entropy": ("training pass", "entropy of the training forward")}
+
+
+def render_dense_overhead(root: Path, task: str) -> str:
+    """Time, ranking fidelity, phase shares and peak memory of mixed against random, per schedule,
+    for one dense task on the CPU (``benchmarks/overhead_dense.py``)."""
+    rel = RESULTS / f"overhead_{task}_cpu.json"
+    res = _read(root, rel)
+    blocks, cfg = res["schedules"], res["config"]
+
+    def pct(share: float) -> str:
+        return "<1%" if 0 < share < 0.005 else f"{100 * share:.0f}%"
+
+    body = []
+    for name in sorted(blocks, key=lambda s: (blocks[s]["ratio"], s)):
+        b = blocks[name]
+        sh, mem = b["phase_shares"]["mixed"], b["peak_rss_growth_mb"]
+        per_seed = ", ".join(f"{r:.2f}" for r in b["ratio_per_seed"])
+        body.append([f"`{name}`" + (" (default)" if name == res["default_schedule"] else ""),
+                     *DENSE_SCHEDULE_NOTES.get(name, ("-", "-")), f"{b['ratio']:.2f}× ({per_seed})",
+                     f"{b['ratio_after_pivot']:.2f}×", f"{b['fidelity']:.3f} ± {b['fidelity_std']:.3f}",
+                     pct(sh["assess"]), pct(sh["observe"] + sh["capture"]), pct(sh["plan"]), pct(sh["train"]),
+                     f"{mem['mixed']:.0f} / {mem['random']:.0f}"])
+    head = ["schedule", "loss from", "uncertainty taken", "mixed / random (per seed)", "after the pivot",
+            "fidelity", "assess", "observe + hook", "plan", "train", "peak memory growth MiB, mixed / random"]
+    runs = [r for b in blocks.values() for r in b["runs"]]
+    loads = [x for r in runs for x in r["loadavg_start_end"]]
+    peaks = [r["peak_rss_mb"] for r in runs]
+    reasons: dict[str, list[str]] = {}  # one reason, the schedule's name left out, for all it refuses
+    for name, why in sorted(res["refused"].items()):
+        reasons.setdefault(why.split(";")[0].replace(repr(name), "…"), []).append(f"`{name}`")
+    refused = "".join(f" Refused by the task: {' and '.join(names)} ({why})." for why, names in reasons.items())
+    return (_table(head, body)
+            + f"\n\n{runs[0]['n_train']} training slices, batch {cfg['batch_size']}, {cfg['epochs']} epochs, pivot "
+              f"{cfg['pivot_epoch']}, K = {cfg['k']}, {cfg['optimizer']} lr {cfg['lr']:g}, one torch thread. Per "
+              f"schedule four runs, random, mixed, mixed, random (seeds 0, 0, 1, 1), each in its own process; the "
+              f"ratio is of the summed epoch times (no validation). Fidelity: Spearman of the scores each planned "
+              f"epoch is planned with against a fresh K = 8 eval-mode pass, mean ± std over the 2 seeds. Phase "
+              f"shares are of the mixed runs' time; the hook is the `train-*` schedules' forward hook. Peak memory: "
+              f"growth of the run's maximum resident set (`getrusage`) over its value before epoch 0 (the whole "
+              f"peak, libraries and data included: {min(peaks):.0f}–{max(peaks):.0f} MiB). 1-minute load average "
+              f"during the runs: {min(loads):.1f}–{max(loads):.1f} on {res['environment'].get('cpu_count', '?')} "
+              f"cores, this run's own process included.{refused} " + _source(rel, res))
+
+
+def render_seg_overhead(root: Path) -> str:
+    return render_dense_overhead(root, "segmentation")
+
+
+def render_det_overhead_cpu(root: Path) -> str:
+    return render_dense_overhead(root, "detection")
+
+
 def render_det_history(root: Path) -> str:
     """Per epoch, how well the training loss ranks the images with a missing box (runs with a history)."""
     rel = RESULTS / "det_loss_history.json"
@@ -629,6 +683,8 @@ RENDERERS = {
     "det-history": render_det_history,
     "det-cost": render_det_cost,
     "det-overhead": render_det_overhead,
+    "det-overhead-cpu": render_det_overhead_cpu,
+    "seg-overhead": render_seg_overhead,
     "study": render_study,
     "disturbance": render_disturbance,
     "dense-fidelity": render_dense_fidelity,
