@@ -650,6 +650,47 @@ def render_det_overhead_cpu(root: Path) -> str:
     return render_dense_overhead(root, "detection")
 
 
+def render_default_assessment(root: Path) -> str:
+    """Each dense task's default assessment against the paper's: cost and fidelity per run
+    (``overhead_dense.py``), and whether the study cell's outcome moved (``default_assessment.py``)."""
+    rel = RESULTS / "default_assessment_cpu.json"
+    res = _read(root, rel)
+
+    def diff(d) -> str:
+        if not d:
+            return "-"
+        ci = f" [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]" if d.get("ci95") else ""
+        return f"{100 * d['mean']:+.2f}{ci} (n={d['n']})"
+
+    cost = []
+    for task in ("segmentation", "detection"):
+        paper = _read(root, RESULTS / f"overhead_{task}_cpu.json")["schedules"]["reuse-loss"]
+        plain = _read(root, RESULTS / f"overhead_{task}_plain_cpu.json")["schedules"]
+        for name, label, b in (("reuse-loss", "paper: K = 8, alpha 0.3, every epoch", paper),
+                               ("reuse-loss", "one plain pass (k = 1, alpha 0), every epoch", plain["reuse-loss"]),
+                               ("every-2", "**default:** one plain pass, every 2nd epoch", plain["every-2"])):
+            cost.append([task, label, f"{b['ratio']:.2f}×", f"{b['fidelity']:.3f}"])
+    out = [_table(["task", "assessment", "mixed / random, whole run", "fidelity vs K = 8"], cost), ""]
+    rows = []
+    for c in res["cells"]:
+        m = c["metric"]
+        for field, what in ((m, {"dice": "Dice", "froc": "FROC"}.get(m, m)), ("precision", "PL precision")):
+            d = c[field]
+            same = d.get("same_cpu")
+            rows.append([c["task"], str(c["batch_size"]), what, diff(d["new_minus_random"]),
+                         diff(d["old_minus_random"]), diff(d["new_minus_old"]),
+                         diff(same["new_minus_old"]) if same else "-"])
+    out.append(_table(["task", "B", "outcome, points", "new mixed − random", "paper's mixed − random",
+                       "new − paper's mixed", "new − paper's mixed, same CPU"], rows))
+    out.append("")
+    out.append("Cost and fidelity: 2 seeds, random, mixed, mixed, random on the 2-core CPU "
+               "(`benchmarks/results/overhead_{segmentation,detection}{,_plain}_cpu.json`). Outcomes: the study "
+               "cell's `mixed` rerun with the default assessment for seeds 0-4, paired by seed with the committed "
+               "runs (made on another CPU model; for detection, whose outcome that moves, the last column pairs "
+               "them with the committed cell rerun on this CPU). " + _source(rel, res))
+    return "\n".join(out)
+
+
 def render_det_history(root: Path) -> str:
     """Per epoch, how well the training loss ranks the images with a missing box (runs with a history)."""
     rel = RESULTS / "det_loss_history.json"
@@ -688,6 +729,7 @@ RENDERERS = {
     "study": render_study,
     "disturbance": render_disturbance,
     "dense-fidelity": render_dense_fidelity,
+    "default-assessment": render_default_assessment,
     "onepath": render_onepath,
     "lt-curves": render_lt_curves,
     "planner": render_planner,
