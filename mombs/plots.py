@@ -11,7 +11,7 @@ import numpy as np
 
 from .difficulty import QUADRANTS
 
-__all__ = ["plt", "quadrant_grid", "save", "scatter_figure"]
+__all__ = ["corruption_scatter", "plt", "quadrant_grid", "save", "scatter_figure"]
 
 
 def plt():
@@ -85,6 +85,27 @@ def scatter_figure(loss, unc, codes, member, what: str, title: str, *, kinds=Non
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def corruption_scatter(res: dict, out: Path, kinds) -> str | None:
+    """One dense run's loss-uncertainty scatter, its samples coloured by planted corruption.
+
+    Args:
+        res: the run's results, with ``run_dir`` (its ``assessment.npz`` is read).
+        out: the report's folder.
+        kinds: names of the corruption codes in ``assessment.npz`` (0 = clean).
+
+    Returns:
+        The picture's file name, or ``None`` when the run has no ``assessment.npz``.
+    """
+    path = Path(res["run_dir"]) / "assessment.npz"
+    if not path.exists():
+        return None
+    z = np.load(path)
+    corruption = z["corruption"] if z["corruption"].size else None
+    fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], corruption, "corruption",
+                         f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}", kinds=kinds)
+    return save(fig, out / f"scatter-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png", tight=False)
 
 
 def quadrant_grid(res, out: Path, draw, kinds, what: str, legend: str, loss_digits: int) -> str | None:

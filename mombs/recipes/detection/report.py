@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...plots import plt, quadrant_grid, save, scatter_figure
+from ...plots import plt, quadrant_grid, save, corruption_scatter
 
 __all__ = ["report_figures", "report_notes", "run_figures"]
 
@@ -51,15 +51,7 @@ def report_figures(results: list[dict], out: Path) -> list[str]:
 def _scatter(res: dict, out: Path) -> str | None:
     from .synthetic_det import DET_CORRUPTIONS
 
-    path = Path(res["run_dir"]) / "assessment.npz"
-    if not path.exists():
-        return None
-    z = np.load(path)
-    corruption = z["corruption"] if z["corruption"].size else None
-    fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], corruption, "corruption",
-                         f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}",
-                         kinds=DET_CORRUPTIONS)
-    return save(fig, out / f"scatter-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png", tight=False)
+    return corruption_scatter(res, out, DET_CORRUPTIONS)
 
 
 def _flagged_boxes_grid(res: dict, out: Path) -> str | None:

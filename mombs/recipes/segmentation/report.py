@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from ...plots import quadrant_grid, save, scatter_figure
+from ...plots import quadrant_grid, corruption_scatter
 
 __all__ = ["report_notes", "run_figures"]
 
@@ -26,15 +25,7 @@ def report_notes(results: list[dict]) -> dict:
 def _scatter(res: dict, out: Path) -> str | None:
     from .synthetic_ct import CORRUPTIONS
 
-    path = Path(res["run_dir"]) / "assessment.npz"
-    if not path.exists():
-        return None
-    z = np.load(path)
-    corruption = z["corruption"] if z["corruption"].size else None
-    fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], corruption, "corruption",
-                         f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}",
-                         kinds=CORRUPTIONS)
-    return save(fig, out / f"scatter-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png", tight=False)
+    return corruption_scatter(res, out, CORRUPTIONS)
 
 
 def _flagged_grid(res: dict, out: Path) -> str | None:
