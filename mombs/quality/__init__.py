@@ -24,6 +24,8 @@ finished run folder. ``docs/quality.md`` holds the measured comparison with
 cleanlab, AUM with its threshold samples and cartography.
 """
 
+from .boxes import BOX_KINDS, BOX_SCORES, box_issue_kind, box_issue_scores, cleanlab_box_scores
+from .masks import MASK_KINDS, MASK_SCORES, mask_issue_kind, mask_issue_map, mask_issue_scores
 from .report import write_report
 from .scores import (
     area_under_margin,
@@ -36,6 +38,16 @@ from .signals import given_label_margin, given_label_prob
 from .table import HISTORY_KEYS, SCORES, DataQuality, data_quality, write_table
 
 __all__ = [
+    "BOX_KINDS",
+    "BOX_SCORES",
+    "MASK_KINDS",
+    "MASK_SCORES",
+    "box_issue_kind",
+    "box_issue_scores",
+    "cleanlab_box_scores",
+    "mask_issue_kind",
+    "mask_issue_map",
+    "mask_issue_scores",
     "HISTORY_KEYS",
     "SCORES",
     "DataQuality",
