@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from ._atomic import atomic_write
@@ -264,8 +265,23 @@ def _diagnose(args) -> int:
     return 0
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as the one line ``mombs: warning: ...`` (where it was raised is behind --debug)."""
+    return f"mombs: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
+    formatwarning = warnings.formatwarning
+    if not _debugging(args):
+        warnings.formatwarning = _warning_line
+    try:
+        return _main(args)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _main(args) -> int:
     if args.command == "diagnose":
         return _diagnose(args)
     file_opts = _read_config_file(args.config)

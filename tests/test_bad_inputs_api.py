@@ -136,3 +136,158 @@ def test_a_refused_observation_does_not_move_the_samplers_position():
     with pytest.raises(ValueError, match=r"got loss of shape \(3,\) for 4 indices"):
         assessor.observe(idx, torch.rand(3))
     assert sampler.state_dict()["batches_done"] == 1 and len(assessor._pending) == 1
+
+
+# ---------------------------------------------------------------------- #
+# Misuse of the training-loop API (issue 23): one line naming the cause (the argument, the
+# samples, the counts), and nothing changed: the sampler's position, the tracker, the kept
+# observations. (Each case's wider test: tests/test_api_misuse.py.)
+
+
+def _loop(n=40, batch=8, pivot=0, sampler_size=None, **kw):
+    g = torch.Generator().manual_seed(0)
+    data = mombs.IndexedDataset(TensorDataset(torch.randn(n, 2, generator=g), torch.randint(0, 2, (n,), generator=g)))
+    sampler = mombs.MixedOrderBatchSampler(sampler_size or n, batch, pivot_epoch=pivot)
+    assessor = None
+    if sampler_size is None:
+        assessor = mombs.DifficultyAssessor(_model(), data, at="body", sampler=sampler, pivot_epoch=pivot, **kw)
+        assessor.start_epoch(0)
+    return data, sampler, assessor
+
+
+def _state(sampler, assessor) -> str:
+    """What a refused call must leave as it was, as one comparable text."""
+    parts = [repr(sampler.state_dict()) if sampler is not None else ""]
+    if assessor is not None:
+        t = assessor.tracker
+        parts += [repr(t.loss.tolist()), repr(t.measured("loss").tolist()), repr(len(assessor._pending)),
+                  repr(assessor._seen.tolist())]
+    return "|".join(parts)
+
+
+def _observed_once():
+    data, sampler, assessor = _loop()
+    batch = torch.tensor(next(iter(sampler)))
+    assessor.observe(batch, torch.rand(8))
+    return (lambda: assessor.observe(batch, torch.rand(8))), sampler, assessor
+
+
+def _observe(indices, loss):
+    data, sampler, assessor = _loop()
+    return (lambda: assessor.observe(indices, loss)), sampler, assessor
+
+
+def _sizes_differ_at_construction():
+    data, sampler, _ = _loop(n=30, sampler_size=40)  # the validation set given where the training set goes
+    return (lambda: mombs.DifficultyAssessor(_model(), data, at="body", sampler=sampler)), sampler, None
+
+
+def _sizes_differ_in_the_loader():
+    data, sampler, _ = _loop(n=30, sampler_size=40)
+    return (lambda: list(torch.utils.data.DataLoader(data, batch_sampler=sampler))), None, None
+
+
+def _sampler_as_sampler():
+    data, sampler, _ = _loop(n=20, batch=4, sampler_size=20)
+    return (lambda: next(iter(torch.utils.data.DataLoader(data, sampler=sampler)))), None, None
+
+
+def _detector(**kw):
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    pytest.importorskip("torchvision")
+    model = GeneralizedRCNN(nn.Identity(), nn.Identity(), nn.Identity(), nn.Identity())  # parts never run
+    boxes = [(torch.rand(3, 24, 24), {"boxes": torch.tensor([[2.0, 2.0, 9.0, 9.0]]),
+                                      "labels": torch.ones(1, dtype=torch.int64)}) for _ in range(4)]
+    return (lambda: mombs.DifficultyAssessor(model, mombs.IndexedDataset(boxes), at="backbone", **kw)), None, None
+
+
+def _meta_model():
+    with torch.device("meta"):
+        model = _model()
+    data, sampler, assessor = _loop(pivot=0, schedule="paper")
+    return (lambda: mombs.assessment_pass(model, data, at="body")), sampler, assessor
+
+
+def _empty_data_set():
+    empty = mombs.IndexedDataset(TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)))
+    return (lambda: mombs.DifficultyAssessor(_model(), empty, at="body")), None, None
+
+
+def _epoch_half_observed():
+    data, sampler, assessor = _loop(pivot=1)  # reuse-loss: the losses come from the training steps
+    for step, batch in enumerate(sampler):
+        if step < 2:
+            assessor.observe(torch.tensor(batch), torch.rand(len(batch)))
+    return assessor.end_epoch, None, None  # it ends the epoch: what it changes is its job
+
+
+def _second_pass_without_set_epoch():
+    data, sampler, _ = _loop(n=20, batch=4, sampler_size=20)
+    first = list(sampler)
+
+    def again():
+        assert list(sampler) == first  # the same batches, and said so
+
+    return again, sampler, None
+
+
+MISUSE = {
+    # name: (setup -> (call, sampler, assessor), what is raised or warned, the message)
+    "observe(): one batch twice": (_observed_once, ValueError,
+                                   r"already observed in epoch 0: call observe\(\) once per batch"),
+    "observe(): indices from another data set": (lambda: _observe(torch.tensor([0, 5, 40, 41]), torch.rand(4)),
+                                                 ValueError, r"indices \[40, 41\] outside the data set's \[0, 40\)"),
+    "observe(): losses for other samples": (lambda: _observe(torch.arange(4), torch.rand(5)), ValueError,
+                                            r"got loss of shape \(5,\) for 4 indices"),
+    "observe(): non-finite losses": (lambda: _observe(torch.tensor([3, 5, 7, 9]),
+                                                      torch.tensor([1.0, float("nan"), 2.0, float("inf")])),
+                                     ValueError, r"2 non-finite per-sample loss value\(s\) \(NaN or inf\) in "
+                                                 r"epoch 0, first for samples \[5, 9\]"),
+    "assessor: a sampler built for another size": (_sizes_differ_at_construction, ValueError,
+                                                   r"the sampler was built for 40 samples but the data set has 30"),
+    "loader: a sampler built for another size": (_sizes_differ_in_the_loader, IndexError,
+                                                 r"outside the data set of 30 samples: was the sampler built for "
+                                                 r"a data set of another size"),
+    "loader: the sampler passed as sampler=": (_sampler_as_sampler, ValueError,
+                                               r"Pass DataLoader\(dataset, batch_sampler=sampler\)"),
+    "assessor: a detector without task='detection'": (_detector, ValueError,
+                                                      r"torchvision detector \(GeneralizedRCNN\) but "
+                                                      r"task='classification': pass task='detection'"),
+    "assessor: a schedule that cannot serve a detector": (
+        lambda: _detector(task="detection", schedule="train-entropy", head=nn.Identity()), ValueError,
+        r"schedule='train-entropy' reads the training forward's output, which a torchvision detector returns"),
+    "pass: a model on the meta device": (_meta_model, ValueError,
+                                         r"'body.weight' is on the meta device: it has shapes but no values"),
+    "assessor: an empty data set": (_empty_data_set, ValueError, r"the data set is empty"),
+    "end_epoch(): batches never observed": (_epoch_half_observed, RuntimeWarning,
+                                            r"24 of 40 samples got no per-sample loss from the training steps of "
+                                            r"epoch 0 \(observe\(\) was called 2 times"),
+    "sampler: a second pass without set_epoch": (_second_pass_without_set_epoch, RuntimeWarning,
+                                                 r"second whole pass over epoch 0 without set_epoch\(\).*"
+                                                 r"MoMBSCallback"),
+}
+
+
+@pytest.mark.parametrize("name", list(MISUSE))
+def test_api_misuse_is_one_line_naming_the_cause_and_changes_nothing(name):
+    setup, kind, match = MISUSE[name]
+    call, sampler, assessor = setup()
+    before = _state(sampler, assessor)
+    if issubclass(kind, Warning):
+        with pytest.warns(kind, match=match) as record:
+            call()
+        text = str(next(w.message for w in record if issubclass(w.category, kind)))
+    else:
+        with pytest.raises(kind, match=match) as err:
+            call()
+        text = str(err.value)
+    assert "\n" not in text.strip() and "Traceback" not in text, text
+    assert _state(sampler, assessor) == before
+
+
+def test_a_low_precision_network_is_measured_on_float32_data():
+    model = _model().to(torch.bfloat16)
+    (_, loss), (_, unc) = mombs.assessment_pass(model, _data(12), at="body", k=2, batch_size=5)
+    assert loss.shape == unc.shape == (12,) and np.isfinite(loss).all() and np.isfinite(unc).all()
+    assert next(model.parameters()).dtype == torch.bfloat16

@@ -219,3 +219,246 @@ def test_the_cli_help_says_how_export_works(capsys):
         cli.main(["compare", "--help"])
     text = capsys.readouterr().out
     assert "--set export=true" in text and "Ctrl-C" in text
+
+
+# ---------------------------------------------------------------------- #
+# Run folders and damaged files (issue 23): each a one-line error (or warning) naming the
+# option or the file, and the run folder as it was (or, for a file set aside, the file kept).
+
+#: The smallest digits run: trains in about 0.1 s.
+TINY = {"dataset": "digits", "subset": 120, "epochs": 1, "threads": 1, "strategy": "random"}
+
+
+def _argv(out, options: dict) -> list:
+    return (["train", "--out", str(out), "--no-progress"]
+            + [a for k, v in options.items() for a in ("--set", f"{k}={v}")])
+
+
+def _folder(out, options: dict) -> Path:
+    from mombs.train import run_dir_name
+
+    return Path(out) / run_dir_name(_config(options))
+
+
+def _config(options: dict) -> RunConfig:
+    """The run config ``mombs train`` makes of these ``--set`` options."""
+    return cli._run_config(cli._parse_overrides([f"{k}={v}" for k, v in options.items()]))
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted(Path(folder).rglob("*"))}
+
+
+def _refused(argv) -> str:
+    """The one line ``mombs train`` stops with (the traceback stays behind --debug)."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    text = str(exc.value.code)
+    assert text.startswith("mombs: ") and "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+def _pngs(folder: Path, n: int = 4) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(folder / c / f"{i}.png")
+    return folder
+
+
+def _cut(path: Path) -> bytes:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return raw[: len(raw) // 2]
+
+
+@pytest.mark.parametrize("change", ["history", "data_dir", "data in data_dir"])
+def test_a_run_folder_holding_other_settings_is_refused_naming_the_difference(tmp_path, change):
+    from mombs.train.config import _fingerprint
+
+    folder = tmp_path / "run"
+    if change == "history":
+        first, second = RunConfig(**TINY), RunConfig(**dict(TINY, history=True))
+        message = r"holds a run with history=False; this command asks history=True\. Give it another folder"
+    else:
+        imgs = _pngs(tmp_path / "imgs")
+        opts = dict(dataset="imagefolder", epochs=1, threads=1, strategy="random")
+        first = RunConfig(**opts, data_dir=str(imgs))
+        if change == "data_dir":
+            import shutil
+
+            shutil.copytree(imgs, tmp_path / "copy")
+            second = RunConfig(**opts, data_dir=str(tmp_path / "copy"))
+            message = rf"holds a run with data_dir='{imgs}'; this command asks data_dir='{tmp_path / 'copy'}'"
+        else:
+            second = RunConfig(**opts, data_dir=str(imgs))
+            message = rf"holds a run on data_dir='{imgs}' as it was then; files in it were added, removed or changed"
+    run(first, folder)
+    if change == "data in data_dir":
+        _pngs(imgs, n=5)  # a picture added to each class
+        _fingerprint.cache_clear()  # as a new process lists the folder again
+    before = _tree(folder)
+    with pytest.raises(ValueError) as err:
+        run(second, folder)
+    assert re.search(message, str(err.value)) and "\n" not in str(err.value), str(err.value)
+    assert _tree(folder) == before
+
+
+def test_mombs_train_with_a_changed_data_folder_or_history_never_reuses_a_run(tmp_path, capsys):
+    imgs = _pngs(tmp_path / "imgs")
+    import shutil
+
+    shutil.copytree(imgs, tmp_path / "copy")
+    opts = dict(dataset="imagefolder", epochs=1, threads=1, strategy="random", data_dir=str(imgs))
+    cli.main(_argv(tmp_path / "runs", opts))
+    first = _folder(tmp_path / "runs", opts)
+    before = _tree(first)
+    for changed in (dict(opts, data_dir=str(tmp_path / "copy")), dict(opts, history="true")):
+        cli.main(_argv(tmp_path / "runs", changed))
+        assert _folder(tmp_path / "runs", changed) != first and (_folder(tmp_path / "runs", changed) / "results.json").exists()
+    assert _tree(first) == before
+    assert len([p for p in (tmp_path / "runs").iterdir() if p.is_dir()]) == 3
+
+
+def test_a_locked_run_folder_is_one_line_naming_the_other_process(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("MOMBS_DEBUG", raising=False)
+    folder = _folder(tmp_path, TINY)
+    code = ("import sys, time\nfrom mombs.train.lock import run_lock\n"
+            "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _tree(folder)
+        text = _refused(_argv(tmp_path, TINY))
+        assert re.search(rf"^mombs: RunFolderLocked: run folder {re.escape(str(folder))} is being written by another "
+                         rf"mombs process \(pid {holder.pid} on ", text), text
+        assert _tree(folder) == before and list(before) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("damage", ["results.json cut", "results.json empty", "assessment.npz cut"])
+def test_a_damaged_file_of_a_run_is_set_aside_named_in_one_line(tmp_path, capsys, monkeypatch, damage,
+                                                                 interrupt_after_epoch):
+    import sys
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # as outside pytest: on stderr
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", show)
+    monkeypatch.delenv("MOMBS_DEBUG", raising=False)
+    opts = dict(TINY, epochs=2)
+    folder = _folder(tmp_path, opts)
+    name = damage.split()[0]
+    if name == "results.json":  # a finished run whose results file was cut
+        cli.main(_argv(tmp_path, opts))
+        kept = _cut(folder / name) if damage.endswith("cut") else b""
+        (folder / name).write_bytes(kept)
+    else:  # an unfinished run, killed while it wrote its arrays
+        interrupt_after_epoch(_config(opts), folder, 0)
+        (folder / name).write_bytes(b"PK\x03\x04 cut short")
+        kept = (folder / name).read_bytes()
+    capsys.readouterr()
+    cli.main(_argv(tmp_path, opts))
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and re.search(rf"^mombs: warning: {re.escape(str(folder / name))} cannot be read "
+                                          rf"\(\w+: .*\); moved to {name}\.corrupt", warned[0]), warned
+    assert (folder / f"{name}.corrupt").read_bytes() == kept  # set aside as it was
+    json.loads((folder / "results.json").read_text())
+    with np.load(folder / "assessment.npz") as npz:  # written again, whole
+        assert npz["loss"].shape == (len(npz["loss"]),)
+    if name != "results.json":  # resumed after epoch 0
+        assert [json.loads(x)["epoch"] for x in (folder / "log.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def _decathlon(root: Path, cut_case: int) -> Path:
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(0)
+    training = []
+    for i in range(3):
+        vol, lab = rng.uniform(-900, 200, (16, 16, 4)).astype(np.float32), np.zeros((16, 16, 4), np.uint8)
+        lab[4:8, 4:8, 1:3] = 1
+        for sub, arr in (("imagesTr", vol), ("labelsTr", lab)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), str(root / sub / f"case_{i}.nii.gz"))
+        training.append({"image": f"./imagesTr/case_{i}.nii.gz", "label": f"./labelsTr/case_{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"name": "toy", "modality": {"0": "CT"},
+                                                   "labels": {"0": "background", "1": "lesion"},
+                                                   "numTraining": 3, "training": training}))
+    _cut(root / "imagesTr" / f"case_{cut_case}.nii.gz")
+    return root / "imagesTr" / f"case_{cut_case}.nii.gz"
+
+
+def _coco(root: Path, damage: str):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    images, anns = [], []
+    for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 32, "height": 32})
+        anns.append({"id": i + 1, "image_id": i, "category_id": 1, "bbox": [4, 4, 10, 10], "iscrowd": 0})
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                     "categories": [{"id": 1, "name": "lesion"}]}))
+    if damage == "json":
+        _cut(root / "instances.json")
+        return root / "instances.json"
+    _cut(root / "images" / "2.png")
+    return "2.png"
+
+
+def _image_folder_cut(root: Path) -> str:
+    _cut(_pngs(root) / "b" / "1.png")
+    return "b/1.png"  # named as it lies in the folder given
+
+
+def _csv(root: Path, damage: str) -> Path:
+    _pngs(root)
+    rows = ["path,label"] + [f"{c}/{i}.png,{c}" for c in "ab" for i in range(4)]
+    if damage == "fields":
+        rows[3] = "a/2.png,a,extra"
+    elif damage == "label":
+        rows[3] = "a/2.png,"
+    (root / "labels.csv").write_bytes("\n".join(rows).encode() + (b"\xff\xfe\n" if damage == "bytes" else b"\n"))
+    return root / "labels.csv"
+
+
+DAMAGED = {
+    # name: (makes the data and returns the file to be named, options, the message after the file's name)
+    "imagefolder: a PNG cut in half": (_image_folder_cut, {"dataset": "imagefolder"},
+                                       r"1 of 8 image\(s\) do not decode: b/1\.png \(OSError: "),
+    "csv: a row with more fields than the header": (lambda d: _csv(d, "fields"), {"dataset": "csv"},
+                                                    r"line 4 has 3 fields but the header names 2"),
+    "csv: a row without its label": (lambda d: _csv(d, "label"), {"dataset": "csv"}, r"line 4 .*the label is empty"),
+    "csv: bytes that are not text": (lambda d: _csv(d, "bytes"), {"dataset": "csv"}, r"is not a UTF-8 text file"),
+    "msd: a .nii.gz cut in half": (lambda d: _decathlon(d, 1), {"task": "segmentation", "dataset": "msd"},
+                                   r"EOFError"),
+    "coco: a JSON file cut in half": (lambda d: _coco(d, "json"), {"task": "detection", "dataset": "coco"},
+                                      r"not a JSON file that parses"),
+    "coco: an image cut in half": (lambda d: _coco(d, "png"), {"task": "detection", "dataset": "coco"},
+                                   r"1 image files do not decode: '2\.png' \(OSError"),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGED))
+def test_a_damaged_data_file_is_one_line_naming_it_and_writes_nothing(tmp_path, monkeypatch, name):
+    make, options, message = DAMAGED[name]
+    monkeypatch.delenv("MOMBS_DEBUG", raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    bad = make(data)
+    data_dir = bad if options["dataset"] == "csv" else data
+    before = _tree(tmp_path)
+    text = _refused(_argv(tmp_path / "runs", dict(options, epochs=1, threads=1, strategy="random",
+                                                   data_dir=str(data_dir))))
+    assert str(bad) in text and re.search(message, text), text
+    assert _tree(tmp_path) == before  # no run folder, nothing changed

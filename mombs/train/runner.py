@@ -99,6 +99,27 @@ def _set_aside(path: Path, why: str) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
+#: The arrays a run writes once it has trained; a run killed while writing them leaves them behind.
+_RUN_ARRAYS = ("assessment.npz", "flagged.npz", "history.npz")
+
+
+def _set_aside_damaged_arrays(out: Path) -> None:
+    """Sets aside, named, any ``.npz`` of this unfinished run that does not read back (the run writes
+    it again), so that nothing downstream reads a cut file if the run then stops early."""
+    import zipfile
+
+    for name in _RUN_ARRAYS:
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                for key in npz.files:
+                    npz[key]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            _set_aside(path, f"cannot be read ({type(err).__name__}: {err})")
+
+
 def _finished(out: Path, cfg: RunConfig) -> dict | None:
     """The results of this run if the folder holds them; ``None`` when it must (re)run.
 
@@ -139,6 +160,11 @@ def _check_same_run(out: Path, cfg: RunConfig) -> None:
     now = dataclasses.asdict(cfg.resolved())
     changed = [k for k in now if k not in _RERUN_MAY_CHANGE and before.get(k) != now[k]]
     if not changed and saved_key != cfg.key():  # the same options on another data folder (or other data in it)
+        if before.get("data_dir") and now["data_dir"] and \
+                os.path.realpath(before["data_dir"]) == os.path.realpath(now["data_dir"]):
+            raise ValueError(f"{out} holds a run on data_dir={now['data_dir']!r} as it was then; files in it "
+                             f"were added, removed or changed since, so this is another run. Give it another "
+                             f"folder (--out), or remove this one to start over")
         changed = ["data_dir"]
     if changed:
         was = ", ".join(f"{k}={before.get(k)!r}" for k in changed)
@@ -197,6 +223,7 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus=None) -> dict
         if finished is not None:
             return finished
         _check_same_run(out, cfg)
+        _set_aside_damaged_arrays(out)
         atomic_json(out / "config.json", {"config": dataclasses.asdict(cfg), "key": cfg.key(),
                                           "data": data.describe()})
         if getattr(data, "splits", None):  # which files (cases, images) each split holds: a rerun reads the same

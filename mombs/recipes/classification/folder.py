@@ -201,14 +201,24 @@ def read_csv(data_dir) -> FileTable:
     if not path.is_file():
         raise ValueError(f"data_dir={str(data_dir)!r} is not an existing file; dataset='csv' reads a CSV file "
                          f"with the columns path,label (and optionally split)")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in columns or "label" not in columns:
-            raise ValueError(f"{str(path)!r} has the columns {columns}; it needs 'path' and 'label' "
-                             f"(and optionally 'split')")
-        reader.fieldnames = columns
-        rows = [(n, row) for n, row in enumerate(reader, start=2)]  # line 1 is the header
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            if "path" not in columns or "label" not in columns:
+                raise ValueError(f"{str(path)!r} has the columns {columns}; it needs 'path' and 'label' "
+                                 f"(and optionally 'split')")
+            reader.fieldnames = columns
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not a UTF-8 text file (byte {err.start}: {err.reason}); "
+                         f"dataset='csv' reads a CSV file with the columns path,label") from None
+    except csv.Error as err:
+        raise ValueError(f"{str(path)!r} is not a CSV file that parses (line {reader.line_num}: {err})") from None
+    extra = next(((line, row[None]) for line, row in rows if row.get(None)), None)
+    if extra:  # more fields than the header names: an unquoted comma in a path, or a shifted row
+        raise ValueError(f"{str(path)!r} line {extra[0]} has {len(columns) + len(extra[1])} fields but the header "
+                         f"names {len(columns)} ({','.join(columns)}); quote a path that holds a comma")
     if not rows:
         raise ValueError(f"{str(path)!r} has a header and no rows; list one image per line")
     paths, texts, splits, line_of = [], [], [], {}
