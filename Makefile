@@ -1,4 +1,5 @@
-# The README's two commands: `make test` and `make demo`.
+# The README's two commands: `make test` and `make demo`; `make wheel-check` and
+# `make docs` are what .ci/run adds.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PY     := $(VENV)/bin/python
 # download several GB).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test demo install clean planner-demo
+.PHONY: test demo install clean planner-demo wheel-check docs
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,17 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# Builds the wheel and the sdist (twine check), installs the wheel into a new
+# virtual environment in a temporary folder and runs `mombs --help`,
+# `python -m mombs --help` and a one-epoch digits run from outside the checkout.
+wheel-check: $(VENV)/.installed
+	MOMBS_WHEEL_CHECK=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_packaging.py -k "wheel or sdist"
+
+# The documentation site (mkdocs.yml) in site/, strict: a broken link or a
+# missing API reference fails. Offline: nothing is fetched.
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --clean --site-dir site
 
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
@@ -37,7 +49,7 @@ demo: $(VENV)/.installed
 	fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .hypothesis
 
 planner-demo: $(VENV)/.installed
 	$(PY) benchmarks/planner.py --demo
