@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +256,7 @@ def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool
     todo = []
     for cfg in configs:
         d = runs / run_dir_name(cfg)
-        if not (d / "results.json").exists():
+        if _read_results(d / "results.json", quiet=True) is None:  # none, or cut short: the runner sets it aside
             c = dataclasses.replace(cfg, threads=cfg.threads or threads)
             todo.append((dataclasses.asdict(c), str(d)))
     bar = None
@@ -317,11 +318,30 @@ class _sigint_deferred:
         return False
 
 
+def _read_results(path: Path, *, quiet: bool = False) -> dict | None:
+    """A run's results, or ``None`` when there are none or they do not read (cut short, empty): then
+    a warning names the file, unless ``quiet`` (the run is about to be redone, and the runner says so)."""
+    try:
+        res = json.loads(path.read_text())
+        if not isinstance(res, dict):
+            raise ValueError(f"it holds a {type(res).__name__}, not a run's results")
+        return res
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        if not quiet:
+            warnings.warn(f"{path} cannot be read ({type(err).__name__}: {err}); its run is left out (run the "
+                          f"same command again to redo it)", RuntimeWarning, stacklevel=3)
+        return None
+
+
 def load_results(out_dir, keys=None) -> list[dict]:
     """Results of the finished runs under ``out_dir/runs`` (only ``keys``, if given)."""
     found = []
     for path in sorted(Path(out_dir, "runs").glob("*/results.json")):
-        res = json.loads(path.read_text())
+        res = _read_results(path)
+        if res is None:
+            continue
         if keys is None or res.get("key") in keys:
             res["run_dir"] = str(path.parent)
             found.append(res)

@@ -462,3 +462,21 @@ def test_a_damaged_data_file_is_one_line_naming_it_and_writes_nothing(tmp_path, 
                                                    data_dir=str(data_dir))))
     assert str(bad) in text and re.search(message, text), text
     assert _tree(tmp_path) == before  # no run folder, nothing changed
+
+
+def test_compare_over_a_cut_results_json_redoes_that_run_and_names_the_file(tmp_path, monkeypatch):
+    from mombs.compare import load_results
+
+    monkeypatch.delenv("MOMBS_DEBUG", raising=False)
+    argv = ["compare", "--out", str(tmp_path), "--no-progress", "--set", "dataset=digits", "--set", "subset=120",
+            "--set", "epochs=1", "--set", "threads=1", "--set", "strategies=[random]", "--set", "seeds=[0]"]
+    cli.main(argv)
+    [path] = (tmp_path / "runs").glob("*/results.json")
+    kept = _cut(path)
+    with pytest.warns(RuntimeWarning, match=rf"{re.escape(str(path))} cannot be read \(JSONDecodeError: "):
+        cli.main(argv)  # was a JSONDecodeError traceback: the grid took the cut file for a finished run
+    assert (path.parent / "results.json.corrupt").read_bytes() == kept and json.loads(path.read_text())["top1"] > 0
+    _cut(path)  # a reader of the folder leaves a cut file out, named in one line
+    with pytest.warns(RuntimeWarning, match=rf"{re.escape(str(path))} cannot be read .*its run is left out") as w:
+        assert load_results(tmp_path) == []
+    assert all("\n" not in str(x.message) for x in w)
