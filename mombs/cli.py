@@ -212,12 +212,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="show the full traceback of an error (also: MOMBS_DEBUG=1)")
     d = sub.add_parser("diagnose", help="data-quality table and report of a finished `mombs train` run",
                        description="Writes RUN_DIR/diagnose/data_quality.csv (and .parquet with pyarrow), "
-                                   "report.md and the data maps, from the run's assessment.npz and, when the "
-                                   "run kept it (--set history=true), its history.npz.")
+                                   "report.md and the data maps, from the run's assessment.npz, its "
+                                   "label_issues.npz (masks and boxes) and, when the run kept it "
+                                   "(--set history=true), its history.npz.")
     d.add_argument("run_dir", help="a finished `mombs train` run folder")
     d.add_argument("--out", help="output folder (default: RUN_DIR/diagnose)")
-    d.add_argument("--score", default="auto", help="label-issue score (higher = more likely wrong): auto (aum with a history, else loss), "
-                        "quadrant, loss, aum, confidence, combined")
+    d.add_argument("--score", default="auto",
+                   help="label-issue score (higher = more likely wrong). Class labels: auto (aum with a history, "
+                        "else loss), quadrant, loss, aum, confidence, combined. Masks: auto (disagreement), "
+                        "region_error, area, cleanlab, loss, difficulty, quadrant_score. Boxes: auto (box_issue), "
+                        "overlooked, badly_located, spurious, cleanlab, loss, difficulty, quadrant_score")
     d.add_argument("--no-images", action="store_true", help="no picture grids (do not rebuild the data)")
     d.add_argument("--per-quadrant", type=int, default=16, help="pictures per quadrant grid (default 16)")
     d.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: MOMBS_DEBUG=1)")
@@ -238,10 +242,7 @@ def _one_line(err: BaseException) -> SystemExit:
 
 def _diagnose(args) -> int:
     from .diagnose import diagnose
-    from .quality import SCORES
 
-    if args.score not in SCORES:
-        raise _fail(f"--score={args.score!r} is not known; choose one of {list(SCORES)}")
     if args.per_quadrant < 1:
         raise _fail(f"--per-quadrant={args.per_quadrant} must be >= 1")
     try:
@@ -255,7 +256,7 @@ def _diagnose(args) -> int:
     print(json.dumps({"table": str(res["table"]), "parquet": str(res["parquet"]) if res["parquet"] else None,
                       "report": str(res["report"]), "samples": s["samples"], "flagged": s["flagged"],
                       "score": s["score"], "history": res["history"]}))
-    if not res["history"]:
+    if res["history"] is False:  # None: a task without AUM or cartography (masks, boxes)
         print(f"mombs: {args.run_dir} has no history.npz, so the table has no AUM and no cartography "
               f"(confidence/variability), and the score is {s['score']!r}; retrain with --set history=true "
               f"to get them", file=sys.stderr)

@@ -1,7 +1,9 @@
 """``mombs diagnose RUN_DIR``: the data-quality table and report of a finished ``mombs train`` run.
 
-Reads the run's ``assessment.npz`` and, when it kept one, ``history.npz``;
-the task's recipe rebuilds the training images for the picture grids.
+Reads the run's ``assessment.npz`` and, when it kept one, ``history.npz``.
+Class labels: the task's recipe rebuilds the training images for the picture
+grids. Masks and boxes: the run's ``label_issues.npz`` holds each image's
+scores and the most suspect images' pictures.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .quality import HISTORY_KEYS, data_quality, write_report, write_table
+from .quality import HISTORY_KEYS, SCORES, data_quality, dense_quality, write_report, write_table
 from .recipes import DEFAULT_TASK, RECIPES, get_recipe
 
 __all__ = ["diagnose"]
@@ -61,7 +63,7 @@ def _read_npz(path: Path) -> dict:
 
 def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True, parquet: bool | None = None,
              per_quadrant: int = 16) -> dict:
-    """The data-quality table and report of a finished ``mombs train`` run with one label per sample.
+    """The data-quality table and report of a finished ``mombs train`` run, for every task.
 
     Reads ``RUN_DIR/assessment.npz`` (the final loss and uncertainty, the given
     labels and, for planted noise, the wrong-label mask) and, when the run
@@ -73,7 +75,9 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
     Args:
         run_dir: the run folder.
         out_dir: where to write; default ``RUN_DIR/diagnose``.
-        score: one of :data:`SCORES`.
+        score: class labels: one of :data:`~mombs.quality.SCORES`; masks and
+            boxes: ``"auto"`` (the recipe's ``issue_score``) or a column of the
+            run's ``label_issues.npz``, ``"loss"``, ``"difficulty"`` or ``"quadrant_score"``.
         images: rebuild the training images from ``config.json`` for the
             picture grids (skipped, with a note, when that fails).
         parquet: as :func:`write_table`.
@@ -83,10 +87,17 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
         ``{"table": csv path, "parquet": path or None, "report": path,
         "summary": dict, "history": bool, "missing": [...]}``.
 
+    Segmentation and detection runs: the table has a row per training image
+    with its file (or case and slice), the loss, uncertainty and quadrant, the
+    mask or box scores of the run's ``label_issues.npz``
+    (:func:`mombs.quality.mask_issue_scores`, :func:`mombs.quality.box_issue_scores`),
+    the suspected error, the score, rank and flag; the report's pictures show
+    the most suspect images with their given and predicted masks or boxes.
+
     Raises:
         FileNotFoundError: no ``assessment.npz`` in ``run_dir`` (not a finished run).
-        ValueError: a run of another task (segmentation, detection), a
-            malformed file, or a bad argument (named).
+        ValueError: a malformed file, a score the run's task does not have,
+            or a bad argument (named).
     """
     run = Path(run_dir)
     if not run.is_dir():
@@ -96,12 +107,15 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
         raise FileNotFoundError(f"{apath} not found: diagnose needs a finished `mombs train` run "
                                 f"(its assessment.npz)")
     task = _run_task(run)
-    if task not in RECIPES or not get_recipe(task).label_table:
-        takers = sorted(t for t in RECIPES if get_recipe(t).label_table)
-        raise ValueError(f"run_dir={str(run_dir)!r} is a {task} run; diagnose reads runs with one class label "
-                         f"per sample (task {' or '.join(map(repr, takers))}). A {task} run's assessment.npz "
-                         f"holds its per-image loss, uncertainty and quadrants, and results.json how they "
-                         f"find the noisy annotations")
+    if task not in RECIPES:
+        raise ValueError(f"{run / 'config.json'} names task {task!r}, which this mombs does not know; "
+                         f"known: {sorted(RECIPES)}")
+    recipe = get_recipe(task)
+    if not recipe.label_table:
+        return _diagnose_dense(run, recipe, out_dir, score=score, per_quadrant=per_quadrant, images=images,
+                               parquet=parquet)
+    if score not in SCORES:
+        raise ValueError(f"score={score!r} is not known for a {task} run; choose one of {list(SCORES)}")
     a = _read_npz(apath)
     missing_keys = [k for k in ("loss", "uncertainty", "y") if k not in a]
     if missing_keys:
@@ -126,3 +140,53 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
                           title=f"data quality of {run.name}")
     return {"table": paths["csv"], "parquet": paths["parquet"], "report": report, "summary": q.summary(),
             "history": history is not None, "missing": list(q.missing)}
+
+
+def _diagnose_dense(run: Path, recipe, out_dir, *, score: str, per_quadrant: int, images: bool,
+                    parquet: bool | None) -> dict:
+    """:func:`diagnose` of a run whose labels are masks or boxes."""
+    a = _read_npz(run / "assessment.npz")
+    missing_keys = [k for k in ("loss", "uncertainty") if k not in a]
+    if missing_keys:
+        raise ValueError(f"{run / 'assessment.npz'} lacks {missing_keys}; it holds {sorted(a)}")
+    lpath = run / "label_issues.npz"
+    if not lpath.is_file():
+        raise FileNotFoundError(f"{lpath} not found: the run was made by a mombs without per-image label-issue "
+                                f"scores; run the same `mombs train` command in a new --out folder")
+    z = _read_npz(lpath)
+    scores = {k[len("score_"):]: v for k, v in z.items() if k.startswith("score_")}
+    columns = list(scores)
+    rankable = ["auto", *columns, "loss", "difficulty", "quadrant_score"]
+    if score not in rankable:
+        raise ValueError(f"score={score!r} is not a score of this {recipe.name} run; choose one of {rankable}")
+    n = len(a["loss"])
+    noisy = a.get("noisy")
+    wrong = noisy.astype(bool) if noisy is not None and noisy.shape == (n,) else None
+    corruption = None
+    codes = a.get("corruption")
+    names = z.get("corruption_names")  # what the codes mean, on a set with planted corruptions
+    if codes is not None and codes.shape == (n,) and names is not None:
+        corruption = np.asarray(names)[codes]
+    sources = {k[len("source_"):]: v for k, v in a.items() if k.startswith("source_")}
+    hpath = run / "history.npz"
+    if hpath.is_file():
+        hist = _read_npz(hpath)
+        if "train_loss" in hist and hist["train_loss"].shape[-1] == n:
+            with np.errstate(all="ignore"):
+                scores["mean_train_loss"] = np.nanmean(hist["train_loss"], axis=0)
+    info = {k: z[k] for k in ("predicted_area", "given_area") if k in z}
+    q = dense_quality(a["loss"], a["uncertainty"], scores, score=recipe.issue_score if score == "auto" else score,
+                      kind=z.get("kind"), info=info or None, wrong_label=wrong, corruption=corruption, sources=sources or None)
+    out = Path(out_dir) if out_dir is not None else run / "diagnose"
+    paths = write_table(q, out, parquet=parquet)
+    if "cleanlab" not in scores:
+        q.missing.append("cleanlab: the run had no cleanlab to score with (pip install 'mombs[quality]')")
+    pictures = None
+    if images and recipe.issue_pictures is not None:
+        def pictures(quality, folder, per_grid):
+            return recipe.issue_pictures(z, quality, folder, per_grid)
+    report = write_report(q, out, pictures=pictures, per_quadrant=per_quadrant,
+                          title=f"label issues of {run.name} ({recipe.name})")
+    return {"table": paths["csv"], "parquet": paths["parquet"], "report": report, "summary": q.summary(),
+            "history": None, "missing": list(q.missing)}
+

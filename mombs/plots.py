@@ -142,3 +142,40 @@ def quadrant_grid(res, out: Path, draw, kinds, what: str, legend: str, loss_digi
                  dpi=100)
 
 
+
+
+def issue_grid(z, quality, out: Path, draw, legend: str, per_grid: int) -> list:
+    """``diagnose``'s picture grid of masks or boxes: the most suspect training images a run kept.
+
+    Args:
+        z: the run's ``label_issues.npz`` arrays (``pic_index``, ``pic_image``
+            and the task's overlays).
+        quality: the :class:`~mombs.quality.DataQuality` table (rank, score, suspected error).
+        out: the report's folder.
+        draw: ``draw(ax, z, m)`` adds the task's overlays to kept picture ``m``.
+        legend: what the overlays' colours mean.
+        per_grid: most pictures drawn.
+
+    Returns:
+        ``[(caption, file name)]``, empty when the run kept no pictures.
+    """
+    t = quality.table
+    kept = np.asarray(z["pic_index"])
+    if kept.size == 0:
+        return []
+    order = np.argsort(t["label_issue_rank"][kept], kind="stable")[:per_grid]
+    cols = min(6, len(order))
+    rows = -(-len(order) // cols)
+    pyplot = plt()
+    fig, axes = pyplot.subplots(rows, cols, figsize=(2.0 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, m in zip(axes.ravel(), order):
+        r = int(kept[m])
+        ax.imshow(z["pic_image"][m].astype(np.float32), cmap="gray")
+        draw(ax, z, m)
+        kind = t["suspected_error"][r] if "suspected_error" in t else ""
+        known = f" ({t['corruption'][r]})" if "corruption" in t else ""
+        ax.set_title(f"#{r} rank {t['label_issue_rank'][r]}\n{kind}{known}", fontsize=6)
+    fig.suptitle(f"most suspect first, by {quality.score}: {legend}", fontsize=8)
+    return [(f"most suspect by {quality.score}", save(fig, Path(out) / "suspect.png", dpi=100))]

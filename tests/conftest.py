@@ -1,4 +1,5 @@
 import os
+import json
 
 import numpy as np
 import pytest
@@ -139,3 +140,34 @@ def check_run_files(run_dir, res: dict, member_key: str) -> None:
         top = of_c[np.argsort(-loss[of_c], kind="stable")[:6]]
         assert sorted(f["index"][f["codes"] == c]) == sorted(top)
     np.testing.assert_array_equal(f["loss"], loss[f["index"]])
+
+
+def check_dense_diagnose(run_dir, n: int, score_columns: set, capsys) -> None:
+    """``mombs diagnose`` on a segmentation or detection run folder: the table has a row per
+    training image with the run's label-issue scores, ranks them, and the report has its pictures."""
+    import csv
+
+    from mombs import cli
+
+    z = np.load(run_dir / "label_issues.npz")
+    assert {f"score_{c}" for c in score_columns} <= set(z.files) and z["kind"].shape == (n,)
+    capsys.readouterr()
+    assert cli.main(["diagnose", str(run_dir)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["samples"] == n and out["history"] is None
+    with open(run_dir / "diagnose" / "data_quality.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == n and score_columns | {"suspected_error", "corruption", "wrong_label", "quadrant",
+                                               "label_issue_rank", "flagged", "path"} <= set(rows[0])
+    top = min(rows, key=lambda r: int(r["label_issue_rank"]))
+    assert float(top["label_issue_score"]) == max(float(r[out["score"]]) for r in rows)
+    report = (run_dir / "diagnose" / "report.md").read_text()
+    assert "](suspect.png)" in report and (run_dir / "diagnose" / "suspect.png").stat().st_size > 1000
+    assert "Per class" not in report
+    # another of the run's scores, by name; an unknown one is refused naming the run's scores
+    assert cli.main(["diagnose", str(run_dir), "--score", "loss", "--no-images", "--out",
+                     str(run_dir / "d2")]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match=r"^mombs: score='aum' is not a score of this \w+ run; choose one of "
+                                         r"\['auto', .*'loss', 'difficulty', 'quadrant_score'\]$"):
+        cli.main(["diagnose", str(run_dir), "--score", "aum"])

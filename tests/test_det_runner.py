@@ -11,7 +11,7 @@ pytest.importorskip("torchvision")
 from mombs import cli  # noqa: E402
 from mombs.recipes.detection import corpus as det_corpus  # noqa: E402
 from mombs.train import RunConfig, run  # noqa: E402
-from conftest import check_run_files  # noqa: E402
+from conftest import check_dense_diagnose, check_run_files  # noqa: E402
 from mombs.recipes.detection.training import DetectionStep, det_fit  # noqa: E402
 
 # 16 training slices of 32 x 32, 12 validation and 16 test slices: a 2-epoch
@@ -111,6 +111,8 @@ def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with
                 "flagged-random-b4-n16.png"):
         assert f"]({png})" in report and (tmp_path / png).stat().st_size > 1000
     assert "FROC %" in capsys.readouterr().out
+    # diagnose: a row per training image with its box scores, and the suspect images' pictures
+    check_dense_diagnose(runs[0], 16, {"overlooked", "badly_located", "spurious", "box_issue"}, capsys)
 
 
 def test_an_interrupted_detection_run_resumes_to_the_same_result(tmp_path, interrupt_after_epoch):
@@ -122,18 +124,12 @@ def test_an_interrupted_detection_run_resumes_to_the_same_result(tmp_path, inter
     assert resumed["curves"]["train_loss"] == whole["curves"]["train_loss"]
     # the history: each epoch's per-image RPN loss (no classification signals), kept across the resume
     h, cut = np.load(tmp_path / "whole/history.npz"), np.load(tmp_path / "cut/history.npz")
-    assert set(h.files) == {"train_loss", "uncertainty", "epochs"} and h["train_loss"].shape == (2, 16)
+    assert set(h.files) == {"train_loss", "uncertainty", "epochs", "source_path"} and h["train_loss"].shape == (2, 16)
     np.testing.assert_array_equal(h["epochs"], [0, 1])
     assert np.isfinite(h["train_loss"]).all()  # every image is seen every epoch
     np.testing.assert_allclose(h["train_loss"].mean(1), whole["curves"]["train_loss"], rtol=1e-5)
     for k in h.files:
         np.testing.assert_array_equal(cut[k], h[k])
-    # diagnose reads classification runs and says so, rather than failing on a missing label array
-    from mombs.diagnose import diagnose
-
-    with pytest.raises(ValueError, match=r"is a detection run; diagnose reads runs with one class label per "
-                                         r"sample \(task 'classification'\)"):
-        diagnose(tmp_path / "whole")
     for name in ("loss", "uncertainty"):
         np.testing.assert_array_equal(np.load(tmp_path / "cut/assessment.npz")[name],
                                       np.load(tmp_path / "whole/assessment.npz")[name])

@@ -218,7 +218,8 @@ def test_cli_diagnose_without_history_says_how_to_get_it(tmp_path, capsys):
     assert "history=true" in report and "No cartography map" in report
     with pytest.raises(SystemExit, match="assessment.npz"):
         cli.main(["diagnose", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--score='x'"):
+    with pytest.raises(SystemExit, match=r"^mombs: score='x' is not known for a classification run; choose one "
+                                         r"of \['auto', 'quadrant', 'loss', 'aum', 'confidence', 'combined'\]$"):
         cli.main(["diagnose", str(run), "--score", "x"])
 
 

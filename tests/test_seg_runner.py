@@ -8,7 +8,7 @@ import torch
 
 from mombs import cli
 from mombs.train import RunConfig, run
-from conftest import check_run_files
+from conftest import check_dense_diagnose, check_run_files
 from mombs.quality import noise_detection
 from mombs.recipes.segmentation.training import dice_fit
 
@@ -106,6 +106,8 @@ def test_two_epochs_of_segmentation_through_the_cli_write_results_and_a_report_w
     for png in ("curves.png", "scatter-mixed-b4-n16.png", "flagged-mixed-b4-n16.png", "flagged-random-b4-n16.png"):
         assert f"]({png})" in report and (tmp_path / png).stat().st_size > 1000
     assert "Dice %" in capsys.readouterr().out
+    # diagnose: a row per training slice with its mask scores, and the suspect slices' pictures
+    check_dense_diagnose(runs[0], 16, {"disagreement", "region_error", "area"}, capsys)
 
 
 def test_an_interrupted_segmentation_run_resumes_to_the_same_result(tmp_path, interrupt_after_epoch):

@@ -17,6 +17,10 @@ scores      pure per-sample scores (AUM, cartography) and how well a score
 table       :func:`data_quality`: a row per sample, ranked (higher = more
             likely a wrong label); :func:`write_table`: CSV and Parquet
 report      :func:`write_report`: the data maps and picture grids
+masks       per-image scores of segmentation masks (:func:`mask_issue_scores`)
+boxes       per-image scores of detection boxes (:func:`box_issue_scores`)
+measure     :func:`measure_label_issues`: the table from a user's own loop,
+            after one eval-mode pass with the current model
 ==========  =================================================================
 
 ``mombs diagnose RUN_DIR`` (:mod:`mombs.diagnose`) does all of it for a
@@ -26,6 +30,7 @@ cleanlab, AUM with its threshold samples and cartography.
 
 from .boxes import BOX_KINDS, BOX_SCORES, box_issue_kind, box_issue_scores, cleanlab_box_scores
 from .masks import MASK_KINDS, MASK_SCORES, mask_issue_kind, mask_issue_map, mask_issue_scores
+from .measure import eval_pass, measure_label_issues
 from .report import write_report
 from .scores import (
     area_under_margin,
@@ -35,7 +40,7 @@ from .scores import (
     noise_detection,
 )
 from .signals import given_label_margin, given_label_prob
-from .table import HISTORY_KEYS, SCORES, DataQuality, data_quality, write_table
+from .table import DENSE_FLAGS, HISTORY_KEYS, SCORES, DataQuality, data_quality, dense_quality, write_table
 
 __all__ = [
     "BOX_KINDS",
@@ -48,6 +53,8 @@ __all__ = [
     "mask_issue_kind",
     "mask_issue_map",
     "mask_issue_scores",
+    "measure_label_issues",
+    "DENSE_FLAGS",
     "HISTORY_KEYS",
     "SCORES",
     "DataQuality",
@@ -55,7 +62,9 @@ __all__ = [
     "aum_threshold",
     "cartography",
     "data_quality",
+    "dense_quality",
     "detection_metrics",
+    "eval_pass",
     "given_label_margin",
     "given_label_prob",
     "noise_detection",

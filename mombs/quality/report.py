@@ -91,7 +91,7 @@ def _grid(images, quality: DataQuality, rows: np.ndarray, title: str, path: Path
 
 
 def write_report(quality: DataQuality, out_dir, *, images=None, per_quadrant: int = 16,
-                 title: str = "data quality") -> Path:
+                 title: str = "data quality", pictures=None) -> Path:
     """Writes ``report.md`` with the data maps, per-class counts and picture grids.
 
     Figures: ``data_map.png`` (loss vs uncertainty, by quadrant, flagged
@@ -107,6 +107,10 @@ def write_report(quality: DataQuality, out_dir, *, images=None, per_quadrant: in
             tensor, the samples in table order; optional.
         per_quadrant: pictures per quadrant grid, ``>= 1``.
         title: the report's heading.
+        pictures: for masks and boxes, instead of ``images``: ``(quality,
+            out_dir, per_quadrant) -> [(caption, file name)]``, which draws the
+            task's own picture grids into ``out_dir`` (a recipe's
+            ``issue_pictures``).
 
     Returns:
         The path of ``report.md``.
@@ -137,22 +141,30 @@ def write_report(quality: DataQuality, out_dir, *, images=None, per_quadrant: in
     if "confidence" in t:
         _cartography_map(quality, out / "cartography.png")
         lines += ["![confidence vs variability](cartography.png)", ""]
-    else:
+    elif "given_label" in t:  # masks and boxes have no cartography
         lines += ["No cartography map: the run kept no per-epoch history.", ""]
     rows = quality.per_class()
-    head = list(rows[0]) if rows else []
-    lines += ["## Per class", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
-    lines += ["", "## Most suspect labels", ""]
+    if rows:
+        head = list(rows[0])
+        lines += ["## Per class", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows] + [""]
+    lines += ["## Most suspect labels", ""]
     top = quality.top(10)
-    show = [c for c in ("index", "given_label", "predicted_label", "quadrant", "loss", "uncertainty", "aum",
-                        "confidence", "label_issue_score", "flagged") if c in t]
+    show = [c for c in ("index", "path", "case", "slice", "image_id", "given_label", "predicted_label",
+                        "quadrant", "loss", "uncertainty", "aum", "confidence", "suspected_error", "corruption",
+                        "label_issue_score", "flagged") if c in t]
     lines += ["| " + " | ".join(show) + " |", "|" + "---|" * len(show)]
     for r in top:
         cells = [f"{t[c][r]:.4g}" if isinstance(t[c][r], (float, np.floating)) else str(t[c][r]) for c in show]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    if images is not None:
+    if pictures is not None:
+        drawn = pictures(quality, out, per_quadrant)
+        lines += ["## Pictures: the most suspect images", ""]
+        lines += [line for caption, fname in drawn for line in (f"![{caption}]({fname})", "")]
+        if not drawn:
+            lines += ["No picture grids: the run kept no pictures.", ""]
+    elif images is not None:
         lines += ["## Pictures: the most suspect samples of each quadrant", ""]
         for q in QUADRANTS:
             pick = quality.top(per_quadrant, quadrant=q)

@@ -29,7 +29,7 @@ from .scores import (
     detection_metrics,
 )
 
-__all__ = ["DataQuality", "HISTORY_KEYS", "SCORES", "data_quality", "write_table"]
+__all__ = ["DENSE_FLAGS", "DataQuality", "HISTORY_KEYS", "SCORES", "data_quality", "dense_quality", "write_table"]
 
 #: The per-epoch arrays :func:`data_quality` reads from a history, each ``(E, N)``.
 HISTORY_KEYS = ("train_loss", "prob_given", "margin", "pred", "uncertainty")
@@ -159,7 +159,10 @@ class DataQuality:
         return order[:k]
 
     def per_class(self) -> list[dict]:
-        """Per given class: samples, flagged, and samples in each quadrant (a list of rows)."""
+        """Per given class: samples, flagged, and samples in each quadrant (a list of rows; empty
+        for a table of masks or boxes)."""
+        if "given_label" not in self.table:
+            return []
         labels, flagged, quad = self.table["given_label"], self.table["flagged"], self.table["quadrant"]
         rows = []
         for c in range(self.num_classes):
@@ -324,6 +327,98 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
     table.update(label_issue_score=issue, label_issue_rank=rank, flagged=np.asarray(flagged, dtype=bool))
     num_classes = int(max(lab.max(), table.get("predicted_label", lab).max()) + 1)
     return DataQuality(table=table, score=score, flag_rule=rule, missing=missing, num_classes=num_classes)
+
+
+#: The flag of each per-image score :func:`dense_quality` can rank by: a score at or
+#: above the threshold is flagged. Scores not named here (``loss``,
+#: ``difficulty``, ``quadrant_score``) flag the poorly-labeled quadrant.
+DENSE_FLAGS = {"disagreement": 0.5, "region_error": 0.5, "cleanlab": 0.5, "box_issue": 0.5, "overlooked": 0.5,
+               "badly_located": 0.5, "spurious": 0.5, "area": math.log(2.0)}
+
+
+def dense_quality(loss, uncertainty, scores, *, score: str, kind=None, wrong_label=None, corruption=None,
+                  sources=None, info=None, loss_quantile: float = 0.5, uncertainty_quantile: float = 0.5) -> DataQuality:
+    """A table of every image's label-issue score, flag and quadrant, for masks or boxes.
+
+    The counterpart of :func:`data_quality` for images whose label is a mask or
+    a set of boxes (no class label per sample, so no per-class counts).
+
+    Args:
+        loss: ``(N,)`` per-image loss of the trained model, higher = worse fit.
+        uncertainty: ``(N,)`` per-image uncertainty, higher = less sure.
+        scores: ``{name: (N,) array}`` per-image label-issue scores, each
+            higher = more likely a wrong label (:func:`~mombs.quality.mask_issue_scores`,
+            :func:`~mombs.quality.box_issue_scores`); each becomes a column.
+        score: the column to rank by: a key of ``scores``, or ``"loss"``,
+            ``"difficulty"`` or ``"quadrant_score"``. Its flag: :data:`DENSE_FLAGS`.
+        kind: optional ``(N,)`` str, the suspected error of each image
+            (column ``suspected_error``).
+        wrong_label: optional ``(N,)`` bool, the labels known to be wrong.
+        corruption: optional ``(N,)`` str, the known corruption of each image.
+        sources: as :func:`data_quality`.
+        info: optional ``{name: (N,) array}`` columns shown but not ranked by
+            (say, the predicted and given lesion areas).
+        loss_quantile: quadrant split of the loss, in ``(0, 1)``.
+        uncertainty_quantile: quadrant split of the uncertainty, in ``(0, 1)``.
+
+    Returns:
+        A :class:`DataQuality` with ``num_classes = 0``.
+
+    Raises:
+        ValueError: naming the argument, for a wrong shape or an unknown score.
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    if loss.ndim != 1 or loss.size == 0:
+        raise ValueError(f"loss must be a non-empty (N,) array, got shape {loss.shape}")
+    n = loss.shape[0]
+    loss = _as_values("loss", loss, n)
+    unc = _as_values("uncertainty", uncertainty, n)
+    if not hasattr(scores, "items"):
+        raise ValueError(f"scores must be a mapping of name -> (N,) array, got {type(scores).__name__}")
+    cols = {}
+    for name, v in scores.items():
+        arr = np.asarray(v, dtype=np.float64)
+        if arr.shape != (n,):
+            raise ValueError(f"scores[{name!r}] has shape {arr.shape}; expected ({n},), one entry per image")
+        cols[name] = arr
+    q = quadrants(loss, unc, loss_quantile=loss_quantile, uncertainty_quantile=uncertainty_quantile)
+    quadrant_score = (_compute_ranks(loss) - _compute_ranks(unc)) / n
+    table: dict[str, np.ndarray] = {"index": np.arange(n)}
+    table.update(_check_sources(sources, n))
+    table.update(loss=loss, uncertainty=unc, difficulty=difficulty_scores(loss, unc),
+                 quadrant=np.asarray(QUADRANTS, dtype=object)[q.codes], quadrant_score=quadrant_score)
+    table.update(cols)
+    for name, v in (info or {}).items():
+        arr = np.asarray(v)
+        if arr.shape != (n,) or name in table:
+            raise ValueError(f"info[{name!r}] must be a new ({n},) column, got shape {arr.shape}")
+        table[name] = arr
+    for name, v in (("suspected_error", kind), ("corruption", corruption)):
+        if v is not None:
+            arr = np.asarray(v).astype(str)
+            if arr.shape != (n,):
+                raise ValueError(f"{'kind' if name == 'suspected_error' else name} must be ({n},), got {arr.shape}")
+            table[name] = arr.astype(object)
+    if wrong_label is not None:
+        w = np.asarray(wrong_label)
+        if w.shape != (n,) or w.dtype != bool:
+            raise ValueError(f"wrong_label must be a ({n},) bool array, got shape {w.shape} and dtype {w.dtype}")
+        table["wrong_label"] = w
+    rankable = [*cols, "loss", "difficulty", "quadrant_score"]
+    if score not in rankable:
+        raise ValueError(f"score={score!r} is not one of this table's scores; choose one of {rankable}")
+    issue = table[score].astype(np.float64)
+    if score in DENSE_FLAGS:
+        flagged, rule = issue >= DENSE_FLAGS[score], f"{score} >= {DENSE_FLAGS[score]:.3g}"
+    else:
+        flagged = q.mask("poorly-labeled")
+        rule = (f"poorly-labeled quadrant: loss above its {loss_quantile:g} quantile and uncertainty "
+                f"at or below its {uncertainty_quantile:g} quantile")
+    order = np.argsort(-issue, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(1, n + 1)
+    table.update(label_issue_score=issue, label_issue_rank=rank, flagged=np.asarray(flagged, dtype=bool))
+    return DataQuality(table=table, score=score, flag_rule=rule, missing=[], num_classes=0)
 
 
 def write_table(quality: DataQuality, out_dir, *, name: str = "data_quality", parquet: bool | None = None) -> dict:

@@ -165,6 +165,11 @@ class Recipe:
         run_figures: ``(result, out) -> [file names]``: one run's pictures.
         training_images: ``(cfg) -> (N, C, H, W)`` array: a run's training
             images rebuilt from its config (pictures of ``diagnose``).
+        issue_score: for masks and boxes, the per-image label-issue score
+            ``mombs diagnose`` ranks by unless told otherwise (a column of the
+            run's ``label_issues.npz``; chosen by measurement, each recipe says how).
+        issue_pictures: ``(label_issues, quality, out_dir, per_quadrant) ->
+            [(caption, file name)]``: ``diagnose``'s picture grids of masks or boxes.
     """
 
     name: str
@@ -185,5 +190,7 @@ class Recipe:
     run_figures: Callable = lambda result, out: []
     training_images: Callable | None = None
     label_table: bool = False
+    issue_score: str | None = None
+    issue_pictures: Callable | None = None
     reads_data_dir: tuple = ()
     own_data: tuple = ()

@@ -214,7 +214,8 @@ def _synthetic(cfg) -> DetCorpus:
                      BoxDataset(te.images.copy(), [b.copy() for b in te.clean_boxes]),
                      clean_boxes_train=tr.clean_boxes, noisy_train=tr.noisy.copy() if noisy else None,
                      missing_train=tr.missing.copy() if noisy else None,
-                     corruption=tr.corruption.copy() if noisy else None)
+                     corruption=tr.corruption.copy() if noisy else None,
+                     sources={"path": np.asarray([f"synthetic-det/train#{i}" for i in range(len(tr))])})
 
 
 def _deeplesion(cfg) -> DetCorpus:

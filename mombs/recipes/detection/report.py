@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...plots import plt, quadrant_grid, save, corruption_scatter
+from ...plots import issue_grid, plt, quadrant_grid, save, corruption_scatter
 
-__all__ = ["report_figures", "report_notes", "run_figures"]
+__all__ = ["issue_pictures", "report_figures", "report_notes", "run_figures"]
 
 
 def report_notes(results: list[dict]) -> dict:
@@ -74,3 +74,18 @@ def _flagged_boxes_grid(res: dict, out: Path) -> str | None:
 def run_figures(res: dict, out: Path) -> list[str]:
     """One run's loss-uncertainty scatter by box corruption, and its quadrants' highest-loss images."""
     return [f for f in (_scatter(res, out), _flagged_boxes_grid(res, out)) if f]
+
+
+def issue_pictures(z: dict, quality, out: Path, per_grid: int) -> list:
+    """``diagnose``'s grid: each suspect image with its given boxes and the detections."""
+    from matplotlib.patches import Rectangle
+
+    def draw(ax, z, m):
+        for key, colour, style in (("pic_clean", "lime", "-"), ("pic_given", "red", "--"), ("pic_det", "cyan", "-")):
+            for x1, y1, x2, y2 in z[key][m]:
+                if np.isfinite(x1):
+                    ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                                           edgecolor=colour, linestyle=style, linewidth=0.8))
+
+    return issue_grid(z, quality, out, draw, "given boxes red dashed, detections (score >= 0.5) cyan"
+                      + (", clean boxes green" if np.isfinite(z["pic_clean"]).any() else ""), per_grid)

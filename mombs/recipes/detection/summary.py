@@ -7,11 +7,15 @@ import numpy as np
 from ..._atomic import atomic_npz
 from ...difficulty import difficulty_scores
 from ...quality.scores import noise_detection
+from ...quality.table import DENSE_FLAGS
 from ...train.summary import FinishedRun, best_state, final_assessment, flagged_picks
 from .metrics import FROC_AVERAGE_FPS, _sens_at, froc, unmatched_detection_score
 from .training import detect
 
-__all__ = ["FROC_CURVE_FPS", "row_extras", "summarize"]
+__all__ = ["FROC_CURVE_FPS", "ISSUE_PICTURES", "row_extras", "summarize"]
+
+#: Training images kept in ``label_issues.npz`` for ``diagnose``'s picture grid: the most suspect ones.
+ISSUE_PICTURES = 24
 
 #: FP-per-image rates at which a run stores its test FROC curve (for the report's plot).
 FROC_CURVE_FPS = tuple(float(f) for f in np.round(np.geomspace(0.125, 16, 15), 4))
@@ -43,12 +47,7 @@ def _flagged_examples(data, codes, loss, train_dets: list, train_given: list) ->
     (``train_dets``, ``train_given``: :func:`detect`'s output on the whole training split)."""
     picks = flagged_picks(codes, loss)
     dets, given = [train_dets[i] for i in picks], [train_given[i] for i in picks]
-    images = [data.train[int(i)][0] for i in picks]
-    mid = [im[im.shape[0] // 2].float().numpy() for im in images]  # the key slice of 3 channels
-    h, w = max(m.shape[0] for m in mid), max(m.shape[1] for m in mid)
-    image = np.zeros((len(mid), h, w), dtype=np.float16)
-    for i, m in enumerate(mid):
-        image[i, :m.shape[0], :m.shape[1]] = m
+    image = _key_slices(data, picks)  # the key slice of 3 channels
     keep = [d["scores"] >= FLAGGED_SCORE for d in dets]
     clean = [data.clean_boxes_train[i] for i in picks] if data.clean_boxes_train is not None else [
         np.zeros((0, 4))] * len(picks)
@@ -60,8 +59,44 @@ def _flagged_examples(data, codes, loss, train_dets: list, train_given: list) ->
             "missing": data.missing_train[picks] if data.missing_train is not None else np.zeros(len(picks), bool)}
 
 
+def _key_slices(data, picks) -> np.ndarray:
+    """``(P, H, W)`` float16: the middle channel (the key slice) of training images ``picks``."""
+    mid = [im[im.shape[0] // 2].float().numpy() for im in (data.train[int(i)][0] for i in picks)]
+    h, w = max([m.shape[0] for m in mid] + [1]), max([m.shape[1] for m in mid] + [1])
+    image = np.zeros((len(mid), h, w), dtype=np.float16)
+    for i, m in enumerate(mid):
+        image[i, :m.shape[0], :m.shape[1]] = m
+    return image
+
+
+def _label_issues(run: FinishedRun, train_dets: list, train_given: list) -> dict:
+    """Each training image's box scores from the final model's detections, its suspected error
+    and the most suspect images' pictures (``label_issues.npz``)."""
+    from ...quality import box_issue_kind, box_issue_scores, cleanlab_box_scores
+    from .synthetic_det import DET_CORRUPTIONS
+
+    data = run.data
+    scores = box_issue_scores(train_dets, train_given)
+    try:
+        scores["cleanlab"] = cleanlab_box_scores(train_dets, train_given)
+    except ImportError:  # cleanlab is optional (the quality extra); the table says it is missing
+        pass
+    pick = np.sort(np.argsort(-scores[run.recipe.issue_score], kind="stable")[:ISSUE_PICTURES])
+    dets = [train_dets[i] for i in pick]
+    keep = [d["scores"] >= FLAGGED_SCORE for d in dets]
+    clean = ([data.clean_boxes_train[i] for i in pick] if data.clean_boxes_train is not None
+             else [np.zeros((0, 4))] * len(pick))
+    atomic_npz(run.out / "label_issues.npz", **{f"score_{k}": v for k, v in scores.items()},
+               kind=box_issue_kind(scores), corruption_names=np.asarray(DET_CORRUPTIONS), pic_index=pick, pic_image=_key_slices(data, pick),
+               pic_given=_padded([train_given[i] for i in pick], 4), pic_clean=_padded(clean, 4),
+               pic_det=_padded([d["boxes"][k] for d, k in zip(dets, keep)], 4),
+               pic_det_scores=_padded([d["scores"][k][:, None] for d, k in zip(dets, keep)], 1)[..., 0])
+    return scores
+
+
 def summarize(run: FinishedRun) -> dict:
-    """The results of a finished detection run; writes ``assessment.npz`` and ``flagged.npz``.
+    """The results of a finished detection run; writes ``assessment.npz``, ``flagged.npz`` and
+    ``label_issues.npz`` (each training image's box scores, :func:`mombs.quality.box_issue_scores`).
 
     Reports the test FROC (final and best-validation models: the average
     sensitivity at 0.5, 1 and 2 FPs per image and each of 0.5 to 16), the
@@ -89,6 +124,7 @@ def summarize(run: FinishedRun) -> dict:
                corruption=data.corruption if data.corruption is not None else np.zeros(0, np.int64),
                possibly_noisy=data.possibly_noisy if data.possibly_noisy is not None else none)
     atomic_npz(run.out / "flagged.npz", **_flagged_examples(data, q.codes, loss, train_dets, train_given))
+    issue_scores = _label_issues(run, train_dets, train_given)
     res = {"froc": final["average"], "froc_best_val": best_val["average"],
            "froc_fps_averaged": list(FROC_AVERAGE_FPS), "froc_sens": final["sens"],
            "froc_sens_best_val": best_val["sens"],
@@ -105,6 +141,9 @@ def summarize(run: FinishedRun) -> dict:
             for i, name in enumerate(DET_CORRUPTIONS) if i and (data.corruption == i).any()}
         res["noise_detection"] = found_by
         res["noisy_detection"] = noise_detection(data.noisy_train, scores, poor)
+        score = run.recipe.issue_score
+        res["label_issue_detection"] = noise_detection(
+            data.noisy_train, issue_scores, issue_scores[score] >= DENSE_FLAGS[score])
     elif data.possibly_noisy is not None and data.possibly_noisy.any():
         res["possibly_noisy_detection"] = noise_detection(data.possibly_noisy, scores, poor)
     return res

@@ -22,7 +22,7 @@ NOISES = ("none", "annotation")
 #: The recipe's functions whose modules import torch, by module: bound with
 #: :func:`~mombs.recipes.lazy`, so that checking a config imports none of them.
 _LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_extras"),
-         "report": ("report_notes", "run_figures")}
+         "report": ("report_notes", "run_figures", "issue_pictures")}
 
 #: The assessment a segmentation run makes unless told otherwise, chosen by measurement
 #: (issue 22): one plain eval pass (k=1, alpha=0: the predictive entropy, no disturbance)
@@ -36,12 +36,16 @@ _LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_ex
 #: The paper's assessment stays available by name: schedule=reuse-loss, k=8, alpha=0.3.
 ASSESSMENT = {"schedule": "every-2", "k": 1, "alpha": 0.0}
 
+#: The per-image label-issue score ``mombs diagnose`` ranks by (:mod:`mombs.quality.masks`).
+ISSUE_SCORE = "disagreement"
+
 RECIPE = Recipe(
     name="segmentation", metric="dice",
     defaults={"dataset": "synthetic-ct", "model": "unet", "loss": "dice-ce", **ASSESSMENT},
     choices={"dataset": SEG_DATASETS, "model": SEG_MODELS, "loss": SEG_LOSSES, "noise": NOISES},
     takes=("image_size", "noise_mix", "windows", "foreground_only", "intensity_window"),
     # Every slice's K disturbed predictions are whole maps: smaller batches than classification's.
+    issue_score=ISSUE_SCORE,
     assess_batch_size=32, check=check, load=load_seg_corpus,
     columns={"small_dice": "small-lesion Dice %", "lesion_sensitivity": "lesion sens. %"},
     reads_data_dir=("covid-ct", "medseg-covid", "msd", "nnunet"), own_data=("msd", "nnunet"),

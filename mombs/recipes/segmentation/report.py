@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from ...plots import quadrant_grid, corruption_scatter
+from ...plots import corruption_scatter, issue_grid, quadrant_grid
 
-__all__ = ["report_notes", "run_figures"]
+__all__ = ["issue_pictures", "report_notes", "run_figures"]
 
 
 def report_notes(results: list[dict]) -> dict:
@@ -44,3 +44,17 @@ def _flagged_grid(res: dict, out: Path) -> str | None:
 def run_figures(res: dict, out: Path) -> list[str]:
     """One run's loss-uncertainty scatter by corruption, and its quadrants' highest-loss slices."""
     return [f for f in (_scatter(res, out), _flagged_grid(res, out)) if f]
+
+
+def issue_pictures(z: dict, quality, out: Path, per_grid: int) -> list:
+    """``diagnose``'s grid: each suspect slice with its given mask, the prediction and where they
+    disagree (red: the mask claims lesion the model does not see; blue: the model sees lesion the mask lacks)."""
+    def draw(ax, z, m):
+        diff = z["pic_map"][m].astype("float32")
+        ax.imshow(diff, cmap="bwr_r", vmin=-1, vmax=1, alpha=0.45 * (abs(diff) > 0.25))
+        for key, colour in (("pic_given", "red"), ("pic_pred", "cyan")):
+            if z[key][m].any():
+                ax.contour(z[key][m], levels=[0.5], colors=colour, linewidths=0.7)
+
+    return issue_grid(z, quality, out, draw, "given mask red, prediction cyan; shading: red = mask without "
+                      "model support, blue = model finding without mask", per_grid)

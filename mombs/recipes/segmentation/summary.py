@@ -8,10 +8,44 @@ import torch
 from ..._atomic import atomic_npz
 from ...difficulty import difficulty_scores
 from ...quality.scores import noise_detection
+from ...quality.table import DENSE_FLAGS
 from ...train.summary import FinishedRun, best_state, final_assessment, flagged_picks
-from .training import evaluate_segmentation
+from .training import evaluate_segmentation, predict_probs
 
-__all__ = ["row_extras", "summarize"]
+__all__ = ["ISSUE_PICTURES", "row_extras", "summarize"]
+
+#: Training slices kept in ``label_issues.npz`` for ``diagnose``'s picture grid: the most suspect ones.
+ISSUE_PICTURES = 24
+
+
+def _label_issues(run: FinishedRun, issue_score: str) -> tuple[dict, np.ndarray]:
+    """Each training slice's mask scores from the final model, its suspected error and the
+    most suspect slices' pictures (``label_issues.npz``); also the predicted masks."""
+    from ...quality import MASK_SCORES, mask_issue_kind, mask_issue_map, mask_issue_scores
+
+    data, device = run.data, run.device
+    x, given = data.x_train, data.y_train.numpy()
+    parts, preds, fg = [], [], []
+    for s, probs in predict_probs(run.model, x.to(device)):  # chunked: a whole set of maps may not fit
+        parts.append(mask_issue_scores(probs, given[s:s + len(probs)]))
+        preds.append(probs.argmax(1).astype(np.uint8))
+        fg.append((1.0 - probs[:, 0]).astype(np.float16))
+    scores = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    pred, fg_prob = np.concatenate(preds), np.concatenate(fg)
+    pick = np.sort(np.argsort(-scores[issue_score], kind="stable")[:ISSUE_PICTURES])
+    issue_map = mask_issue_map(np.stack([1.0 - fg_prob[pick], fg_prob[pick]], 1).astype(np.float32),
+                               np.minimum(given[pick], 1))
+    clean = data.y_train_clean[pick] if data.y_train_clean is not None else np.zeros_like(given[pick])
+    from .synthetic_ct import CORRUPTIONS
+
+    z = {**{f"score_{k}": v for k, v in scores.items() if k in MASK_SCORES},
+         "predicted_area": scores["predicted_area"], "given_area": scores["given_area"], "kind": mask_issue_kind(scores),
+         "corruption_names": np.asarray(CORRUPTIONS),
+         "pic_index": pick, "pic_image": x[pick, 0].numpy().astype(np.float16),
+         "pic_given": given[pick].astype(np.uint8), "pic_pred": pred[pick], "pic_clean": clean.astype(np.uint8),
+         "pic_map": issue_map.astype(np.float16)}
+    atomic_npz(run.out / "label_issues.npz", **z)
+    return scores, pred
 
 
 def _flagged_examples(x, y_given, y_clean, pred, codes, loss, corruption) -> dict:
@@ -25,7 +59,8 @@ def _flagged_examples(x, y_given, y_clean, pred, codes, loss, corruption) -> dic
 
 
 def summarize(run: FinishedRun) -> dict:
-    """The results of a finished segmentation run; writes ``assessment.npz`` and ``flagged.npz``.
+    """The results of a finished segmentation run; writes ``assessment.npz``, ``flagged.npz`` and
+    ``label_issues.npz`` (each training slice's mask scores, :func:`mombs.quality.mask_issue_scores`).
 
     Reports test Dice (final and best-validation models), Dice per lesion-size
     group and the small-lesion Dice (tiny and small groups), lesion-wise
@@ -50,8 +85,7 @@ def summarize(run: FinishedRun) -> dict:
     fp_empty = float((pred[empty].reshape(int(empty.sum()), -1).any(1)).mean()) if empty.any() else None
 
     loss, unc, q = final_assessment(run)
-    device = run.device
-    _, train_pred = evaluate_segmentation(model, (data.x_train.to(device), data.y_train.to(device)))
+    issue_scores, train_pred = _label_issues(run, run.recipe.issue_score)
     noisy = data.noisy_train
     atomic_npz(run.out / "assessment.npz", loss=loss, uncertainty=unc, codes=q.codes,
                noisy=noisy if noisy is not None else np.zeros(0, bool),
@@ -73,6 +107,10 @@ def summarize(run: FinishedRun) -> dict:
             name: float(poor[data.corruption == i].mean())
             for i, name in enumerate(CORRUPTIONS) if i and (data.corruption == i).any()}
         res["noise_detection"] = found_by
+        named = [k for k in ("disagreement", "region_error", "area", "cleanlab") if k in issue_scores]
+        res["label_issue_detection"] = noise_detection(
+            noisy, {k: issue_scores[k] for k in named},
+            issue_scores[run.recipe.issue_score] >= DENSE_FLAGS[run.recipe.issue_score])
     return res
 
 

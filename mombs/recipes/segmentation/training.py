@@ -15,7 +15,7 @@ from ...tasks.base import TaskAdapter
 from ...tasks.segmentation import per_image_dice_ce
 from .. import TaskParts
 
-__all__ = ["DiceCELoss", "SEG_TASK", "create_model", "dice_fit", "evaluate_segmentation", "parts"]
+__all__ = ["DiceCELoss", "SEG_TASK", "create_model", "dice_fit", "evaluate_segmentation", "parts", "predict_probs"]
 
 #: Batch size of evaluation forwards.
 EVAL_BATCH_SIZE = 32
@@ -78,6 +78,24 @@ def evaluate_segmentation(model, split, batch_size: int = EVAL_BATCH_SIZE) -> tu
     pred = torch.cat(preds) if preds else torch.zeros((0, *y.shape[1:]), dtype=torch.uint8)
     dice = dice_per_image(pred.long(), y.cpu(), num_classes=2)
     return mean_dice(dice), pred.numpy()
+
+
+def predict_probs(model, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE):
+    """The model's eval-mode per-pixel class probabilities, a chunk at a time.
+
+    Args:
+        model: the network; put in eval mode.
+        x: ``(N, C, H, W)`` images on the model's device.
+        batch_size: slices per forward.
+
+    Yields:
+        ``(start, probs)``: the chunk's first index and its ``(b, K, H, W)``
+        float32 softmax probabilities on the CPU, as a numpy array.
+    """
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(x), batch_size):
+            yield s, model(x[s:s + batch_size]).float().softmax(1).cpu().numpy()
 
 
 def create_model(cfg, data) -> nn.Module:
