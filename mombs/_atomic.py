@@ -27,7 +27,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path, write: Callable[[Path], None], *, verify: Callable[[Path], None] | None = None) -> None:
+def atomic_write(path, write: Callable[[Path], object], *, verify: Callable[[Path], None] | None = None) -> None:
     """Writes ``path`` through a temporary file in its folder, synced, then renamed into place.
 
     A reader sees the old file or the new one, never part of one, and after a

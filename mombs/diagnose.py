@@ -176,7 +176,8 @@ def _diagnose_dense(run: Path, recipe, out_dir, *, score: str, per_quadrant: int
                 scores["mean_train_loss"] = np.nanmean(hist["train_loss"], axis=0)
     info = {k: z[k] for k in ("predicted_area", "given_area") if k in z}
     q = dense_quality(a["loss"], a["uncertainty"], scores, score=recipe.issue_score if score == "auto" else score,
-                      kind=z.get("kind"), info=info or None, wrong_label=wrong, corruption=corruption, sources=sources or None)
+                      kind=z.get("kind"), info=info or None, flag_by=recipe.issue_flag, wrong_label=wrong,
+                      corruption=corruption, sources=sources or None)
     out = Path(out_dir) if out_dir is not None else run / "diagnose"
     paths = write_table(q, out, parquet=parquet)
     if "cleanlab" not in scores:

@@ -531,6 +531,7 @@ def _layout_mixed(sorted_items: np.ndarray, standard, m: int, b: int,
     v = _standard(standard, layers)  # (b, m) true scores, standardized
     # Layer by layer into the output, each position array dropped once used:
     # fresh memory is a large part of the planner's cost on some machines.
+    positions: dict[int, np.ndarray]
     if b == 3:
         positions = _positions_three(v)
         del v
@@ -544,7 +545,7 @@ def _layout_mixed(sorted_items: np.ndarray, standard, m: int, b: int,
         _walk(root, perm, lambda layer, pos: _take(layers[layer], pos, out=out_t[layer]))
         # A transposed view: a contiguous copy would cost a tenth of the plan.
         return out_t.T
-    positions: dict[int, np.ndarray] = {}
+    positions = {}
     _walk(root, perm, positions.__setitem__)
     del root
     _polish(v, positions, _take(total, perm), steps,
@@ -696,7 +697,7 @@ def _differencing_tree(v: np.ndarray) -> tuple[tuple, np.ndarray]:
     # Leaves of the differencing tree: groups of layers joined in closed form.
     # A group maps layer -> "up" (column r takes item r), "down" (item m-1-r)
     # or an array of positions.
-    heap = []
+    heap: list[tuple[float, int, tuple, np.ndarray]] = []
     free = list(range(b))
     if b % 2 == 1 and b >= 3:
         t = (b - 3) // 2

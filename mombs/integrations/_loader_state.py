@@ -28,10 +28,10 @@ def flat_loaders(obj) -> list:
 SAMPLER_KEY, ITER_KEY = "_index_sampler_state", "_sampler_iter_state"  # torchdata's keys
 
 
-def sampler_holders(obj) -> list[dict]:
+def sampler_holders(obj) -> list[Mapping]:
     """The dicts inside a torchdata ``StatefulDataLoader`` state that hold a
     mombs batch sampler's state (and its iterator's), at any depth."""
-    found = []
+    found: list[Mapping] = []
     if isinstance(obj, Mapping):
         if isinstance(obj.get(SAMPLER_KEY), dict) and "batches_done" in obj[SAMPLER_KEY]:
             found.append(obj)

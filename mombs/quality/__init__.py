@@ -40,7 +40,8 @@ from .scores import (
     noise_detection,
 )
 from .signals import given_label_margin, given_label_prob
-from .table import DENSE_FLAGS, HISTORY_KEYS, SCORES, DataQuality, data_quality, dense_quality, write_table
+from .table import (DENSE_FLAGS, HISTORY_KEYS, SCORES, DataQuality, data_quality, dense_quality, dense_score,
+                    write_table)
 
 __all__ = [
     "BOX_KINDS",
@@ -63,6 +64,7 @@ __all__ = [
     "cartography",
     "data_quality",
     "dense_quality",
+    "dense_score",
     "detection_metrics",
     "eval_pass",
     "given_label_margin",

@@ -29,7 +29,8 @@ from .scores import (
     detection_metrics,
 )
 
-__all__ = ["DENSE_FLAGS", "DataQuality", "HISTORY_KEYS", "SCORES", "data_quality", "dense_quality", "write_table"]
+__all__ = ["DENSE_FLAGS", "DataQuality", "HISTORY_KEYS", "SCORES", "data_quality", "dense_quality", "dense_score",
+           "write_table"]
 
 #: The per-epoch arrays :func:`data_quality` reads from a history, each ``(E, N)``.
 HISTORY_KEYS = ("train_loss", "prob_given", "margin", "pred", "uncertainty")
@@ -336,8 +337,30 @@ DENSE_FLAGS = {"disagreement": 0.5, "region_error": 0.5, "cleanlab": 0.5, "box_i
                "badly_located": 0.5, "spurious": 0.5, "area": math.log(2.0)}
 
 
+def dense_score(name: str, scores: dict, loss, uncertainty) -> np.ndarray:
+    """One ranking column of :func:`dense_quality`, ``(N,)``, higher = more suspect.
+
+    Args:
+        name: a key of ``scores``, or ``"loss"``, ``"difficulty"`` (rank sum of
+            loss and uncertainty) or ``"quadrant_score"``.
+        scores: per-image scores, ``{name: (N,)}``.
+        loss: ``(N,)`` per-image loss.
+        uncertainty: ``(N,)`` per-image uncertainty.
+    """
+    if name in scores:
+        return np.asarray(scores[name], dtype=np.float64)
+    loss, unc = np.asarray(loss, dtype=np.float64), np.asarray(uncertainty, dtype=np.float64)
+    if name == "loss":
+        return loss
+    if name == "difficulty":
+        return difficulty_scores(loss, unc)
+    if name == "quadrant_score":
+        return (_compute_ranks(loss) - _compute_ranks(unc)) / loss.shape[0]
+    raise ValueError(f"score={name!r} is not known; choose one of {[*scores, 'loss', 'difficulty', 'quadrant_score']}")
+
+
 def dense_quality(loss, uncertainty, scores, *, score: str, kind=None, wrong_label=None, corruption=None,
-                  sources=None, info=None, loss_quantile: float = 0.5, uncertainty_quantile: float = 0.5) -> DataQuality:
+                  sources=None, info=None, flag_by: str | None = None, loss_quantile: float = 0.5, uncertainty_quantile: float = 0.5) -> DataQuality:
     """A table of every image's label-issue score, flag and quadrant, for masks or boxes.
 
     The counterpart of :func:`data_quality` for images whose label is a mask or
@@ -350,7 +373,11 @@ def dense_quality(loss, uncertainty, scores, *, score: str, kind=None, wrong_lab
             higher = more likely a wrong label (:func:`~mombs.quality.mask_issue_scores`,
             :func:`~mombs.quality.box_issue_scores`); each becomes a column.
         score: the column to rank by: a key of ``scores``, or ``"loss"``,
-            ``"difficulty"`` or ``"quadrant_score"``. Its flag: :data:`DENSE_FLAGS`.
+            ``"difficulty"`` or ``"quadrant_score"``.
+        flag_by: the column whose :data:`DENSE_FLAGS` threshold sets the flag
+            (say, rank by the loss, flag by the disagreement); ``None``: the
+            ranking score's own threshold, or the poorly-labeled quadrant for
+            a score without one.
         kind: optional ``(N,)`` str, the suspected error of each image
             (column ``suspected_error``).
         wrong_label: optional ``(N,)`` bool, the labels known to be wrong.
@@ -408,8 +435,12 @@ def dense_quality(loss, uncertainty, scores, *, score: str, kind=None, wrong_lab
     if score not in rankable:
         raise ValueError(f"score={score!r} is not one of this table's scores; choose one of {rankable}")
     issue = table[score].astype(np.float64)
-    if score in DENSE_FLAGS:
-        flagged, rule = issue >= DENSE_FLAGS[score], f"{score} >= {DENSE_FLAGS[score]:.3g}"
+    flag_by = score if flag_by is None and score in DENSE_FLAGS else flag_by
+    if flag_by is not None:
+        if flag_by not in DENSE_FLAGS or flag_by not in table:
+            raise ValueError(f"flag_by={flag_by!r} must be a column of this table with a threshold in "
+                             f"DENSE_FLAGS; choose one of {[c for c in cols if c in DENSE_FLAGS]}")
+        flagged, rule = table[flag_by] >= DENSE_FLAGS[flag_by], f"{flag_by} >= {DENSE_FLAGS[flag_by]:.3g}"
     else:
         flagged = q.mask("poorly-labeled")
         rule = (f"poorly-labeled quadrant: loss above its {loss_quantile:g} quantile and uncertainty "

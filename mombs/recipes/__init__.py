@@ -168,6 +168,8 @@ class Recipe:
         issue_score: for masks and boxes, the per-image label-issue score
             ``mombs diagnose`` ranks by unless told otherwise (a column of the
             run's ``label_issues.npz``; chosen by measurement, each recipe says how).
+        issue_flag: for masks and boxes, the score whose threshold
+            (:data:`mombs.quality.DENSE_FLAGS`) flags an image.
         issue_pictures: ``(label_issues, quality, out_dir, per_quadrant) ->
             [(caption, file name)]``: ``diagnose``'s picture grids of masks or boxes.
     """
@@ -191,6 +193,7 @@ class Recipe:
     training_images: Callable | None = None
     label_table: bool = False
     issue_score: str | None = None
+    issue_flag: str | None = None
     issue_pictures: Callable | None = None
     reads_data_dir: tuple = ()
     own_data: tuple = ()

@@ -37,8 +37,13 @@ _LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_ex
 #: The paper's assessment stays available by name: schedule=reuse-loss, k=8, alpha=0.3.
 ASSESSMENT = {"schedule": "every-2", "k": 1, "alpha": 0.0}
 
-#: The per-image label-issue score ``mombs diagnose`` ranks by (:mod:`mombs.quality.boxes`).
-ISSUE_SCORE = "box_issue"
+#: The per-image label-issue score ``mombs diagnose`` ranks by: of the scores a default run
+#: writes (its loss, uncertainty and their ranks; the boxes scores of :mod:`mombs.quality.boxes`;
+#: cleanlab's on the run's predictions), the one with the highest mean AP on the choice seed of
+#: ``benchmarks/dense_label_issues.py`` (``docs/quality.md``; a test checks this against the files).
+ISSUE_SCORE = "loss"
+#: The score whose threshold flags an image (:data:`mombs.quality.DENSE_FLAGS`): a loss has none.
+ISSUE_FLAG = "box_issue"
 
 RECIPE = Recipe(
     name="detection", metric="froc",
@@ -46,7 +51,7 @@ RECIPE = Recipe(
     choices={"dataset": DET_DATASETS, "model": DET_MODELS, "loss": DET_LOSSES, "noise": NOISES},
     takes=("image_size", "noise_mix", "windows", "train_fraction", "annotations", "weights"),
     # Each of the K disturbed passes runs the RPN on every image of the batch.
-    issue_score=ISSUE_SCORE,
+    issue_score=ISSUE_SCORE, issue_flag=ISSUE_FLAG,
     assess_batch_size=16, check=check, load=load_det_corpus,
     columns={"sens@0.5": "sens@0.5FP %", "sens@1": "sens@1FP %", "sens@2": "sens@2FP %"},
     reads_data_dir=("deeplesion", "coco"), own_data=("coco",),

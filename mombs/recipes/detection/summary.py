@@ -7,7 +7,7 @@ import numpy as np
 from ..._atomic import atomic_npz
 from ...difficulty import difficulty_scores
 from ...quality.scores import noise_detection
-from ...quality.table import DENSE_FLAGS
+from ...quality.table import DENSE_FLAGS, dense_score
 from ...train.summary import FinishedRun, best_state, final_assessment, flagged_picks
 from .metrics import FROC_AVERAGE_FPS, _sens_at, froc, unmatched_detection_score
 from .training import detect
@@ -69,7 +69,7 @@ def _key_slices(data, picks) -> np.ndarray:
     return image
 
 
-def _label_issues(run: FinishedRun, train_dets: list, train_given: list) -> dict:
+def _label_issues(run: FinishedRun, train_dets: list, train_given: list, loss, unc) -> dict:
     """Each training image's box scores from the final model's detections, its suspected error
     and the most suspect images' pictures (``label_issues.npz``)."""
     from ...quality import box_issue_kind, box_issue_scores, cleanlab_box_scores
@@ -81,7 +81,8 @@ def _label_issues(run: FinishedRun, train_dets: list, train_given: list) -> dict
         scores["cleanlab"] = cleanlab_box_scores(train_dets, train_given)
     except ImportError:  # cleanlab is optional (the quality extra); the table says it is missing
         pass
-    pick = np.sort(np.argsort(-scores[run.recipe.issue_score], kind="stable")[:ISSUE_PICTURES])
+    ranking = dense_score(run.recipe.issue_score, scores, loss, unc)
+    pick = np.sort(np.argsort(-ranking, kind="stable")[:ISSUE_PICTURES])
     dets = [train_dets[i] for i in pick]
     keep = [d["scores"] >= FLAGGED_SCORE for d in dets]
     clean = ([data.clean_boxes_train[i] for i in pick] if data.clean_boxes_train is not None
@@ -124,7 +125,7 @@ def summarize(run: FinishedRun) -> dict:
                corruption=data.corruption if data.corruption is not None else np.zeros(0, np.int64),
                possibly_noisy=data.possibly_noisy if data.possibly_noisy is not None else none)
     atomic_npz(run.out / "flagged.npz", **_flagged_examples(data, q.codes, loss, train_dets, train_given))
-    issue_scores = _label_issues(run, train_dets, train_given)
+    issue_scores = _label_issues(run, train_dets, train_given, loss, unc)
     res = {"froc": final["average"], "froc_best_val": best_val["average"],
            "froc_fps_averaged": list(FROC_AVERAGE_FPS), "froc_sens": final["sens"],
            "froc_sens_best_val": best_val["sens"],
@@ -141,9 +142,10 @@ def summarize(run: FinishedRun) -> dict:
             for i, name in enumerate(DET_CORRUPTIONS) if i and (data.corruption == i).any()}
         res["noise_detection"] = found_by
         res["noisy_detection"] = noise_detection(data.noisy_train, scores, poor)
-        score = run.recipe.issue_score
+        flag = run.recipe.issue_flag
         res["label_issue_detection"] = noise_detection(
-            data.noisy_train, issue_scores, issue_scores[score] >= DENSE_FLAGS[score])
+            data.noisy_train, {"loss": loss, **issue_scores}, issue_scores[flag] >= DENSE_FLAGS[flag])
+        res["label_issue_detection"].update(score=run.recipe.issue_score, flag=f"{flag} >= {DENSE_FLAGS[flag]:g}")
     elif data.possibly_noisy is not None and data.possibly_noisy.any():
         res["possibly_noisy_detection"] = noise_detection(data.possibly_noisy, scores, poor)
     return res

@@ -36,8 +36,13 @@ _LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_ex
 #: The paper's assessment stays available by name: schedule=reuse-loss, k=8, alpha=0.3.
 ASSESSMENT = {"schedule": "every-2", "k": 1, "alpha": 0.0}
 
-#: The per-image label-issue score ``mombs diagnose`` ranks by (:mod:`mombs.quality.masks`).
-ISSUE_SCORE = "disagreement"
+#: The per-image label-issue score ``mombs diagnose`` ranks by: of the scores a default run
+#: writes (its loss, uncertainty and their ranks; the masks scores of :mod:`mombs.quality.masks`;
+#: cleanlab's on the run's predictions), the one with the highest mean AP on the choice seed of
+#: ``benchmarks/dense_label_issues.py`` (``docs/quality.md``; a test checks this against the files).
+ISSUE_SCORE = "loss"
+#: The score whose threshold flags an image (:data:`mombs.quality.DENSE_FLAGS`): a loss has none.
+ISSUE_FLAG = "disagreement"
 
 RECIPE = Recipe(
     name="segmentation", metric="dice",
@@ -45,7 +50,7 @@ RECIPE = Recipe(
     choices={"dataset": SEG_DATASETS, "model": SEG_MODELS, "loss": SEG_LOSSES, "noise": NOISES},
     takes=("image_size", "noise_mix", "windows", "foreground_only", "intensity_window"),
     # Every slice's K disturbed predictions are whole maps: smaller batches than classification's.
-    issue_score=ISSUE_SCORE,
+    issue_score=ISSUE_SCORE, issue_flag=ISSUE_FLAG,
     assess_batch_size=32, check=check, load=load_seg_corpus,
     columns={"small_dice": "small-lesion Dice %", "lesion_sensitivity": "lesion sens. %"},
     reads_data_dir=("covid-ct", "medseg-covid", "msd", "nnunet"), own_data=("msd", "nnunet"),

@@ -8,7 +8,7 @@ import torch
 from ..._atomic import atomic_npz
 from ...difficulty import difficulty_scores
 from ...quality.scores import noise_detection
-from ...quality.table import DENSE_FLAGS
+from ...quality.table import DENSE_FLAGS, dense_score
 from ...train.summary import FinishedRun, best_state, final_assessment, flagged_picks
 from .training import evaluate_segmentation, predict_probs
 
@@ -18,7 +18,7 @@ __all__ = ["ISSUE_PICTURES", "row_extras", "summarize"]
 ISSUE_PICTURES = 24
 
 
-def _label_issues(run: FinishedRun, issue_score: str) -> tuple[dict, np.ndarray]:
+def _label_issues(run: FinishedRun, loss: np.ndarray, unc: np.ndarray) -> tuple[dict, np.ndarray]:
     """Each training slice's mask scores from the final model, its suspected error and the
     most suspect slices' pictures (``label_issues.npz``); also the predicted masks."""
     from ...quality import MASK_SCORES, mask_issue_kind, mask_issue_map, mask_issue_scores
@@ -32,7 +32,8 @@ def _label_issues(run: FinishedRun, issue_score: str) -> tuple[dict, np.ndarray]
         fg.append((1.0 - probs[:, 0]).astype(np.float16))
     scores = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     pred, fg_prob = np.concatenate(preds), np.concatenate(fg)
-    pick = np.sort(np.argsort(-scores[issue_score], kind="stable")[:ISSUE_PICTURES])
+    ranking = dense_score(run.recipe.issue_score, scores, loss, unc)
+    pick = np.sort(np.argsort(-ranking, kind="stable")[:ISSUE_PICTURES])
     issue_map = mask_issue_map(np.stack([1.0 - fg_prob[pick], fg_prob[pick]], 1).astype(np.float32),
                                np.minimum(given[pick], 1))
     clean = data.y_train_clean[pick] if data.y_train_clean is not None else np.zeros_like(given[pick])
@@ -85,7 +86,7 @@ def summarize(run: FinishedRun) -> dict:
     fp_empty = float((pred[empty].reshape(int(empty.sum()), -1).any(1)).mean()) if empty.any() else None
 
     loss, unc, q = final_assessment(run)
-    issue_scores, train_pred = _label_issues(run, run.recipe.issue_score)
+    issue_scores, train_pred = _label_issues(run, loss, unc)
     noisy = data.noisy_train
     atomic_npz(run.out / "assessment.npz", loss=loss, uncertainty=unc, codes=q.codes,
                noisy=noisy if noisy is not None else np.zeros(0, bool),
@@ -108,9 +109,10 @@ def summarize(run: FinishedRun) -> dict:
             for i, name in enumerate(CORRUPTIONS) if i and (data.corruption == i).any()}
         res["noise_detection"] = found_by
         named = [k for k in ("disagreement", "region_error", "area", "cleanlab") if k in issue_scores]
+        flag = run.recipe.issue_flag
         res["label_issue_detection"] = noise_detection(
-            noisy, {k: issue_scores[k] for k in named},
-            issue_scores[run.recipe.issue_score] >= DENSE_FLAGS[run.recipe.issue_score])
+            noisy, {"loss": loss, **{k: issue_scores[k] for k in named}}, issue_scores[flag] >= DENSE_FLAGS[flag])
+        res["label_issue_detection"].update(score=run.recipe.issue_score, flag=f"{flag} >= {DENSE_FLAGS[flag]:g}")
     return res
 
 
