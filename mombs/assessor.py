@@ -547,7 +547,16 @@ class DifficultyAssessor:
         return self.tracker.scores(self.measure)
 
     def quadrants(self, **kwargs) -> QuadrantResult:
-        """The four quadrants of the latest measurements (see :func:`mombs.quadrants`)."""
+        """The four quadrants of the latest measurements (see :func:`mombs.quadrants`).
+
+        These are whatever the schedule measured last. Under the default
+        ``reuse-loss`` (and every schedule that reads the training forward)
+        the losses are the training pass's: train mode, a model that moved
+        during the epoch, so the poorly-labeled quadrant is far less precise
+        than after one eval-mode pass of the final model. For the label-issue
+        table after training, call :func:`mombs.quality.measure_label_issues`
+        (``mombs diagnose`` reads such a pass in a ``mombs train`` run).
+        """
         return self.tracker.quadrants(**kwargs)
 
     def state_dict(self) -> dict:
