@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Callable
+from typing import Callable, cast
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ def to_device(obj, device, *, non_blocking: bool = False):
     if isinstance(obj, Mapping):
         moved = {k: to_device(v, device, non_blocking=non_blocking) for k, v in obj.items()}
         try:
-            return type(obj)(moved)
+            return type(obj)(moved)  # type: ignore[call-arg]  # the caller's mapping type, where it takes a dict
         except TypeError:  # a mapping type that cannot be built from a dict
             return moved
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple
@@ -248,12 +248,12 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
     # Whether the disturbed map is pooled (one vector per sample) is seen in the
     # pass's first batch; later batches then go in one tiled forward each,
     # instead of probing again (see feature_noise_uncertainty's chunk_rows).
-    pooled = {}  # the map's shape per sample is fixed: its first sight decides
+    pooled: dict[str, bool] = {}  # the map's shape per sample is fixed: its first sight decides
 
     def spy_on(_module, _inputs, out):
         pooled.setdefault("seen", is_pooled(out))
 
-    spy = (find_module(model, at).register_forward_hook(spy_on)
+    spy = (find_module(model, cast(str, at)).register_forward_hook(spy_on)
            if unc_idx.size and chunk_rows is None else None)
     with torch.no_grad(), _eval_mode(model), _removing(spy):
         for batch in _read(dataset, idx, batch_size, num_workers, collate_fn, loader):
@@ -286,7 +286,7 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
                                  else value[torch.from_numpy(m_loss).to(value.device)]))
             if m_unc.any():
                 value = feature_noise_uncertainty(model, inputs if m_unc.all() else _select(inputs, m_unc),
-                                                  at=at, k=k, alpha=alpha, activation=activation,
+                                                  at=cast(str, at), k=k, alpha=alpha, activation=activation,
                                                   generator=generator, output_fn=output_fn,
                                                   uncertainty_fn=uncertainty_fn, forward_fn=forward_fn,
                                                   chunk_rows=_rows_for(pooled, chunk_rows, k, inputs))

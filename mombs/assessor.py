@@ -29,7 +29,7 @@ in :mod:`mombs.assessment`, stateless; the runner and the benchmarks call it too
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from .planner import replica_layout
 from .sampler import MixedOrderBatchSampler
 from .schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, AssessmentSchedule, create_schedule, planned
 from .tasks import TaskAdapter, create_task
+
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
 
 __all__ = ["DifficultyAssessor"]
 
@@ -219,7 +222,7 @@ class DifficultyAssessor:
         self.assessment_loader, self.forward_fn = assessment_loader, forward_fn
         self._tracker = DifficultyTracker(len(dataset), keep_history=keep_history)
         # Training-step values not yet in the tracker: (kind, indices, values), on their devices.
-        self._pending: list[tuple[str, object, torch.Tensor]] = []
+        self._pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self.epoch = 0
         # What this process observed in the current epoch (see _note_observed):
         # the samples, how many of them came twice (a DDP sampler's padding may
@@ -231,7 +234,7 @@ class DifficultyAssessor:
         self._steps = 0
         self._gen: torch.Generator | None = None
         self._captured: torch.Tensor | None = None
-        self._hook = None
+        self._hook: RemovableHandle | None = None
         self.open()
 
     # ------------------------------------------------------------------ #
@@ -528,7 +531,7 @@ class DifficultyAssessor:
                                   else prediction_entropy(probs, activation=act))
 
     def _head_uncertainty(self, features: torch.Tensor) -> torch.Tensor:
-        head = self.head
+        head = cast(Callable, self.head)  # the "train" schedules, the only ones that come here, require it
         ctx = _eval_mode(head) if isinstance(head, nn.Module) else torch.no_grad()
         with torch.no_grad(), ctx:
             pred = self.output_fn(head(_disturb(features, self.k, self.alpha,

@@ -373,10 +373,10 @@ class DifficultyTracker:
                 ep = torch.from_numpy(np.where(dirty, stamp, -1)).to(device)
                 dist.all_reduce(buf, op=dist.ReduceOp.SUM)
                 dist.all_reduce(ep, op=dist.ReduceOp.MAX)
-                buf, ep = buf.cpu().numpy(), ep.cpu().numpy()
-                got = buf[1] > 0
-                vals[got] = buf[0][got] / buf[1][got]
-                stamp[got] = ep[got]
+                sums, epochs = buf.cpu().numpy(), ep.cpu().numpy()
+                got = sums[1] > 0
+                vals[got] = sums[0][got] / sums[1][got]
+                stamp[got] = epochs[got]
                 if self.keep_history:  # what other ranks measured joins this rank's history
                     for epoch in np.unique(stamp[got]):
                         at = got & (stamp == epoch)

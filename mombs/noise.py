@@ -24,7 +24,7 @@ import contextlib
 import math
 import weakref
 from collections.abc import Mapping
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -257,7 +257,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
     chunk_rows = None if chunk_rows is None else int(chunk_rows)
     module = find_module(model, at)
     extract = output_fn or default_output_fn
-    state = {"reps": 1, "gen": generator, "rows": None, "pooled": False}
+    state: dict[str, Any] = {"reps": 1, "gen": generator, "rows": None, "pooled": False}
 
     def hook(_mod, _inp, out):
         if not torch.is_tensor(out):
@@ -289,7 +289,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
             total = p if total is None else total.add_(p)
         return total.div_(k)
 
-    act = [None]
+    act: list[Any] = [None]  # the activation's name, once the hook has seen a prediction
     use_tiles = (tiled is not False and k > 1
                  and not (tiled is None and at in _UNTILEABLE.get(model, ())))
     with torch.no_grad(), _eval_mode(model):
@@ -305,7 +305,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
                         raise
                     # Rewind the noise, so that the fallback draws what it draws
                     # when the cache already knows (a resumed run has a cold cache).
-                    if generator is not None:
+                    if generator is not None and rewind is not None:  # rewind is None without a generator
                         generator.set_state(rewind)
                     else:
                         state["gen"] = None
@@ -334,7 +334,7 @@ def is_pooled(features) -> bool:
 
 
 def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None,
-                pooled: Callable[[], bool] = lambda: False) -> torch.Tensor:
+                pooled: Callable[[], bool] = lambda: False) -> torch.Tensor | None:
     """Running mean of ``k`` disturbed predictions, at most ``chunk_rows`` rows a forward.
 
     Without a ``chunk_rows``, a disturbed map that ``pooled()`` says is one

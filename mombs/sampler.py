@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sized
-from typing import Iterator
+from typing import Iterator, SupportsInt, cast
 
 import numpy as np
 import torch
@@ -87,7 +87,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
                  num_replicas: int | None = None, rank: int | None = None,
                  jitter: float = DEFAULT_JITTER):
         if is_int(data_source):
-            n = int(data_source)
+            n = int(cast(SupportsInt, data_source))
         elif isinstance(data_source, Sized) and not isinstance(data_source, (str, bytes)):
             n = len(data_source)
         else:
@@ -337,36 +337,37 @@ class _PlanIterator:
 
     def __init__(self, sampler: MixedOrderBatchSampler):
         self._sampler = sampler
-        self._plan = None      # planned at the first batch drawn
+        self._plan: np.ndarray | None = None  # planned at the first batch drawn
         self._next = 0
-        self._whole = False    # whether this pass started at the epoch's first batch
-        self._position = None  # a position loaded before the first batch
+        self._whole = False                   # whether this pass started at the epoch's first batch
+        self._position: int | None = None     # a position loaded before the first batch
 
     def __iter__(self):
         return self
 
-    def _start(self) -> None:
-        self._plan, self._next = self._sampler._begin()
+    def _start(self) -> np.ndarray:
+        plan, self._next = self._sampler._begin()
+        self._plan = plan
         self._whole = self._next == 0  # a resumed pass yields only the rest of its epoch
         if self._position is not None:
-            self._seek(self._position)
+            self._seek(plan, self._position)
+        return plan
 
-    def _seek(self, position: int) -> None:
-        if position > len(self._plan):
-            raise ValueError(f"position={position} exceeds the {len(self._plan)} batches of the epoch")
+    def _seek(self, plan: np.ndarray, position: int) -> None:
+        if position > len(plan):
+            raise ValueError(f"position={position} exceeds the {len(plan)} batches of the epoch")
         self._next = self._sampler._yielded = self._sampler._started_at = int(position)
         self._sampler._consumed = None
         self._whole = self._whole and position == 0
 
     def __next__(self) -> list[int]:
-        if self._plan is None:
-            self._start()
-        if self._next >= len(self._plan):
+        plan = self._start() if self._plan is None else self._plan
+        if self._next >= len(plan):
             raise StopIteration
-        batch = self._plan[self._next].tolist()
+        batch = plan[self._next].tolist()
         self._next += 1
         self._sampler._yielded = self._next
-        if self._whole and self._next == len(self._plan):
+        if self._whole and self._next == len(plan):
             # The epoch's last batch: frameworks that know the length (Lightning) never ask for more.
             self._whole = False
             self._sampler._end_whole_pass()
@@ -383,4 +384,4 @@ class _PlanIterator:
         if self._plan is None:
             self._position = int(position)
         else:
-            self._seek(int(position))
+            self._seek(self._plan, int(position))

@@ -12,6 +12,7 @@ plain nested dicts and lists.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 __all__ = ["ITER_KEY", "SAMPLER_KEY", "flat_loaders", "overwrite", "sampler_holders"]
 
@@ -28,13 +29,13 @@ def flat_loaders(obj) -> list:
 SAMPLER_KEY, ITER_KEY = "_index_sampler_state", "_sampler_iter_state"  # torchdata's keys
 
 
-def sampler_holders(obj) -> list[Mapping]:
+def sampler_holders(obj) -> list[dict]:
     """The dicts inside a torchdata ``StatefulDataLoader`` state that hold a
     mombs batch sampler's state (and its iterator's), at any depth."""
-    found: list[Mapping] = []
+    found: list[dict] = []
     if isinstance(obj, Mapping):
         if isinstance(obj.get(SAMPLER_KEY), dict) and "batches_done" in obj[SAMPLER_KEY]:
-            found.append(obj)
+            found.append(cast(dict, obj))  # rewritten in place by overwrite: torchdata's states are dicts
         for value in obj.values():
             found.extend(sampler_holders(value))
     elif isinstance(obj, (list, tuple)):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import numpy as np
 import torch
@@ -138,6 +139,7 @@ class MoMBSCallback(pl.Callback):
         _check_key("indices_key", indices_key)
         if loss_key == indices_key:
             raise ValueError(f"loss_key={loss_key!r} and indices_key={indices_key!r} must differ")
+        self._assessor: DifficultyAssessor | None
         if isinstance(assessor, DifficultyAssessor):
             self._check_assessor(assessor, "assessor")
             self._assessor, self._build = assessor, None
@@ -196,7 +198,7 @@ class MoMBSCallback(pl.Callback):
             return
         self._trainer = trainer
         if self._assessor is None:
-            self._assessor = self._build(trainer, pl_module)
+            self._assessor = cast(Callable, self._build)(trainer, pl_module)  # given when the assessor was not
             self._check_assessor(self._assessor, "the assessor function")
             if self._pending_state is not None:
                 self.load_state_dict(self._pending_state)
