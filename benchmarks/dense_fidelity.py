@@ -282,7 +282,7 @@ def _round(obj):
     return obj
 
 
-def task_config(name: str, seed: int, args) -> "mombs.train.RunConfig":
+def task_config(name: str, seed: int, args) -> mombs.train.RunConfig:
     from mombs.recipes.classification.fashion_mnist import find_fashion_mnist
     from mombs.train import RunConfig
 

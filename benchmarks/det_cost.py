@@ -54,12 +54,16 @@ import time
 import torch
 
 import mombs
-from mombs.recipes.detection.synthetic_det import make_synthetic_det
+from _cost import (  # benchmarks/_cost.py: a script's folder is on sys.path
+    CUDA_MEMORY_METHOD,
+    cuda_memory,
+    status_kb,
+    sync,
+)
 from mombs.envinfo import environment_info
 from mombs.recipes.detection.models import DET_FEATURE_MODULE, create_detection_model
+from mombs.recipes.detection.synthetic_det import make_synthetic_det
 from mombs.tasks.detection import detection_losses
-
-from _cost import CUDA_MEMORY_METHOD, cuda_memory, status_kb, sync  # benchmarks/_cost.py: a script's folder is on sys.path
 
 JOBS = ("train", "pass_full", "pass_unc", "pass_unc_tiled")
 

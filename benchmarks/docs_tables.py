@@ -418,10 +418,9 @@ def render_seg_study(root: Path) -> str:
 
 def render_det_study(root: Path) -> str:
     """The detection study's table (FROC), per training size, from its committed runs."""
-    from study_table import load
-
     from mombs.compare import summarize
     from mombs.report import format_table
+    from study_table import load
 
     folder = RESULTS / "detection"
     runs = load(root / folder)
@@ -486,9 +485,8 @@ def render_seg_detection(root: Path) -> str:
 
 def render_det_detection(root: Path) -> str:
     """How the final detector's signals find the images with a lesion left without a box, per training size."""
-    from study_table import load
-
     from mombs.recipes.detection.synthetic_det import DET_CORRUPTIONS
+    from study_table import load
 
     return _noise_detection_tables(load(root / RESULTS / "detection"), DET_CORRUPTIONS[1:], "slices",
                                    "every run (all 7 strategies, 5 seeds)", extra=("unmatched",))
@@ -500,9 +498,8 @@ FROC_POINTS = ("0.5", "1", "2", "4", "8", "16")
 
 def render_det_points(root: Path) -> str:
     """Every strategy against random at every FROC operating point, paired by seed, per training size."""
-    from study_table import load
-
     from mombs.compare import paired_difference
+    from study_table import load
 
     by = {}
     for r in load(root / RESULTS / "detection"):
@@ -666,7 +663,7 @@ def render_default_assessment(root: Path) -> str:
     for task in ("segmentation", "detection"):
         paper = _read(root, RESULTS / f"overhead_{task}_cpu.json")["schedules"]["reuse-loss"]
         plain = _read(root, RESULTS / f"overhead_{task}_plain_cpu.json")["schedules"]
-        for name, label, b in (("reuse-loss", "paper: K = 8, alpha 0.3, every epoch", paper),
+        for _name, label, b in (("reuse-loss", "paper: K = 8, alpha 0.3, every epoch", paper),
                                ("reuse-loss", "one plain pass (k = 1, alpha 0), every epoch", plain["reuse-loss"]),
                                ("every-2", "**default:** one plain pass, every 2nd epoch", plain["every-2"])):
             cost.append([task, label, f"{b['ratio']:.2f}×", f"{b['fidelity']:.3f}"])

@@ -51,9 +51,8 @@ from torch.utils.data import TensorDataset
 
 import mombs
 from mombs.envinfo import environment_info
-from mombs.recipes.classification.models import FEATURE_MODULE, create_model
 from mombs.noise import _disturb, find_module
-
+from mombs.recipes.classification.models import FEATURE_MODULE, create_model
 from overhead import full_pass, load_data
 
 ESTIMATES = ("reuse-loss", "stale-1", "rotate-3", "rotate-4", "rotate-3+train", "rotate-4+train",

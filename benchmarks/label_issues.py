@@ -55,14 +55,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mombs import DifficultyAssessor, IndexedDataset, assessment_pass  # noqa: E402
+from mombs.difficulty import _compute_ranks, quadrants  # noqa: E402
+from mombs.envinfo import environment_info  # noqa: E402
+from mombs.quality import (  # noqa: E402
+    area_under_margin,
+    aum_threshold,
+    cartography,
+    data_quality,
+    detection_metrics,
+    given_label_margin,
+    given_label_prob,
+)
 from mombs.recipes.classification.fashion_mnist import load_fashion_mnist  # noqa: E402
 from mombs.recipes.classification.imbalance import long_tailed_counts, long_tailed_indices  # noqa: E402
 from mombs.recipes.classification.label_noise import pair_noise, symmetric_noise  # noqa: E402
-from mombs.difficulty import _compute_ranks, quadrants  # noqa: E402
-from mombs.envinfo import environment_info  # noqa: E402
 from mombs.recipes.classification.models import create_model  # noqa: E402
-from mombs.quality import (aum_threshold, area_under_margin, cartography, data_quality,  # noqa: E402
-                           detection_metrics, given_label_margin, given_label_prob)
 
 RESULTS = Path("benchmarks/results/label_issues")
 DOC = Path("docs/quality.md")

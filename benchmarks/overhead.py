@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import mombs
+from mombs.envinfo import environment_info
 from mombs.recipes.classification.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 from mombs.recipes.classification.label_noise import symmetric_noise
-from mombs.envinfo import environment_info
 from mombs.recipes.classification.models import FEATURE_MODULE, create_model
 
 

@@ -74,9 +74,9 @@ def input_check(cfg: dict, batches: int = 3) -> dict:
     import numpy as np
     import torch
 
-    from mombs.recipes.classification.corpus import load_corpus
     from mombs.planner import plan_batches
     from mombs.recipes import get_recipe
+    from mombs.recipes.classification.corpus import load_corpus
     from mombs.train.build import build
 
     rc = RunConfig(**cfg).validate()
@@ -89,7 +89,7 @@ def input_check(cfg: dict, batches: int = 3) -> dict:
            "logits_equal": True, "logits_equal_with_old_strides": True}
     c.model.eval()
     with torch.no_grad():
-        for i, (idx, xb, yb) in zip(range(batches), c.loader):
+        for i, (_idx, xb, yb) in zip(range(batches), c.loader):
             xo, yo = x[torch.as_tensor(old[i])], y[torch.as_tensor(old[i])]
             out["inputs_equal"] &= bool(torch.equal(xb, xo))
             out["labels_equal"] &= bool(torch.equal(yb, yo))

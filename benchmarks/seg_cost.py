@@ -55,12 +55,16 @@ import time
 import torch
 
 import mombs
-from mombs.recipes.segmentation.synthetic_ct import make_synthetic_ct
+from _cost import (  # benchmarks/_cost.py: a script's folder is on sys.path
+    CUDA_MEMORY_METHOD,
+    cuda_memory,
+    status_kb,
+    sync,
+)
 from mombs.envinfo import environment_info
 from mombs.recipes.segmentation.models import SEG_FEATURE_MODULE, SEG_MODELS, create_segmentation_model
+from mombs.recipes.segmentation.synthetic_ct import make_synthetic_ct
 from mombs.tasks.segmentation import per_image_dice_ce
-
-from _cost import CUDA_MEMORY_METHOD, cuda_memory, status_kb, sync  # benchmarks/_cost.py: a script's folder is on sys.path
 
 JOBS = ("train", "pass_full", "pass_unc")
 

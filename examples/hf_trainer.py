@@ -17,8 +17,14 @@ import tempfile
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from transformers import (BertConfig, BertForSequenceClassification, PrinterCallback, TrainerCallback,
-                          TrainingArguments, set_seed)
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    PrinterCallback,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 import mombs
 from mombs.integrations.transformers import MoMBSTrainer

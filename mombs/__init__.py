@@ -34,7 +34,8 @@ _WHERE = {
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 try:  # the installed distribution's version: pyproject.toml is its one source
-    from importlib.metadata import PackageNotFoundError as _NotInstalled, version as _version
+    from importlib.metadata import PackageNotFoundError as _NotInstalled
+    from importlib.metadata import version as _version
 
     __version__ = _version("mombs")
 except _NotInstalled:  # imported from a source tree that was never installed

@@ -12,8 +12,8 @@ them too.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Callable, cast
+from collections.abc import Callable, Mapping
+from typing import cast
 
 import numpy as np
 import torch

@@ -29,18 +29,25 @@ in :mod:`mombs.assessment`, stateless; the runner and the benchmarks call it too
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Callable, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ._checks import check_int
-from .assessment import _check_materialised, _default_batch_fn, _normal_device, _task_io, _task_parts, \
-    assessment_pass
+from .assessment import _check_materialised, _default_batch_fn, _normal_device, _task_io, _task_parts, assessment_pass
 from .difficulty import MEASURES, DifficultyTracker, QuadrantResult
-from .noise import _check_noise_args, _disturb, _eval_mode, _resolve_activation, _to_probs, find_module, \
-    prediction_entropy
+from .noise import (
+    _check_noise_args,
+    _disturb,
+    _eval_mode,
+    _resolve_activation,
+    _to_probs,
+    find_module,
+    prediction_entropy,
+)
 from .planner import replica_layout
 from .sampler import MixedOrderBatchSampler
 from .schedule import DEFAULT_PIVOT_EPOCH, DEFAULT_SCHEDULE, AssessmentSchedule, create_schedule, planned

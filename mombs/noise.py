@@ -23,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -178,7 +178,7 @@ def _cannot_tile(err: BaseException) -> bool:
 # carry, so that later calls skip the failing try. Only a fallback that then
 # succeeded is recorded; the noise generator is rewound after a failed try, so a
 # call with a warm cache draws exactly what a call with a cold one does.
-_UNTILEABLE: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+_UNTILEABLE: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 
 
 def _rows(output: torch.Tensor) -> int:

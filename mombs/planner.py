@@ -44,8 +44,7 @@ from __future__ import annotations
 
 import heapq
 import sys
-from collections.abc import Sequence
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 

@@ -95,7 +95,7 @@ def _curves(results, out: Path, notes: dict) -> str:
     fig, axes = plt().subplots(1, 2 if memorization else 1, figsize=(11 if memorization else 6, 4), squeeze=False)
     axes = axes[0]
     metric = results[0].get("metric", "top1")
-    for (ds, b, loss, s), runs in sorted(by.items()):
+    for (_ds, b, loss, s), runs in sorted(by.items()):
         label = f"{s} (B={b}, {loss})"
         val = np.array([r["curves"][f"val_{metric}"] for r in runs], dtype=float)
         axes[0].plot(np.arange(val.shape[1]), 100 * val.mean(0), label=label)

@@ -9,8 +9,8 @@ patched; use it as ``DataLoader(dataset, batch_sampler=sampler)``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sized
-from typing import Iterator, SupportsInt, cast
+from collections.abc import Iterator, Sized
+from typing import SupportsInt, cast
 
 import numpy as np
 import torch

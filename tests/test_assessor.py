@@ -9,8 +9,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import mombs
-from mombs import (DifficultyAssessor, IndexedDataset, MixedOrderBatchSampler, create_schedule,
-                   difficulty_scores, feature_noise_uncertainty, spearman)
+from mombs import (
+    DifficultyAssessor,
+    IndexedDataset,
+    MixedOrderBatchSampler,
+    create_schedule,
+    difficulty_scores,
+    feature_noise_uncertainty,
+    spearman,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -368,7 +375,7 @@ def test_observe_makes_no_host_copy_until_the_epoch_ends():
         assessor.observe(torch.arange(s, s + 8, device="meta"), torch.rand(8, device="meta"))
     assert len(assessor._pending) == 2
     with pytest.raises(NotImplementedError):  # the one copy, at the flush
-        assessor.tracker
+        _ = assessor.tracker
 
 
 def test_observed_values_reach_the_tracker_at_the_flush_and_are_checked_there():

@@ -17,6 +17,7 @@ from mombs import cli
 from mombs.compare import expand_grid, run_grid
 from mombs.train import RunConfig, run
 
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A working folder with finished results where the commands would write by

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mombs.recipes.detection.synthetic_det import BOX_KINDS, DET_CORRUPTIONS, LESION_STATUS, make_synthetic_det
 from mombs.recipes.detection.metrics import box_iou
+from mombs.recipes.detection.synthetic_det import BOX_KINDS, DET_CORRUPTIONS, LESION_STATUS, make_synthetic_det
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,15 @@ pytest.importorskip("torchvision")
 import mombs  # noqa: E402
 from mombs.recipes.detection.models import DET_FEATURE_MODULE, DET_MODELS, create_detection_model  # noqa: E402
 from mombs.tasks import create_task  # noqa: E402
-from mombs.tasks.detection import (anchor_binary_entropy, collate_detection, detection_losses,  # noqa: E402
-                                   rpn_forward, rpn_objectness_loss, rpn_objectness_map, rpn_uncertainty)
+from mombs.tasks.detection import (  # noqa: E402
+    anchor_binary_entropy,
+    collate_detection,
+    detection_losses,
+    rpn_forward,
+    rpn_objectness_loss,
+    rpn_objectness_map,
+    rpn_uncertainty,
+)
 
 
 def _images_and_targets(n=3, size=64, seed=0):

@@ -119,6 +119,6 @@ def test_ddp_example_runs_with_two_gloo_processes():
                            "--master_port", str(_free_port()), str(root / "examples" / "ddp_loop.py"),
                            "--epochs", "3", "--pivot-epoch", "1"],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if not l.startswith("W"))[-3000:]
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("epoch")]
+    assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("W"))[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch")]
     assert len(lines) == 3 and "world 2" in lines[0] and "planned=True" in lines[-1]

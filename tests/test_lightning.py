@@ -171,7 +171,7 @@ def test_a_skipped_step_is_skipped_and_a_builder_function_is_called_in_setup():
 
     cb = MoMBSCallback(build)
     with pytest.raises(RuntimeError, match="setup"):
-        cb.sampler
+        _ = cb.sampler
     module = _Module(_net(), lambda: DataLoader(train, batch_sampler=cb.sampler), output="none")
     with pytest.warns(RuntimeWarning, match=r"200 of 200 samples got no per-sample loss .* called 0 times"):
         _trainer([cb], max_epochs=2).fit(module)  # every step skipped: the epoch's end says so
@@ -425,7 +425,7 @@ def test_ddp_two_processes_cover_the_epoch_and_agree(tmp_path):
 def test_the_example_runs(capsys):
     example = runpy.run_path(str(ROOT / "examples" / "lightning_fit.py"), run_name="lightning_fit_example")
     result = example["main"](["--epochs", "2", "--pivot-epoch", "1"])
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch")]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
     assert len(lines) == 2 and "planned=False" in lines[0] and "planned=True" in lines[1]
     # the planned epoch is balanced: its batches' difficulty sums are nearly equal, random ones' are not
     mixed, rand = result["balance"][1]

@@ -201,7 +201,7 @@ def test_k_pass_peak_memory_does_not_grow_with_k(counter):
     peaks = {}
     for k in (2, 32):
         peak = [0]
-        handle = model.dec.register_forward_hook(lambda m, i, o: peak.__setitem__(0, max(peak[0], _live_tensor_bytes())))
+        handle = model.dec.register_forward_hook(lambda m, i, o, peak=peak: peak.__setitem__(0, max(peak[0], _live_tensor_bytes())))
         baseline = _live_tensor_bytes()
         feature_noise_uncertainty(model, x, at="enc", k=k)
         handle.remove()
@@ -244,7 +244,7 @@ class OutOfMemoryAfter(nn.Module):
         self.enc = nn.Linear(4, 4)
 
     def forward(self, x):
-        h = self.enc(x)
+        self.enc(x)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 

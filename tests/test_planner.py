@@ -323,7 +323,7 @@ def test_order_breaks_ties_by_position(values, double):
     # The order every rank derives must not depend on the sort kernel: it is the
     # stable order of the float32-rounded keys, ties by position (and -0.0 just
     # before +0.0, which numpy's own sorts treat as equal).
-    
+
     v = np.array(values, dtype=np.float64 if double else np.float32)
     got = _order(v)
     keys = v.astype(np.float32)

@@ -35,7 +35,7 @@ def test_run_writes_logs_results_and_does_not_redo(tmp_path):
     res = run(cfg, tmp_path / "r")
     assert {"dataset", "strategy", "batch_size", "seed", "top1"} <= set(res)
     assert res["noise_detection"]["base_rate"] == pytest.approx(0.3, abs=0.01)
-    log = [json.loads(l) for l in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1] and "noisy_fit" in log[0]
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
     assert run(cfg, tmp_path / "r") == res  # finished: read back, not redone

@@ -126,7 +126,7 @@ def test_an_assessors_observe_counts_what_a_prefetching_loader_really_trained():
     assessor = DifficultyAssessor(model, ds, at="body", sampler=s, pivot_epoch=0)
     assessor.start_epoch(0)
     taken = []
-    for step, (idx, x, y) in enumerate(DataLoader(ds, batch_sampler=s, num_workers=2, prefetch_factor=2)):
+    for step, (idx, _x, _y) in enumerate(DataLoader(ds, batch_sampler=s, num_workers=2, prefetch_factor=2)):
         assessor.observe(idx, torch.rand(len(idx)))
         taken.append(idx.tolist())
         if step == 3:

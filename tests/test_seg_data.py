@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mombs.recipes.segmentation.covid_ct import (THREE_WINDOWS, ma_patient_id, medseg_blocks, read_covid_ct_seg, read_medseg_covid,
-                                 split_by_patient, three_window, window_hu)
+from mombs.recipes.segmentation.covid_ct import (
+    THREE_WINDOWS,
+    ma_patient_id,
+    medseg_blocks,
+    read_covid_ct_seg,
+    read_medseg_covid,
+    split_by_patient,
+    three_window,
+    window_hu,
+)
 from mombs.recipes.segmentation.synthetic_ct import CORRUPTIONS, SIZE_GROUPS, make_synthetic_ct
 
 nib = pytest.importorskip("nibabel")

@@ -14,10 +14,13 @@ pytest.importorskip("scipy")
 from monai.losses import DiceCELoss  # noqa: E402
 
 import mombs  # noqa: E402
-from mombs.recipes.segmentation.metrics import dice_per_image, lesion_sensitivity, mean_dice, small_lesion_dice  # noqa: E402
-from mombs.recipes.segmentation.models import SEG_FEATURE_MODULE, create_segmentation_model, \
-    seg_feature_module  # noqa: E402
 from mombs.noise import _UNTILEABLE, find_module  # noqa: E402
+from mombs.recipes.segmentation.metrics import dice_per_image, lesion_sensitivity, mean_dice, small_lesion_dice  # noqa: E402
+from mombs.recipes.segmentation.models import (
+    SEG_FEATURE_MODULE,
+    create_segmentation_model,
+    seg_feature_module,  # noqa: E402
+)
 from mombs.tasks import create_task  # noqa: E402
 from mombs.tasks.segmentation import per_image_dice_ce  # noqa: E402
 

@@ -17,7 +17,7 @@ ohem                    the top-loss fraction is seen twice in the next epoch
 ======================  ==========================================================
 """
 
-from .base import Strategy, create_strategy, register_strategy, STRATEGY_REGISTRY
 from . import ohem, sampling, scl  # noqa: F401  (registers the strategies)
+from .base import STRATEGY_REGISTRY, Strategy, create_strategy, register_strategy
 
 __all__ = ["STRATEGY_REGISTRY", "Strategy", "create_strategy", "register_strategy"]

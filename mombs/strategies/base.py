@@ -9,7 +9,8 @@ epoch and :meth:`Strategy.weights` on each batch's per-sample losses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 

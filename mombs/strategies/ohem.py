@@ -3,9 +3,14 @@ previous epoch is seen twice (``shared/METHOD.md`` §3)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._checks import is_real
 from ..schedule import DEFAULT_PIVOT_EPOCH
 from .base import Strategy, register_strategy
+
+if TYPE_CHECKING:  # imported on first use by __getattr__ below, for checkers and readers
+    from .ohem_sampler import HardExampleBatchSampler
 
 __all__ = ["HardExampleBatchSampler", "HardExampleRetrain"]
 

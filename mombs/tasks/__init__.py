@@ -17,10 +17,13 @@ detection           torchvision Faster R-CNN: per-image RPN objectness loss over
 ==================  =============================================================
 """
 
+# The adapters register in this order, which is TASKS' order: not sorted.
+# isort: off
 from .base import TASKS, TaskAdapter, create_task, register_task
 from . import classification  # noqa: F401  (registers the adapter)
 from . import segmentation  # noqa: F401  (registers the adapter; MONAI is imported at first use)
 from . import detection  # noqa: F401  (registers the adapter; torchvision is imported at first use)
+# isort: on
 from .classification import per_sample_loss
 
 __all__ = ["TASKS", "TaskAdapter", "create_task", "per_sample_loss", "register_task"]

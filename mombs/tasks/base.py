@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..noise import default_output_fn
 
 __all__ = ["TASKS", "TaskAdapter", "create_task", "register_task"]
 
 #: Task adapters by name.
-TASKS: dict[str, "TaskAdapter"] = {}
+TASKS: dict[str, TaskAdapter] = {}
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ class RunConfig:
     history: bool = False              # keep per-sample, per-epoch training signals (history.npz)
     tags: dict = field(default_factory=dict)
 
-    def resolved(self) -> "RunConfig":
+    def resolved(self) -> RunConfig:
         """A copy with ``dataset``, ``model``, ``loss``, ``schedule``, ``k`` and ``alpha`` filled
         in from the task's defaults."""
         out = dataclasses.replace(self, tags=dict(self.tags))
@@ -141,7 +141,7 @@ class RunConfig:
                 if getattr(self, name) is None:
                     setattr(self, name, value)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Checks every field; numpy scalars become Python numbers, paths strings.
 
         Nothing is read but the file system's answer to "does this folder exist".

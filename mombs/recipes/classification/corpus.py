@@ -10,13 +10,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .folder import (FILE_DATASETS, IMAGENET_MEAN, IMAGENET_STD, SPLITS, assign_splits, channel_stats, channels_of,
-                     read_files, scan_images)
+from .folder import (
+    FILE_DATASETS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SPLITS,
+    assign_splits,
+    channel_stats,
+    channels_of,
+    read_files,
+    scan_images,
+)
 from .imbalance import long_tailed_indices, shot_groups
 from .label_noise import pair_noise, symmetric_noise
 from .names import wants_rgb

@@ -19,8 +19,12 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported on first use by __getattr__ below, for checkers and readers
+    from .image_files import ImageFiles, LabelledImages
 
 __all__ = ["DEFAULT_TEST_FRACTION", "FILE_DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS", "FileTable",
            "ImageFiles", "LabelledImages", "assign_splits", "channel_stats", "channels_of", "read_csv", "read_files",

@@ -94,7 +94,7 @@ class TinyDetectionBackbone(nn.Module):
         self.fpn = FeaturePyramidNetwork([width, 2 * width, 4 * width], out_channels)
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """``(B, C, H, W)`` images -> FPN maps at strides 4, 8 and 16."""
         c1 = self.block1(self.stem(x))
         c2 = self.block2(c1)

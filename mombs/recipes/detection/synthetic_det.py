@@ -105,7 +105,7 @@ class DetSplit:
         """``(N,)`` bool: at least one lesion of the image has no box."""
         return self.n_missed > 0
 
-    def subset(self, indices) -> "DetSplit":
+    def subset(self, indices) -> DetSplit:
         """The images at ``indices`` with their boxes and records, as a new split.
 
         For the 25/50/100% training regimes, build the full set once and take
