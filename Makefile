@@ -1,5 +1,6 @@
-# The README's two commands: `make test` and `make demo`; `make wheel-check` and
-# `make docs` are what .ci/run adds.
+# The README's two commands: `make test` and `make demo`; `make lint`,
+# `make wheel-check` and `make docs` are what .ci/run adds (`make format-check`
+# once the formatter has been applied to the tree).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PY     := $(VENV)/bin/python
 # download several GB).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test demo install clean planner-demo wheel-check docs
+.PHONY: test demo install clean planner-demo wheel-check docs lint format-check
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,17 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# Ruff's rules and mypy on the library core and the integrations, as configured
+# in pyproject.toml ([tool.ruff], [tool.mypy]). Seconds with mypy's cache; a
+# first run (CI's) reads torch's types once.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Whether `ruff format` would change any file ([tool.ruff.format]); changes nothing.
+format-check: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
 
 # Builds the wheel and the sdist (twine check), installs the wheel into a new
 # virtual environment in a temporary folder and runs `mombs --help`,
