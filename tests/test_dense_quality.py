@@ -11,13 +11,20 @@ U-Net and Faster R-CNN of a short run predict well enough is what
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-import torch
-
-from mombs.quality import (box_issue_kind, box_issue_scores, cleanlab_box_scores, dense_quality, dense_score,
-                           mask_issue_kind, mask_issue_map, mask_issue_scores)
+from mombs.quality import (
+    box_issue_kind,
+    box_issue_scores,
+    cleanlab_box_scores,
+    dense_quality,
+    dense_score,
+    mask_issue_kind,
+    mask_issue_map,
+    mask_issue_scores,
+)
 from mombs.recipes.detection import ISSUE_FLAG as DET_FLAG
 from mombs.recipes.detection.synthetic_det import DET_CORRUPTIONS, make_synthetic_det
 from mombs.recipes.segmentation import ISSUE_SCORE as SEG_SCORE
@@ -36,9 +43,11 @@ def _probs(fg):
 def test_mask_scores_on_hand_computed_cases():
     given = np.zeros((4, 4, 4), dtype=np.int64)
     fg = np.zeros((4, 4, 4))
-    given[0, 1:3, 1:3] = 1; fg[0, 1:3, 1:3] = 1.0      # agrees: Dice 1
-    fg[1, 1:3, 1:3] = 0.9                                # missing: the model sees 4 pixels, the mask none
-    given[2, 0:4, 0:4] = 1; fg[2, 1:3, 1:3] = 1.0       # too large: 16 given, 4 predicted, 4 shared
+    given[0, 1:3, 1:3] = 1  # image 0 agrees: Dice 1
+    fg[0, 1:3, 1:3] = 1.0
+    fg[1, 1:3, 1:3] = 0.9  # image 1 is missing its mask: the model sees 4 pixels, the mask none
+    given[2, 0:4, 0:4] = 1  # image 2's mask is too large: 16 given, 4 predicted, 4 shared
+    fg[2, 1:3, 1:3] = 1.0
     # image 3: both empty, the model sure of it
     s = mask_issue_scores(_probs(fg), given, border=0, cleanlab=False)
     np.testing.assert_allclose(s["disagreement"], [0.0, 1.0, 1 - 2 * 4 / 20, 0.0])
@@ -187,3 +196,14 @@ def test_the_default_score_is_the_one_the_committed_choice_cells_pick(task):
     if not pick:
         pytest.skip(f"no committed choice cells for {task}")
     assert get_recipe(task).issue_score == pick["score"]
+
+
+def test_docs_quality_dense_tables_are_fresh():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "dense_label_issues.py"), "--table", "--check"],
+                         cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]

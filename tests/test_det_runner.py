@@ -8,11 +8,11 @@ import torch
 
 pytest.importorskip("torchvision")
 
+from conftest import check_dense_diagnose, check_run_files  # noqa: E402
 from mombs import cli  # noqa: E402
 from mombs.recipes.detection import corpus as det_corpus  # noqa: E402
-from mombs.train import RunConfig, run  # noqa: E402
-from conftest import check_dense_diagnose, check_run_files  # noqa: E402
 from mombs.recipes.detection.training import DetectionStep, det_fit  # noqa: E402
+from mombs.train import RunConfig, run  # noqa: E402
 
 # 16 training slices of 32 x 32, 12 validation and 16 test slices: a 2-epoch
 # run takes about a second on one thread.
@@ -61,8 +61,8 @@ def test_train_fraction_is_refused_outside_detection():
 
 
 def test_the_step_objective_is_the_sum_of_torchvisions_losses_without_weights():
-    from mombs.recipes.detection.synthetic_det import make_synthetic_det
     from mombs.recipes.detection.models import create_detection_model
+    from mombs.recipes.detection.synthetic_det import make_synthetic_det
 
     split = make_synthetic_det(4, 0, 0, size=32, seed=1).train.dataset()
     images, targets = zip(*[split[i] for i in range(4)])

@@ -13,10 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mombs import DifficultyAssessor, DifficultyTracker, IndexedDataset, QUADRANTS, cli, data_quality
+from mombs import QUADRANTS, DifficultyAssessor, DifficultyTracker, IndexedDataset, cli, data_quality
 from mombs.diagnose import diagnose
-from mombs.quality import (area_under_margin, aum_threshold, cartography, detection_metrics,
-                           given_label_margin, given_label_prob, write_report, write_table)
+from mombs.quality import (
+    area_under_margin,
+    aum_threshold,
+    cartography,
+    detection_metrics,
+    given_label_margin,
+    given_label_prob,
+    write_report,
+    write_table,
+)
 
 NAN = float("nan")
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mombs import cli
-from mombs.train import RunConfig, run
 from conftest import check_dense_diagnose, check_run_files
+from mombs import cli
 from mombs.quality import noise_detection
 from mombs.recipes.segmentation.training import dice_fit
+from mombs.train import RunConfig, run
 
 pytest.importorskip("monai")
 

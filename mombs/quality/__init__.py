@@ -40,8 +40,7 @@ from .scores import (
     noise_detection,
 )
 from .signals import given_label_margin, given_label_prob
-from .table import (DENSE_FLAGS, HISTORY_KEYS, SCORES, DataQuality, data_quality, dense_quality, dense_score,
-                    write_table)
+from .table import DENSE_FLAGS, HISTORY_KEYS, SCORES, DataQuality, data_quality, dense_quality, dense_score, write_table
 
 __all__ = [
     "BOX_KINDS",

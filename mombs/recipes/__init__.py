@@ -28,8 +28,8 @@ refused option answer in well under a second.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 __all__ = ["DEFAULT_TASK", "RECIPES", "Recipe", "TASK_OPTIONS", "TaskParts", "get_recipe", "lazy"]
 
@@ -50,7 +50,7 @@ DEFAULT_TASK = "classification"
 _LOADED: dict = {}
 
 
-def get_recipe(task: str) -> "Recipe":
+def get_recipe(task: str) -> Recipe:
     """The recipe of ``task`` (one of :data:`RECIPES`).
 
     Raises:

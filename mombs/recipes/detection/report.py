@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...plots import issue_grid, plt, quadrant_grid, save, corruption_scatter
+from ...plots import corruption_scatter, issue_grid, plt, quadrant_grid, save
 
 __all__ = ["issue_pictures", "report_figures", "report_notes", "run_figures"]
 

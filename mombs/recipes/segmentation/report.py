@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from ...plots import corruption_scatter, issue_grid, quadrant_grid
 
 __all__ = ["issue_pictures", "report_notes", "run_figures"]
