@@ -41,9 +41,9 @@ ASSESSMENT = {"schedule": "every-2", "k": 1, "alpha": 0.0}
 #: writes (its loss, uncertainty and their ranks; the boxes scores of :mod:`mombs.quality.boxes`;
 #: cleanlab's on the run's predictions), the one with the highest mean AP on the choice seed of
 #: ``benchmarks/dense_label_issues.py`` (``docs/quality.md``; a test checks this against the files).
-ISSUE_SCORE = "loss"
-#: The score whose threshold flags an image (:data:`mombs.quality.DENSE_FLAGS`): a loss has none.
-ISSUE_FLAG = "box_issue"
+ISSUE_SCORE = "spurious"
+#: The score whose threshold flags an image (:data:`mombs.quality.DENSE_FLAGS`): the ranking's own.
+ISSUE_FLAG = "spurious"
 
 RECIPE = Recipe(
     name="detection", metric="froc",
