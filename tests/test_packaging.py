@@ -50,14 +50,8 @@ EXTRA_OF_PATH = [
 #: Pictures are optional wherever they are drawn: a run without matplotlib skips them.
 EXTRA_ANYWHERE = {"matplotlib": "viz"}
 
-#: Messages that do not yet name an extra, in files this change may not edit
-#: (reported in issue 24's packaging work); a fix only shrinks this set.
-KNOWN_UNNAMED = {
-    ("mombs/quality/table.py", "pandas"),
-    ("mombs/recipes/classification/folder.py", "PIL"),
-    ("mombs/recipes/classification/folder.py", "torchvision"),
-    ("mombs/recipes/classification/torchvision_models.py", "torchvision"),
-}
+#: Messages that do not yet name an extra; a fix only shrinks this set (empty: every one names it).
+KNOWN_UNNAMED: set = set()
 
 _HINT = re.compile(r"pip install 'mombs\[([a-z]+)\]'")
 

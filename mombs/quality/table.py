@@ -191,7 +191,7 @@ class DataQuality:
         try:
             import pandas as pd
         except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError("DataQuality.to_pandas needs pandas: pip install pandas") from err
+            raise ImportError("DataQuality.to_pandas needs pandas: pip install 'mombs[quality]'") from err
         return pd.DataFrame(self.table)
 
 

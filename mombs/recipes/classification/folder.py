@@ -59,7 +59,7 @@ def _pil():
     try:
         from PIL import Image
     except ImportError as err:
-        raise ImportError("reading your images needs Pillow: pip install pillow") from err
+        raise ImportError("reading your images needs Pillow: pip install 'mombs[vision]'") from err
     return Image
 
 
@@ -67,7 +67,7 @@ def _folder_api():
     try:
         from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
     except ImportError as err:
-        raise ImportError("dataset='imagefolder' needs torchvision: pip install torchvision") from err
+        raise ImportError("dataset='imagefolder' needs torchvision: pip install 'mombs[vision]'") from err
     return IMG_EXTENSIONS, make_dataset
 
 

@@ -21,7 +21,7 @@ def _build(name: str, num_classes: int, in_channels: int) -> nn.Module:
     try:
         import torchvision.models as tvm
     except ImportError as err:
-        raise ImportError(f"model={name!r} needs torchvision: pip install torchvision") from err
+        raise ImportError(f"model={name!r} needs torchvision: pip install 'mombs[vision]'") from err
     return getattr(tvm, name)(weights=None, num_classes=num_classes)
 
 
