@@ -258,7 +258,9 @@ def test_weights_load_into_the_detector_or_its_backbone(tmp_path):
 
 def test_the_synthetic_set_is_described_as_before():
     data = det_corpus.load_det_corpus(RunConfig(task="detection", subset=4, image_size=32).validate())
-    assert data.sources is None and data.splits is None and data.info is None
+    # its training images are named (diagnose's table says which one a row is), the description is unchanged
+    assert list(data.sources) == ["path"] and data.sources["path"][1] == "synthetic-det/train#1"
+    assert data.splits is None and data.info is None
     assert set(data.describe()) == {"name", "task", "num_classes", "train", "val", "test", "in_channels",
                                     "image_size"}
 
