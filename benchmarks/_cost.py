@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import torch
 
-CUDA_MEMORY_METHOD = ("growth of torch.cuda.max_memory_allocated over one more run of each job after "
-                      "torch.cuda.reset_peak_memory_stats, in the timing process (MB); torch's allocations only")
+CUDA_MEMORY_METHOD = (
+    "growth of torch.cuda.max_memory_allocated over one more run of each job after "
+    "torch.cuda.reset_peak_memory_stats, in the timing process (MB); torch's allocations only"
+)
 
 
 def sync(device: torch.device) -> None:
@@ -34,8 +36,11 @@ def cuda_memory(device: torch.device, job: Callable[[], None]) -> dict:
     job()
     sync(device)
     peak = torch.cuda.max_memory_allocated(device)
-    return {"allocated_before_mb": round(before / 2**20, 1), "peak_allocated_mb": round(peak / 2**20, 1),
-            "delta_mb": round((peak - before) / 2**20, 1)}
+    return {
+        "allocated_before_mb": round(before / 2**20, 1),
+        "peak_allocated_mb": round(peak / 2**20, 1),
+        "delta_mb": round((peak - before) / 2**20, 1),
+    }
 
 
 def status_kb(field: str) -> int:

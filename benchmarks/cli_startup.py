@@ -43,8 +43,10 @@ COMMANDS = [
 ]
 
 #: Runs ``mombs.cli.main(argv)`` in-process and prints whether torch was imported on the way.
-_PROBE = ("import sys\nfrom mombs import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-          "print('torch' in sys.modules, file=sys.__stdout__)")
+_PROBE = (
+    "import sys\nfrom mombs import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    "print('torch' in sys.modules, file=sys.__stdout__)"
+)
 
 
 def _run(python: str, args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -73,19 +75,34 @@ def main(argv=None) -> int:
             t, proc = _run(args.python, cli_args)
             times.append(t)
         stderr = proc.stderr.strip().splitlines()
-        rows.append({"name": name, "args": cli_args, "returncode": proc.returncode, "expected": expected,
-                     "stderr_last_line": stderr[-1] if stderr else "",
-                     "torch_imported": _torch_imported(args.python, cli_args),
-                     "median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-                     "max_s": round(max(times), 3), "runs": args.runs})
-        print(f"{name:18s} rc={proc.returncode} median {rows[-1]['median_s']:.3f} s "
-              f"(min {rows[-1]['min_s']:.3f}, max {rows[-1]['max_s']:.3f}) torch={rows[-1]['torch_imported']}",
-              file=sys.stderr)
+        rows.append(
+            {
+                "name": name,
+                "args": cli_args,
+                "returncode": proc.returncode,
+                "expected": expected,
+                "stderr_last_line": stderr[-1] if stderr else "",
+                "torch_imported": _torch_imported(args.python, cli_args),
+                "median_s": round(statistics.median(times), 3),
+                "min_s": round(min(times), 3),
+                "max_s": round(max(times), 3),
+                "runs": args.runs,
+            }
+        )
+        print(
+            f"{name:18s} rc={proc.returncode} median {rows[-1]['median_s']:.3f} s "
+            f"(min {rows[-1]['min_s']:.3f}, max {rows[-1]['max_s']:.3f}) torch={rows[-1]['torch_imported']}",
+            file=sys.stderr,
+        )
     sys.path.insert(0, str(ROOT))
     from mombs.envinfo import environment_info
 
-    result = {"benchmark": "cli_startup", "what": "wall seconds of `python -m mombs.cli ARGS`, whole process, "
-              "after one warm-up run", "commands": rows, "environment": environment_info("cpu")}
+    result = {
+        "benchmark": "cli_startup",
+        "what": "wall seconds of `python -m mombs.cli ARGS`, whole process, after one warm-up run",
+        "commands": rows,
+        "environment": environment_info("cpu"),
+    }
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -78,9 +78,14 @@ def main(argv=None) -> int:
         here = _runs(old_cfg, SAME_CPU[task]) if task in SAME_CPU and (ROOT / SAME_CPU[task]).is_dir() else []
         metric = new[0]["metric"] if new else None
         for batch in sorted({r["batch_size"] for r in new}):
-            cell = {"task": task, "batch_size": batch, "metric": metric, "train_size": new[0]["train_size"],
-                    "new_assessment": {k: new[0]["config"][k] for k in ("schedule", "k", "alpha")},
-                    "old_assessment": {k: old[0]["config"][k] for k in ("schedule", "k", "alpha")}}
+            cell = {
+                "task": task,
+                "batch_size": batch,
+                "metric": metric,
+                "train_size": new[0]["train_size"],
+                "new_assessment": {k: new[0]["config"][k] for k in ("schedule", "k", "alpha")},
+                "old_assessment": {k: old[0]["config"][k] for k in ("schedule", "k", "alpha")},
+            }
             for field in (metric, "precision", "auroc_difficulty"):
                 random = _by_seed(old, "random", batch, field)
                 mixed_old = _by_seed(old, "mixed", batch, field)
@@ -101,12 +106,16 @@ def main(argv=None) -> int:
                     }
             cell["files_new"] = sorted(r["file"] for r in new if r["batch_size"] == batch)
             cells.append(cell)
-    result = {"benchmark": "default_assessment", "command": "python benchmarks/default_assessment.py",
-              "cells": cells, "environment": environment_info("cpu"),
-              "note": "the committed random and mixed runs were made on an Intel Xeon, the new mixed runs on "
-                      "this machine's CPU, whose float kernels differ; for detection, where that moves the outcome, "
-                      "same_cpu pairs the new runs with the committed cell rerun here "
-                      "(benchmarks/results/detection_same_cpu_baseline)"}
+    result = {
+        "benchmark": "default_assessment",
+        "command": "python benchmarks/default_assessment.py",
+        "cells": cells,
+        "environment": environment_info("cpu"),
+        "note": "the committed random and mixed runs were made on an Intel Xeon, the new mixed runs on "
+        "this machine's CPU, whose float kernels differ; for detection, where that moves the outcome, "
+        "same_cpu pairs the new runs with the committed cell rerun here "
+        "(benchmarks/results/detection_same_cpu_baseline)",
+    }
     text = json.dumps(result, indent=1)
     print(text)
     Path(args.out).write_text(text + "\n")

@@ -78,39 +78,94 @@ from mombs.envinfo import environment_info
 #: which it is measured (1-based: after the pivot, the middle, the end).
 TASKS = {
     "segmentation": {
-        "config": {"task": "segmentation", "dataset": "synthetic-ct", "subset": 150, "noise": "annotation",
-                   "noise_rate": 0.3, "model": "unet", "loss": "dice-ce", "optimizer": "adam", "lr": 1e-3,
-                   "weight_decay": 1e-4, "batch_size": 4, "epochs": 25, "pivot_epoch": 5, "test_every": 25},
+        "config": {
+            "task": "segmentation",
+            "dataset": "synthetic-ct",
+            "subset": 150,
+            "noise": "annotation",
+            "noise_rate": 0.3,
+            "model": "unet",
+            "loss": "dice-ce",
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "batch_size": 4,
+            "epochs": 25,
+            "pivot_epoch": 5,
+            "test_every": 25,
+        },
         "checkpoints": [5, 13, 25],
         "source": "configs/study/seg_synth_10.yaml / seg_synth_50.yaml recipe, 150 training slices, batch 4",
     },
     "detection": {
-        "config": {"task": "detection", "dataset": "synthetic-det", "subset": 200, "train_fraction": 0.5,
-                   "noise": "annotation", "noise_rate": 0.3, "model": "tiny", "optimizer": "adam", "lr": 3e-3,
-                   "weight_decay": 1e-4, "batch_size": 4, "epochs": 30, "pivot_epoch": 5, "test_every": 30},
+        "config": {
+            "task": "detection",
+            "dataset": "synthetic-det",
+            "subset": 200,
+            "train_fraction": 0.5,
+            "noise": "annotation",
+            "noise_rate": 0.3,
+            "model": "tiny",
+            "optimizer": "adam",
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "batch_size": 4,
+            "epochs": 30,
+            "pivot_epoch": 5,
+            "test_every": 30,
+        },
         "checkpoints": [5, 15, 30],
         "source": "configs/study/det_synth_50.yaml (100 training slices)",
     },
     "detection-mobilenet": {
-        "config": {"task": "detection", "dataset": "synthetic-det", "subset": 200, "train_fraction": 0.5,
-                   "noise": "annotation", "noise_rate": 0.3, "model": "fasterrcnn_mobilenet_v3_large_fpn",
-                   "optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-4, "batch_size": 4, "epochs": 30,
-                   "pivot_epoch": 5, "test_every": 30},
+        "config": {
+            "task": "detection",
+            "dataset": "synthetic-det",
+            "subset": 200,
+            "train_fraction": 0.5,
+            "noise": "annotation",
+            "noise_rate": 0.3,
+            "model": "fasterrcnn_mobilenet_v3_large_fpn",
+            "optimizer": "adam",
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "batch_size": 4,
+            "epochs": 30,
+            "pivot_epoch": 5,
+            "test_every": 30,
+        },
         "checkpoints": [5, 15, 30],
         "source": "configs/study/det_synth_50.yaml with model fasterrcnn_mobilenet_v3_large_fpn",
     },
     "classification": {
-        "config": {"task": "classification", "dataset": "fashion-mnist", "subset": 6000, "noise": "symmetric",
-                   "noise_rate": 0.4, "model": "small_cnn", "batch_size": 32, "epochs": 12, "pivot_epoch": 4,
-                   "lr": 0.02, "test_every": 12},
+        "config": {
+            "task": "classification",
+            "dataset": "fashion-mnist",
+            "subset": 6000,
+            "noise": "symmetric",
+            "noise_rate": 0.4,
+            "model": "small_cnn",
+            "batch_size": 32,
+            "epochs": 12,
+            "pivot_epoch": 4,
+            "lr": 0.02,
+            "test_every": 12,
+        },
         "checkpoints": [4, 8, 12],
         "source": "configs/study/fmnist_nl.yaml recipe (SGD 0.02, 12 epochs), 6,000 of its 10,000 images, batch 32",
     },
 }
 
 #: Figures per (task, seed, checkpoint, alpha) cell that the table and summary average.
-CELL_METRICS = ("rho_plain", "rho_train", "rho_repeat", "rho_plain_corrected", "rho_score_plain",
-                "rho_score_train", "top_decile_overlap_plain")
+CELL_METRICS = (
+    "rho_plain",
+    "rho_train",
+    "rho_repeat",
+    "rho_plain_corrected",
+    "rho_score_plain",
+    "rho_score_train",
+    "top_decile_overlap_plain",
+)
 #: Figures per (task, seed, checkpoint), shared by its alphas.
 CHECKPOINT_METRICS = ("rho_plain_train", "rho_plain_loss", "plain_over_epoch", "loss_over_epoch")
 
@@ -119,10 +174,16 @@ def _git_commit() -> str | None:
     """The commit of the checkout this script lives in (``-dirty`` with uncommitted tracked changes)."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -149,8 +210,10 @@ class DetTrainEntropy:
         self.uncertainty = np.full(num_samples, np.nan)
         self.loss = np.full(num_samples, np.nan)
         self._maps, self._anchors = None, None
-        self._hooks = [model.rpn.head.register_forward_hook(self._head),
-                       model.rpn.anchor_generator.register_forward_hook(self._anchor)]
+        self._hooks = [
+            model.rpn.head.register_forward_hook(self._head),
+            model.rpn.anchor_generator.register_forward_hook(self._anchor),
+        ]
 
     def _head(self, module, inputs, output):
         if module.training and torch.is_grad_enabled():
@@ -172,8 +235,7 @@ class DetTrainEntropy:
         maps, (anchors, sizes) = self._maps, self._anchors
         self._maps = self._anchors = None
         with torch.no_grad():
-            objectness, _ = concat_box_prediction_layers(maps, [torch.zeros_like(m).repeat(1, 4, 1, 1)
-                                                                for m in maps])
+            objectness, _ = concat_box_prediction_layers(maps, [torch.zeros_like(m).repeat(1, 4, 1, 1) for m in maps])
             objectness = objectness.reshape(len(anchors), -1)
             logits = rpn_objectness_map({"objectness": objectness, "in_image": _inside(anchors, sizes)})
             ent = anchor_binary_entropy(torch.sigmoid(logits))
@@ -198,8 +260,9 @@ class AssessorTrainEntropy:
     """
 
     def __init__(self, model, train_set, parts, num_samples: int):
-        self.assessor = mombs.DifficultyAssessor(model, train_set, at=parts.at, schedule="train-entropy",
-                                                 pivot_epoch=0, task=parts.task)
+        self.assessor = mombs.DifficultyAssessor(
+            model, train_set, at=parts.at, schedule="train-entropy", pivot_epoch=0, task=parts.task
+        )
         self.num_samples = num_samples
 
     def start_epoch(self, epoch: int) -> None:
@@ -222,15 +285,24 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def _timed_pass(model, train_set, parts, batch_size: int, *, k: int, alpha: float, loss: bool,
-                unc: bool, gen_seed: int) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+def _timed_pass(
+    model, train_set, parts, batch_size: int, *, k: int, alpha: float, loss: bool, unc: bool, gen_seed: int
+) -> tuple[np.ndarray | None, np.ndarray | None, float]:
     """One :func:`mombs.assessment_pass` over the whole training set and its wall time."""
     empty = np.zeros(0, dtype=np.int64)
     t0 = time.perf_counter()
     (_, lv), (_, uv) = mombs.assessment_pass(
-        model, train_set, loss_indices=None if loss else empty, uncertainty_indices=None if unc else empty,
-        at=parts.at, k=k, alpha=alpha, task=parts.task, batch_size=batch_size,
-        generator=torch.Generator().manual_seed(gen_seed))
+        model,
+        train_set,
+        loss_indices=None if loss else empty,
+        uncertainty_indices=None if unc else empty,
+        at=parts.at,
+        k=k,
+        alpha=alpha,
+        task=parts.task,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(gen_seed),
+    )
     seconds = time.perf_counter() - t0
     return (lv if loss else None), (uv if unc else None), seconds
 
@@ -251,24 +323,42 @@ def measure(model, train_set, parts, recipe, train_unc: np.ndarray, seed: int, e
         raise RuntimeError(f"non-finite values in {bad} at epoch {epoch}")
     d_plain = mombs.difficulty_scores(loss, plain)
     d_train = mombs.difficulty_scores(loss, train_unc)
-    ckpt = {"epoch": epoch, "n": len(train_set),
-            "rho_plain_train": mombs.spearman(plain, train_unc), "rho_plain_loss": mombs.spearman(plain, loss),
-            "mean_plain": float(plain.mean()), "mean_train": float(train_unc.mean()),
-            "seconds_loss_pass": t_loss, "seconds_plain_pass": t_plain}
+    ckpt = {
+        "epoch": epoch,
+        "n": len(train_set),
+        "rho_plain_train": mombs.spearman(plain, train_unc),
+        "rho_plain_loss": mombs.spearman(plain, loss),
+        "mean_plain": float(plain.mean()),
+        "mean_train": float(train_unc.mean()),
+        "seconds_loss_pass": t_loss,
+        "seconds_plain_pass": t_plain,
+    }
     cells = []
     for i, alpha in enumerate(args.alphas):
-        u, t_k = _timed_pass(model, train_set, parts, bs, k=args.k, alpha=alpha, loss=False, unc=True,
-                             gen_seed=_seed(seed, epoch, i, 0))[1:]
-        u2, t_k2 = _timed_pass(model, train_set, parts, bs, k=args.k, alpha=alpha, loss=False, unc=True,
-                               gen_seed=_seed(seed, epoch, i, 1))[1:]
+        u, t_k = _timed_pass(
+            model, train_set, parts, bs, k=args.k, alpha=alpha, loss=False, unc=True, gen_seed=_seed(seed, epoch, i, 0)
+        )[1:]
+        u2, t_k2 = _timed_pass(
+            model, train_set, parts, bs, k=args.k, alpha=alpha, loss=False, unc=True, gen_seed=_seed(seed, epoch, i, 1)
+        )[1:]
         d_u = mombs.difficulty_scores(loss, u)
         rep = mombs.spearman(u, u2)
         rho = mombs.spearman(u, plain)
-        cells.append({"alpha": alpha, "rho_plain": rho, "rho_train": mombs.spearman(u, train_unc),
-                      "rho_repeat": rep, "rho_plain_corrected": rho / math.sqrt(rep) if rep > 0 else float("nan"),
-                      "rho_score_plain": mombs.spearman(d_u, d_plain), "rho_score_train": mombs.spearman(d_u, d_train),
-                      "top_decile_overlap_plain": top_overlap(u, plain), "rho_loss": mombs.spearman(u, loss),
-                      "mean_u": float(u.mean()), "seconds_k_pass": [t_k, t_k2]})
+        cells.append(
+            {
+                "alpha": alpha,
+                "rho_plain": rho,
+                "rho_train": mombs.spearman(u, train_unc),
+                "rho_repeat": rep,
+                "rho_plain_corrected": rho / math.sqrt(rep) if rep > 0 else float("nan"),
+                "rho_score_plain": mombs.spearman(d_u, d_plain),
+                "rho_score_train": mombs.spearman(d_u, d_train),
+                "top_decile_overlap_plain": top_overlap(u, plain),
+                "rho_loss": mombs.spearman(u, loss),
+                "mean_u": float(u.mean()),
+                "seconds_k_pass": [t_k, t_k2],
+            }
+        )
     return ckpt, cells
 
 
@@ -291,8 +381,11 @@ def task_config(name: str, seed: int, args) -> mombs.train.RunConfig:
         fields.update(dataset="digits", subset=None)
     if args.quick:
         fields["epochs"] = 2
-        fields["subset"] = {"segmentation": 24, "detection": 24, "detection-mobilenet": 24,
-                            "classification": 256}[name] if fields.get("subset") else None
+        fields["subset"] = (
+            {"segmentation": 24, "detection": 24, "detection-mobilenet": 24, "classification": 256}[name]
+            if fields.get("subset")
+            else None
+        )
         fields.pop("train_fraction", None)
     if args.epochs.get(name):
         fields["epochs"] = args.epochs[name]
@@ -323,8 +416,11 @@ def run(name: str, seed: int, args) -> dict:
     c = build(cfg, recipe, data, device)
     parts = c.parts
     n = len(c.train_set)
-    reader = (DetTrainEntropy(parts.model, n) if cfg.task == "detection"
-              else AssessorTrainEntropy(parts.model, c.train_set, parts, n))
+    reader = (
+        DetTrainEntropy(parts.model, n)
+        if cfg.task == "detection"
+        else AssessorTrainEntropy(parts.model, c.train_set, parts, n)
+    )
     epoch_seconds, records, cells = [], [], []
     try:
         for epoch in range(cfg.epochs):
@@ -335,21 +431,44 @@ def run(name: str, seed: int, args) -> dict:
                 if hasattr(stepper, "set_epoch"):
                     stepper.set_epoch(epoch)
             c.strategy.start_epoch(epoch, num_epochs=cfg.epochs, losses=None)
-            stats = train_one_epoch(parts.model, c.loader, loss_fn=parts.loss_fn, optimizer=c.optimizer,
-                                    strategy=c.strategy, assessor=reader, device=device, num_samples=n,
-                                    fit_fn=parts.fit_fn, augment_gen=c.augment_gen, step_fn=parts.step_fn)
+            stats = train_one_epoch(
+                parts.model,
+                c.loader,
+                loss_fn=parts.loss_fn,
+                optimizer=c.optimizer,
+                strategy=c.strategy,
+                assessor=reader,
+                device=device,
+                num_samples=n,
+                fit_fn=parts.fit_fn,
+                augment_gen=c.augment_gen,
+                step_fn=parts.step_fn,
+            )
             c.scheduler.step()
             epoch_seconds.append(time.perf_counter() - t0)
             if epoch + 1 in checkpoints:
-                ckpt, ck_cells = measure(parts.model, c.train_set, parts, recipe, reader.values(), seed,
-                                         epoch + 1, args)
+                ckpt, ck_cells = measure(
+                    parts.model, c.train_set, parts, recipe, reader.values(), seed, epoch + 1, args
+                )
                 ckpt["train_loss"] = stats["train_loss"]
                 records.append(ckpt)
                 cells += [{"task": name, "seed": seed, "epoch": epoch + 1, **cell} for cell in ck_cells]
-                print(json.dumps(_round({"task": name, "seed": seed, "epoch": epoch + 1,
-                                         "rho_plain_train": ckpt["rho_plain_train"],
-                                         "alpha": {cl["alpha"]: [cl["rho_plain"], cl["rho_train"], cl["rho_repeat"]]
-                                                   for cl in ck_cells}})), flush=True)
+                print(
+                    json.dumps(
+                        _round(
+                            {
+                                "task": name,
+                                "seed": seed,
+                                "epoch": epoch + 1,
+                                "rho_plain_train": ckpt["rho_plain_train"],
+                                "alpha": {
+                                    cl["alpha"]: [cl["rho_plain"], cl["rho_train"], cl["rho_repeat"]] for cl in ck_cells
+                                },
+                            }
+                        )
+                    ),
+                    flush=True,
+                )
     finally:
         reader.close()
     val_score, _ = parts.evaluate(parts.model, parts.val)
@@ -360,22 +479,39 @@ def run(name: str, seed: int, args) -> dict:
         ckpt["loss_over_epoch"] = ckpt["seconds_loss_pass"] / epoch_ref
     for cell in cells:
         cell["k_pass_over_epoch"] = float(np.mean(cell["seconds_k_pass"])) / epoch_ref
-    return _round({"task": name, "seed": seed, "config": dataclasses.asdict(cfg), "data": data.describe(),
-                   "at": parts.at, "checkpoints": checkpoints, "n_train": n,
-                   "train_entropy_from": ("RPN head objectness of the training forward (DetTrainEntropy)"
-                                          if cfg.task == "detection" else
-                                          "DifficultyAssessor(schedule='train-entropy')"),
-                   f"final_val_{recipe.metric}": float(val_score), "epoch_seconds": epoch_seconds,
-                   "epoch_seconds_median": epoch_ref, "seconds": time.perf_counter() - t_start,
-                   "checkpoint_records": records, "cells": cells})
+    return _round(
+        {
+            "task": name,
+            "seed": seed,
+            "config": dataclasses.asdict(cfg),
+            "data": data.describe(),
+            "at": parts.at,
+            "checkpoints": checkpoints,
+            "n_train": n,
+            "train_entropy_from": (
+                "RPN head objectness of the training forward (DetTrainEntropy)"
+                if cfg.task == "detection"
+                else "DifficultyAssessor(schedule='train-entropy')"
+            ),
+            f"final_val_{recipe.metric}": float(val_score),
+            "epoch_seconds": epoch_seconds,
+            "epoch_seconds_median": epoch_ref,
+            "seconds": time.perf_counter() - t_start,
+            "checkpoint_records": records,
+            "cells": cells,
+        }
+    )
 
 
 def _stats(values) -> dict:
     v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
     if v.size == 0:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": round(float(v.mean()), 4), "std": round(float(v.std(ddof=1)) if v.size > 1 else 0.0, 4),
-            "n": int(v.size)}
+    return {
+        "mean": round(float(v.mean()), 4),
+        "std": round(float(v.std(ddof=1)) if v.size > 1 else 0.0, 4),
+        "n": int(v.size),
+    }
 
 
 def tabulate(runs: list[dict]) -> tuple[list[dict], dict]:
@@ -386,8 +522,10 @@ def tabulate(runs: list[dict]) -> tuple[list[dict], dict]:
     for task in [t for t in TASKS if any(c["task"] == t for c in cells)]:
         for epoch in sorted({c["epoch"] for c in cells if c["task"] == task}):
             for alpha in sorted({c["alpha"] for c in cells if c["task"] == task}):
-                group = sorted((c for c in cells if (c["task"], c["epoch"], c["alpha"]) == (task, epoch, alpha)),
-                               key=lambda c: c["seed"])
+                group = sorted(
+                    (c for c in cells if (c["task"], c["epoch"], c["alpha"]) == (task, epoch, alpha)),
+                    key=lambda c: c["seed"],
+                )
                 if not group:
                     continue
                 row = {"task": task, "epoch": epoch, "alpha": alpha, "seeds": [c["seed"] for c in group]}
@@ -402,8 +540,9 @@ def tabulate(runs: list[dict]) -> tuple[list[dict], dict]:
         recs = [rec for r in runs if r["task"] == task for rec in r["checkpoint_records"]]
         for alpha in sorted({c["alpha"] for c in tc}):
             group = [c for c in tc if c["alpha"] == alpha]
-            entry["per_alpha"][str(alpha)] = {m: _stats(c[m] for c in group)
-                                              for m in CELL_METRICS + ("k_pass_over_epoch",)}
+            entry["per_alpha"][str(alpha)] = {
+                m: _stats(c[m] for c in group) for m in CELL_METRICS + ("k_pass_over_epoch",)
+            }
         entry["per_checkpoint"] = {m: _stats(rec[m] for rec in recs) for m in CHECKPOINT_METRICS}
         entry["epoch_seconds_median"] = _stats(r["epoch_seconds_median"] for r in runs if r["task"] == task)
         entry["seeds"] = sorted(entry["seeds"])
@@ -423,14 +562,18 @@ def _parse_per_task(items: list[str] | None, cast) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", nargs="+", default=["segmentation", "detection", "classification"],
-                   choices=list(TASKS))
+    p.add_argument("--tasks", nargs="+", default=["segmentation", "detection", "classification"], choices=list(TASKS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 0.6, 0.9])
     p.add_argument("--k", type=int, default=8, help="disturbed passes")
     p.add_argument("--epochs", nargs="*", default=None, metavar="TASK=N", help="override a task's epochs")
-    p.add_argument("--checkpoints", nargs="*", default=None, metavar="TASK=E1,E2,...",
-                   help="override a task's checkpoint epochs (1-based)")
+    p.add_argument(
+        "--checkpoints",
+        nargs="*",
+        default=None,
+        metavar="TASK=E1,E2,...",
+        help="override a task's checkpoint epochs (1-based)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, two epochs, one seed")
     p.add_argument("--resume", action="store_true", help="skip the (task, seed) runs already in OUT.partial.json")
@@ -448,8 +591,12 @@ def main(argv=None) -> int:
     if any(not 0 <= a < 1 for a in args.alphas):
         raise ValueError(f"--alphas {args.alphas} must lie in [0, 1)")
     torch.set_num_threads(args.threads)
-    command = " ".join([os.path.basename(sys.argv[0]) if argv is None else "dense_fidelity.py",
-                        *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(
+        [
+            os.path.basename(sys.argv[0]) if argv is None else "dense_fidelity.py",
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+    )
     partial = f"{args.out[:-5] if args.out.endswith('.json') else args.out}.partial.json" if args.out else None
     runs = []
     if partial and args.resume and os.path.exists(partial):
@@ -461,35 +608,54 @@ def main(argv=None) -> int:
             if any(r["task"] == name and r["seed"] == seed for r in runs):
                 continue
             runs.append(run(name, seed, args))
-            print(json.dumps({"task": name, "seed": seed, "seconds": runs[-1]["seconds"],
-                              "epoch_seconds_median": runs[-1]["epoch_seconds_median"]}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "task": name,
+                        "seed": seed,
+                        "seconds": runs[-1]["seconds"],
+                        "epoch_seconds_median": runs[-1]["epoch_seconds_median"],
+                    }
+                ),
+                flush=True,
+            )
             if partial:
                 with open(partial, "w") as fh:
-                    json.dump({"benchmark": "dense_fidelity", "command": command, "commit": _git_commit(),
-                               "runs": runs}, fh, indent=1)
+                    json.dump(
+                        {"benchmark": "dense_fidelity", "command": command, "commit": _git_commit(), "runs": runs},
+                        fh,
+                        indent=1,
+                    )
     table, summary = tabulate(runs)
     result = {
         "benchmark": "dense_fidelity",
         "command": command,
         "args": vars(args),
         "commit": _git_commit(),
-        "tasks": {name: {"config": TASKS[name]["config"], "checkpoints": TASKS[name]["checkpoints"],
-                         "source": TASKS[name]["source"]} for name in args.tasks},
+        "tasks": {
+            name: {
+                "config": TASKS[name]["config"],
+                "checkpoints": TASKS[name]["checkpoints"],
+                "source": TASKS[name]["source"],
+            }
+            for name in args.tasks
+        },
         "measures": {
             "u_K": f"assessment_pass(k={args.k}, alpha) over the training set, eval mode, the task adapter's "
-                   f"output_fn and uncertainty_fn; a second draw with another noise seed for rho_repeat",
+            f"output_fn and uncertainty_fn; a second draw with another noise seed for rho_repeat",
             "plain": "assessment_pass(k=1, alpha=0): the entropy of one clean eval-mode forward, same reduction",
             "train": "the entropy of the training forward of the checkpoint epoch (train mode, weights moving "
-                     "during the epoch): DifficultyAssessor(schedule='train-entropy') for classification and "
-                     "segmentation; for detection the RPN head's objectness of that forward, masked to anchors "
-                     "centred in the image and reduced by anchor_binary_entropy",
+            "during the epoch): DifficultyAssessor(schedule='train-entropy') for classification and "
+            "segmentation; for detection the RPN head's objectness of that forward, masked to anchors "
+            "centred in the image and reduced by anchor_binary_entropy",
             "loss": "the task adapter's eval-mode per-sample loss (for the difficulty scores)",
             "rho_plain_corrected": "rho_plain / sqrt(rho_repeat): correction for attenuation (approximate for ranks)",
             "k_pass_over_epoch": "mean wall time of the two K-pass draws over the run's median training epoch "
-                                 "(first epoch left out)",
+            "(first epoch left out)",
             "plain_over_epoch": "wall time of the plain pass (uncertainty only) over the median training epoch",
             "loss_over_epoch": "wall time of the loss-only eval pass over the median training epoch",
-            "std": "sample std (ddof=1) over seeds (table) or over seeds x checkpoints (summary)"},
+            "std": "sample std (ddof=1) over seeds (table) or over seeds x checkpoints (summary)",
+        },
         "notes": args.note,
         "seconds_total": round(time.perf_counter() - t0, 1),
         "runs": runs,
@@ -500,10 +666,19 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)
-    short = {task: {alpha: {m: f"{e[m]['mean']} ± {e[m]['std']}" for m in ("rho_plain", "rho_train", "rho_repeat")}
-                    for alpha, e in entry["per_alpha"].items()} for task, entry in summary.items()}
-    print(json.dumps({"benchmark": "dense_fidelity", "seconds_total": result["seconds_total"], "summary": short},
-                     ensure_ascii=False))
+    short = {
+        task: {
+            alpha: {m: f"{e[m]['mean']} ± {e[m]['std']}" for m in ("rho_plain", "rho_train", "rho_repeat")}
+            for alpha, e in entry["per_alpha"].items()
+        }
+        for task, entry in summary.items()
+    }
+    print(
+        json.dumps(
+            {"benchmark": "dense_fidelity", "seconds_total": result["seconds_total"], "summary": short},
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 

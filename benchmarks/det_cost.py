@@ -104,9 +104,17 @@ class Bench:
             self._step(idx.tolist())
 
     def _pass(self, data, loss_indices=None, chunk_rows=None):
-        return mombs.assessment_pass(self.model, data, task="detection", at=self.at, k=self.args.k,
-                                     batch_size=self.args.pass_batch_size, loss_indices=loss_indices,
-                                     generator=self.noise_gen, chunk_rows=chunk_rows)
+        return mombs.assessment_pass(
+            self.model,
+            data,
+            task="detection",
+            at=self.at,
+            k=self.args.k,
+            batch_size=self.args.pass_batch_size,
+            loss_indices=loss_indices,
+            generator=self.noise_gen,
+            chunk_rows=chunk_rows,
+        )
 
     def pass_full(self) -> None:
         self._pass(self.data)
@@ -141,8 +149,11 @@ def measure_memory(args) -> dict:
         fh.write("5")  # reset the high-water mark to the current resident set (Linux >= 4.0)
     getattr(bench, args.memory_job)()
     after = status_kb("VmHWM")
-    return {"rss_before_mb": round(before / 1024, 1), "peak_rss_mb": round(after / 1024, 1),
-            "delta_mb": round((after - before) / 1024, 1)}
+    return {
+        "rss_before_mb": round(before / 1024, 1),
+        "peak_rss_mb": round(after / 1024, 1),
+        "delta_mb": round((after - before) / 1024, 1),
+    }
 
 
 def _memory_subprocess(argv: list, job: str) -> dict:
@@ -183,7 +194,7 @@ def main(argv=None) -> int:
     bench.warm_up(min(args.batch_size, args.n_train))
     seconds = {job: [] for job in JOBS}
     for r in range(args.repeats):
-        for job in (JOBS if r % 2 == 0 else JOBS[::-1]):
+        for job in JOBS if r % 2 == 0 else JOBS[::-1]:
             bench.sync()
             t0 = time.perf_counter()
             getattr(bench, job)()
@@ -193,44 +204,59 @@ def main(argv=None) -> int:
     sec = {job: statistics.median(v) for job, v in seconds.items()}
     # A diverged run (NaN losses) would time other work than a training one: say whether it did.
     last = float(bench.last_loss)
-    rec = {"train_loss_last": last, "train_loss_finite": bool(last == last and abs(last) != float("inf")),
-           "model": args.model, "at": bench.at, "params": sum(p.numel() for p in bench.model.parameters()),
-           "seconds": {job: round(s, 3) for job, s in sec.items()},
-           "seconds_per_repeat": {job: [round(s, 3) for s in v] for job, v in seconds.items()},
-           "ratio_pass_full_over_train": round(sec["pass_full"] / sec["train"], 3),
-           "ratio_pass_unc_over_train": round(sec["pass_unc"] / sec["train"], 3),
-           "ratio_pass_unc_tiled_over_train": round(sec["pass_unc_tiled"] / sec["train"], 3),
-           # Every uncertainty refreshed every epoch after the pivot, losses from training:
-           "full_refresh_overhead_floor": round(1 + min(sec["pass_unc"], sec["pass_unc_tiled"]) / sec["train"], 3),
-           "n_train": args.n_train, "n_boxes": bench.n_boxes, "size": args.size,
-           "batch_size": args.batch_size, "pass_batch_size": args.pass_batch_size, "k": args.k,
-           "threads": args.threads, "repeats": args.repeats, "device": args.device}
+    rec = {
+        "train_loss_last": last,
+        "train_loss_finite": bool(last == last and abs(last) != float("inf")),
+        "model": args.model,
+        "at": bench.at,
+        "params": sum(p.numel() for p in bench.model.parameters()),
+        "seconds": {job: round(s, 3) for job, s in sec.items()},
+        "seconds_per_repeat": {job: [round(s, 3) for s in v] for job, v in seconds.items()},
+        "ratio_pass_full_over_train": round(sec["pass_full"] / sec["train"], 3),
+        "ratio_pass_unc_over_train": round(sec["pass_unc"] / sec["train"], 3),
+        "ratio_pass_unc_tiled_over_train": round(sec["pass_unc_tiled"] / sec["train"], 3),
+        # Every uncertainty refreshed every epoch after the pivot, losses from training:
+        "full_refresh_overhead_floor": round(1 + min(sec["pass_unc"], sec["pass_unc_tiled"]) / sec["train"], 3),
+        "n_train": args.n_train,
+        "n_boxes": bench.n_boxes,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "pass_batch_size": args.pass_batch_size,
+        "k": args.k,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "device": args.device,
+    }
     cuda = bench.device.type == "cuda"
     if cuda and not args.no_memory:
         mem = {job: bench.cuda_memory(job) for job in JOBS}
         rec["peak_memory_mb"] = {job: m["delta_mb"] for job, m in mem.items()}
         rec["peak_memory_detail"] = mem
         if mem["train"]["delta_mb"] > 0:
-            rec["ratio_memory_pass_full_over_train"] = round(mem["pass_full"]["delta_mb"]
-                                                             / mem["train"]["delta_mb"], 3)
+            rec["ratio_memory_pass_full_over_train"] = round(mem["pass_full"]["delta_mb"] / mem["train"]["delta_mb"], 3)
     elif not args.no_memory:
         child_argv = [a for a in argv if a != "--no-memory"]
         mem = {job: _memory_subprocess(child_argv, job) for job in JOBS}
         rec["peak_memory_mb"] = {job: m["delta_mb"] for job, m in mem.items()}
         rec["peak_memory_detail"] = mem
         if mem["train"]["delta_mb"] > 0:
-            rec["ratio_memory_pass_full_over_train"] = round(mem["pass_full"]["delta_mb"]
-                                                             / mem["train"]["delta_mb"], 3)
+            rec["ratio_memory_pass_full_over_train"] = round(mem["pass_full"]["delta_mb"] / mem["train"]["delta_mb"], 3)
     print(json.dumps(rec), flush=True)
-    result = {"benchmark": "det_cost", "records": [rec], "args": vars(args),
-              "environment": environment_info(args.device),
-              "timing": "median seconds over repeats; the 4 jobs alternate within a repeat, reversed on odd "
-                        "repeats; warm-up excluded",
-              "memory_method": CUDA_MEMORY_METHOD if cuda else "peak resident set growth over the job (MB): in a fresh subprocess per job, "
-                               "after data, model and a one-image warm-up, the kernel's high-water mark is "
-                               "reset to the current RSS (/proc/self/clear_refs 5); delta = VmHWM after the "
-                               "job - VmRSS before it; glibc MALLOC_MMAP_THRESHOLD_=65536; RSS, not "
-                               "torch-only allocations"}
+    result = {
+        "benchmark": "det_cost",
+        "records": [rec],
+        "args": vars(args),
+        "environment": environment_info(args.device),
+        "timing": "median seconds over repeats; the 4 jobs alternate within a repeat, reversed on odd "
+        "repeats; warm-up excluded",
+        "memory_method": CUDA_MEMORY_METHOD
+        if cuda
+        else "peak resident set growth over the job (MB): in a fresh subprocess per job, "
+        "after data, model and a one-image warm-up, the kernel's high-water mark is "
+        "reset to the current RSS (/proc/self/clear_refs 5); delta = VmHWM after the "
+        "job - VmRSS before it; glibc MALLOC_MMAP_THRESHOLD_=65536; RSS, not "
+        "torch-only allocations",
+    }
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)

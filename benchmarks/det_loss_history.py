@@ -54,9 +54,16 @@ def run_curves(run_dir: Path) -> dict:
         curves["uncertainty"].append(float(roc_auc_score(missing, u)) if np.isfinite(u).all() else None)
     res = json.loads((run_dir / "results.json").read_text())
     final = res.get("noise_detection", {})
-    return {"run": run_dir.name, "strategy": res["strategy"], "seed": res["seed"], "epochs": loss.shape[0],
-            "pivot_epoch": res["pivot_epoch"], "base_rate": float(missing.mean()), "auroc": curves,
-            "final_model": {k: final.get(f"auroc_{k}") for k in ("loss", "uncertainty", "difficulty", "unmatched")}}
+    return {
+        "run": run_dir.name,
+        "strategy": res["strategy"],
+        "seed": res["seed"],
+        "epochs": loss.shape[0],
+        "pivot_epoch": res["pivot_epoch"],
+        "base_rate": float(missing.mean()),
+        "auroc": curves,
+        "final_model": {k: final.get(f"auroc_{k}") for k in ("loss", "uncertainty", "difficulty", "unmatched")},
+    }
 
 
 def main(argv=None) -> int:
@@ -73,13 +80,25 @@ def main(argv=None) -> int:
     for s in SCORES:
         rows = [[r["auroc"][s][e] for r in runs] for e in range(epochs)]
         mean[s] = [None if any(v is None for v in row) else round(float(np.mean(row)), 4) for row in rows]
-    best = {s: int(np.nanargmax([np.nan if v is None else v for v in mean[s]])) for s in SCORES
-            if any(v is not None for v in mean[s])}
-    summary = {"runs": len(runs), "mean_auroc": mean, "best_epoch": best,
-               "best_mean_auroc": {s: mean[s][e] for s, e in best.items()}}
+    best = {
+        s: int(np.nanargmax([np.nan if v is None else v for v in mean[s]]))
+        for s in SCORES
+        if any(v is not None for v in mean[s])
+    }
+    summary = {
+        "runs": len(runs),
+        "mean_auroc": mean,
+        "best_epoch": best,
+        "best_mean_auroc": {s: mean[s][e] for s, e in best.items()},
+    }
     print(json.dumps(summary), flush=True)
-    result = {"benchmark": "det_loss_history", "summary": summary, "runs": runs, "args": vars(args),
-              "environment": environment_info("cpu")}
+    result = {
+        "benchmark": "det_loss_history",
+        "summary": summary,
+        "runs": runs,
+        "args": vars(args),
+        "environment": environment_info("cpu"),
+    }
     Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 

@@ -49,28 +49,58 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)  # a fresh start: the runner would skip finished runs
     runs = []
     for strategy, seed in ORDER:
-        cfg = RunConfig(task="detection", model=args.model, image_size=args.image_size, subset=args.subset,
-                        noise="annotation", noise_rate=0.3, batch_size=4, epochs=args.epochs,
-                        pivot_epoch=args.pivot_epoch, k=args.k, optimizer="adam", lr=args.lr,
-                        strategy=strategy, seed=seed, device=args.device, test_every=args.epochs)
+        cfg = RunConfig(
+            task="detection",
+            model=args.model,
+            image_size=args.image_size,
+            subset=args.subset,
+            noise="annotation",
+            noise_rate=0.3,
+            batch_size=4,
+            epochs=args.epochs,
+            pivot_epoch=args.pivot_epoch,
+            k=args.k,
+            optimizer="adam",
+            lr=args.lr,
+            strategy=strategy,
+            seed=seed,
+            device=args.device,
+            test_every=args.epochs,
+        )
         d = work / f"{strategy}-s{seed}"
         res = run(cfg, d)
         sec = epoch_seconds(d)
-        runs.append({"strategy": strategy, "seed": seed, "seconds": round(sum(sec), 3),
-                     "epoch_seconds": [round(s, 3) for s in sec], "froc": res["froc"]})
+        runs.append(
+            {
+                "strategy": strategy,
+                "seed": seed,
+                "seconds": round(sum(sec), 3),
+                "epoch_seconds": [round(s, 3) for s in sec],
+                "froc": res["froc"],
+            }
+        )
         print(json.dumps(runs[-1]), flush=True)
     total = {s: sum(r["seconds"] for r in runs if r["strategy"] == s) for s in ("random", "mixed")}
     # After the pivot only: the epochs in which the sampler plans and the assessor measures.
-    after = {s: sum(sum(r["epoch_seconds"][args.pivot_epoch:]) for r in runs if r["strategy"] == s)
-             for s in ("random", "mixed")}
-    rec = {"ratio_mixed_over_random": round(total["mixed"] / total["random"], 3),
-           "ratio_after_pivot": round(after["mixed"] / after["random"], 3),
-           "seconds": {s: round(v, 2) for s, v in total.items()}, "runs": runs}
+    after = {
+        s: sum(sum(r["epoch_seconds"][args.pivot_epoch :]) for r in runs if r["strategy"] == s)
+        for s in ("random", "mixed")
+    }
+    rec = {
+        "ratio_mixed_over_random": round(total["mixed"] / total["random"], 3),
+        "ratio_after_pivot": round(after["mixed"] / after["random"], 3),
+        "seconds": {s: round(v, 2) for s, v in total.items()},
+        "runs": runs,
+    }
     print(json.dumps(rec), flush=True)
-    result = {"benchmark": "det_overhead", "records": [rec], "args": vars(args),
-              "environment": environment_info(args.device),
-              "timing": "sum of each run's logged epoch seconds (training, assessment passes, validation FROC); "
-                        "runs in the order random s0, mixed s0, mixed s1, random s1, one after the other"}
+    result = {
+        "benchmark": "det_overhead",
+        "records": [rec],
+        "args": vars(args),
+        "environment": environment_info(args.device),
+        "timing": "sum of each run's logged epoch seconds (training, assessment passes, validation FROC); "
+        "runs in the order random s0, mixed s0, mixed s1, random s1, one after the other",
+    }
     Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 

@@ -75,25 +75,39 @@ from mombs.recipes.classification.models import create_model
 #: ``features.7`` ends block 2 after its max-pool (64 x H/4), as resnet32's
 #: ``layer2`` output is what its last stage takes in.
 NOISE_POINTS = {
-    "small_cnn": {"pool": "pooled vector (B, 128)", "features.10": "last conv block (block 3, 128 ch)",
-                  "features.7": "middle conv block (block 2, after max-pool, 64 ch)"},
-    "resnet32": {"pool": "pooled vector (B, 64)", "layer3": "last stage (64 ch)",
-                 "layer2": "middle stage (32 ch)"},
+    "small_cnn": {
+        "pool": "pooled vector (B, 128)",
+        "features.10": "last conv block (block 3, 128 ch)",
+        "features.7": "middle conv block (block 2, after max-pool, 64 ch)",
+    },
+    "resnet32": {"pool": "pooled vector (B, 64)", "layer3": "last stage (64 ch)", "layer2": "middle stage (32 ch)"},
 }
 
 #: The figures averaged in the summary (per model and noise point).
-SUMMARY_METRICS = ("spearman_unc", "spearman_score", "top_decile_overlap", "repeat_spearman_unc",
-                   "spearman_unc_corrected", "auroc_noisy_unc")
+SUMMARY_METRICS = (
+    "spearman_unc",
+    "spearman_score",
+    "top_decile_overlap",
+    "repeat_spearman_unc",
+    "spearman_unc_corrected",
+    "auroc_noisy_unc",
+)
 
 
 def _git_commit() -> str | None:
     """The commit of the checkout this script lives in (``-dirty`` with uncommitted tracked changes)."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -111,8 +125,7 @@ def load_datasets(args) -> dict:
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        out["digits"] = (torch.tensor(d.images, dtype=torch.float32).div_(16).unsqueeze(1),
-                         d.target.astype(np.int64))
+        out["digits"] = (torch.tensor(d.images, dtype=torch.float32).div_(16).unsqueeze(1), d.target.astype(np.int64))
     if "fashion-mnist" in args.datasets:
         if find_fashion_mnist(args.data_dir) is None:
             out["fashion-mnist"] = "skipped: Fashion-MNIST files not found"
@@ -141,8 +154,15 @@ def draw_subset(name: str, x, labels, model: str, seed: int, args) -> dict:
     clean = labels[perm]
     noisy, flipped = symmetric_noise(clean, noise, 10, seed=seed)
     n_assess = min(n_assess or n, n)
-    return {"x": x[perm], "y": torch.from_numpy(noisy), "clean": clean, "flipped": flipped,
-            "n_train": n, "n_assess": n_assess, "noise": noise}
+    return {
+        "x": x[perm],
+        "y": torch.from_numpy(noisy),
+        "clean": clean,
+        "flipped": flipped,
+        "n_train": n,
+        "n_assess": n_assess,
+        "noise": noise,
+    }
 
 
 def auroc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -169,33 +189,41 @@ def _uncertainty(model, x, at: str, args, seed: int) -> np.ndarray:
     private generator."""
     gen = torch.Generator().manual_seed(seed)
     data = mombs.IndexedDataset(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)))
-    _, (_, unc) = mombs.assessment_pass(model, data, loss_indices=[], at=at, k=args.k, alpha=args.alpha,
-                                        batch_size=args.chunk, generator=gen)
+    _, (_, unc) = mombs.assessment_pass(
+        model, data, loss_indices=[], at=at, k=args.k, alpha=args.alpha, batch_size=args.chunk, generator=gen
+    )
     return unc
 
 
 def assess(model, data: dict, model_name: str, seed: int, epoch: int, args) -> tuple[dict, list[dict]]:
     """Every figure of one checkpoint: the shared plain-entropy record and one cell per noise point."""
-    x, y = data["x"][:data["n_assess"]], data["y"][:data["n_assess"]]
-    flipped = data["flipped"][:data["n_assess"]]
+    x, y = data["x"][: data["n_assess"]], data["y"][: data["n_assess"]]
+    flipped = data["flipped"][: data["n_assess"]]
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(x[s:s + args.chunk]) for s in range(0, len(x), args.chunk)])
+        logits = torch.cat([model(x[s : s + args.chunk]) for s in range(0, len(x), args.chunk)])
     # The same clean eval forward gives the loss and the plain (K = 1, no noise) entropy.
     loss = F.cross_entropy(logits, y, reduction="none").numpy().astype(np.float64)
     plain = mombs.prediction_entropy(torch.softmax(logits, 1)).numpy().astype(np.float64)
     pred = logits.argmax(1).numpy()
     d_plain = mombs.difficulty_scores(loss, plain)
     has_noise = bool(flipped.any())
-    ckpt = {"epoch": epoch, "n_assessed": len(y),
-            "acc_noisy_labels": round(float((pred == y.numpy()).mean()), 4),
-            "acc_clean_labels": round(float((pred == data["clean"][:len(y)]).mean()), 4),
-            "mean_plain_entropy": round(float(plain.mean()), 4),
-            "spearman_plain_loss": round(mombs.spearman(plain, loss), 4)}
+    ckpt = {
+        "epoch": epoch,
+        "n_assessed": len(y),
+        "acc_noisy_labels": round(float((pred == y.numpy()).mean()), 4),
+        "acc_clean_labels": round(float((pred == data["clean"][: len(y)]).mean()), 4),
+        "mean_plain_entropy": round(float(plain.mean()), 4),
+        "spearman_plain_loss": round(mombs.spearman(plain, loss), 4),
+    }
     if has_noise:
-        ckpt.update({"auroc_noisy_loss": round(auroc(loss, flipped), 4),
-                     "auroc_noisy_plain": round(auroc(plain, flipped), 4),
-                     "auroc_noisy_score_plain": round(auroc(d_plain, flipped), 4)})
+        ckpt.update(
+            {
+                "auroc_noisy_loss": round(auroc(loss, flipped), 4),
+                "auroc_noisy_plain": round(auroc(plain, flipped), 4),
+                "auroc_noisy_score_plain": round(auroc(d_plain, flipped), 4),
+            }
+        )
     r = min(args.repeat_n, len(y))
     cells = []
     for i, at in enumerate(NOISE_POINTS[model_name]):
@@ -206,17 +234,19 @@ def assess(model, data: dict, model_name: str, seed: int, epoch: int, args) -> t
         d_u = mombs.difficulty_scores(loss, u)
         sub = mombs.spearman(u[:r], plain[:r])
         rep = mombs.spearman(u[:r], u2)
-        cell = {"at": at,
-                "spearman_unc": mombs.spearman(u, plain),
-                "spearman_score": mombs.spearman(d_u, d_plain),
-                "top_decile_overlap": top_overlap(d_u, d_plain),
-                "spearman_unc_loss": mombs.spearman(u, loss),
-                "mean_unc": float(u.mean()),
-                "spearman_unc_subset": sub,
-                "repeat_spearman_unc": rep,
-                "repeat_spearman_score": mombs.spearman(d_u[:r], mombs.difficulty_scores(loss[:r], u2)),
-                "spearman_unc_corrected": sub / math.sqrt(rep) if rep > 0 else float("nan"),
-                "repeat_n": r}
+        cell = {
+            "at": at,
+            "spearman_unc": mombs.spearman(u, plain),
+            "spearman_score": mombs.spearman(d_u, d_plain),
+            "top_decile_overlap": top_overlap(d_u, d_plain),
+            "spearman_unc_loss": mombs.spearman(u, loss),
+            "mean_unc": float(u.mean()),
+            "spearman_unc_subset": sub,
+            "repeat_spearman_unc": rep,
+            "repeat_spearman_score": mombs.spearman(d_u[:r], mombs.difficulty_scores(loss[:r], u2)),
+            "spearman_unc_corrected": sub / math.sqrt(rep) if rep > 0 else float("nan"),
+            "repeat_n": r,
+        }
         if has_noise:
             cell.update({"auroc_noisy_unc": auroc(u, flipped), "auroc_noisy_score": auroc(d_u, flipped)})
         cells.append({k: round(v, 4) if isinstance(v, float) else v for k, v in cell.items()})
@@ -247,12 +277,29 @@ def run(name: str, data: dict, model_name: str, seed: int, args) -> dict:
             ckpt, ck_cells = assess(model, data, model_name, seed, epoch, args)
             checkpoints.append(ckpt)
             cells += [{"dataset": name, "model": model_name, "seed": seed, "epoch": epoch, **c} for c in ck_cells]
-            print(json.dumps({"dataset": name, "model": model_name, "seed": seed, **ckpt,
-                              **{c["at"]: [c["spearman_unc"], c["spearman_score"]] for c in ck_cells}}),
-                  flush=True)
-    return {"dataset": name, "model": model_name, "seed": seed, "n_train": data["n_train"],
-            "n_assessed": data["n_assess"], "label_noise": data["noise"],
-            "seconds": round(time.perf_counter() - t0, 2), "checkpoints": checkpoints, "cells": cells}
+            print(
+                json.dumps(
+                    {
+                        "dataset": name,
+                        "model": model_name,
+                        "seed": seed,
+                        **ckpt,
+                        **{c["at"]: [c["spearman_unc"], c["spearman_score"]] for c in ck_cells},
+                    }
+                ),
+                flush=True,
+            )
+    return {
+        "dataset": name,
+        "model": model_name,
+        "seed": seed,
+        "n_train": data["n_train"],
+        "n_assessed": data["n_assess"],
+        "label_noise": data["noise"],
+        "seconds": round(time.perf_counter() - t0, 2),
+        "checkpoints": checkpoints,
+        "cells": cells,
+    }
 
 
 def _stats(values) -> dict:
@@ -260,8 +307,11 @@ def _stats(values) -> dict:
     v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
     if v.size == 0:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": round(float(v.mean()), 4), "std": round(float(v.std(ddof=1)) if v.size > 1 else 0.0, 4),
-            "n": int(v.size)}
+    return {
+        "mean": round(float(v.mean()), 4),
+        "std": round(float(v.std(ddof=1)) if v.size > 1 else 0.0, 4),
+        "n": int(v.size),
+    }
 
 
 def tabulate(cells: list[dict]) -> tuple[list[dict], dict]:
@@ -273,8 +323,10 @@ def tabulate(cells: list[dict]) -> tuple[list[dict], dict]:
     table, summary = [], {}
     keys = sorted({(c["dataset"], c["model"], c["at"], c["epoch"]) for c in cells})
     for ds, model, at, epoch in keys:
-        group = sorted((c for c in cells if (c["dataset"], c["model"], c["at"], c["epoch"]) == (ds, model, at, epoch)),
-                       key=lambda c: c["seed"])
+        group = sorted(
+            (c for c in cells if (c["dataset"], c["model"], c["at"], c["epoch"]) == (ds, model, at, epoch)),
+            key=lambda c: c["seed"],
+        )
         row = {"dataset": ds, "model": model, "at": at, "epoch": epoch, "seeds": [c["seed"] for c in group]}
         for m in SUMMARY_METRICS:
             if m in group[0]:
@@ -311,8 +363,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fmnist-n", type=int, default=3000, help="Fashion-MNIST training images, small_cnn")
     p.add_argument("--fmnist-assess-n", type=int, default=1500, help="Fashion-MNIST images assessed, small_cnn")
     p.add_argument("--fmnist-n-resnet", type=int, default=1000, help="Fashion-MNIST training images, resnet32")
-    p.add_argument("--fmnist-assess-n-resnet", type=int, default=800,
-                   help="Fashion-MNIST images assessed, resnet32")
+    p.add_argument("--fmnist-assess-n-resnet", type=int, default=800, help="Fashion-MNIST images assessed, resnet32")
     p.add_argument("--repeat-n", type=int, default=300, help="samples given a second, independent K-pass draw")
     p.add_argument("--chunk", type=int, default=250, help="samples per assessment forward")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -348,24 +399,36 @@ def main(argv=None) -> int:
     env = environment_info("cpu")
     result = {
         "benchmark": "disturbance",
-        "command": " ".join([os.path.basename(sys.argv[0]) if argv is None else "disturbance.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            [
+                os.path.basename(sys.argv[0]) if argv is None else "disturbance.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
         "args": vars(args),
         "commit": _git_commit(),
         "noise_points": NOISE_POINTS,
-        "data": {"digits": "scikit-learn digits, 8x8, x/16 in [0,1], clean labels, the seed's shuffle",
-                 "fashion-mnist": f"a seeded training subset, x/255 in [0,1], {args.noise:.0%} symmetric label noise "
-                                  f"(exact count, mombs.recipes.classification.label_noise.symmetric_noise); small_cnn trains on "
-                                  f"{args.fmnist_n} and assesses the first {args.fmnist_assess_n}; resnet32 (slow on "
-                                  f"one CPU core at 28x28) trains on {args.fmnist_n_resnet} and assesses "
-                                  f"{args.fmnist_assess_n_resnet}",
-                 "skipped": skipped},
-        "recipe": {"optimizer": "SGD lr 0.02 momentum 0.9 nesterov weight_decay 5e-4", "schedule": "cosine over epochs",
-                   "batch_size": args.batch_size, "epochs": args.epochs, "checkpoints": args.checkpoints,
-                   "k": args.k, "alpha": args.alpha,
-                   "loss": "eval-mode per-sample cross-entropy against the training (noisy) labels",
-                   "plain": "prediction_entropy(softmax(model(x))) of one clean eval forward",
-                   "std": "sample std (ddof=1) over seeds (table) or over seeds x checkpoints (summary)"},
+        "data": {
+            "digits": "scikit-learn digits, 8x8, x/16 in [0,1], clean labels, the seed's shuffle",
+            "fashion-mnist": f"a seeded training subset, x/255 in [0,1], {args.noise:.0%} symmetric label noise "
+            f"(exact count, mombs.recipes.classification.label_noise.symmetric_noise); small_cnn trains on "
+            f"{args.fmnist_n} and assesses the first {args.fmnist_assess_n}; resnet32 (slow on "
+            f"one CPU core at 28x28) trains on {args.fmnist_n_resnet} and assesses "
+            f"{args.fmnist_assess_n_resnet}",
+            "skipped": skipped,
+        },
+        "recipe": {
+            "optimizer": "SGD lr 0.02 momentum 0.9 nesterov weight_decay 5e-4",
+            "schedule": "cosine over epochs",
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "checkpoints": args.checkpoints,
+            "k": args.k,
+            "alpha": args.alpha,
+            "loss": "eval-mode per-sample cross-entropy against the training (noisy) labels",
+            "plain": "prediction_entropy(softmax(model(x))) of one clean eval forward",
+            "std": "sample std (ddof=1) over seeds (table) or over seeds x checkpoints (summary)",
+        },
         "seconds_total": round(time.perf_counter() - t0, 1),
         "runs": runs,
         "table": table,
@@ -375,12 +438,21 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)
-    short = {model: {at: {m: f"{e['all_datasets'][m]['mean']} ± {e['all_datasets'][m]['std']}"
-                          for m in ("spearman_unc", "spearman_score")}
-                     for at, e in per_at.items()}
-             for model, per_at in summary.items()}
-    print(json.dumps({"benchmark": "disturbance", "seconds_total": result["seconds_total"], "summary": short},
-                     ensure_ascii=False))
+    short = {
+        model: {
+            at: {
+                m: f"{e['all_datasets'][m]['mean']} ± {e['all_datasets'][m]['std']}"
+                for m in ("spearman_unc", "spearman_score")
+            }
+            for at, e in per_at.items()
+        }
+        for model, per_at in summary.items()
+    }
+    print(
+        json.dumps(
+            {"benchmark": "disturbance", "seconds_total": result["seconds_total"], "summary": short}, ensure_ascii=False
+        )
+    )
     return 0
 
 

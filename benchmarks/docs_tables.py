@@ -82,12 +82,15 @@ def _read(root: Path, rel: Path) -> dict:
 def _source(rel: Path, res: dict) -> str:
     """One line naming the results file and the environment it was measured in."""
     env = res.get("environment", {})
-    parts = [f"{env['cpu']} ({env['cpu_count']} cores)" if "cpu" in env else None,
-             f"device {env['device']}" + (f" ({env['gpu']})" if env.get("gpu") else "") if "device" in env else None,
-             f"torch {env['torch']}" if "torch" in env else None,
-             f"numpy {env['numpy']}" if "numpy" in env else None,
-             (f"commit {env['commit'][:7]}" + (" plus uncommitted changes" if env["commit"].endswith("-dirty") else ""))
-             if env.get("commit") else None]
+    parts = [
+        f"{env['cpu']} ({env['cpu_count']} cores)" if "cpu" in env else None,
+        f"device {env['device']}" + (f" ({env['gpu']})" if env.get("gpu") else "") if "device" in env else None,
+        f"torch {env['torch']}" if "torch" in env else None,
+        f"numpy {env['numpy']}" if "numpy" in env else None,
+        (f"commit {env['commit'][:7]}" + (" plus uncommitted changes" if env["commit"].endswith("-dirty") else ""))
+        if env.get("commit")
+        else None,
+    ]
     where = ", ".join(p for p in parts if p)
     return f"From `{rel.as_posix()}`" + (f" ({where})." if where else ".")
 
@@ -112,9 +115,10 @@ def render_study(root: Path) -> str:
     runs = _study_runs(root)
     rows = summarize(runs)
     short = [r for r in rows if r.get("n", MIN_SEEDS) < MIN_SEEDS]
-    return (format_table(rows, markdown=True)
-            + f"\n\n{len(runs)} runs in `{CLASSIFICATION.as_posix()}/`; "
-              f"cells with fewer than {MIN_SEEDS} seeds: {len(short)}")
+    return (
+        format_table(rows, markdown=True) + f"\n\n{len(runs)} runs in `{CLASSIFICATION.as_posix()}/`; "
+        f"cells with fewer than {MIN_SEEDS} seeds: {len(short)}"
+    )
 
 
 def render_lt_curves(root: Path, dataset: str = "fashion-mnist-LT", batch_size: int = 16) -> str:
@@ -127,22 +131,35 @@ def render_lt_curves(root: Path, dataset: str = "fashion-mnist-LT", batch_size: 
             by.setdefault(r["strategy"], []).append(r)
     if not by:
         return f"(no runs of {dataset} at batch size {batch_size})"
-    curves = {s: np.array([[np.nan if v is None else v for v in r["curves"]["test_top1"]] for r in runs],
-                          dtype=np.float64) for s, runs in by.items()}
+    curves = {
+        s: np.array([[np.nan if v is None else v for v in r["curves"]["test_top1"]] for r in runs], dtype=np.float64)
+        for s, runs in by.items()
+    }
     tested = sorted(set.intersection(*(set(np.flatnonzero(~np.isnan(c).any(0))) for c in curves.values())))
     head = ["strategy", "n"] + [f"after epoch {e + 1}" for e in tested]
     order = sorted(by, key=lambda s: (s != "random", s))
     body = [[s, str(len(by[s]))] + [f"{100 * curves[s][:, e].mean():.1f}" for e in tested] for s in order]
-    return (f"{dataset}, batch size {batch_size}: test top-1 %, mean over seeds "
-            f"(the `curves.test_top1` of each run file).\n\n" + _table(head, body))
+    return (
+        f"{dataset}, batch size {batch_size}: test top-1 %, mean over seeds "
+        f"(the `curves.test_top1` of each run file).\n\n" + _table(head, body)
+    )
 
 
 def render_planner(root: Path) -> str:
     rel = RESULTS / "planner.json"
     res = _read(root, rel)
     head = ["N", "batch size", "strategy", "× argsort", "balance_ratio", "pair_repeat_rate"]
-    body = [[f"{r['n']:,}", str(r["batch_size"]), r["strategy"], f"{r['seconds_over_argsort']:.2f}",
-             f"{r['balance_ratio']:.1e}", f"{r['pair_repeat_rate']:.1e}"] for r in res["records"]]
+    body = [
+        [
+            f"{r['n']:,}",
+            str(r["batch_size"]),
+            r["strategy"],
+            f"{r['seconds_over_argsort']:.2f}",
+            f"{r['balance_ratio']:.1e}",
+            f"{r['pair_repeat_rate']:.1e}",
+        ]
+        for r in res["records"]
+    ]
     return _table(head, body) + "\n\n" + _source(rel, res)
 
 
@@ -152,18 +169,26 @@ def render_planner_sweep(root: Path) -> str:
     rel = RESULTS / "planner.json"
     res = _read(root, rel)
     shown = set(range(2, 17)) | {24, 31, 32, 33, 48, 63, 64, 96, 127, 128, 192, 255, 256}
-    body = [[str(r["batch_size"]), f"{r['seconds_over_argsort']:.2f}", f"{r['balance_ratio_median3']:.1e}"]
-            for r in res["sweep"] if r["batch_size"] in shown]
+    body = [
+        [str(r["batch_size"]), f"{r['seconds_over_argsort']:.2f}", f"{r['balance_ratio_median3']:.1e}"]
+        for r in res["sweep"]
+        if r["batch_size"] in shown
+    ]
     summary = res["summary"]
-    inv = [[str(r["batch_size"]), f"{r['original']:.2e}", f"{r['offset_1e9']:.2e}", f"{r['scale_1e-9']:.2e}"]
-           for r in res["invariance"]]
-    return (_table(["batch size", "× argsort", "balance_ratio"], body)
-            + f"\n\nAll {summary['sweep_batch_sizes']} batch sizes from 2 to 256 are in the file: the slowest "
-              f"is {summary['max_seconds_over_argsort']:.2f}× an argsort (batch size "
-              f"{summary['max_at_batch_size']}), the median {summary['median_seconds_over_argsort']:.2f}×; the "
-              f"worst balance_ratio is {summary['max_balance_ratio_median3']:.1e}.\n\n"
-            + _table(["batch size", "balance_ratio", "scores + 1e9", "scores × 1e-9"], inv)
-            + "\n\n" + _source(rel, res))
+    inv = [
+        [str(r["batch_size"]), f"{r['original']:.2e}", f"{r['offset_1e9']:.2e}", f"{r['scale_1e-9']:.2e}"]
+        for r in res["invariance"]
+    ]
+    return (
+        _table(["batch size", "× argsort", "balance_ratio"], body)
+        + f"\n\nAll {summary['sweep_batch_sizes']} batch sizes from 2 to 256 are in the file: the slowest "
+        f"is {summary['max_seconds_over_argsort']:.2f}× an argsort (batch size "
+        f"{summary['max_at_batch_size']}), the median {summary['median_seconds_over_argsort']:.2f}×; the "
+        f"worst balance_ratio is {summary['max_balance_ratio_median3']:.1e}.\n\n"
+        + _table(["batch size", "balance_ratio", "scores + 1e9", "scores × 1e-9"], inv)
+        + "\n\n"
+        + _source(rel, res)
+    )
 
 
 def render_overhead(root: Path) -> str:
@@ -171,8 +196,15 @@ def render_overhead(root: Path) -> str:
     res = _read(root, rel)
     head = ["schedule", "loss from", "uncertainty taken", "overhead_ratio", "rank_spearman"]
     records = sorted(res["records"], key=lambda r: (r["overhead_ratio"], r["schedule"]))
-    body = [[r["schedule"], *SCHEDULE_NOTES.get(r["schedule"], ("-", "-")),
-             f"{r['overhead_ratio']:.2f}", f"{r['rank_spearman']:.3f}"] for r in records]
+    body = [
+        [
+            r["schedule"],
+            *SCHEDULE_NOTES.get(r["schedule"], ("-", "-")),
+            f"{r['overhead_ratio']:.2f}",
+            f"{r['rank_spearman']:.3f}",
+        ]
+        for r in records
+    ]
     return _table(head, body) + "\n\n" + _source(rel, res)
 
 
@@ -180,21 +212,36 @@ def render_pass_cost(root: Path) -> str:
     rel = RESULTS / "pass_cost_cpu.json"
     res = _read(root, rel)
     best = res["best_pass"]
-    head = ["training batch size", "full pass / training epoch", "measured epoch with a full refresh",
-            "share refreshable within 1.10×"]
+    head = [
+        "training batch size",
+        "full pass / training epoch",
+        "measured epoch with a full refresh",
+        "share refreshable within 1.10×",
+    ]
     body = []
-    for train, floor in sorted(res["full_refresh_overhead_floor"].items(),
-                               key=lambda kv: int(kv[0].rsplit("_b", 1)[1])):
-        body.append([train.rsplit("_b", 1)[1], f"{res['ratios'][f'{best}_over_{train}']:.2f}×",
-                     f"{floor:.2f}×", f"{100 * res['refreshable_fraction_at_1.10'][train]:.0f}%"])
-    return (_table(head, body) + f"\n\nThe pass at batch size {best.rsplit('_b', 1)[1]} "
-            f"(the faster one), K = {res['args']['k']}. " + _source(rel, res))
+    for train, floor in sorted(
+        res["full_refresh_overhead_floor"].items(), key=lambda kv: int(kv[0].rsplit("_b", 1)[1])
+    ):
+        body.append(
+            [
+                train.rsplit("_b", 1)[1],
+                f"{res['ratios'][f'{best}_over_{train}']:.2f}×",
+                f"{floor:.2f}×",
+                f"{100 * res['refreshable_fraction_at_1.10'][train]:.0f}%",
+            ]
+        )
+    return (
+        _table(head, body) + f"\n\nThe pass at batch size {best.rsplit('_b', 1)[1]} "
+        f"(the faster one), K = {res['args']['k']}. " + _source(rel, res)
+    )
 
 
 def _fidelity_rows(summary: dict, keys: list[str], labels: dict) -> list[list[str]]:
     keys = sorted(keys, key=lambda k: (-summary[k]["mean"], k))
-    return [[labels.get(k, f"`{k}`"), f"{summary[k]['mean']:.3f}",
-             ", ".join(f"{v:.3f}" for v in summary[k]["per_seed"])] for k in keys]
+    return [
+        [labels.get(k, f"`{k}`"), f"{summary[k]['mean']:.3f}", ", ".join(f"{v:.3f}" for v in summary[k]["per_seed"])]
+        for k in keys
+    ]
 
 
 def render_fidelity(root: Path) -> str:
@@ -202,8 +249,14 @@ def render_fidelity(root: Path) -> str:
     res = _read(root, rel)
     summary = res["summary"]
     keys = [k for k in summary if k not in DIAGNOSTIC_LABELS]
-    return (_table(["estimate (all with the training pass's loss)", "fidelity", "per seed"],
-                   _fidelity_rows(summary, keys, ESTIMATE_LABELS)) + "\n\n" + _source(rel, res))
+    return (
+        _table(
+            ["estimate (all with the training pass's loss)", "fidelity", "per seed"],
+            _fidelity_rows(summary, keys, ESTIMATE_LABELS),
+        )
+        + "\n\n"
+        + _source(rel, res)
+    )
 
 
 def render_fidelity_diagnostics(root: Path) -> str:
@@ -211,8 +264,11 @@ def render_fidelity_diagnostics(root: Path) -> str:
     res = _read(root, rel)
     summary = res["summary"]
     keys = [k for k in summary if k in DIAGNOSTIC_LABELS]
-    return (_table(["Spearman correlation of", "mean", "per seed"],
-                   _fidelity_rows(summary, keys, DIAGNOSTIC_LABELS)) + "\n\n" + _source(rel, res))
+    return (
+        _table(["Spearman correlation of", "mean", "per seed"], _fidelity_rows(summary, keys, DIAGNOSTIC_LABELS))
+        + "\n\n"
+        + _source(rel, res)
+    )
 
 
 def render_disturbance(root: Path) -> str:
@@ -228,11 +284,28 @@ def render_disturbance(root: Path) -> str:
     for model, points in res["summary"].items():
         for at, by_data in points.items():
             a = by_data["all_datasets"]
-            body.append([model, f"`{at}`", cell(a, "spearman_unc"), cell(a, "spearman_score"),
-                         cell(a, "top_decile_overlap"), cell(a, "repeat_spearman_unc"),
-                         cell(a, "spearman_unc_corrected"), cell(a, "auroc_noisy_unc")])
-    head = ["model", "noise at", "Spearman(u K=8, plain entropy)", "Spearman(difficulty scores)",
-            "top-10% overlap", "K=8 vs another K=8 draw", "noise-corrected", "flipped-label AUROC of u"]
+            body.append(
+                [
+                    model,
+                    f"`{at}`",
+                    cell(a, "spearman_unc"),
+                    cell(a, "spearman_score"),
+                    cell(a, "top_decile_overlap"),
+                    cell(a, "repeat_spearman_unc"),
+                    cell(a, "spearman_unc_corrected"),
+                    cell(a, "auroc_noisy_unc"),
+                ]
+            )
+    head = [
+        "model",
+        "noise at",
+        "Spearman(u K=8, plain entropy)",
+        "Spearman(difficulty scores)",
+        "top-10% overlap",
+        "K=8 vs another K=8 draw",
+        "noise-corrected",
+        "flipped-label AUROC of u",
+    ]
     return _table(head, body) + "\n\n" + _source(rel, res)
 
 
@@ -253,8 +326,13 @@ def render_dense_fidelity(root: Path) -> str:
     res = _read(root, rel)
     runs = res["runs"]
     # The docs' task order, whatever order the runs finished in.
-    summary = {t: res["summary"][t] for t in sorted(res["summary"], key=lambda t: (
-        list(DENSE_TASK_LABELS).index(t) if t in DENSE_TASK_LABELS else len(DENSE_TASK_LABELS), t))}
+    summary = {
+        t: res["summary"][t]
+        for t in sorted(
+            res["summary"],
+            key=lambda t: (list(DENSE_TASK_LABELS).index(t) if t in DENSE_TASK_LABELS else len(DENSE_TASK_LABELS), t),
+        )
+    }
 
     def ms(stats: dict | None, digits: int = 4) -> str:
         if not stats or stats.get("mean") is None:
@@ -267,11 +345,31 @@ def render_dense_fidelity(root: Path) -> str:
     body = []
     for task, entry in summary.items():
         for alpha, a in entry["per_alpha"].items():
-            body.append([label(task), alpha, ms(a["rho_plain"]), ms(a["rho_repeat"]), ms(a["rho_plain_corrected"]),
-                         ms(a["rho_score_plain"]), ms(a["rho_train"]), f"{a['k_pass_over_epoch']['mean']:.2f}×"])
-    by_alpha = _table(["task", "alpha", "Spearman(u K=8, plain entropy)", "K=8 vs another K=8 draw",
-                       "noise-corrected", "Spearman(difficulty scores)", "Spearman(u K=8, training-forward entropy)",
-                       "K=8 pass / epoch"], body)
+            body.append(
+                [
+                    label(task),
+                    alpha,
+                    ms(a["rho_plain"]),
+                    ms(a["rho_repeat"]),
+                    ms(a["rho_plain_corrected"]),
+                    ms(a["rho_score_plain"]),
+                    ms(a["rho_train"]),
+                    f"{a['k_pass_over_epoch']['mean']:.2f}×",
+                ]
+            )
+    by_alpha = _table(
+        [
+            "task",
+            "alpha",
+            "Spearman(u K=8, plain entropy)",
+            "K=8 vs another K=8 draw",
+            "noise-corrected",
+            "Spearman(difficulty scores)",
+            "Spearman(u K=8, training-forward entropy)",
+            "K=8 pass / epoch",
+        ],
+        body,
+    )
 
     alphas = [float(a) for a in next(iter(summary.values()))["per_alpha"]]
     shown = [a for a in (0.3, max(alphas)) if a in alphas]
@@ -291,9 +389,13 @@ def render_dense_fidelity(root: Path) -> str:
             row += [mean(c["rho_repeat"] for c in cells if c["alpha"] == a) for a in shown]
             row += [mean(c["rho_train"] for c in cells if c["alpha"] == 0.3), mean(r["rho_plain_train"] for r in recs)]
             ck_body.append(row)
-    per_ckpt = _table(["task", "after epoch"] + [f"u(α={a:g}) vs plain" for a in shown]
-                      + [f"u(α={a:g}) vs another draw" for a in shown]
-                      + ["u(α=0.3) vs training forward", "plain vs training forward"], ck_body)
+    per_ckpt = _table(
+        ["task", "after epoch"]
+        + [f"u(α={a:g}) vs plain" for a in shown]
+        + [f"u(α={a:g}) vs another draw" for a in shown]
+        + ["u(α=0.3) vs training forward", "plain vs training forward"],
+        ck_body,
+    )
 
     cost_body = []
     for task, entry in summary.items():
@@ -302,28 +404,57 @@ def render_dense_fidelity(root: Path) -> str:
         pc = entry["per_checkpoint"]
         metric = next(k for k in task_runs[0] if k.startswith("final_val_"))
         score = np.mean([r[metric] for r in task_runs])
-        cost_body.append([label(task), str(task_runs[0]["n_train"]), f"{metric[len('final_val_'):]} {score:.3f}",
-                          f"{entry['epoch_seconds_median']['mean']:.2f}",
-                          f"{pc['plain_over_epoch']['mean']:.2f}×", f"{k_over:.2f}×", f"{pc['loss_over_epoch']['mean']:.2f}×",
-                          "0 (read in the training forward)"])
-    costs = _table(["task", "training samples", "final validation score", "training epoch s (median)", "plain pass / epoch",
-                    f"K={res['args']['k']} pass / epoch", "loss pass / epoch", "training-forward entropy: extra pass"],
-                   cost_body)
+        cost_body.append(
+            [
+                label(task),
+                str(task_runs[0]["n_train"]),
+                f"{metric[len('final_val_') :]} {score:.3f}",
+                f"{entry['epoch_seconds_median']['mean']:.2f}",
+                f"{pc['plain_over_epoch']['mean']:.2f}×",
+                f"{k_over:.2f}×",
+                f"{pc['loss_over_epoch']['mean']:.2f}×",
+                "0 (read in the training forward)",
+            ]
+        )
+    costs = _table(
+        [
+            "task",
+            "training samples",
+            "final validation score",
+            "training epoch s (median)",
+            "plain pass / epoch",
+            f"K={res['args']['k']} pass / epoch",
+            "loss pass / epoch",
+            "training-forward entropy: extra pass",
+        ],
+        cost_body,
+    )
     seeds = sorted({r["seed"] for r in runs})
-    return (by_alpha + f"\n\nMean ± std over {len(seeds)} seeds × 3 checkpoints. Per checkpoint "
-            f"(mean over seeds):\n\n" + per_ckpt + "\n\nWhat each pass costs, over one training epoch of the same "
-            "run (1 CPU thread, the recipe's assessment batch size):\n\n" + costs + "\n\n" + _source(rel, res))
+    return (
+        by_alpha + f"\n\nMean ± std over {len(seeds)} seeds × 3 checkpoints. Per checkpoint "
+        f"(mean over seeds):\n\n" + per_ckpt + "\n\nWhat each pass costs, over one training epoch of the same "
+        "run (1 CPU thread, the recipe's assessment batch size):\n\n" + costs + "\n\n" + _source(rel, res)
+    )
 
 
 def render_onepath(root: Path) -> str:
     """The committed NL batch-size-32 cell against its rerun through the one path, seed by seed."""
     rel = RESULTS / "onepath_compare.json"
     res = _read(root, rel)
-    body = [[r["strategy"], str(r["seed"]), f"{100 * r['committed_top1']:.2f}", f"{100 * r['rerun_top1']:.2f}",
-             f"{100 * (r['rerun_top1'] - r['committed_top1']):+.2f}", "yes" if r["identical_curves"] else "no"]
-            for r in res["per_seed"]]
-    table = _table(["strategy", "seed", "committed top-1 %", "rerun top-1 %", "rerun - committed, pts",
-                    "identical curves"], body)
+    body = [
+        [
+            r["strategy"],
+            str(r["seed"]),
+            f"{100 * r['committed_top1']:.2f}",
+            f"{100 * r['rerun_top1']:.2f}",
+            f"{100 * (r['rerun_top1'] - r['committed_top1']):+.2f}",
+            "yes" if r["identical_curves"] else "no",
+        ]
+        for r in res["per_seed"]
+    ]
+    table = _table(
+        ["strategy", "seed", "committed top-1 %", "rerun top-1 %", "rerun - committed, pts", "identical curves"], body
+    )
 
     def ci(d):
         if not d:
@@ -333,9 +464,11 @@ def render_onepath(root: Path) -> str:
             text += f" [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
         return text + f" (n={d['n']})"
 
-    summary = _table(["paired difference, pts [95% CI]", "value"],
-                     [[f"rerun - committed, {s}", ci(d)] for s, d in res["rerun_minus_committed"].items()]
-                     + [[f"mixed - random, {w}", ci(d)] for w, d in res["mixed_minus_random"].items()])
+    summary = _table(
+        ["paired difference, pts [95% CI]", "value"],
+        [[f"rerun - committed, {s}", ci(d)] for s, d in res["rerun_minus_committed"].items()]
+        + [[f"mixed - random, {w}", ci(d)] for w, d in res["mixed_minus_random"].items()],
+    )
     return table + "\n\n" + summary + "\n\n" + _source(rel, res)
 
 
@@ -343,20 +476,46 @@ def render_overhead_gpu(root: Path) -> str:
     """The GPU overhead before and after the GPU-path changes, with each run's phase breakdown."""
     rel = RESULTS / "overhead_gpu.json"
     res = _read(root, rel)
-    head = ["code", "commit", "MoMBS / random", "random s", "MoMBS s", "assessment passes s",
-            "observe s", "training steps s (MoMBS − random)", "rank_spearman"]
+    head = [
+        "code",
+        "commit",
+        "MoMBS / random",
+        "random s",
+        "MoMBS s",
+        "assessment passes s",
+        "observe s",
+        "training steps s (MoMBS − random)",
+        "rank_spearman",
+    ]
     body = []
     for run in res["runs"]:
         r = run["records"][0]
         ph = r.get("phase_seconds")
-        extra = (["-", "-", "-"] if ph is None else
-                 [f"{ph['mombs']['assess']:.2f}", f"{ph['mombs']['observe']:.2f}",
-                  f"{ph['mombs']['train'] + ph['mombs']['plan'] - ph['random']['train'] - ph['random']['plan']:+.2f}"])
-        body.append([run["label"], run["commit"][:7], f"{r['overhead_ratio']:.3f}", f"{r['seconds_random']:.1f}",
-                     f"{r['seconds_mombs']:.1f}", *extra, f"{r['rank_spearman']:.3f}"])
+        extra = (
+            ["-", "-", "-"]
+            if ph is None
+            else [
+                f"{ph['mombs']['assess']:.2f}",
+                f"{ph['mombs']['observe']:.2f}",
+                f"{ph['mombs']['train'] + ph['mombs']['plan'] - ph['random']['train'] - ph['random']['plan']:+.2f}",
+            ]
+        )
+        body.append(
+            [
+                run["label"],
+                run["commit"][:7],
+                f"{r['overhead_ratio']:.3f}",
+                f"{r['seconds_random']:.1f}",
+                f"{r['seconds_mombs']:.1f}",
+                *extra,
+                f"{r['rank_spearman']:.3f}",
+            ]
+        )
     env = res["runs"][-1]["environment"]
-    return (_table(head, body) + f"\n\nFrom `{rel.as_posix()}` ({env.get('gpu', 'GPU')}, torch {env['torch']}, "
-            f"numpy {env['numpy']}); seconds are for one 12-epoch training per arm (the mean of 2 repeats in call 2).")
+    return (
+        _table(head, body) + f"\n\nFrom `{rel.as_posix()}` ({env.get('gpu', 'GPU')}, torch {env['torch']}, "
+        f"numpy {env['numpy']}); seconds are for one 12-epoch training per arm (the mean of 2 repeats in call 2)."
+    )
 
 
 def render_overhead_phases(root: Path) -> str:
@@ -365,14 +524,21 @@ def render_overhead_phases(root: Path) -> str:
     res = _read(root, rel)
     r = res["records"][0]
     ph = r["phase_seconds"]
-    rows = [[phase, f"{ph['random'][phase]:.2f}", f"{ph['mombs'][phase]:.2f}",
-             f"{(ph['mombs'][phase] - ph['random'][phase]) / r['seconds_random']:+.1%}"]
-            for phase in ("plan", "observe", "assess", "train")]
-    rows.append(["total", f"{r['seconds_random']:.2f}", f"{r['seconds_mombs']:.2f}",
-                 f"{r['overhead_ratio'] - 1:+.1%}"])
-    return (_table(["phase", "random s", "MoMBS s", "difference, share of random"], rows)
-            + f"\n\n`{r['schedule']}`, overhead ratio {r['overhead_ratio']:.2f}, rank_spearman "
-              f"{r['rank_spearman']:.3f}. " + _source(rel, res))
+    rows = [
+        [
+            phase,
+            f"{ph['random'][phase]:.2f}",
+            f"{ph['mombs'][phase]:.2f}",
+            f"{(ph['mombs'][phase] - ph['random'][phase]) / r['seconds_random']:+.1%}",
+        ]
+        for phase in ("plan", "observe", "assess", "train")
+    ]
+    rows.append(["total", f"{r['seconds_random']:.2f}", f"{r['seconds_mombs']:.2f}", f"{r['overhead_ratio'] - 1:+.1%}"])
+    return (
+        _table(["phase", "random s", "MoMBS s", "difference, share of random"], rows)
+        + f"\n\n`{r['schedule']}`, overhead ratio {r['overhead_ratio']:.2f}, rank_spearman "
+        f"{r['rank_spearman']:.3f}. " + _source(rel, res)
+    )
 
 
 def _seg_runs(root: Path) -> list[dict]:
@@ -410,10 +576,12 @@ def render_seg_study(root: Path) -> str:
             vals = {s: r["small_dice"] for s, r in arms[strategy].items() if r.get("small_dice") is not None}
             d = paired_difference(vals, base) if base else None
             body.append([ds, str(b), strategy, str(d["n"]) if d else "0", _ci(d)])
-    return (format_table(rows, markdown=True)
-            + f"\n\n{len(runs)} runs in `{SEGMENTATION.as_posix()}/`; cells with fewer than {MIN_SEEDS} "
-              f"seeds: {len(short)}.\n\nSmall-lesion Dice, paired against random (points, 95% t-interval):\n\n"
-            + _table(["cell", "B", "strategy", "n", "small-lesion Dice vs random"], body))
+    return (
+        format_table(rows, markdown=True)
+        + f"\n\n{len(runs)} runs in `{SEGMENTATION.as_posix()}/`; cells with fewer than {MIN_SEEDS} "
+        f"seeds: {len(short)}.\n\nSmall-lesion Dice, paired against random (points, 95% t-interval):\n\n"
+        + _table(["cell", "B", "strategy", "n", "small-lesion Dice vs random"], body)
+    )
 
 
 def render_det_study(root: Path) -> str:
@@ -427,9 +595,11 @@ def render_det_study(root: Path) -> str:
     rows = sorted(summarize(runs), key=lambda r: (r["train_size"], r["batch_size"]))
     short = [r for r in rows if r.get("n", MIN_SEEDS) < MIN_SEEDS]
     sizes = sorted({r["train_size"] for r in runs})
-    return (format_table(rows, markdown=True)
-            + f"\n\n{len(runs)} runs in `{folder.as_posix()}/` (training sizes {sizes}); cells with fewer "
-              f"than {MIN_SEEDS} seeds: {len(short)}.")
+    return (
+        format_table(rows, markdown=True)
+        + f"\n\n{len(runs)} runs in `{folder.as_posix()}/` (training sizes {sizes}); cells with fewer "
+        f"than {MIN_SEEDS} seeds: {len(short)}."
+    )
 
 
 def _noise_detection_tables(runs: list, corruptions, unit: str, pooled: str, extra=()) -> str:
@@ -449,8 +619,18 @@ def _noise_detection_tables(runs: list, corruptions, unit: str, pooled: str, ext
     for r in runs:
         if r.get("noise_detection"):
             by.setdefault(r["train_size"], []).append(r["noise_detection"])
-    head = [f"training {unit}", "runs", "base rate", "PL precision", "PL recall", "AUROC difficulty",
-            "AUROC loss", "AUROC uncertainty", "AP difficulty", "AP loss"]
+    head = [
+        f"training {unit}",
+        "runs",
+        "base rate",
+        "PL precision",
+        "PL recall",
+        "AUROC difficulty",
+        "AUROC loss",
+        "AUROC uncertainty",
+        "AP difficulty",
+        "AP loss",
+    ]
     head += [f"{what} {name}" for name in extra for what in ("AUROC", "AP")]
     body, rec_body = [], []
 
@@ -462,25 +642,44 @@ def _noise_detection_tables(runs: list, corruptions, unit: str, pooled: str, ext
         return text + (f" ({len(v)} runs)" if len(v) < len(dets) else "")
 
     for n, dets in sorted(by.items()):
-        body.append([str(n), str(len(dets)), m(dets, "base_rate"), m(dets, "precision"), m(dets, "recall"),
-                     m(dets, "auroc_difficulty"), m(dets, "auroc_loss"), m(dets, "auroc_uncertainty"),
-                     m(dets, "ap_difficulty"), m(dets, "ap_loss")]
-                    + [m(dets, f"{what}_{name}") for name in extra for what in ("auroc", "ap")])
+        body.append(
+            [
+                str(n),
+                str(len(dets)),
+                m(dets, "base_rate"),
+                m(dets, "precision"),
+                m(dets, "recall"),
+                m(dets, "auroc_difficulty"),
+                m(dets, "auroc_loss"),
+                m(dets, "auroc_uncertainty"),
+                m(dets, "ap_difficulty"),
+                m(dets, "ap_loss"),
+            ]
+            + [m(dets, f"{what}_{name}") for name in extra for what in ("auroc", "ap")]
+        )
         rec = [[d["recall_by_corruption"].get(c) for d in dets] for c in corruptions]
-        rec_body.append([str(n)] + [f"{100 * np.mean([x for x in v if x is not None]):.0f}"
-                                    if any(x is not None for x in v) else "-" for v in rec])
-    return (_table(head, body) + f"\n\nMean ± std over {pooled}; percent. The poorly-labeled quadrant is high "
-            "loss and low uncertainty of the final model.\n\n"
-            "Recall of the poorly-labeled quadrant by corruption type (percent of that type flagged):\n\n"
-            + _table([f"training {unit}"] + list(corruptions), rec_body))
+        rec_body.append(
+            [str(n)]
+            + [
+                f"{100 * np.mean([x for x in v if x is not None]):.0f}" if any(x is not None for x in v) else "-"
+                for v in rec
+            ]
+        )
+    return (
+        _table(head, body) + f"\n\nMean ± std over {pooled}; percent. The poorly-labeled quadrant is high "
+        "loss and low uncertainty of the final model.\n\n"
+        "Recall of the poorly-labeled quadrant by corruption type (percent of that type flagged):\n\n"
+        + _table([f"training {unit}"] + list(corruptions), rec_body)
+    )
 
 
 def render_seg_detection(root: Path) -> str:
     """How the final model's signals find the corrupted masks, per training size (all arms pooled)."""
     from mombs.recipes.segmentation.synthetic_ct import CORRUPTIONS
 
-    return _noise_detection_tables(_seg_runs(root), CORRUPTIONS[1:], "slices",
-                                   "every run (all strategies, both batch sizes, 5 seeds)")
+    return _noise_detection_tables(
+        _seg_runs(root), CORRUPTIONS[1:], "slices", "every run (all strategies, both batch sizes, 5 seeds)"
+    )
 
 
 def render_det_detection(root: Path) -> str:
@@ -488,8 +687,13 @@ def render_det_detection(root: Path) -> str:
     from mombs.recipes.detection.synthetic_det import DET_CORRUPTIONS
     from study_table import load
 
-    return _noise_detection_tables(load(root / RESULTS / "detection"), DET_CORRUPTIONS[1:], "slices",
-                                   "every run (all 7 strategies, 5 seeds)", extra=("unmatched",))
+    return _noise_detection_tables(
+        load(root / RESULTS / "detection"),
+        DET_CORRUPTIONS[1:],
+        "slices",
+        "every run (all 7 strategies, 5 seeds)",
+        extra=("unmatched",),
+    )
 
 
 #: The operating points of ``froc_sens`` (false positives per image), in table order.
@@ -509,14 +713,22 @@ def render_det_points(root: Path) -> str:
         base = arms.get("random", {})
         for strategy in sorted(s for s in arms if s != "random"):
             runs = arms[strategy]
-            cells = [paired_difference({s: r["froc"] for s, r in runs.items()},
-                                       {s: r["froc"] for s, r in base.items()})]
-            cells += [paired_difference({s: r["froc_sens"][p] for s, r in runs.items()},
-                                        {s: r["froc_sens"][p] for s, r in base.items()}) for p in FROC_POINTS]
+            cells = [
+                paired_difference({s: r["froc"] for s, r in runs.items()}, {s: r["froc"] for s, r in base.items()})
+            ]
+            cells += [
+                paired_difference(
+                    {s: r["froc_sens"][p] for s, r in runs.items()}, {s: r["froc_sens"][p] for s, r in base.items()}
+                )
+                for p in FROC_POINTS
+            ]
             body.append([str(n), strategy, str(cells[0]["n"] if cells[0] else 0)] + [_ci(c) for c in cells])
     head = ["training slices", "strategy", "n", "FROC"] + [f"sens@{p}FP" for p in FROC_POINTS]
-    return (_table(head, body) + "\n\nStrategy minus random on the same seed, in points of test-lesion sensitivity, mean [95% "
-            "t-interval]; FROC is the mean of the 0.5, 1 and 2 FP points.")
+    return (
+        _table(head, body)
+        + "\n\nStrategy minus random on the same seed, in points of test-lesion sensitivity, mean [95% "
+        "t-interval]; FROC is the mean of the 0.5, 1 and 2 FP points."
+    )
 
 
 SEG_COST_FILES = ("seg_cost_cpu.json", "seg_cost_gpu_64.json", "seg_cost_gpu_256.json")
@@ -544,38 +756,90 @@ def _mem_ratio(r: dict, job: str = "pass_full") -> str:
 
 def _cost_notes(table: str, results: list) -> str:
     """The table, how peak memory was measured, and one line per results file on its setting and source."""
+
     def setting(r):
         boxes = f" ({r['n_boxes']} boxes)" if "n_boxes" in r else ""
-        return (f"{_cost_device(r)}, {r['n_train']} synthetic slices of {r['size']}×{r['size']}{boxes}, training "
-                f"batch {r['batch_size']}, pass batch {r['pass_batch_size']}, K = {r['k']}, {r['threads']} "
-                f"thread{'s' * (r['threads'] > 1)}, median of {r['repeats']}.")
-    return "\n\n".join([table, "Peak memory: resident-set growth on the CPU, growth of torch's peak allocated "
-                                "CUDA memory on the GPU."]
-                        + [f"{setting(res['records'][0])} {_source(rel, res)}" for rel, res in results])
+        return (
+            f"{_cost_device(r)}, {r['n_train']} synthetic slices of {r['size']}×{r['size']}{boxes}, training "
+            f"batch {r['batch_size']}, pass batch {r['pass_batch_size']}, K = {r['k']}, {r['threads']} "
+            f"thread{'s' * (r['threads'] > 1)}, median of {r['repeats']}."
+        )
+
+    return "\n\n".join(
+        [table, "Peak memory: resident-set growth on the CPU, growth of torch's peak allocated CUDA memory on the GPU."]
+        + [f"{setting(res['records'][0])} {_source(rel, res)}" for rel, res in results]
+    )
 
 
 def render_seg_cost(root: Path) -> str:
     results = _cost_results(root, SEG_COST_FILES)
-    head = ["device", "model", "pixels", "params", "training epoch s", "K-pass s", "pass / epoch",
-            "uncertainties only / epoch", "peak memory pass / train", "uncertainty runs"]
-    body = [[_cost_device(r), r["model"], f"{r['size']}²", f"{r['params']:,}", f"{r['seconds']['train']:.2f}",
-             f"{r['seconds']['pass_full']:.2f}", f"{r['ratio_pass_full_over_train']:.2f}×",
-             f"{r['ratio_pass_unc_over_train']:.2f}×", _mem_ratio(r), r["uncertainty_runs"]]
-            for _, res in results for r in res["records"]]
+    head = [
+        "device",
+        "model",
+        "pixels",
+        "params",
+        "training epoch s",
+        "K-pass s",
+        "pass / epoch",
+        "uncertainties only / epoch",
+        "peak memory pass / train",
+        "uncertainty runs",
+    ]
+    body = [
+        [
+            _cost_device(r),
+            r["model"],
+            f"{r['size']}²",
+            f"{r['params']:,}",
+            f"{r['seconds']['train']:.2f}",
+            f"{r['seconds']['pass_full']:.2f}",
+            f"{r['ratio_pass_full_over_train']:.2f}×",
+            f"{r['ratio_pass_unc_over_train']:.2f}×",
+            _mem_ratio(r),
+            r["uncertainty_runs"],
+        ]
+        for _, res in results
+        for r in res["records"]
+    ]
     return _cost_notes(_table(head, body), results)
 
 
 def render_det_cost(root: Path) -> str:
     results = _cost_results(root, DET_COST_FILES)
-    head = ["device", "model", "pixels", "params", "training epoch s", "full pass s (loss + K-pass)",
-            "uncertainties s", "uncertainties, tiled s", "full pass / epoch", "uncertainties / epoch",
-            "tiled / epoch", "peak memory full pass / train", "peak memory tiled / train"]
-    body = [[_cost_device(r), r["model"], f"{r['size']}²", f"{r['params']:,}", f"{r['seconds']['train']:.2f}",
-             f"{r['seconds']['pass_full']:.2f}", f"{r['seconds']['pass_unc']:.2f}",
-             f"{r['seconds']['pass_unc_tiled']:.2f}", f"{r['ratio_pass_full_over_train']:.2f}×",
-             f"{r['ratio_pass_unc_over_train']:.2f}×", f"{r['ratio_pass_unc_tiled_over_train']:.2f}×",
-             _mem_ratio(r), _mem_ratio(r, "pass_unc_tiled")]
-            for _, res in results for r in res["records"]]
+    head = [
+        "device",
+        "model",
+        "pixels",
+        "params",
+        "training epoch s",
+        "full pass s (loss + K-pass)",
+        "uncertainties s",
+        "uncertainties, tiled s",
+        "full pass / epoch",
+        "uncertainties / epoch",
+        "tiled / epoch",
+        "peak memory full pass / train",
+        "peak memory tiled / train",
+    ]
+    body = [
+        [
+            _cost_device(r),
+            r["model"],
+            f"{r['size']}²",
+            f"{r['params']:,}",
+            f"{r['seconds']['train']:.2f}",
+            f"{r['seconds']['pass_full']:.2f}",
+            f"{r['seconds']['pass_unc']:.2f}",
+            f"{r['seconds']['pass_unc_tiled']:.2f}",
+            f"{r['ratio_pass_full_over_train']:.2f}×",
+            f"{r['ratio_pass_unc_over_train']:.2f}×",
+            f"{r['ratio_pass_unc_tiled_over_train']:.2f}×",
+            _mem_ratio(r),
+            _mem_ratio(r, "pass_unc_tiled"),
+        ]
+        for _, res in results
+        for r in res["records"]
+    ]
     return _cost_notes(_table(head, body), results)
 
 
@@ -584,13 +848,17 @@ def render_det_overhead(root: Path) -> str:
     rel = RESULTS / "det_overhead_gpu.json"
     res = _read(root, rel)
     r, a = res["records"][0], res["args"]
-    body = [[x["strategy"], str(x["seed"]), f"{x['seconds']:.1f}", " ".join(f"{s:.1f}" for s in x["epoch_seconds"])]
-            for x in r["runs"]]
-    return (_table(["strategy", "seed", "epochs' seconds", "per epoch"], body)
-            + f"\n\n{a['model']} at {a['image_size']}², {a['subset']} training slices, batch 4, {a['epochs']} "
-              f"epochs, pivot {a['pivot_epoch']}, K = {a['k']}, AdamW lr {a['lr']:g}, default schedule; runs in the "
-              f"order shown. mixed / random: {r['ratio_mixed_over_random']:.2f}× over all epochs, "
-              f"{r['ratio_after_pivot']:.2f}× after the pivot. " + _source(rel, res))
+    body = [
+        [x["strategy"], str(x["seed"]), f"{x['seconds']:.1f}", " ".join(f"{s:.1f}" for s in x["epoch_seconds"])]
+        for x in r["runs"]
+    ]
+    return (
+        _table(["strategy", "seed", "epochs' seconds", "per epoch"], body)
+        + f"\n\n{a['model']} at {a['image_size']}², {a['subset']} training slices, batch 4, {a['epochs']} "
+        f"epochs, pivot {a['pivot_epoch']}, K = {a['k']}, AdamW lr {a['lr']:g}, default schedule; runs in the "
+        f"order shown. mixed / random: {r['ratio_mixed_over_random']:.2f}× over all epochs, "
+        f"{r['ratio_after_pivot']:.2f}× after the pivot. " + _source(rel, res)
+    )
 
 
 #: What each schedule measures, for the dense tasks' overhead tables (``train-entropy`` is not in overhead_cpu.json).
@@ -612,13 +880,33 @@ def render_dense_overhead(root: Path, task: str) -> str:
         b = blocks[name]
         sh, mem = b["phase_shares"]["mixed"], b["peak_rss_growth_mb"]
         per_seed = ", ".join(f"{r:.2f}" for r in b["ratio_per_seed"])
-        body.append([f"`{name}`" + (" (default)" if name == res["default_schedule"] else ""),
-                     *DENSE_SCHEDULE_NOTES.get(name, ("-", "-")), f"{b['ratio']:.2f}× ({per_seed})",
-                     f"{b['ratio_after_pivot']:.2f}×", f"{b['fidelity']:.3f} ± {b['fidelity_std']:.3f}",
-                     pct(sh["assess"]), pct(sh["observe"] + sh["capture"]), pct(sh["plan"]), pct(sh["train"]),
-                     f"{mem['mixed']:.0f} / {mem['random']:.0f}"])
-    head = ["schedule", "loss from", "uncertainty taken", "mixed / random (per seed)", "after the pivot",
-            "fidelity", "assess", "observe + hook", "plan", "train", "peak memory growth MiB, mixed / random"]
+        body.append(
+            [
+                f"`{name}`" + (" (default)" if name == res["default_schedule"] else ""),
+                *DENSE_SCHEDULE_NOTES.get(name, ("-", "-")),
+                f"{b['ratio']:.2f}× ({per_seed})",
+                f"{b['ratio_after_pivot']:.2f}×",
+                f"{b['fidelity']:.3f} ± {b['fidelity_std']:.3f}",
+                pct(sh["assess"]),
+                pct(sh["observe"] + sh["capture"]),
+                pct(sh["plan"]),
+                pct(sh["train"]),
+                f"{mem['mixed']:.0f} / {mem['random']:.0f}",
+            ]
+        )
+    head = [
+        "schedule",
+        "loss from",
+        "uncertainty taken",
+        "mixed / random (per seed)",
+        "after the pivot",
+        "fidelity",
+        "assess",
+        "observe + hook",
+        "plan",
+        "train",
+        "peak memory growth MiB, mixed / random",
+    ]
     runs = [r for b in blocks.values() for r in b["runs"]]
     loads = [x for r in runs for x in r["loadavg_start_end"]]
     peaks = [r["peak_rss_mb"] for r in runs]
@@ -626,17 +914,19 @@ def render_dense_overhead(root: Path, task: str) -> str:
     for name, why in sorted(res["refused"].items()):
         reasons.setdefault(why.split(";")[0].replace(repr(name), "…"), []).append(f"`{name}`")
     refused = "".join(f" Refused by the task: {' and '.join(names)} ({why})." for why, names in reasons.items())
-    return (_table(head, body)
-            + f"\n\n{runs[0]['n_train']} training slices, batch {cfg['batch_size']}, {cfg['epochs']} epochs, pivot "
-              f"{cfg['pivot_epoch']}, K = {cfg['k']}, {cfg['optimizer']} lr {cfg['lr']:g}, one torch thread. Per "
-              f"schedule four runs, random, mixed, mixed, random (seeds 0, 0, 1, 1), each in its own process; the "
-              f"ratio is of the summed epoch times (no validation). Fidelity: Spearman of the scores each planned "
-              f"epoch is planned with against a fresh K = 8 eval-mode pass, mean ± std over the 2 seeds. Phase "
-              f"shares are of the mixed runs' time; the hook is the `train-*` schedules' forward hook. Peak memory: "
-              f"growth of the run's maximum resident set (`getrusage`) over its value before epoch 0 (the whole "
-              f"peak, libraries and data included: {min(peaks):.0f}–{max(peaks):.0f} MiB). 1-minute load average "
-              f"during the runs: {min(loads):.1f}–{max(loads):.1f} on {res['environment'].get('cpu_count', '?')} "
-              f"cores, this run's own process included.{refused} " + _source(rel, res))
+    return (
+        _table(head, body)
+        + f"\n\n{runs[0]['n_train']} training slices, batch {cfg['batch_size']}, {cfg['epochs']} epochs, pivot "
+        f"{cfg['pivot_epoch']}, K = {cfg['k']}, {cfg['optimizer']} lr {cfg['lr']:g}, one torch thread. Per "
+        f"schedule four runs, random, mixed, mixed, random (seeds 0, 0, 1, 1), each in its own process; the "
+        f"ratio is of the summed epoch times (no validation). Fidelity: Spearman of the scores each planned "
+        f"epoch is planned with against a fresh K = 8 eval-mode pass, mean ± std over the 2 seeds. Phase "
+        f"shares are of the mixed runs' time; the hook is the `train-*` schedules' forward hook. Peak memory: "
+        f"growth of the run's maximum resident set (`getrusage`) over its value before epoch 0 (the whole "
+        f"peak, libraries and data included: {min(peaks):.0f}–{max(peaks):.0f} MiB). 1-minute load average "
+        f"during the runs: {min(loads):.1f}–{max(loads):.1f} on {res['environment'].get('cpu_count', '?')} "
+        f"cores, this run's own process included.{refused} " + _source(rel, res)
+    )
 
 
 def render_seg_overhead(root: Path) -> str:
@@ -663,9 +953,11 @@ def render_default_assessment(root: Path) -> str:
     for task in ("segmentation", "detection"):
         paper = _read(root, RESULTS / f"overhead_{task}_cpu.json")["schedules"]["reuse-loss"]
         plain = _read(root, RESULTS / f"overhead_{task}_plain_cpu.json")["schedules"]
-        for _name, label, b in (("reuse-loss", "paper: K = 8, alpha 0.3, every epoch", paper),
-                               ("reuse-loss", "one plain pass (k = 1, alpha 0), every epoch", plain["reuse-loss"]),
-                               ("every-2", "**default:** one plain pass, every 2nd epoch", plain["every-2"])):
+        for _name, label, b in (
+            ("reuse-loss", "paper: K = 8, alpha 0.3, every epoch", paper),
+            ("reuse-loss", "one plain pass (k = 1, alpha 0), every epoch", plain["reuse-loss"]),
+            ("every-2", "**default:** one plain pass, every 2nd epoch", plain["every-2"]),
+        ):
             cost.append([task, label, f"{b['ratio']:.2f}×", f"{b['fidelity']:.3f}"])
     out = [_table(["task", "assessment", "mixed / random, whole run", "fidelity vs K = 8"], cost), ""]
     rows = []
@@ -674,17 +966,39 @@ def render_default_assessment(root: Path) -> str:
         for field, what in ((m, {"dice": "Dice", "froc": "FROC"}.get(m, m)), ("precision", "PL precision")):
             d = c[field]
             same = d.get("same_cpu")
-            rows.append([c["task"], str(c["batch_size"]), what, diff(d["new_minus_random"]),
-                         diff(d["old_minus_random"]), diff(d["new_minus_old"]),
-                         diff(same["new_minus_old"]) if same else "-"])
-    out.append(_table(["task", "B", "outcome, points", "new mixed − random", "paper's mixed − random",
-                       "new − paper's mixed", "new − paper's mixed, same CPU"], rows))
+            rows.append(
+                [
+                    c["task"],
+                    str(c["batch_size"]),
+                    what,
+                    diff(d["new_minus_random"]),
+                    diff(d["old_minus_random"]),
+                    diff(d["new_minus_old"]),
+                    diff(same["new_minus_old"]) if same else "-",
+                ]
+            )
+    out.append(
+        _table(
+            [
+                "task",
+                "B",
+                "outcome, points",
+                "new mixed − random",
+                "paper's mixed − random",
+                "new − paper's mixed",
+                "new − paper's mixed, same CPU",
+            ],
+            rows,
+        )
+    )
     out.append("")
-    out.append("Cost and fidelity: 2 seeds, random, mixed, mixed, random on the 2-core CPU "
-               "(`benchmarks/results/overhead_{segmentation,detection}{,_plain}_cpu.json`). Outcomes: the study "
-               "cell's `mixed` rerun with the default assessment for seeds 0-4, paired by seed with the committed "
-               "runs (made on another CPU model; for detection, whose outcome that moves, the last column pairs "
-               "them with the committed cell rerun on this CPU). " + _source(rel, res))
+    out.append(
+        "Cost and fidelity: 2 seeds, random, mixed, mixed, random on the 2-core CPU "
+        "(`benchmarks/results/overhead_{segmentation,detection}{,_plain}_cpu.json`). Outcomes: the study "
+        "cell's `mixed` rerun with the default assessment for seeds 0-4, paired by seed with the committed "
+        "runs (made on another CPU model; for detection, whose outcome that moves, the last column pairs "
+        "them with the committed cell rerun on this CPU). " + _source(rel, res)
+    )
     return "\n".join(out)
 
 
@@ -702,13 +1016,17 @@ def render_det_history(root: Path) -> str:
 
     body = [row("that epoch's training loss", "loss"), row("mean training loss so far", "mean_loss")]
     final = [r["final_model"] for r in runs]
-    fm = ", ".join(f"{k} {100 * sum(f[k] for f in final) / len(final):.0f}" for k in ("loss", "difficulty", "unmatched"))
+    fm = ", ".join(
+        f"{k} {100 * sum(f[k] for f in final) / len(final):.0f}" for k in ("loss", "difficulty", "unmatched")
+    )
     strategies = sorted({r["strategy"] for r in runs})
-    return (_table(["AUROC % (min–max over runs, mean)"] + [f"epoch {e}" for e in show], body)
-            + f"\n\n{len(runs)} runs ({', '.join(strategies)}, seeds {sorted(r['seed'] for r in runs)}, "
-              f"{runs[0]['epochs']} epochs, pivot {runs[0]['pivot_epoch']}); images with a missing box: "
-              f"{100 * sum(r['base_rate'] for r in runs) / len(runs):.0f}% on average. The final model's "
-              f"assessment, for comparison (mean AUROC %): {fm}. " + _source(rel, res))
+    return (
+        _table(["AUROC % (min–max over runs, mean)"] + [f"epoch {e}" for e in show], body)
+        + f"\n\n{len(runs)} runs ({', '.join(strategies)}, seeds {sorted(r['seed'] for r in runs)}, "
+        f"{runs[0]['epochs']} epochs, pivot {runs[0]['pivot_epoch']}); images with a missing box: "
+        f"{100 * sum(r['base_rate'] for r in runs) / len(runs):.0f}% on average. The final model's "
+        f"assessment, for comparison (mean AUROC %): {fm}. " + _source(rel, res)
+    )
 
 
 RENDERERS = {
@@ -758,8 +1076,10 @@ def update(text: str, blocks: dict[str, str]) -> str:
     """
     complete = [m.group("name") for m in _BLOCK.finditer(text)]
     if complete != block_names(text):
-        raise ValueError(f"unterminated or malformed generated block(s) among {block_names(text)}; "
-                         f"each needs '<!-- end generated: NAME -->'")
+        raise ValueError(
+            f"unterminated or malformed generated block(s) among {block_names(text)}; "
+            f"each needs '<!-- end generated: NAME -->'"
+        )
     unknown = sorted(set(complete) - set(blocks))
     if unknown:
         raise ValueError(f"unknown generated block(s) {unknown}; known: {sorted(blocks)}")
@@ -808,8 +1128,14 @@ def main(argv=None) -> int:
         return 0
     for page, (old, new) in changed.items():
         rel = page.relative_to(args.root).as_posix()
-        sys.stdout.writelines(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                                   f"{rel} (committed)", f"{rel} (regenerated)"))
+        sys.stdout.writelines(
+            difflib.unified_diff(
+                old.splitlines(keepends=True),
+                new.splitlines(keepends=True),
+                f"{rel} (committed)",
+                f"{rel} (regenerated)",
+            )
+        )
     if changed:
         print("\ndocs tables are stale: run  python benchmarks/docs_tables.py --write", file=sys.stderr)
         return 1

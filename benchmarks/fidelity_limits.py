@@ -55,8 +55,16 @@ from mombs.noise import _disturb, find_module
 from mombs.recipes.classification.models import FEATURE_MODULE, create_model
 from overhead import full_pass, load_data
 
-ESTIMATES = ("reuse-loss", "stale-1", "rotate-3", "rotate-4", "rotate-3+train", "rotate-4+train",
-             "rotate-4-moved", "train-features")
+ESTIMATES = (
+    "reuse-loss",
+    "stale-1",
+    "rotate-3",
+    "rotate-4",
+    "rotate-3+train",
+    "rotate-4+train",
+    "rotate-4-moved",
+    "train-features",
+)
 
 
 def _rank01(v: np.ndarray) -> np.ndarray:
@@ -78,7 +86,8 @@ def fidelity_run(args, x, y, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed + 1)
     captured = {}
     hook = find_module(model, at).register_forward_hook(
-        lambda m, i, o: captured.__setitem__("f", o.detach()) if m.training else None)
+        lambda m, i, o: captured.__setitem__("f", o.detach()) if m.training else None
+    )
 
     def head_uncertainty(features):
         with torch.no_grad():
@@ -152,8 +161,7 @@ def fidelity_run(args, x, y, seed: int) -> dict:
                 "train-features": train_unc,
             }
             row = {"epoch": planned}
-            row.update({name: mombs.spearman(mombs.difficulty_scores(train_loss, u), ref)
-                        for name, u in est.items()})
+            row.update({name: mombs.spearman(mombs.difficulty_scores(train_loss, u), ref) for name, u in est.items()})
             row["unc_epoch_to_epoch"] = mombs.spearman(prev_unc, ev_unc)
             row["loss_epoch_to_epoch"] = mombs.spearman(prev_loss, ev_loss)
             row["unc_train_vs_eval"] = mombs.spearman(train_unc, ev_unc)
@@ -164,8 +172,11 @@ def fidelity_run(args, x, y, seed: int) -> dict:
         if planned >= args.pivot_epoch:
             sampler.set_scores(mombs.difficulty_scores(train_loss, ev_unc))
     hook.remove()
-    return {"seed": seed, "per_epoch": rows,
-            "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0] if k != "epoch"}}
+    return {
+        "seed": seed,
+        "per_epoch": rows,
+        "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0] if k != "epoch"},
+    }
 
 
 def pass_cost(args, x, y) -> dict:
@@ -196,19 +207,29 @@ def pass_cost(args, x, y) -> dict:
     jobs.update({f"pass_b{b}": (uncertainty_pass, b) for b in args.pass_batch_sizes})
     seconds = dict.fromkeys(jobs, 0.0)
     for r in range(args.repeats):
-        for name in (list(jobs) if r % 2 == 0 else list(jobs)[::-1]):
+        for name in list(jobs) if r % 2 == 0 else list(jobs)[::-1]:
             fn, b = jobs[name]
             t0 = time.perf_counter()
             fn(b)
             seconds[name] += time.perf_counter() - t0
     best_pass = min((k for k in seconds if k.startswith("pass")), key=seconds.get)
-    ratios = {f"{p}_over_{t}": round(seconds[p] / seconds[t], 4)
-              for t in seconds if t.startswith("train") for p in seconds if p.startswith("pass")}
+    ratios = {
+        f"{p}_over_{t}": round(seconds[p] / seconds[t], 4)
+        for t in seconds
+        if t.startswith("train")
+        for p in seconds
+        if p.startswith("pass")
+    }
     floor = {t: round(1 + seconds[best_pass] / seconds[t], 4) for t in seconds if t.startswith("train")}
-    return {"seconds": {k: round(v / args.repeats, 3) for k, v in seconds.items()}, "ratios": ratios,
-            "best_pass": best_pass, "full_refresh_overhead_floor": floor,
-            "refreshable_fraction_at_1.10": {t: round(0.10 * seconds[t] / seconds[best_pass], 3)
-                                             for t in seconds if t.startswith("train")}}
+    return {
+        "seconds": {k: round(v / args.repeats, 3) for k, v in seconds.items()},
+        "ratios": ratios,
+        "best_pass": best_pass,
+        "full_refresh_overhead_floor": floor,
+        "refreshable_fraction_at_1.10": {
+            t: round(0.10 * seconds[t] / seconds[best_pass], 3) for t in seconds if t.startswith("train")
+        },
+    }
 
 
 def main(argv=None) -> int:
@@ -239,8 +260,13 @@ def main(argv=None) -> int:
     if args.part == "fidelity":
         runs = [fidelity_run(args, x, y, s) for s in args.seeds]
         keys = runs[0]["mean"].keys()
-        summary = {k: {"mean": round(float(np.mean([r["mean"][k] for r in runs])), 4),
-                       "per_seed": [r["mean"][k] for r in runs]} for k in keys}
+        summary = {
+            k: {
+                "mean": round(float(np.mean([r["mean"][k] for r in runs])), 4),
+                "per_seed": [r["mean"][k] for r in runs],
+            }
+            for k in keys
+        }
         result = {"benchmark": "fidelity_limits", "runs": runs, "summary": summary}
         last = {k: v["mean"] for k, v in summary.items()}
     else:

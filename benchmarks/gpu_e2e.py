@@ -33,22 +33,55 @@ from mombs.envinfo import environment_info
 #: name -> options; every case runs random and mixed at seed 0.
 CASES = {
     "classification": {"dataset": "digits", "epochs": 4, "pivot_epoch": 2, "noise": "symmetric", "noise_rate": 0.2},
-    "segmentation": {"task": "segmentation", "subset": 60, "batch_size": 8, "epochs": 4, "pivot_epoch": 2,
-                     "noise": "annotation", "noise_rate": 0.3},
-    "detection-tiny": {"task": "detection", "subset": 60, "batch_size": 4, "epochs": 4, "pivot_epoch": 2,
-                       "noise": "annotation", "noise_rate": 0.3},
-    "detection-resnet50-fpn": {"task": "detection", "model": "fasterrcnn_resnet50_fpn", "image_size": 256,
-                               "subset": 40, "batch_size": 4, "epochs": 2, "pivot_epoch": 1,
-                               "noise": "annotation", "noise_rate": 0.3,
-                               # from scratch, SGD at the runner's default lr 0.02 gave NaN losses here
-                               "optimizer": "adam", "lr": 1e-4},
+    "segmentation": {
+        "task": "segmentation",
+        "subset": 60,
+        "batch_size": 8,
+        "epochs": 4,
+        "pivot_epoch": 2,
+        "noise": "annotation",
+        "noise_rate": 0.3,
+    },
+    "detection-tiny": {
+        "task": "detection",
+        "subset": 60,
+        "batch_size": 4,
+        "epochs": 4,
+        "pivot_epoch": 2,
+        "noise": "annotation",
+        "noise_rate": 0.3,
+    },
+    "detection-resnet50-fpn": {
+        "task": "detection",
+        "model": "fasterrcnn_resnet50_fpn",
+        "image_size": 256,
+        "subset": 40,
+        "batch_size": 4,
+        "epochs": 2,
+        "pivot_epoch": 1,
+        "noise": "annotation",
+        "noise_rate": 0.3,
+        # from scratch, SGD at the runner's default lr 0.02 gave NaN losses here
+        "optimizer": "adam",
+        "lr": 1e-4,
+    },
 }
 QUICK = {"epochs": 2, "pivot_epoch": 1, "subset": 16}
 
 
 def _compare(out: Path, opts: dict, strategies: str = "[random, mixed]") -> float:
-    argv = ["compare", "--out", str(out), "--no-progress", "--set", f"strategies={strategies}",
-            "--set", "seeds=[0]", "--set", "jobs=1"] + [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
+    argv = [
+        "compare",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        f"strategies={strategies}",
+        "--set",
+        "seeds=[0]",
+        "--set",
+        "jobs=1",
+    ] + [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
     t0 = time.perf_counter()
     try:
         rc = cli.main(argv)
@@ -71,9 +104,17 @@ def _check_runs(out: Path) -> tuple:
         counts = res.get("quadrant_counts", {})
         if counts and sum(counts.values()) != res["train_size"]:
             raise AssertionError(f"{d.name}: quadrant counts {counts} do not cover {res['train_size']} images")
-        runs.append({"run": d.name, "strategy": res["strategy"], "metric": metric, "value": round(value, 4),
-                     "device": res.get("config", {}).get("device"), "quadrant_counts": counts,
-                     "train_loss_last": res["curves"]["train_loss"][-1]})
+        runs.append(
+            {
+                "run": d.name,
+                "strategy": res["strategy"],
+                "metric": metric,
+                "value": round(value, 4),
+                "device": res.get("config", {}).get("device"),
+                "quadrant_counts": counts,
+                "train_loss_last": res["curves"]["train_loss"][-1],
+            }
+        )
     report = out / "report.md"
     pictures = sorted(p.name for p in out.glob("*.png"))
     if not report.exists() or not pictures:
@@ -106,17 +147,22 @@ def main(argv=None) -> int:
                 _compare(again, opts, strategies="[mixed]")
                 first = json.loads(next((work / name / "runs").glob("*mixed*/results.json")).read_text())
                 second = json.loads(next((again / "runs").glob("*mixed*/results.json")).read_text())
-                rec["repeat_identical"] = {"froc_sens": first["froc_sens"] == second["froc_sens"],
-                                           "train_loss": first["curves"]["train_loss"]
-                                           == second["curves"]["train_loss"]}
+                rec["repeat_identical"] = {
+                    "froc_sens": first["froc_sens"] == second["froc_sens"],
+                    "train_loss": first["curves"]["train_loss"] == second["curves"]["train_loss"],
+                }
             rec["ok"] = True
         except Exception as err:  # noqa: BLE001 - one failing case must not hide the others
             rec["ok"], rec["error"] = False, f"{type(err).__name__}: {err}"[:2000]
             failed += 1
         print(json.dumps(rec), flush=True)
         records.append(rec)
-    result = {"benchmark": "gpu_e2e", "records": records, "args": vars(args),
-              "environment": environment_info(args.device)}
+    result = {
+        "benchmark": "gpu_e2e",
+        "records": records,
+        "args": vars(args),
+        "environment": environment_info(args.device),
+    }
     Path(args.out).write_text(json.dumps(result, indent=1))
     return 1 if failed else 0
 

@@ -84,15 +84,15 @@ SETTINGS = {
 SEEDS = (0, 1, 2)
 PARTS = ("detect", "retrain")
 
-N_TRAIN = 4000        # training images (the long-tailed set: about as many, rho = 0.1)
+N_TRAIN = 4000  # training images (the long-tailed set: about as many, rho = 0.1)
 N_TEST = 2000
 LT_RHO = 0.1
-SIZE = 14             # 28x28 averaged 2x2
+SIZE = 14  # 28x28 averaged 2x2
 EPOCHS = 10
 BATCH = 64
 LR = 0.05
 WEIGHT_DECAY = 5e-4
-K_FOLDS = 4           # cleanlab's cross-validation folds (its own default is 5; see docs/quality.md)
+K_FOLDS = 4  # cleanlab's cross-validation folds (its own default is 5; see docs/quality.md)
 VAL_SHARE = 0.3
 DOWN_WEIGHT = 0.2
 AUM_PERCENTILE = 99.0
@@ -103,16 +103,16 @@ _FLAGS_KEPT = ("mombs-quadrant", "aum-threshold", "cleanlab-cv", "combined-val")
 #: Table order and what each method needs, for the docs.
 METHODS = {
     "mombs-quadrant": "poorly-labeled quadrant of the final assessment (loss, K=8 uncertainty); "
-                      "score rank(loss) - rank(uncertainty)",
+    "score rank(loss) - rank(uncertainty)",
     "mombs-quadrant-epochs": "the same from the per-epoch tracker history (mean over epochs)",
     "mombs-difficulty": "the sampler's difficulty score (rank sum, last epoch); flag: threshold chosen on validation",
     "mombs-combined": "data_quality(score='combined'): mean rank of quadrant score and -AUM; "
-                      "flag: top k, k = #(AUM < 0)",
+    "flag: top k, k = #(AUM < 0)",
     "loss": "final loss alone (data_quality score='loss'); flag: loss > ln 2",
     "aum": "AUM of the ordinary run, no threshold samples; flag AUM < 0",
     "aum-threshold": "AUM with threshold samples (2 extra runs, 99th percentile)",
     "confidence": "cartography confidence (data_quality score='confidence'); "
-                  "flag: confidence < 0.5 and correctness < 0.5",
+    "flag: confidence < 0.5 and correctness < 0.5",
     "confidence-val": "cartography confidence; flag: threshold chosen on validation",
     "cleanlab-insample": "cleanlab find_label_issues on the final model's in-sample probabilities",
     "cleanlab-cv": f"cleanlab find_label_issues on {K_FOLDS}-fold cross-validated probabilities",
@@ -148,16 +148,35 @@ def make_data(setting: str, seed: int) -> dict:
     test = rng.choice(len(yte), N_TEST, replace=False)
     val = np.zeros(len(idx), dtype=bool)
     val[rng.choice(len(idx), int(round(VAL_SHARE * len(idx))), replace=False)] = True
-    return {"x": _images(xtr[idx]), "y": given, "clean": clean, "wrong": wrong, "val": val,
-            "x_test": _images(xte[test]), "y_test": yte[test], "num_classes": 10}
+    return {
+        "x": _images(xtr[idx]),
+        "y": given,
+        "clean": clean,
+        "wrong": wrong,
+        "val": val,
+        "x_test": _images(xte[test]),
+        "y_test": yte[test],
+        "num_classes": 10,
+    }
 
 
 # --------------------------------------------------------------------------- #
 # one training run
 
 
-def train(x: torch.Tensor, y: np.ndarray, num_classes: int, *, seed: int, weights=None, record: bool = False,
-          assess: bool = False, x_test=None, y_test=None, probs_for=None) -> dict:
+def train(
+    x: torch.Tensor,
+    y: np.ndarray,
+    num_classes: int,
+    *,
+    seed: int,
+    weights=None,
+    record: bool = False,
+    assess: bool = False,
+    x_test=None,
+    y_test=None,
+    probs_for=None,
+) -> dict:
     """Trains ``small_cnn`` for ``EPOCHS``; optionally records the history and runs the assessor.
 
     Returns a dict with the timings (seconds): ``train`` (forward, backward,
@@ -182,8 +201,9 @@ def train(x: torch.Tensor, y: np.ndarray, num_classes: int, *, seed: int, weight
         hist["pred"] = np.full((EPOCHS, n), -1, np.int32)
     assessor = None
     if assess:
-        assessor = DifficultyAssessor(model, IndexedDataset(TensorDataset(x, yt)), at="pool", k=8,
-                                      batch_size=500, seed=seed, keep_history=True)
+        assessor = DifficultyAssessor(
+            model, IndexedDataset(TensorDataset(x, yt)), at="pool", k=8, batch_size=500, seed=seed, keep_history=True
+        )
     for epoch in range(EPOCHS):
         model.train()
         if assessor is not None:
@@ -193,7 +213,7 @@ def train(x: torch.Tensor, y: np.ndarray, num_classes: int, *, seed: int, weight
         perm = torch.randperm(n, generator=gen)
         for s in range(0, n, BATCH):
             t0 = time.perf_counter()
-            idx = perm[s:s + BATCH]
+            idx = perm[s : s + BATCH]
             xb, yb = x[idx], yt[idx]
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, reduction="none")
@@ -230,21 +250,35 @@ def train(x: torch.Tensor, y: np.ndarray, num_classes: int, *, seed: int, weight
         out["history"] = hist
     if assessor is not None:
         tr = assessor.tracker
-        out["tracker"] = {"scores": tr.scores(), "loss": tr.history("loss")[1], "uncertainty": tr.history("uncertainty")[1]}
+        out["tracker"] = {
+            "scores": tr.scores(),
+            "loss": tr.history("loss")[1],
+            "uncertainty": tr.history("uncertainty")[1],
+        }
         assessor.close()
         t = time.perf_counter()
-        (_, fl), (_, fu) = assessment_pass(model, IndexedDataset(TensorDataset(x, yt)), at="pool", k=8, alpha=0.3,
-                                           batch_size=500, generator=torch.Generator().manual_seed(seed + 77))
+        (_, fl), (_, fu) = assessment_pass(
+            model,
+            IndexedDataset(TensorDataset(x, yt)),
+            at="pool",
+            k=8,
+            alpha=0.3,
+            batch_size=500,
+            generator=torch.Generator().manual_seed(seed + 77),
+        )
         out["final"] = {"loss": fl, "uncertainty": fu}
         out["final_pass"] = time.perf_counter() - t
     with torch.no_grad():
         if x_test is not None:
-            pred = torch.cat([model(x_test[i:i + 1000]).argmax(1) for i in range(0, len(x_test), 1000)])
+            pred = torch.cat([model(x_test[i : i + 1000]).argmax(1) for i in range(0, len(x_test), 1000)])
             out["top1"] = float((pred.numpy() == y_test).mean())
         if probs_for is not None:
             t = time.perf_counter()
-            out["probs"] = torch.cat([model(probs_for[i:i + 1000]).softmax(1)
-                                      for i in range(0, len(probs_for), 1000)]).numpy().astype(np.float64)
+            out["probs"] = (
+                torch.cat([model(probs_for[i : i + 1000]).softmax(1) for i in range(0, len(probs_for), 1000)])
+                .numpy()
+                .astype(np.float64)
+            )
             out["probs_seconds"] = time.perf_counter() - t
     return out
 
@@ -288,8 +322,7 @@ def detect(setting: str, seed: int) -> tuple[dict, dict]:
     n = len(y)
     ev = ~val
     wall = time.perf_counter()
-    main = train(x, y, C, seed=seed, record=True, assess=True, x_test=d["x_test"], y_test=d["y_test"],
-                 probs_for=x)
+    main = train(x, y, C, seed=seed, record=True, assess=True, x_test=d["x_test"], y_test=d["y_test"], probs_for=x)
     plain = main["train"]  # one ordinary training run: forward, backward, step
     h = main["history"]
     scores, flags, cost, notes = {}, {}, {}, {}
@@ -347,7 +380,7 @@ def detect(setting: str, seed: int) -> tuple[dict, dict]:
     rng = np.random.default_rng([seed, 0xA0A])
     perm = rng.permutation(n)
     m = n // (C + 1)
-    fakes = (perm[:m], perm[m:2 * m])
+    fakes = (perm[:m], perm[m : 2 * m])
     aums, thresholds, spent = [], [], 0.0
     for r, fake in enumerate(fakes):
         yy = y.copy()
@@ -389,12 +422,26 @@ def detect(setting: str, seed: int) -> tuple[dict, dict]:
         if name in notes:
             met["notes"] = notes[name]
         methods[name] = met
-    res = {"setting": setting, "seed": seed, "part": "detect", **SETTINGS[setting],
-           "train_size": n, "wrong_share": float(wrong.mean()), "eval_size": int(ev.sum()),
-           "baseline_top1": main["top1"], "methods": methods,
-           "seconds": {"plain_train": plain, "record": main["record"], "assessor": main["assess"],
-                       "final_pass": main["final_pass"], "total_wall": time.perf_counter() - wall},
-           "config": _config(), "environment": environment_info("cpu")}
+    res = {
+        "setting": setting,
+        "seed": seed,
+        "part": "detect",
+        **SETTINGS[setting],
+        "train_size": n,
+        "wrong_share": float(wrong.mean()),
+        "eval_size": int(ev.sum()),
+        "baseline_top1": main["top1"],
+        "methods": methods,
+        "seconds": {
+            "plain_train": plain,
+            "record": main["record"],
+            "assessor": main["assess"],
+            "final_pass": main["final_pass"],
+            "total_wall": time.perf_counter() - wall,
+        },
+        "config": _config(),
+        "environment": environment_info("cpu"),
+    }
     keep = {name: flags[name] for name in _FLAGS_KEPT}
     keep["oracle"] = wrong
     return res, keep
@@ -419,12 +466,24 @@ def retrain(setting: str, seed: int, flags: dict, baseline_top1: float) -> dict:
             else:
                 w = np.where(f, DOWN_WEIGHT, 1.0)
                 run = train(x, y, C, seed=seed, weights=w, x_test=d["x_test"], y_test=d["y_test"])
-            rows[f"{name}/{mode}"] = {"top1": run["top1"], "delta": run["top1"] - baseline_top1,
-                                      "removed_or_weighted": int(f.sum()),
-                                      "wrong_among_them": int((f & d["wrong"]).sum())}
-    return {"setting": setting, "seed": seed, "part": "retrain", **SETTINGS[setting],
-            "baseline_top1": baseline_top1, "runs": rows, "down_weight": DOWN_WEIGHT,
-            "seconds": time.perf_counter() - wall, "config": _config(), "environment": environment_info("cpu")}
+            rows[f"{name}/{mode}"] = {
+                "top1": run["top1"],
+                "delta": run["top1"] - baseline_top1,
+                "removed_or_weighted": int(f.sum()),
+                "wrong_among_them": int((f & d["wrong"]).sum()),
+            }
+    return {
+        "setting": setting,
+        "seed": seed,
+        "part": "retrain",
+        **SETTINGS[setting],
+        "baseline_top1": baseline_top1,
+        "runs": rows,
+        "down_weight": DOWN_WEIGHT,
+        "seconds": time.perf_counter() - wall,
+        "config": _config(),
+        "environment": environment_info("cpu"),
+    }
 
 
 def tail_analysis() -> dict:
@@ -443,12 +502,17 @@ def tail_analysis() -> dict:
         row = {}
         for name in _FLAGS_KEPT:
             f = np.unpackbits(z[name.replace("-", "_")])[:n].astype(bool)
-            row[name] = {"clean_flagged_head": float(f[clean_ok & head].mean()),
-                         "clean_flagged_tail": float(f[clean_ok & tail].mean()),
-                         "wrong_found_head": float(f[d["wrong"] & head].mean()),
-                         "wrong_found_tail": float(f[d["wrong"] & tail].mean())}
-        out["seeds"][str(seed)] = {"clean_head": int((clean_ok & head).sum()), "clean_tail": int((clean_ok & tail).sum()),
-                                   "methods": row}
+            row[name] = {
+                "clean_flagged_head": float(f[clean_ok & head].mean()),
+                "clean_flagged_tail": float(f[clean_ok & tail].mean()),
+                "wrong_found_head": float(f[d["wrong"] & head].mean()),
+                "wrong_found_tail": float(f[d["wrong"] & tail].mean()),
+            }
+        out["seeds"][str(seed)] = {
+            "clean_head": int((clean_ok & head).sum()),
+            "clean_tail": int((clean_ok & tail).sum()),
+            "methods": row,
+        }
     return out
 
 
@@ -458,23 +522,39 @@ def render_tail(root: Path) -> str:
         return "(no lt_tail.json yet: python benchmarks/label_issues.py --tail)\n"
     r = json.loads(path.read_text())
     seeds = r["seeds"]
-    lines = [f"Long-tailed set, classes {r['head_classes']} (head, about "
-             f"{np.mean([v['clean_head'] for v in seeds.values()]):.0f} clean samples) against "
-             f"{r['tail_classes']} (tail, about {np.mean([v['clean_tail'] for v in seeds.values()]):.0f}); "
-             f"% of samples flagged, mean ± 95% t half-width over {len(seeds)} seeds.\n",
-             "| method | clean head flagged | clean tail flagged | wrong head found | wrong tail found |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Long-tailed set, classes {r['head_classes']} (head, about "
+        f"{np.mean([v['clean_head'] for v in seeds.values()]):.0f} clean samples) against "
+        f"{r['tail_classes']} (tail, about {np.mean([v['clean_tail'] for v in seeds.values()]):.0f}); "
+        f"% of samples flagged, mean ± 95% t half-width over {len(seeds)} seeds.\n",
+        "| method | clean head flagged | clean tail flagged | wrong head found | wrong tail found |",
+        "|---|---|---|---|---|",
+    ]
     for name in _FLAGS_KEPT:
-        cells = [_fmt(*_mean_ci([100 * v["methods"][name][k] for v in seeds.values()]), 1)
-                 for k in ("clean_flagged_head", "clean_flagged_tail", "wrong_found_head", "wrong_found_tail")]
+        cells = [
+            _fmt(*_mean_ci([100 * v["methods"][name][k] for v in seeds.values()]), 1)
+            for k in ("clean_flagged_head", "clean_flagged_tail", "wrong_found_head", "wrong_found_tail")
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _config() -> dict:
-    return {"n_train": N_TRAIN, "n_test": N_TEST, "size": SIZE, "epochs": EPOCHS, "batch": BATCH, "lr": LR,
-            "weight_decay": WEIGHT_DECAY, "k_folds": K_FOLDS, "val_share": VAL_SHARE, "lt_rho": LT_RHO,
-            "aum_percentile": AUM_PERCENTILE, "model": "small_cnn", "threads": torch.get_num_threads()}
+    return {
+        "n_train": N_TRAIN,
+        "n_test": N_TEST,
+        "size": SIZE,
+        "epochs": EPOCHS,
+        "batch": BATCH,
+        "lr": LR,
+        "weight_decay": WEIGHT_DECAY,
+        "k_folds": K_FOLDS,
+        "val_share": VAL_SHARE,
+        "lt_rho": LT_RHO,
+        "aum_percentile": AUM_PERCENTILE,
+        "model": "small_cnn",
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _path(setting: str, seed: int, part: str) -> Path:
@@ -506,11 +586,17 @@ def _run_cell(setting: str, seed: int, part: str) -> None:
             return
         res, flags = detect(setting, seed)
         flag_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(flag_path, **{k.replace("-", "_"): np.packbits(v) for k, v in flags.items()},
-                            n=np.array(res["train_size"]))
+        np.savez_compressed(
+            flag_path, **{k.replace("-", "_"): np.packbits(v) for k, v in flags.items()}, n=np.array(res["train_size"])
+        )
         _write_json(det_path, res)
-        print(json.dumps({k: res[k] for k in ("setting", "seed", "part", "baseline_top1", "seconds")}
-                         | {"ap": {m: round(v["ap"], 3) for m, v in res["methods"].items()}}), flush=True)
+        print(
+            json.dumps(
+                {k: res[k] for k in ("setting", "seed", "part", "baseline_top1", "seconds")}
+                | {"ap": {m: round(v["ap"], 3) for m, v in res["methods"].items()}}
+            ),
+            flush=True,
+        )
         return
     ret_path = _path(setting, seed, "retrain")
     if ret_path.exists():
@@ -524,8 +610,13 @@ def _run_cell(setting: str, seed: int, part: str) -> None:
     flags = {name: np.unpackbits(z[name.replace("-", "_")])[:n].astype(bool) for name in RETRAIN}
     res = retrain(setting, seed, flags, det["baseline_top1"])
     _write_json(ret_path, res)
-    print(json.dumps({k: res[k] for k in ("setting", "seed", "part", "baseline_top1", "seconds")}
-                     | {"delta": {r: round(v["delta"], 4) for r, v in res["runs"].items()}}), flush=True)
+    print(
+        json.dumps(
+            {k: res[k] for k in ("setting", "seed", "part", "baseline_top1", "seconds")}
+            | {"delta": {r: round(v["delta"], 4) for r, v in res["runs"].items()}}
+        ),
+        flush=True,
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -567,24 +658,32 @@ def render_detection(root: Path) -> str:
             continue
         seeds = sorted(r["seed"] for r in rs)
         spec = SETTINGS[setting]
-        lines.append(f"**{setting}** ({spec['noise']} {spec['rate']:.0%}"
-                     f"{', long-tailed rho=' + str(LT_RHO) if spec['long_tailed'] else ''}; "
-                     f"{rs[0]['train_size']} training images, {rs[0]['eval_size']} scored; "
-                     f"seeds {seeds}; unfiltered test accuracy "
-                     f"{_fmt(*_mean_ci([r['baseline_top1'] for r in rs]), 3)})\n")
-        lines.append("| method | precision | recall | F1 | AUROC | AP | precision@k | flagged (of those scored) "
-                     "| cost (x one run) |")
+        lines.append(
+            f"**{setting}** ({spec['noise']} {spec['rate']:.0%}"
+            f"{', long-tailed rho=' + str(LT_RHO) if spec['long_tailed'] else ''}; "
+            f"{rs[0]['train_size']} training images, {rs[0]['eval_size']} scored; "
+            f"seeds {seeds}; unfiltered test accuracy "
+            f"{_fmt(*_mean_ci([r['baseline_top1'] for r in rs]), 3)})\n"
+        )
+        lines.append(
+            "| method | precision | recall | F1 | AUROC | AP | precision@k | flagged (of those scored) "
+            "| cost (x one run) |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for name in METHODS:
             ms = [r["methods"][name] for r in rs if name in r["methods"]]
-            cells = [_fmt(*_mean_ci([m[k] for m in ms])) for k in ("precision", "recall", "f1", "auroc", "ap",
-                                                                   "precision_at_k")]
+            cells = [
+                _fmt(*_mean_ci([m[k] for m in ms]))
+                for k in ("precision", "recall", "f1", "auroc", "ap", "precision_at_k")
+            ]
             flagged = np.mean([m["flagged"] for m in ms])
             cost = np.mean([m["cost_x"] for m in ms])
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {flagged:.0f} | {cost:.2f} |")
         weights = [r["methods"]["combined-val"]["notes"]["weight_quadrant"] for r in rs]
-        lines.append(f"\ncombined-val's weight on the quadrant score, chosen on validation per seed: "
-                     f"{', '.join(f'{w:g}' for w in weights)}.")
+        lines.append(
+            f"\ncombined-val's weight on the quadrant score, chosen on validation per seed: "
+            f"{', '.join(f'{w:g}' for w in weights)}."
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -611,10 +710,17 @@ def render_methods(root: Path) -> str:
     return "| method | what it is |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in METHODS.items()) + "\n"
 
 
-TABLES = {"label-issues-methods": render_methods, "label-issues-detection": render_detection,
-          "label-issues-retrain": render_retrain, "label-issues-tail": render_tail}
-_BLOCK = re.compile(r"(?P<start><!-- label-issues table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
-                    r"(?P<end><!-- end label-issues table: (?P=name) -->)", re.DOTALL)
+TABLES = {
+    "label-issues-methods": render_methods,
+    "label-issues-detection": render_detection,
+    "label-issues-retrain": render_retrain,
+    "label-issues-tail": render_tail,
+}
+_BLOCK = re.compile(
+    r"(?P<start><!-- label-issues table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
+    r"(?P<end><!-- end label-issues table: (?P=name) -->)",
+    re.DOTALL,
+)
 
 
 def render_doc(text: str, root: Path = ROOT) -> str:
@@ -630,8 +736,11 @@ def main(argv=None) -> int:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--table", action="store_true", help="print the docs tables from the result files")
-    p.add_argument("--tail", action="store_true",
-                   help="write lt_tail.json: clean head/tail samples flagged, from the committed flags")
+    p.add_argument(
+        "--tail",
+        action="store_true",
+        help="write lt_tail.json: clean head/tail samples flagged, from the committed flags",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="with --table: rewrite the blocks in docs/quality.md")
     mode.add_argument("--check", action="store_true", help="with --table: exit 1 if docs/quality.md is stale")
@@ -649,8 +758,11 @@ def main(argv=None) -> int:
             print("rewrote" if new != text else "up to date:", DOC)
             return 0
         if new != text:
-            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
-                                                       f"{DOC} (committed)", f"{DOC} (regenerated)"))
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    text.splitlines(True), new.splitlines(True), f"{DOC} (committed)", f"{DOC} (regenerated)"
+                )
+            )
             return 1
         return 0
     if args.tail:

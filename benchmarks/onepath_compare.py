@@ -48,17 +48,28 @@ def main(argv=None) -> int:
         s, seed = new["strategy"], new["seed"]
         top1["committed"].setdefault(s, {})[seed] = old["top1"]
         top1["rerun"].setdefault(s, {})[seed] = new["top1"]
-        per_seed.append({"strategy": s, "seed": seed, "key": key, "committed_top1": old["top1"],
-                         "rerun_top1": new["top1"], "identical_curves": old["curves"] == new["curves"],
-                         "committed_cpu": old["environment"].get("cpu"),
-                         "rerun_cpu": new["environment"].get("cpu")})
+        per_seed.append(
+            {
+                "strategy": s,
+                "seed": seed,
+                "key": key,
+                "committed_top1": old["top1"],
+                "rerun_top1": new["top1"],
+                "identical_curves": old["curves"] == new["curves"],
+                "committed_cpu": old["environment"].get("cpu"),
+                "rerun_cpu": new["environment"].get("cpu"),
+            }
+        )
     report = {
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
         "per_seed": per_seed,
-        "rerun_minus_committed": {s: paired_difference(top1["rerun"][s], top1["committed"][s])
-                                  for s in sorted(top1["rerun"])},
-        "mixed_minus_random": {which: paired_difference(top1[which].get("mixed", {}), top1[which].get("random", {}))
-                               for which in ("committed", "rerun")},
+        "rerun_minus_committed": {
+            s: paired_difference(top1["rerun"][s], top1["committed"][s]) for s in sorted(top1["rerun"])
+        },
+        "mixed_minus_random": {
+            which: paired_difference(top1[which].get("mixed", {}), top1[which].get("random", {}))
+            for which in ("committed", "rerun")
+        },
         "environment": environment_info("cpu"),
     }
     text = json.dumps(report, indent=1)

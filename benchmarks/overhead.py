@@ -57,7 +57,7 @@ def load_data(args):
         labels, name = d.target.astype(np.int64), "digits"
     if args.model == "resnet32":  # CIFAR-sized input
         x = F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
-    perm = np.random.default_rng(args.seed).permutation(len(labels))[:args.n]
+    perm = np.random.default_rng(args.seed).permutation(len(labels))[: args.n]
     clean = labels[perm]
     noisy, _ = symmetric_noise(clean, args.noise, 10, seed=args.seed)
     return x[perm], torch.from_numpy(clean), torch.from_numpy(noisy), name
@@ -74,8 +74,9 @@ def full_pass(model, x, y, at, k, generator, chunk=512):
         The model's train/eval mode is restored.
     """
     data = mombs.IndexedDataset(TensorDataset(x, y))
-    (_, loss), (_, unc) = mombs.assessment_pass(model, data, at=at, k=k, batch_size=chunk,
-                                                device=x.device, generator=generator)
+    (_, loss), (_, unc) = mombs.assessment_pass(
+        model, data, at=at, k=k, batch_size=chunk, device=x.device, generator=generator
+    )
     return torch.from_numpy(loss), torch.from_numpy(unc)
 
 
@@ -102,8 +103,7 @@ class Arm:
         self.args, self.x, self.y, self.device, self.schedule = args, x, y, device, schedule
         self.model = create_model(args.model, num_classes=10, in_channels=x.shape[1]).to(device)
         # The study runner's recipe (mombs.train): SGD with Nesterov momentum, cosine decay.
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4,
-                                   nesterov=True)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=args.epochs)
         self.at = FEATURE_MODULE[args.model]
         self.gen = torch.Generator().manual_seed(args.seed)
@@ -115,11 +115,20 @@ class Arm:
         self.phases = {"plan": 0.0, "observe": 0.0, "assess": 0.0, "train": 0.0}
         if schedule is not None:
             data = mombs.IndexedDataset(TensorDataset(x, y))
-            self.sampler = mombs.MixedOrderBatchSampler(len(y), args.batch_size,
-                                                        pivot_epoch=args.pivot_epoch, seed=args.seed)
-            self.assessor = mombs.DifficultyAssessor(self.model, data, at=self.at, sampler=self.sampler,
-                                                     schedule=schedule, k=args.k, head=self.model.fc,
-                                                     batch_size=64 if device.type == "cpu" else 512, device=device)
+            self.sampler = mombs.MixedOrderBatchSampler(
+                len(y), args.batch_size, pivot_epoch=args.pivot_epoch, seed=args.seed
+            )
+            self.assessor = mombs.DifficultyAssessor(
+                self.model,
+                data,
+                at=self.at,
+                sampler=self.sampler,
+                schedule=schedule,
+                k=args.k,
+                head=self.model.fc,
+                batch_size=64 if device.type == "cpu" else 512,
+                device=device,
+            )
 
     def epoch(self, epoch: int) -> None:
         model, x, y, args = self.model, self.x, self.y, self.args
@@ -173,7 +182,7 @@ def compare(args, x, y, device, schedule):
     so that drift in machine speed hits both alike."""
     base, arm = Arm(args, x, y, device), Arm(args, x, y, device, schedule)
     for epoch in range(args.epochs):
-        for a in ((base, arm) if epoch % 2 == 0 else (arm, base)):
+        for a in (base, arm) if epoch % 2 == 0 else (arm, base):
             a.epoch(epoch)
     arm.assessor.close()
     return base, arm
@@ -192,8 +201,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--k", type=int, default=8)
-    p.add_argument("--schedules", nargs="+", default=[mombs.DEFAULT_SCHEDULE],
-                   help="schedule names, or 'all'")
+    p.add_argument("--schedules", nargs="+", default=[mombs.DEFAULT_SCHEDULE], help="schedule names, or 'all'")
     p.add_argument("--repeats", type=int, default=1, help="timing repeats of the pair of arms")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write all records and the environment to this JSON file")
@@ -217,24 +225,57 @@ def main(argv=None) -> int:
             for key, a in (("random", base), ("mombs", arm)):
                 for phase, sec in a.phases.items():
                     phases[key][phase] += sec / args.repeats
-        rec = {"schedule": name, "seconds_random": round(t_rand / args.repeats, 3),
-               "seconds_mombs": round(t_mombs / args.repeats, 3),
-               "overhead_ratio": round(t_mombs / t_rand, 4),
-               "rank_spearman": round(float(np.mean(fid)), 4),
-               "rank_spearman_per_epoch": [round(f, 4) for f in fid],
-               "phase_seconds": {arm: {k: round(v, 3) for k, v in ph.items()} for arm, ph in phases.items()},
-               "device": env.get("gpu", str(device)), "k": args.k, "model": args.model,
-               "dataset": dataset, "n": len(noisy), "noise": args.noise, "epochs": args.epochs,
-               "pivot_epoch": args.pivot_epoch, "batch_size": args.batch_size, "repeats": args.repeats}
+        rec = {
+            "schedule": name,
+            "seconds_random": round(t_rand / args.repeats, 3),
+            "seconds_mombs": round(t_mombs / args.repeats, 3),
+            "overhead_ratio": round(t_mombs / t_rand, 4),
+            "rank_spearman": round(float(np.mean(fid)), 4),
+            "rank_spearman_per_epoch": [round(f, 4) for f in fid],
+            "phase_seconds": {arm: {k: round(v, 3) for k, v in ph.items()} for arm, ph in phases.items()},
+            "device": env.get("gpu", str(device)),
+            "k": args.k,
+            "model": args.model,
+            "dataset": dataset,
+            "n": len(noisy),
+            "noise": args.noise,
+            "epochs": args.epochs,
+            "pivot_epoch": args.pivot_epoch,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+        }
         records.append(rec)
         print(json.dumps(rec), flush=True)
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"benchmark": "overhead", "args": vars(args), "environment": env,
-                       "default_schedule": mombs.DEFAULT_SCHEDULE, "records": records}, fh, indent=1)
+            json.dump(
+                {
+                    "benchmark": "overhead",
+                    "args": vars(args),
+                    "environment": env,
+                    "default_schedule": mombs.DEFAULT_SCHEDULE,
+                    "records": records,
+                },
+                fh,
+                indent=1,
+            )
     last = next((r for r in records if r["schedule"] == mombs.DEFAULT_SCHEDULE), records[0])
-    print(json.dumps({k: last[k] for k in ("seconds_random", "seconds_mombs", "overhead_ratio",
-                                           "rank_spearman", "device", "schedule", "k")}))
+    print(
+        json.dumps(
+            {
+                k: last[k]
+                for k in (
+                    "seconds_random",
+                    "seconds_mombs",
+                    "overhead_ratio",
+                    "rank_spearman",
+                    "device",
+                    "schedule",
+                    "k",
+                )
+            }
+        )
+    )
     return 0
 
 

@@ -82,17 +82,45 @@ import numpy as np
 #: ``train_fraction`` and ``epochs`` as the command line sizes them.
 TASKS = {
     "segmentation": {
-        "config": {"task": "segmentation", "dataset": "synthetic-ct", "noise": "annotation", "noise_rate": 0.3,
-                   "model": "unet", "loss": "dice-ce", "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4,
-                   "batch_size": 4, "epochs": 25, "pivot_epoch": 5, "k": 8, "alpha": 0.3, "test_every": 25},
+        "config": {
+            "task": "segmentation",
+            "dataset": "synthetic-ct",
+            "noise": "annotation",
+            "noise_rate": 0.3,
+            "model": "unet",
+            "loss": "dice-ce",
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "batch_size": 4,
+            "epochs": 25,
+            "pivot_epoch": 5,
+            "k": 8,
+            "alpha": 0.3,
+            "test_every": 25,
+        },
         "source": "configs/study/seg_synth_10.yaml (its recipe; training slices as --seg-slices)",
     },
     "detection": {
-        "config": {"task": "detection", "dataset": "synthetic-det", "subset": 200, "noise": "annotation",
-                   "noise_rate": 0.3, "model": "tiny", "optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-4,
-                   "batch_size": 4, "epochs": 30, "pivot_epoch": 5, "k": 8, "alpha": 0.3, "test_every": 30},
+        "config": {
+            "task": "detection",
+            "dataset": "synthetic-det",
+            "subset": 200,
+            "noise": "annotation",
+            "noise_rate": 0.3,
+            "model": "tiny",
+            "optimizer": "adam",
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "batch_size": 4,
+            "epochs": 30,
+            "pivot_epoch": 5,
+            "k": 8,
+            "alpha": 0.3,
+            "test_every": 30,
+        },
         "source": "configs/study/det_synth_50.yaml (its recipe; train_fraction 0.25 of the 200-slice base: 50 "
-                  "training slices; epochs as --det-epochs)",
+        "training slices; epochs as --det-epochs)",
     },
 }
 
@@ -143,12 +171,14 @@ def _maxrss_mb() -> float:
 
 def _timed(fn, acc: dict, key: str):
     """``fn`` wrapped so that its wall time adds to ``acc[key]``."""
+
     def call(*a, **kw):
         t = time.perf_counter()
         try:
             return fn(*a, **kw)
         finally:
             acc[key] += time.perf_counter() - t
+
     return call
 
 
@@ -181,7 +211,7 @@ def in_child(fn, *args, **kwargs):
         try:
             view = memoryview(pickle.dumps(payload))
             while view:
-                view = view[os.write(w, view):]
+                view = view[os.write(w, view) :]
         finally:
             os._exit(code)
     os.close(w)
@@ -204,8 +234,15 @@ def _reference(model, train_set, parts, cfg, batch_size: int, measure: str) -> n
     import mombs
 
     (_, loss), (_, unc) = mombs.assessment_pass(
-        model, train_set, at=parts.at, k=REFERENCE_K, alpha=REFERENCE_ALPHA, task=parts.task,
-        batch_size=batch_size, generator=torch.Generator().manual_seed(REFERENCE_SEED))
+        model,
+        train_set,
+        at=parts.at,
+        k=REFERENCE_K,
+        alpha=REFERENCE_ALPHA,
+        task=parts.task,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(REFERENCE_SEED),
+    )
     return np.asarray(mombs.difficulty_scores(loss, unc, measure=measure), np.float64)
 
 
@@ -227,8 +264,12 @@ def _warm_up(c, cfg) -> None:
 
     parts = c.parts
     collate = create_task(parts.task).collate_fn
-    loader = DataLoader(c.train_set, batch_size=cfg.batch_size, shuffle=False,
-                        **({"collate_fn": collate} if collate is not None else {}))
+    loader = DataLoader(
+        c.train_set,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        **({"collate_fn": collate} if collate is not None else {}),
+    )
     _, xb, yb = next(iter(loader))
     model = copy.deepcopy(parts.model).train()
     step_fn = copy.deepcopy(parts.step_fn)
@@ -288,9 +329,19 @@ def one_run(args, strategy: str, schedule: str, seed: int, corpus) -> dict:
                 if hasattr(stepper, "set_epoch"):
                     stepper.set_epoch(epoch)
             c.strategy.start_epoch(epoch, num_epochs=cfg.epochs, losses=_epoch_losses(c))
-            stats = train_one_epoch(parts.model, c.loader, loss_fn=parts.loss_fn, optimizer=c.optimizer,
-                                    strategy=c.strategy, assessor=assessor, device=device, num_samples=n,
-                                    fit_fn=parts.fit_fn, augment_gen=c.augment_gen, step_fn=parts.step_fn)
+            stats = train_one_epoch(
+                parts.model,
+                c.loader,
+                loss_fn=parts.loss_fn,
+                optimizer=c.optimizer,
+                strategy=c.strategy,
+                assessor=assessor,
+                device=device,
+                num_samples=n,
+                fit_fn=parts.fit_fn,
+                augment_gen=c.augment_gen,
+                step_fn=parts.step_fn,
+            )
             c.scheduler.step()
             if assessor is not None:
                 t = time.perf_counter()
@@ -302,8 +353,9 @@ def one_run(args, strategy: str, schedule: str, seed: int, corpus) -> dict:
             per_epoch.append({"seconds": total, **spent})
             train_losses.append(stats["train_loss"])
             if assessor is not None and planned(epoch + 1, cfg.pivot_epoch) and epoch + 1 < cfg.epochs:
-                ref = reference_scores(parts.model, c.train_set, parts, cfg, recipe.assess_batch_size,
-                                       c.strategy.measure)
+                ref = reference_scores(
+                    parts.model, c.train_set, parts, cfg, recipe.assess_batch_size, c.strategy.measure
+                )
                 fidelity.append(mombs.spearman(sampler.scores, ref))
     finally:
         if assessor is not None:
@@ -313,14 +365,25 @@ def one_run(args, strategy: str, schedule: str, seed: int, corpus) -> dict:
     val = None
     if not args.no_eval:  # not timed: that the run trained
         val = float(parts.evaluate(parts.model, parts.val)[0])
-    return {"strategy": strategy, "schedule": schedule if strategy != "random" else None, "seed": seed,
-            "seconds": seconds, "seconds_after_pivot": sum(e["seconds"] for e in per_epoch[cfg.pivot_epoch:]),
-            "phase_seconds": dict(acc), "epoch_seconds": [e["seconds"] for e in per_epoch],
-            "epoch_assess_seconds": [e["assess"] for e in per_epoch],
-            "fidelity_per_epoch": fidelity, "fidelity": float(np.mean(fidelity)) if fidelity else None,
-            "peak_rss_mb": peak, "rss_mb_before_training": rss_before, "setup_seconds": setup_seconds,
-            "n_train": n, f"final_val_{recipe.metric}": val, "final_train_loss": train_losses[-1],
-            "loadavg_start_end": None}
+    return {
+        "strategy": strategy,
+        "schedule": schedule if strategy != "random" else None,
+        "seed": seed,
+        "seconds": seconds,
+        "seconds_after_pivot": sum(e["seconds"] for e in per_epoch[cfg.pivot_epoch :]),
+        "phase_seconds": dict(acc),
+        "epoch_seconds": [e["seconds"] for e in per_epoch],
+        "epoch_assess_seconds": [e["assess"] for e in per_epoch],
+        "fidelity_per_epoch": fidelity,
+        "fidelity": float(np.mean(fidelity)) if fidelity else None,
+        "peak_rss_mb": peak,
+        "rss_mb_before_training": rss_before,
+        "setup_seconds": setup_seconds,
+        "n_train": n,
+        f"final_val_{recipe.metric}": val,
+        "final_train_loss": train_losses[-1],
+        "loadavg_start_end": None,
+    }
 
 
 # ---------------------------------------------------------------------- #
@@ -371,7 +434,7 @@ def accepted(args, schedules: list[str], corpus) -> tuple[list[str], dict]:
             last = str(err).strip().splitlines()[-1]
             if not last.startswith("ValueError: "):
                 raise
-            refused[name] = last[len("ValueError: "):]
+            refused[name] = last[len("ValueError: ") :]
             continue
         ok.append(name)
     return ok, refused
@@ -406,14 +469,22 @@ def summarize(runs: list[dict]) -> dict:
     seconds = {s: float(np.mean([r["seconds"] for r in rs])) for s, rs in arms.items()}
     shares = {s: {p: phases[s][p] / seconds[s] for p in PHASES} for s in arms}
     fid = [r["fidelity"] for r in arms["mixed"]]
-    return {"ratio": total["mixed"] / total["random"],
-            "ratio_after_pivot": after["mixed"] / after["random"],
-            "ratio_per_seed": per_seed, "ratio_seed_mean_std": _mean_std(per_seed),
-            "fidelity": _mean_std(fid)["mean"], "fidelity_std": _mean_std(fid)["std"], "fidelity_per_seed": fid,
-            "seconds": seconds, "phases": phases, "phase_shares": shares,
-            "peak_rss_mb": {s: float(np.mean([r["peak_rss_mb"] for r in rs])) for s, rs in arms.items()},
-            "peak_rss_growth_mb": {s: float(np.mean([r["peak_rss_mb"] - r["rss_mb_before_training"] for r in rs]))
-                                   for s, rs in arms.items()}}
+    return {
+        "ratio": total["mixed"] / total["random"],
+        "ratio_after_pivot": after["mixed"] / after["random"],
+        "ratio_per_seed": per_seed,
+        "ratio_seed_mean_std": _mean_std(per_seed),
+        "fidelity": _mean_std(fid)["mean"],
+        "fidelity_std": _mean_std(fid)["std"],
+        "fidelity_per_seed": fid,
+        "seconds": seconds,
+        "phases": phases,
+        "phase_shares": shares,
+        "peak_rss_mb": {s: float(np.mean([r["peak_rss_mb"] for r in rs])) for s, rs in arms.items()},
+        "peak_rss_growth_mb": {
+            s: float(np.mean([r["peak_rss_mb"] - r["rss_mb_before_training"] for r in rs])) for s, rs in arms.items()
+        },
+    }
 
 
 def _round(obj, digits: int = 4):
@@ -429,13 +500,21 @@ def _round(obj, digits: int = 4):
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", required=True, choices=list(TASKS))
-    p.add_argument("--schedules", nargs="+", default=["all"],
-                   help="schedule names, or 'all' (default): every schedule the task takes")
+    p.add_argument(
+        "--schedules",
+        nargs="+",
+        default=["all"],
+        help="schedule names, or 'all' (default): every schedule the task takes",
+    )
     p.add_argument("--seg-slices", type=int, default=150, help="segmentation training slices (study: 30)")
     p.add_argument("--det-slices", type=int, default=50, help="detection training slices (of the 200-slice base)")
     p.add_argument("--det-epochs", type=int, default=20, help="detection epochs (study: 30)")
-    p.add_argument("--k", type=int, help="disturbed predictions per sample (default: the task's, or the "
-                                       "study's 8); --k 1 --alpha 0 is one plain eval pass")
+    p.add_argument(
+        "--k",
+        type=int,
+        help="disturbed predictions per sample (default: the task's, or the "
+        "study's 8); --k 1 --alpha 0 is one plain eval pass",
+    )
     p.add_argument("--alpha", type=float, help="noise half-width (default: the task's, or the study's 0.3)")
     p.add_argument("--no-eval", action="store_true", help="skip the untimed final validation score")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 3 epochs, pivot 1")
@@ -474,13 +553,39 @@ def main(argv=None) -> int:
         for strategy, seed in ORDER:
             runs.append(run_child(args, strategy, name, seed, corpora[seed]))
             r = runs[-1]
-            print(json.dumps(_round({"schedule": name, "strategy": strategy, "seed": seed, "seconds": r["seconds"],
-                                     "fidelity": r["fidelity"], "peak_rss_mb": r["peak_rss_mb"],
-                                     "loadavg": r["loadavg_start_end"]}, 3)), flush=True)
+            print(
+                json.dumps(
+                    _round(
+                        {
+                            "schedule": name,
+                            "strategy": strategy,
+                            "seed": seed,
+                            "seconds": r["seconds"],
+                            "fidelity": r["fidelity"],
+                            "peak_rss_mb": r["peak_rss_mb"],
+                            "loadavg": r["loadavg_start_end"],
+                        },
+                        3,
+                    )
+                ),
+                flush=True,
+            )
         blocks[name] = {**summarize(runs), "runs": runs}
         b = blocks[name]
-        print(json.dumps(_round({"schedule": name, "ratio": b["ratio"], "ratio_after_pivot": b["ratio_after_pivot"],
-                                 "fidelity": b["fidelity"]}, 3)), flush=True)
+        print(
+            json.dumps(
+                _round(
+                    {
+                        "schedule": name,
+                        "ratio": b["ratio"],
+                        "ratio_after_pivot": b["ratio_after_pivot"],
+                        "fidelity": b["fidelity"],
+                    },
+                    3,
+                )
+            ),
+            flush=True,
+        )
     load_end = os.getloadavg()
     fields = task_fields(args)
     default = mombs.DEFAULT_SCHEDULE if mombs.DEFAULT_SCHEDULE in blocks else next(iter(blocks))
@@ -499,17 +604,17 @@ def main(argv=None) -> int:
         "order": "per schedule: " + ", ".join(f"{s} seed {d}" for s, d in ORDER) + ", each in its own process",
         "measures": {
             "ratio": "mixed / random: the two mixed runs' summed epoch seconds over the two random runs' "
-                     "(each epoch from start_epoch to the end of end_epoch; no validation, checkpoint, history)",
+            "(each epoch from start_epoch to the end of end_epoch; no validation, checkpoint, history)",
             "ratio_after_pivot": "the same over the epochs from the pivot on",
             "fidelity": f"mean over seeds of each run's mean Spearman, over its planned epochs, between the "
-                        f"scores the sampler plans the epoch with and a fresh eval-mode assessment_pass "
-                        f"(loss and K = {REFERENCE_K} uncertainty) of the same model, in a forked child; std "
-                        f"over seeds (ddof=1)",
+            f"scores the sampler plans the epoch with and a fresh eval-mode assessment_pass "
+            f"(loss and K = {REFERENCE_K} uncertainty) of the same model, in a forked child; std "
+            f"over seeds (ddof=1)",
             "phases": "mean seconds per run: plan (the sampler's planning), observe (DifficultyAssessor.observe), "
-                      "capture (the train-* schedules' forward hook), assess (end_epoch), train (the rest)",
+            "capture (the train-* schedules' forward hook), assess (end_epoch), train (the rest)",
             "peak_rss_mb": "resource.getrusage(RUSAGE_SELF).ru_maxrss of the run's own process (MiB), mean over "
-                           "seeds; peak_rss_growth_mb: less its value before epoch 0 (after the data, the build "
-                           "and the warm-up step)",
+            "seeds; peak_rss_growth_mb: less its value before epoch 0 (after the data, the build "
+            "and the warm-up step)",
         },
         "threads": THREADS,
         "loadavg": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in load_end]},
@@ -523,9 +628,18 @@ def main(argv=None) -> int:
             json.dump(result, fh, indent=1)
             fh.write("\n")
     b = result["schedules"][default]
-    print(json.dumps({"task": args.task, "schedule": default, "ratio": b["ratio"],
-                      "ratio_after_pivot": b["ratio_after_pivot"], "fidelity": b["fidelity"],
-                      "seconds_total": round(result["seconds_total"], 1)}))
+    print(
+        json.dumps(
+            {
+                "task": args.task,
+                "schedule": default,
+                "ratio": b["ratio"],
+                "ratio_after_pivot": b["ratio_after_pivot"],
+                "fidelity": b["fidelity"],
+                "seconds_total": round(result["seconds_total"], 1),
+            }
+        )
+    )
     return 0
 
 

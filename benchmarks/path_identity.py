@@ -33,8 +33,20 @@ from mombs.envinfo import environment_info  # noqa: E402
 from mombs.train import RunConfig, run  # noqa: E402
 
 #: The Fashion-MNIST-NL core recipe (configs/study/fmnist_nl.yaml) at batch size 32.
-RECIPE = dict(dataset="fashion-mnist", subset=10000, noise="symmetric", noise_rate=0.4, model="small_cnn",
-              epochs=12, pivot_epoch=4, schedule="reuse-loss", lr=0.02, test_every=4, batch_size=32, threads=1)
+RECIPE = dict(
+    dataset="fashion-mnist",
+    subset=10000,
+    noise="symmetric",
+    noise_rate=0.4,
+    model="small_cnn",
+    epochs=12,
+    pivot_epoch=4,
+    schedule="reuse-loss",
+    lr=0.02,
+    test_every=4,
+    batch_size=32,
+    threads=1,
+)
 
 _OLD = """
 import json, sys
@@ -53,11 +65,13 @@ def _old_run(commit: str, cfg: dict, out_dir: str) -> dict:
         return json.loads(done.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         tree = os.path.join(tmp, "tree")
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tree, commit], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", tree, commit], check=True, capture_output=True
+        )
         try:
-            out = subprocess.run([sys.executable, "-c", _OLD, tree, json.dumps(cfg), out_dir], check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", _OLD, tree, json.dumps(cfg), out_dir], check=True, capture_output=True, text=True
+            ).stdout
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tree], capture_output=True)
     return json.loads(out.strip().splitlines()[-1])
@@ -85,8 +99,13 @@ def input_check(cfg: dict, batches: int = 3) -> dict:
     c.sampler.set_epoch(0)
     old = plan_batches(np.zeros(len(data.y_train)), rc.batch_size, order="random", seed=rc.seed, epoch=0).tolist()
     x, y = data.x_train, torch.from_numpy(data.y_train)
-    out = {"batch_indices_equal": list(c.sampler) == old, "inputs_equal": True, "labels_equal": True,
-           "logits_equal": True, "logits_equal_with_old_strides": True}
+    out = {
+        "batch_indices_equal": list(c.sampler) == old,
+        "inputs_equal": True,
+        "labels_equal": True,
+        "logits_equal": True,
+        "logits_equal_with_old_strides": True,
+    }
     c.model.eval()
     with torch.no_grad():
         for i, (_idx, xb, yb) in zip(range(batches), c.loader):
@@ -95,7 +114,8 @@ def input_check(cfg: dict, batches: int = 3) -> dict:
             out["labels_equal"] &= bool(torch.equal(yb, yo))
             out["logits_equal"] &= bool(torch.equal(c.model(xb), c.model(xo)))
             out["logits_equal_with_old_strides"] &= bool(
-                torch.equal(c.model(xb.as_strided(xo.shape, xo.stride())), c.model(xo)))
+                torch.equal(c.model(xb.as_strided(xo.shape, xo.stride())), c.model(xo))
+            )
             out["strides"] = {"collated": list(xb.stride()), "indexed": list(xo.stride())}
     return out
 
@@ -116,10 +136,12 @@ def main(argv=None) -> int:
     same = {c: old["curves"][c] == new["curves"][c] for c in curves}
     report = {
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-        "config": cfg, "key": RunConfig(**cfg).key(),
+        "config": cfg,
+        "key": RunConfig(**cfg).key(),
         "old": {"commit": args.old_commit, "top1": old["top1"], "environment": old["environment"]},
         "new": {"top1": new["top1"], "environment": new["environment"]},
-        "identical_curves": same, "identical": all(same.values()) and old["top1"] == new["top1"],
+        "identical_curves": same,
+        "identical": all(same.values()) and old["top1"] == new["top1"],
         "first_epoch_train_loss": {"old": old["curves"]["train_loss"][0], "new": new["curves"]["train_loss"][0]},
         "inputs": input_check(cfg),
         "environment": environment_info("cpu"),

@@ -101,13 +101,16 @@ def timed_against_argsort(fn, scores: np.ndarray, repeats: int) -> dict:
 def run_case(scores, batch_size, strategy, random_std, repeats):
     n = len(scores)
     timing = timed_against_argsort(
-        lambda: plan_batches(scores, batch_size, order=strategy, seed=0, epoch=0, drop_last=True),
-        scores, repeats)
+        lambda: plan_batches(scores, batch_size, order=strategy, seed=0, epoch=0, drop_last=True), scores, repeats
+    )
     plan = plan_batches(scores, batch_size, order=strategy, seed=0, epoch=0, drop_last=True)
     nxt = plan_batches(scores, batch_size, order=strategy, seed=0, epoch=1, drop_last=True)
     flat = plan.full.reshape(-1)
     return {
-        "n": n, "batch_size": batch_size, "strategy": strategy, "dtype": str(scores.dtype),
+        "n": n,
+        "batch_size": batch_size,
+        "strategy": strategy,
+        "dtype": str(scores.dtype),
         **timing,
         "balance_ratio": batch_sum_std(scores, plan) / random_std if random_std else None,
         "pair_repeat_rate": pair_repeat_rate(plan, nxt, n),
@@ -126,12 +129,23 @@ def sweep_case(scores, batch_size, repeats) -> dict:
     large batch sizes, so the median over epochs 0-2 is given too."""
     random_std = random_batch_std(scores, batch_size)
     rec = run_case(scores, batch_size, "mixed", random_std, repeats)
-    out = {k: rec[k] for k in ("batch_size", "seconds", "argsort_seconds", "seconds_over_argsort",
-                               "seconds_over_argsort_max", "min_over_min", "balance_ratio",
-                               "pair_repeat_rate")}
+    out = {
+        k: rec[k]
+        for k in (
+            "batch_size",
+            "seconds",
+            "argsort_seconds",
+            "seconds_over_argsort",
+            "seconds_over_argsort_max",
+            "min_over_min",
+            "balance_ratio",
+            "pair_repeat_rate",
+        )
+    }
     draws = [rec["balance_ratio"]] + [
         batch_sum_std(scores, plan_batches(scores, batch_size, seed=0, epoch=e, drop_last=True)) / random_std
-        for e in (1, 2)]
+        for e in (1, 2)
+    ]
     out["balance_ratio_median3"] = statistics.median(draws)
     return out
 
@@ -140,8 +154,7 @@ def invariance_case(scores, batch_size) -> dict:
     """Balance of mixed for the scores, an offset and a scale of them (each over
     random on the same transformed scores)."""
     out = {"batch_size": batch_size}
-    for name, transformed in (("original", scores), ("offset_1e9", scores + 1e9),
-                              ("scale_1e-9", scores * 1e-9)):
+    for name, transformed in (("original", scores), ("offset_1e9", scores + 1e9), ("scale_1e-9", scores * 1e-9)):
         plan = plan_batches(transformed, batch_size, drop_last=True)
         out[name] = batch_sum_std(transformed, plan) / random_batch_std(transformed, batch_size)
     return out
@@ -159,14 +172,26 @@ def _sizes(text: str) -> list[int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 3, 4, 16, 64, 256],
-                        help="batch sizes of the strategy comparison (records)")
-    parser.add_argument("--large-n", type=int, default=10_000_000,
-                        help="N for the speed case at batch size 64 (0 to skip)")
-    parser.add_argument("--sweep", default="2-256",
-                        help="batch sizes of the mixed sweep, e.g. '2-16,32,64' ('' to skip)")
-    parser.add_argument("--invariance", type=int, nargs="*", default=[2, 3, 4, 5, 7, 16, 64, 256],
-                        help="batch sizes of the offset/scale check")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[2, 3, 4, 16, 64, 256],
+        help="batch sizes of the strategy comparison (records)",
+    )
+    parser.add_argument(
+        "--large-n", type=int, default=10_000_000, help="N for the speed case at batch size 64 (0 to skip)"
+    )
+    parser.add_argument(
+        "--sweep", default="2-256", help="batch sizes of the mixed sweep, e.g. '2-16,32,64' ('' to skip)"
+    )
+    parser.add_argument(
+        "--invariance",
+        type=int,
+        nargs="*",
+        default=[2, 3, 4, 5, 7, 16, 64, 256],
+        help="batch sizes of the offset/scale check",
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timing turns per case (median)")
     parser.add_argument("--demo", action="store_true", help="small, fast run with a table")
     parser.add_argument("--out", help="also write all records and the environment to this JSON file")
@@ -192,7 +217,7 @@ def main(argv=None) -> int:
 
     scores64 = rank_sum_scores(args.n, dtype=np.float64)
     sweep = []
-    for b in (_sizes(args.sweep) if args.sweep else []):
+    for b in _sizes(args.sweep) if args.sweep else []:
         rec = sweep_case(scores64, b, args.repeats)
         sweep.append(rec)
         print(json.dumps({"sweep": rec}), flush=True)
@@ -204,29 +229,46 @@ def main(argv=None) -> int:
     summary = {}
     if sweep:
         worst = max(sweep, key=lambda r: r["seconds_over_argsort"])
-        summary = {"sweep_batch_sizes": len(sweep),
-                   "max_seconds_over_argsort": worst["seconds_over_argsort"],
-                   "max_at_batch_size": worst["batch_size"],
-                   "median_seconds_over_argsort": statistics.median(r["seconds_over_argsort"] for r in sweep),
-                   "max_balance_ratio_median3": max(r["balance_ratio_median3"] for r in sweep)}
+        summary = {
+            "sweep_batch_sizes": len(sweep),
+            "max_seconds_over_argsort": worst["seconds_over_argsort"],
+            "max_at_batch_size": worst["batch_size"],
+            "median_seconds_over_argsort": statistics.median(r["seconds_over_argsort"] for r in sweep),
+            "max_balance_ratio_median3": max(r["balance_ratio_median3"] for r in sweep),
+        }
         print(json.dumps({"summary": summary}), flush=True)
 
     env = environment_info()
     print(json.dumps({"environment": env}), flush=True)
     if args.demo:
-        print(f"\n{'N':>9} {'B':>4} {'strategy':>8} {'x argsort':>9} {'balance':>9} {'pair rep.':>9}",
-              file=sys.stderr)
+        print(f"\n{'N':>9} {'B':>4} {'strategy':>8} {'x argsort':>9} {'balance':>9} {'pair rep.':>9}", file=sys.stderr)
         for r in records:
-            print(f"{r['n']:>9} {r['batch_size']:>4} {r['strategy']:>8} {r['seconds_over_argsort']:>9.2f} "
-                  f"{r['balance_ratio']:>9.2e} {r['pair_repeat_rate']:>9.4f}", file=sys.stderr)
+            print(
+                f"{r['n']:>9} {r['batch_size']:>4} {r['strategy']:>8} {r['seconds_over_argsort']:>9.2f} "
+                f"{r['balance_ratio']:>9.2e} {r['pair_repeat_rate']:>9.4f}",
+                file=sys.stderr,
+            )
         for r in sweep:
-            print(f"{args.n:>9} {r['batch_size']:>4} {'mixed64':>8} {r['seconds_over_argsort']:>9.2f} "
-                  f"{r['balance_ratio']:>9.2e} {r['pair_repeat_rate']:>9.4f}", file=sys.stderr)
+            print(
+                f"{args.n:>9} {r['batch_size']:>4} {'mixed64':>8} {r['seconds_over_argsort']:>9.2f} "
+                f"{r['balance_ratio']:>9.2e} {r['pair_repeat_rate']:>9.4f}",
+                file=sys.stderr,
+            )
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"benchmark": "planner", "args": vars(args), "environment": env,
-                       "summary": summary, "records": records, "sweep": sweep,
-                       "invariance": invariance}, fh, indent=1)
+            json.dump(
+                {
+                    "benchmark": "planner",
+                    "args": vars(args),
+                    "environment": env,
+                    "summary": summary,
+                    "records": records,
+                    "sweep": sweep,
+                    "invariance": invariance,
+                },
+                fh,
+                indent=1,
+            )
     return 0
 
 

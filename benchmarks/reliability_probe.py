@@ -56,9 +56,11 @@ CASES: dict = {}
 def case(group: str, *names: str, expect: str = "error"):
     """Registers a case. ``names``: words a clear message holds at least one of. ``expect``: 'error'
     (a refusal is due), 'warn' (a warning is due, and the run goes on) or 'ok' (only the case's check)."""
+
     def register(fn):
         CASES[fn.__name__] = dict(fn=fn, group=group, names=list(names), expect=expect)
         return fn
+
     return register
 
 
@@ -80,12 +82,18 @@ def api(call, check=None) -> Obs:
         except Exception as err:
             tb = traceback.extract_tb(err.__traceback__)
             last = tb[-1].filename if tb else ""
-            obs["exc"] = dict(type=type(err).__name__, message=str(err),
-                              from_mombs=str(ROOT / "mombs") in last and "site-packages" not in last,
-                              where=f"{Path(last).name}:{tb[-1].lineno}" if tb else "")
+            obs["exc"] = dict(
+                type=type(err).__name__,
+                message=str(err),
+                from_mombs=str(ROOT / "mombs") in last and "site-packages" not in last,
+                where=f"{Path(last).name}:{tb[-1].lineno}" if tb else "",
+            )
             value = None
-    obs["warnings"] = [str(w.message) for w in ws if issubclass(w.category, (RuntimeWarning, UserWarning))
-                       and "mombs" in (w.filename or "") + str(w.message)]
+    obs["warnings"] = [
+        str(w.message)
+        for w in ws
+        if issubclass(w.category, (RuntimeWarning, UserWarning)) and "mombs" in (w.filename or "") + str(w.message)
+    ]
     if check is not None and obs["exc"] is None:
         obs["check"] = bool(check(value))
     return obs
@@ -126,8 +134,13 @@ def process(argv, check=None, timeout=120, env=None) -> Obs:
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     stderr = "\n".join(line for line in p.stderr.splitlines() if "no strategy given" not in line)
     last = stderr.strip().splitlines()[-1] if stderr.strip() else None
-    obs = Obs(kind="cli", exit=last if p.returncode and last and last.startswith("mombs: ") else None,
-              code=p.returncode, stderr=stderr, check=None)
+    obs = Obs(
+        kind="cli",
+        exit=last if p.returncode and last and last.startswith("mombs: ") else None,
+        code=p.returncode,
+        stderr=stderr,
+        check=None,
+    )
     if check is not None and p.returncode == 0:
         obs["check"] = bool(check())
     return obs
@@ -161,8 +174,9 @@ def classify(obs: dict, names, expect: str) -> tuple[str, str]:
             good = [w for w in warned if w.startswith("mombs: warning: ") and _names(w, names)]
             if good:
                 return "CLEAR", "a one-line warning naming the cause"
-            return ("UNCLEAR", "a warning that is not one line naming the cause") if warned else \
-                ("SILENT", "no warning")
+            return (
+                ("UNCLEAR", "a warning that is not one line naming the cause") if warned else ("SILENT", "no warning")
+            )
         if expect == "error":
             return "SILENT", "finished where a refusal was due"
         return "CLEAR", "right behaviour"
@@ -170,8 +184,11 @@ def classify(obs: dict, names, expect: str) -> tuple[str, str]:
     if exc is not None:
         message = exc["message"]
         if not exc["from_mombs"]:
-            return ("UNCLEAR", f"{exc['type']} raised in {exc['where']}, but it names the cause") \
-                if _names(message, names) else ("CRASH", f"{exc['type']} raised in {exc['where']}")
+            return (
+                ("UNCLEAR", f"{exc['type']} raised in {exc['where']}, but it names the cause")
+                if _names(message, names)
+                else ("CRASH", f"{exc['type']} raised in {exc['where']}")
+            )
         if expect == "ok":
             return "UNCLEAR", f"refused ({exc['type']}) where the case has a right answer"
         if "\n" in message.strip() or not _names(message, names):
@@ -193,7 +210,9 @@ def classify(obs: dict, names, expect: str) -> tuple[str, str]:
 
 
 def argv_of(out, options: dict, command="train") -> list:
-    return [command, "--out", str(out), "--no-progress"] + [a for k, v in options.items() for a in ("--set", f"{k}={v}")]
+    return [command, "--out", str(out), "--no-progress"] + [
+        a for k, v in options.items() for a in ("--set", f"{k}={v}")
+    ]
 
 
 def folder_of(out, options: dict) -> Path:
@@ -233,8 +252,9 @@ def cut(path: Path) -> None:
 
 
 def tree(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(Path(folder).rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(Path(folder).rglob("*"))
+    }
 
 
 def pngs(folder: Path, n=4) -> Path:
@@ -269,9 +289,17 @@ def decathlon(root: Path, *, gz=True) -> Path:
             (root / sub).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(arr, np.eye(4)), str(root / sub / f"case_{i}{ext}"))
         training.append({"image": f"./imagesTr/case_{i}{ext}", "label": f"./labelsTr/case_{i}{ext}"})
-    (root / "dataset.json").write_text(json.dumps({"name": "toy", "modality": {"0": "CT"},
-                                                   "labels": {"0": "background", "1": "lesion"},
-                                                   "numTraining": 3, "training": training}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "toy",
+                "modality": {"0": "CT"},
+                "labels": {"0": "background", "1": "lesion"},
+                "numTraining": 3,
+                "training": training,
+            }
+        )
+    )
     return root
 
 
@@ -284,8 +312,9 @@ def coco(root: Path) -> Path:
         Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
         images.append({"id": i, "file_name": f"{i}.png", "width": 32, "height": 32})
         anns.append({"id": i + 1, "image_id": i, "category_id": 1, "bbox": [4, 4, 10, 10], "iscrowd": 0})
-    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns,
-                                                     "categories": [{"id": 1, "name": "lesion"}]}))
+    (root / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "lesion"}]})
+    )
     return root
 
 
@@ -318,8 +347,13 @@ def detector():
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
     model = GeneralizedRCNN(nn.Identity(), nn.Identity(), nn.Identity(), nn.Identity())
-    boxes = [(torch.rand(3, 24, 24), {"boxes": torch.tensor([[2.0, 2.0, 9.0, 9.0]]),
-                                      "labels": torch.ones(1, dtype=torch.int64)}) for _ in range(4)]
+    boxes = [
+        (
+            torch.rand(3, 24, 24),
+            {"boxes": torch.tensor([[2.0, 2.0, 9.0, 9.0]]), "labels": torch.ones(1, dtype=torch.int64)},
+        )
+        for _ in range(4)
+    ]
     return model, mombs.IndexedDataset(boxes)
 
 
@@ -348,8 +382,10 @@ def empty_results_json(tmp):
 def cut_npz_of_an_unfinished_run(tmp):
     folder = interrupted(tmp)
     (folder / "assessment.npz").write_bytes(b"PK\x03\x04 cut")
-    return cli_run(argv_of(tmp, TINY), check=lambda: log_epochs(folder) == [0, 1]
-                   and np.load(folder / "assessment.npz")["loss"].size > 0)
+    return cli_run(
+        argv_of(tmp, TINY),
+        check=lambda: log_epochs(folder) == [0, 1] and np.load(folder / "assessment.npz")["loss"].size > 0,
+    )
 
 
 @case("faults during runs", "checkpoint.pt", expect="warn")
@@ -415,8 +451,9 @@ def sigkilled_train_resumes(tmp):
     folder = folder_of(tmp, opts)
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and not ((folder / "log.jsonl").exists() and
-                                          len((folder / "log.jsonl").read_text().splitlines()) >= 3):
+    while time.time() < deadline and not (
+        (folder / "log.jsonl").exists() and len((folder / "log.jsonl").read_text().splitlines()) >= 3
+    ):
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -440,10 +477,13 @@ def compare_rerun_over_a_cut_results_json(tmp):
 @case("two writers", "another mombs process", "pid")
 def locked_run_folder(tmp):
     folder = folder_of(tmp, TINY)
-    code = ("import sys, time\nfrom mombs.train.lock import run_lock\n"
-            "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
-                              cwd=str(ROOT))
+    code = (
+        "import sys, time\nfrom mombs.train.lock import run_lock\n"
+        "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, cwd=str(ROOT)
+    )
     try:
         holder.stdout.readline()
         return cli_run(argv_of(tmp, TINY))
@@ -455,10 +495,13 @@ def locked_run_folder(tmp):
 @case("two writers", expect="ok")
 def lock_of_a_killed_writer_is_stale(tmp):
     folder = folder_of(tmp, TINY)
-    code = "import sys, time\nfrom mombs.train.lock import run_lock\nrun_lock(sys.argv[1]).__enter__()\n" \
-           "print('held', flush=True)\ntime.sleep(60)\n"
-    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
-                              cwd=str(ROOT))
+    code = (
+        "import sys, time\nfrom mombs.train.lock import run_lock\nrun_lock(sys.argv[1]).__enter__()\n"
+        "print('held', flush=True)\ntime.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, cwd=str(ROOT)
+    )
     holder.stdout.readline()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
@@ -467,9 +510,27 @@ def lock_of_a_killed_writer_is_stale(tmp):
 
 @case("two writers", expect="ok")
 def sigkilled_compare_leaves_no_workers(tmp):
-    argv = [sys.executable, "-m", "mombs.cli", "compare", "--out", str(tmp), "--no-progress", "--set",
-            "dataset=digits", "--set", "epochs=300", "--set", "strategies=[random, mixed]", "--set", "seeds=[0]",
-            "--set", "jobs=2", "--set", "threads=1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "mombs.cli",
+        "compare",
+        "--out",
+        str(tmp),
+        "--no-progress",
+        "--set",
+        "dataset=digits",
+        "--set",
+        "epochs=300",
+        "--set",
+        "strategies=[random, mixed]",
+        "--set",
+        "seeds=[0]",
+        "--set",
+        "jobs=2",
+        "--set",
+        "threads=1",
+    ]
     parent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(ROOT))
     deadline = time.time() + 90
     while time.time() < deadline and len(list((tmp / "runs").glob("*/log.jsonl"))) < 2:
@@ -542,8 +603,10 @@ def cli_with_another_data_dir_is_another_run(tmp):
     before = tree(first)
     shutil.copytree(tmp / "a", tmp / "b")
     other = dict(opts, data_dir=str(tmp / "b"))
-    return cli_run(argv_of(tmp / "runs", other),
-                   check=lambda: tree(first) == before and (folder_of(tmp / "runs", other) / "results.json").exists())
+    return cli_run(
+        argv_of(tmp / "runs", other),
+        check=lambda: tree(first) == before and (folder_of(tmp / "runs", other) / "results.json").exists(),
+    )
 
 
 @case("config changes", expect="ok")
@@ -621,9 +684,12 @@ def coco_image_cut(tmp):
 def idx_file_cut(tmp):
     d = tmp / "fm"
     d.mkdir()
-    for name, dims, size in (("train-images-idx3-ubyte", [100, 28, 28], 100 * 784), ("train-labels-idx1-ubyte",
-                                                                                       [100], 100),
-                             ("t10k-images-idx3-ubyte", [10, 28, 28], 7840), ("t10k-labels-idx1-ubyte", [10], 10)):
+    for name, dims, size in (
+        ("train-images-idx3-ubyte", [100, 28, 28], 100 * 784),
+        ("train-labels-idx1-ubyte", [100], 100),
+        ("t10k-images-idx3-ubyte", [10, 28, 28], 7840),
+        ("t10k-labels-idx1-ubyte", [10], 10),
+    ):
         head = bytes([0, 0, 8, len(dims)]) + b"".join(int(x).to_bytes(4, "big") for x in dims)
         (d / name).write_bytes(head + bytes(size))
     cut(d / "train-images-idx3-ubyte")
@@ -684,8 +750,9 @@ def losses_of_another_length(tmp):
 @case("API misuse", "[5, 9]")
 def non_finite_losses(tmp):
     data, sampler, assessor = loop()
-    return api(lambda: assessor.observe(torch.tensor([3, 5, 7, 9]), torch.tensor([1.0, float("nan"), 2.0,
-                                                                                   float("inf")])))
+    return api(
+        lambda: assessor.observe(torch.tensor([3, 5, 7, 9]), torch.tensor([1.0, float("nan"), 2.0, float("inf")]))
+    )
 
 
 @case("API misuse", "set_epoch", expect="warn")
@@ -710,8 +777,11 @@ def detector_without_its_task(tmp):
 @case("API misuse", "train-entropy")
 def schedule_that_cannot_serve_a_detector(tmp):
     model, data = detector()
-    return api(lambda: mombs.DifficultyAssessor(model, data, at="backbone", task="detection",
-                                                schedule="train-entropy", head=nn.Identity()))
+    return api(
+        lambda: mombs.DifficultyAssessor(
+            model, data, at="backbone", task="detection", schedule="train-entropy", head=nn.Identity()
+        )
+    )
 
 
 @case("API misuse", "(10, 1)", "squeeze")
@@ -751,16 +821,18 @@ def unknown_layer(tmp):
 
 def _cnn():
     model = nn.Sequential()
-    model.add_module("features", nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                               nn.Flatten()))
+    model.add_module(
+        "features", nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    )
     model.add_module("head", nn.Linear(4, 3))
     return model
 
 
 def _images(n=12):
     g = torch.Generator().manual_seed(0)
-    return mombs.IndexedDataset(TensorDataset(torch.randn(n, 1, 6, 6, generator=g),
-                                              torch.randint(0, 3, (n,), generator=g)))
+    return mombs.IndexedDataset(
+        TensorDataset(torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g))
+    )
 
 
 def _measured(result):
@@ -770,8 +842,7 @@ def _measured(result):
 
 @case("precision and devices", expect="ok")
 def bfloat16_model_on_float32_data(tmp):
-    return api(lambda: mombs.assessment_pass(_cnn().to(torch.bfloat16), _images(), at="features", k=2),
-               check=_measured)
+    return api(lambda: mombs.assessment_pass(_cnn().to(torch.bfloat16), _images(), at="features", k=2), check=_measured)
 
 
 @case("precision and devices", "float16", "half", expect="ok")
@@ -836,8 +907,10 @@ def diagnose_a_cut_history(tmp):
 def diagnose_does_not_need_results_json(tmp):
     folder = finish(tmp)
     cut(folder / "results.json")  # diagnose reads assessment.npz and config.json only
-    return cli_run(["diagnose", str(folder), "--no-images"], check=lambda: (folder / "diagnose").is_dir()
-                   or any(p.suffix == ".md" for p in folder.rglob("*")))
+    return cli_run(
+        ["diagnose", str(folder), "--no-images"],
+        check=lambda: (folder / "diagnose").is_dir() or any(p.suffix == ".md" for p in folder.rglob("*")),
+    )
 
 
 @case("diagnose", "config.json")
@@ -863,8 +936,13 @@ def _child(name: str, tmp: Path, result: Path) -> None:
     try:
         obs = CASES[name]["fn"](tmp)
     except Exception as err:  # the case's set-up failed: recorded as what it is
-        obs = Obs(kind="api", exc=dict(type=type(err).__name__, message=f"probe set-up: {err}", from_mombs=False,
-                                       where="probe"), warnings=[], check=None, setup_failed=True)
+        obs = Obs(
+            kind="api",
+            exc=dict(type=type(err).__name__, message=f"probe set-up: {err}", from_mombs=False, where="probe"),
+            warnings=[],
+            check=None,
+            setup_failed=True,
+        )
     result.write_text(json.dumps(obs, default=str))
 
 
@@ -894,13 +972,27 @@ def run_case(name: str, timeout: float = 150.0) -> dict:
             obs = json.loads(result.read_text())
             outcome, why = classify(obs, spec["names"], spec["expect"])
         else:
-            obs = {"died": status, "output": (tmp / ".stdout").read_text()[-2000:] if (tmp / ".stdout").exists()
-                   else ""}
+            obs = {
+                "died": status,
+                "output": (tmp / ".stdout").read_text()[-2000:] if (tmp / ".stdout").exists() else "",
+            }
             outcome, why = "CRASH", f"the case's process died (status {status}) or ran past {timeout:.0f} s"
-    said = obs.get("exit") or (obs.get("exc") or {}).get("message") or \
-        ("; ".join(obs.get("warnings") or []) or (obs.get("stderr") or "").strip()[-500:])
-    return {"case": name, "group": spec["group"], "outcome": outcome, "why": why, "expect": spec["expect"],
-            "names": spec["names"], "said": (said or "")[:600], "check": obs.get("check"), "seconds": seconds}
+    said = (
+        obs.get("exit")
+        or (obs.get("exc") or {}).get("message")
+        or ("; ".join(obs.get("warnings") or []) or (obs.get("stderr") or "").strip()[-500:])
+    )
+    return {
+        "case": name,
+        "group": spec["group"],
+        "outcome": outcome,
+        "why": why,
+        "expect": spec["expect"],
+        "names": spec["names"],
+        "said": (said or "")[:600],
+        "check": obs.get("check"),
+        "seconds": seconds,
+    }
 
 
 def main(argv=None) -> int:
@@ -918,9 +1010,15 @@ def main(argv=None) -> int:
         rows.append(run_case(n))
         print(f"{rows[-1]['outcome']:8s} {n} ({rows[-1]['seconds']} s): {rows[-1]['why']}", file=sys.stderr, flush=True)
     counts = {k: sum(r["outcome"] == k for r in rows) for k in ("CLEAR", "UNCLEAR", "SILENT", "CRASH")}
-    doc = {"benchmark": "reliability_probe", "cases": len(rows), "counts": counts,
-           "not_clear": [f"{r['case']}: {r['outcome']} ({r['why']})" for r in rows if r["outcome"] != "CLEAR"],
-           "seconds": round(time.time() - t0, 1), "results": rows, "environment": environment_info("cpu")}
+    doc = {
+        "benchmark": "reliability_probe",
+        "cases": len(rows),
+        "counts": counts,
+        "not_clear": [f"{r['case']}: {r['outcome']} ({r['why']})" for r in rows if r["outcome"] != "CLEAR"],
+        "seconds": round(time.time() - t0, 1),
+        "results": rows,
+        "environment": environment_info("cpu"),
+    }
     text = json.dumps(doc, indent=1)
     print(text)
     if args.k is None:

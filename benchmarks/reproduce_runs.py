@@ -103,8 +103,9 @@ def _python_env(tree: Path) -> dict:
 
 def _environment(tree: Path) -> dict:
     """``environment_info("cpu")`` as the code in ``tree`` reports it."""
-    proc = subprocess.run([sys.executable, "-c", _ENV, str(tree)], cwd=tree, env=_python_env(tree),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _ENV, str(tree)], cwd=tree, env=_python_env(tree), capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise SystemExit(f"cannot import mombs from {tree}: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -127,8 +128,13 @@ def train(tree: Path, config: Path, out: Path) -> dict:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mombs.cli", "train", "--config", str(config), "--out", str(out),
-                           "--no-progress"], cwd=tree, env=_python_env(tree), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mombs.cli", "train", "--config", str(config), "--out", str(out), "--no-progress"],
+        cwd=tree,
+        env=_python_env(tree),
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"mombs train failed in {tree} (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -136,16 +142,25 @@ def train(tree: Path, config: Path, out: Path) -> dict:
     if len(folders) != 1:
         raise RuntimeError(f"expected one run folder with results.json under {out}, found {len(folders)}")
     res = json.loads((folders[0] / "results.json").read_text())
-    return {"result": res, "wall_seconds": wall, "run_folder": folders[0].name,
-            "printed": json.loads(proc.stdout.strip().splitlines()[-1])}
+    return {
+        "result": res,
+        "wall_seconds": wall,
+        "run_folder": folders[0].name,
+        "printed": json.loads(proc.stdout.strip().splitlines()[-1]),
+    }
 
 
 def compared_fields(res: dict) -> dict:
     """The fields of one result that must reproduce exactly, by name."""
     m = res.get("metric", "top1")
-    fields = {"key": res.get("key"), m: res.get(m), f"{m}_best_val": res.get(f"{m}_best_val"),
-              "best_val_epoch": res.get("best_val_epoch"), "quadrant_counts": res.get("quadrant_counts"),
-              "noise_detection": res.get("noise_detection")}
+    fields = {
+        "key": res.get("key"),
+        m: res.get(m),
+        f"{m}_best_val": res.get(f"{m}_best_val"),
+        "best_val_epoch": res.get("best_val_epoch"),
+        "quadrant_counts": res.get("quadrant_counts"),
+        "noise_detection": res.get("noise_detection"),
+    }
     fields.update({f"curves.{c}": v for c, v in res.get("curves", {}).items() if c != "seconds"})
     return fields
 
@@ -200,12 +215,19 @@ def compare(first: dict, second: dict) -> dict:
         field = path.split("[")[0].split(" ")[0]
         if field.startswith(("quadrant_counts.", "noise_detection.")):
             field = field.split(".")[0]
-        by_field[field] = max(by_field.get(field) or 0, d) if d is not None and not math.isnan(d) else by_field.get(field)
+        by_field[field] = (
+            max(by_field.get(field) or 0, d) if d is not None and not math.isnan(d) else by_field.get(field)
+        )
     epochs = [int(path.split("[")[1].split("]")[0]) for path, _ in diffs if path.startswith("curves.") and "[" in path]
-    return {"identical": not diffs, "first_difference": diffs[0][0] if diffs else None,
-            "first_differing_epoch": min(epochs) if epochs else None,
-            "differing_values": len(diffs), "max_abs_difference": max(deltas) if deltas else None,
-            "max_abs_difference_by_field": by_field, "added_fields": added}
+    return {
+        "identical": not diffs,
+        "first_difference": diffs[0][0] if diffs else None,
+        "first_differing_epoch": min(epochs) if epochs else None,
+        "differing_values": len(diffs),
+        "max_abs_difference": max(deltas) if deltas else None,
+        "max_abs_difference_by_field": by_field,
+        "added_fields": added,
+    }
 
 
 def _values(res: dict) -> dict:
@@ -225,8 +247,9 @@ class _Tree:
 
     def remove(self) -> None:
         if self.commit:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.path)],
-                           capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.path)], capture_output=True
+            )
 
     def check(self, res: dict) -> None:
         """The run was made by this tree's code: its environment names the commit."""
@@ -238,10 +261,17 @@ class _Tree:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--files", nargs="+", default=list(DEFAULT_FILES),
-                   help="committed result files, relative to benchmarks/results/ or paths (default: one per task)")
-    p.add_argument("--old-commit", default=DEFAULT_OLD_COMMIT,
-                   help=f"the code before the change (default {DEFAULT_OLD_COMMIT[:7]}, before the restructuring)")
+    p.add_argument(
+        "--files",
+        nargs="+",
+        default=list(DEFAULT_FILES),
+        help="committed result files, relative to benchmarks/results/ or paths (default: one per task)",
+    )
+    p.add_argument(
+        "--old-commit",
+        default=DEFAULT_OLD_COMMIT,
+        help=f"the code before the change (default {DEFAULT_OLD_COMMIT[:7]}, before the restructuring)",
+    )
     p.add_argument("--new-commit", help="the code after the change (default: the working tree)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
     p.add_argument("--work", help="folder for configs and run folders, kept (default: a temporary folder, removed)")
@@ -293,12 +323,19 @@ def main(argv=None) -> int:
     runs, ok = [], True
     for i, (f, c) in enumerate(zip(files, committed)):
         (new, new_err), (old, old_err) = done[(i, "new")], done[(i, "old")]
-        row = {"file": str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f),
-               "task": c.get("task", c["config"].get("task", "classification")), "key": c.get("key"),
-               "strategy": c["config"].get("strategy"), "train_size": c.get("train_size"),
-               "cpu": {"this": cpu, "committed": (c.get("environment") or {}).get("cpu"),
-                       "same": cpu == (c.get("environment") or {}).get("cpu")},
-               "committed_commit": (c.get("environment") or {}).get("commit")}
+        row = {
+            "file": str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f),
+            "task": c.get("task", c["config"].get("task", "classification")),
+            "key": c.get("key"),
+            "strategy": c["config"].get("strategy"),
+            "train_size": c.get("train_size"),
+            "cpu": {
+                "this": cpu,
+                "committed": (c.get("environment") or {}).get("cpu"),
+                "same": cpu == (c.get("environment") or {}).get("cpu"),
+            },
+            "committed_commit": (c.get("environment") or {}).get("commit"),
+        }
         if new_err or old_err:
             ok = False
             row["error"] = {"new": new_err, "old": old_err}
@@ -307,21 +344,28 @@ def main(argv=None) -> int:
         if new and old:
             row["identical_to_old_commit"] = compare(old["result"], new["result"])
             ok &= row["identical_to_old_commit"]["identical"]
-        row["values"] = {"committed": _values(c), "new": _values(new["result"]) if new else None,
-                         "old": _values(old["result"]) if old else None}
-        row["seconds"] = {"committed": c.get("seconds"),
-                          **{side: None if r is None else {"training": r["result"].get("seconds"),
-                                                           "wall": r["wall_seconds"]}
-                             for side, r in (("new", new), ("old", old))}}
+        row["values"] = {
+            "committed": _values(c),
+            "new": _values(new["result"]) if new else None,
+            "old": _values(old["result"]) if old else None,
+        }
+        row["seconds"] = {
+            "committed": c.get("seconds"),
+            **{
+                side: None if r is None else {"training": r["result"].get("seconds"), "wall": r["wall_seconds"]}
+                for side, r in (("new", new), ("old", old))
+            },
+        }
         runs.append(row)
 
     report = {
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
         "claim": "identical_to_old_commit: the change left every run as it was, on this machine; "
-                 "identical_to_committed: this machine also reproduces the committed file",
+        "identical_to_committed: this machine also reproduces the committed file",
         "old_commit": trees["old"].commit,
         "new": trees["new"].commit or "working tree",
-        "environment": env["new"], "old_environment": env["old"],
+        "environment": env["new"],
+        "old_environment": env["old"],
         "jobs": args.jobs,
         "all_identical_to_old_commit": ok,
         "all_identical_to_committed": all(r.get("identical_to_committed", {}).get("identical", False) for r in runs),

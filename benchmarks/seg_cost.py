@@ -97,9 +97,16 @@ class Bench:
             self._step(idx)
 
     def _pass(self, data, loss_indices=None):
-        return mombs.assessment_pass(self.model, data, task="segmentation", at=self.at, k=self.args.k,
-                                     batch_size=self.args.pass_batch_size, loss_indices=loss_indices,
-                                     generator=self.noise_gen)
+        return mombs.assessment_pass(
+            self.model,
+            data,
+            task="segmentation",
+            at=self.at,
+            k=self.args.k,
+            batch_size=self.args.pass_batch_size,
+            loss_indices=loss_indices,
+            generator=self.noise_gen,
+        )
 
     def pass_full(self) -> None:
         self._pass(self.data)
@@ -121,9 +128,13 @@ class Bench:
         except RuntimeError as err:
             tiled_error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
         from mombs.noise import _UNTILEABLE  # read only, to report what the pass did
-        return {"tiled_true_raises": tiled_error is not None, "tiled_true_error": tiled_error,
-                "fallback_cache_has_module": self.at in _UNTILEABLE.get(self.model, ()),
-                "uncertainty_runs": "whole network K times" if tiled_error else "tiled copies"}
+
+        return {
+            "tiled_true_raises": tiled_error is not None,
+            "tiled_true_error": tiled_error,
+            "fallback_cache_has_module": self.at in _UNTILEABLE.get(self.model, ()),
+            "uncertainty_runs": "whole network K times" if tiled_error else "tiled copies",
+        }
 
     def sync(self) -> None:
         sync(self.device)
@@ -149,8 +160,11 @@ def measure_memory(args) -> dict:
         fh.write("5")  # reset the high-water mark to the current resident set (Linux >= 4.0)
     getattr(bench, args.memory_job)()
     after = status_kb("VmHWM")
-    return {"rss_before_mb": round(before / 1024, 1), "peak_rss_mb": round(after / 1024, 1),
-            "delta_mb": round((after - before) / 1024, 1)}
+    return {
+        "rss_before_mb": round(before / 1024, 1),
+        "peak_rss_mb": round(after / 1024, 1),
+        "delta_mb": round((after - before) / 1024, 1),
+    }
 
 
 def _memory_subprocess(argv: list, model: str, job: str) -> dict:
@@ -175,8 +189,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (on this busy 2-core machine 2 threads made tiny U-Nets ~100x slower)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (on this busy 2-core machine 2 threads made tiny U-Nets ~100x slower)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/seg_cost_cpu.json")
@@ -199,7 +217,7 @@ def main(argv=None) -> int:
     order = [(name, job) for name in benches for job in JOBS]
     seconds = {key: [] for key in order}
     for r in range(args.repeats):
-        for name, job in (order if r % 2 == 0 else order[::-1]):
+        for name, job in order if r % 2 == 0 else order[::-1]:
             benches[name].sync()
             t0 = time.perf_counter()
             getattr(benches[name], job)()
@@ -212,38 +230,54 @@ def main(argv=None) -> int:
     records = []
     for name, bench in benches.items():
         sec = {job: statistics.median(seconds[(name, job)]) for job in JOBS}
-        rec = {"model": name, "at": bench.at, **bench.fallback(),
-               "seconds": {job: round(s, 3) for job, s in sec.items()},
-               "seconds_per_repeat": {job: [round(s, 3) for s in seconds[(name, job)]] for job in JOBS},
-               "ratio_pass_full_over_train": round(sec["pass_full"] / sec["train"], 3),
-               "ratio_pass_unc_over_train": round(sec["pass_unc"] / sec["train"], 3),
-               # Refreshing every uncertainty every epoch after the pivot: the
-               # losses come from the training forward, so the pass is uncertainty-only.
-               "full_refresh_overhead_floor": round(1 + sec["pass_unc"] / sec["train"], 3),
-               "refreshable_fraction_at_1.10": round(0.10 * sec["train"] / sec["pass_unc"], 3),
-               "params": sum(p.numel() for p in bench.model.parameters()),
-               "n_train": args.n_train, "size": args.size, "batch_size": args.batch_size,
-               "pass_batch_size": args.pass_batch_size, "k": args.k, "threads": args.threads,
-               "repeats": args.repeats, "device": args.device}
+        rec = {
+            "model": name,
+            "at": bench.at,
+            **bench.fallback(),
+            "seconds": {job: round(s, 3) for job, s in sec.items()},
+            "seconds_per_repeat": {job: [round(s, 3) for s in seconds[(name, job)]] for job in JOBS},
+            "ratio_pass_full_over_train": round(sec["pass_full"] / sec["train"], 3),
+            "ratio_pass_unc_over_train": round(sec["pass_unc"] / sec["train"], 3),
+            # Refreshing every uncertainty every epoch after the pivot: the
+            # losses come from the training forward, so the pass is uncertainty-only.
+            "full_refresh_overhead_floor": round(1 + sec["pass_unc"] / sec["train"], 3),
+            "refreshable_fraction_at_1.10": round(0.10 * sec["train"] / sec["pass_unc"], 3),
+            "params": sum(p.numel() for p in bench.model.parameters()),
+            "n_train": args.n_train,
+            "size": args.size,
+            "batch_size": args.batch_size,
+            "pass_batch_size": args.pass_batch_size,
+            "k": args.k,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "device": args.device,
+        }
         if not args.no_memory:
-            mem = {job: (bench.cuda_memory(job) if cuda else _memory_subprocess(child_argv, name, job))
-                   for job in JOBS}
+            mem = {job: (bench.cuda_memory(job) if cuda else _memory_subprocess(child_argv, name, job)) for job in JOBS}
             rec["peak_memory_mb"] = {job: m["delta_mb"] for job, m in mem.items()}
             rec["peak_memory_detail"] = mem
             if mem["train"]["delta_mb"] > 0:
-                rec["ratio_memory_pass_full_over_train"] = round(mem["pass_full"]["delta_mb"]
-                                                                 / mem["train"]["delta_mb"], 3)
+                rec["ratio_memory_pass_full_over_train"] = round(
+                    mem["pass_full"]["delta_mb"] / mem["train"]["delta_mb"], 3
+                )
         records.append(rec)
         print(json.dumps(rec), flush=True)
-    result = {"benchmark": "seg_cost", "records": records, "args": vars(args), "environment": env,
-              "timing": "median seconds over repeats; the 6 (model, job) runs alternate within a repeat, "
-                        "reversed on odd repeats; warm-up excluded",
-              "memory_method": CUDA_MEMORY_METHOD if cuda else "peak resident set growth over the job (MB): in a fresh subprocess per "
-                               "(model, job), after data, model and a one-image warm-up, the kernel's "
-                               "high-water mark is reset to the current RSS (/proc/self/clear_refs 5); "
-                               "delta = VmHWM after the job - VmRSS before it; glibc "
-                               "MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave the RSS; "
-                               "RSS, not torch-only allocations"}
+    result = {
+        "benchmark": "seg_cost",
+        "records": records,
+        "args": vars(args),
+        "environment": env,
+        "timing": "median seconds over repeats; the 6 (model, job) runs alternate within a repeat, "
+        "reversed on odd repeats; warm-up excluded",
+        "memory_method": CUDA_MEMORY_METHOD
+        if cuda
+        else "peak resident set growth over the job (MB): in a fresh subprocess per "
+        "(model, job), after data, model and a one-image warm-up, the kernel's "
+        "high-water mark is reset to the current RSS (/proc/self/clear_refs 5); "
+        "delta = VmHWM after the job - VmRSS before it; glibc "
+        "MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave the RSS; "
+        "RSS, not torch-only allocations",
+    }
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)

@@ -53,15 +53,19 @@ def _check_cells(runs: list[tuple[Path, dict, dict]]) -> None:
                 if diff:
                     was = ", ".join(f"{k}={v!r} (cell: {common.get(k)!r})" for k, v in sorted(diff.items()))
                     odd.append(f"  {path}: {was}")
-            raise ValueError(f"{len(odd)} file(s) differ from the config of their cell ({dataset}, B={batch}, "
-                             f"{loss}) in more than strategy and seed; a study cell holds the runs of one "
-                             f"config. Move them out of the folder:\n" + "\n".join(odd))
+            raise ValueError(
+                f"{len(odd)} file(s) differ from the config of their cell ({dataset}, B={batch}, "
+                f"{loss}) in more than strategy and seed; a study cell holds the runs of one "
+                f"config. Move them out of the folder:\n" + "\n".join(odd)
+            )
         seen: dict[tuple, Path] = {}
         for path, res, _ in members:
             arm = (res["strategy"], res["seed"])
             if arm in seen:
-                raise ValueError(f"{path} and {seen[arm]} are both {res['strategy']} seed {res['seed']} of the "
-                                 f"cell ({dataset}, B={batch}, {loss}); keep one")
+                raise ValueError(
+                    f"{path} and {seen[arm]} are both {res['strategy']} seed {res['seed']} of the "
+                    f"cell ({dataset}, B={batch}, {loss}); keep one"
+                )
             seen[arm] = path
 
 
@@ -77,8 +81,10 @@ def load(folder) -> list[dict]:
         res = json.loads(path.read_text())
         cfg = _config(path, res)
         if path.stem != run_dir_name(cfg) or res.get("key") != cfg.key():
-            raise ValueError(f"{path}: the name does not match its config (expected {run_dir_name(cfg)}.json, "
-                             f"key {cfg.key()}, file says {res.get('key')}); not a file a study config wrote")
+            raise ValueError(
+                f"{path}: the name does not match its config (expected {run_dir_name(cfg)}.json, "
+                f"key {cfg.key()}, file says {res.get('key')}); not a file a study config wrote"
+            )
         # The regime search runs on other data than the core grid: keep them apart.
         regime = res.get("config", {}).get("tags", {}).get("regime")
         if res.get("task") in ("segmentation", "detection"):  # the training-size regimes are the cells
@@ -100,8 +106,11 @@ def load(folder) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dir", default="benchmarks/results/classification",
-                   help="folder of result files (or benchmarks/results/segmentation, .../detection)")
+    p.add_argument(
+        "--dir",
+        default="benchmarks/results/classification",
+        help="folder of result files (or benchmarks/results/segmentation, .../detection)",
+    )
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--min-seeds", type=int, default=5)
     args = p.parse_args(argv)
@@ -111,8 +120,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"study_table: {err}") from None
     rows = summarize(runs)
     print(format_table(rows, markdown=args.markdown))
-    short = [f"{r['dataset']} B={r['batch_size']} {r['strategy']}: {r['n']} seeds"
-             for r in rows if r["n"] < args.min_seeds]
+    short = [
+        f"{r['dataset']} B={r['batch_size']} {r['strategy']}: {r['n']} seeds" for r in rows if r["n"] < args.min_seeds
+    ]
     print(f"\n{len(runs)} runs; cells with fewer than {args.min_seeds} seeds: {len(short)}")
     for line in short:
         print("  " + line)

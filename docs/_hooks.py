@@ -24,11 +24,12 @@ _FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 
 def _from_root(markdown: str) -> str:
     """README links are relative to the repository root; the home page's are relative to docs/."""
+
     def move(m: re.Match) -> str:
         link = m[2]
         if re.match(r"^[a-z][a-z0-9+.-]*:", link) or link.startswith("#"):
             return m[0]
-        return f"[{m[1]}]({link[len('docs/'):] if link.startswith('docs/') else '../' + link})"
+        return f"[{m[1]}]({link[len('docs/') :] if link.startswith('docs/') else '../' + link})"
 
     return _LINK.sub(move, markdown)
 
@@ -46,11 +47,13 @@ def _outside_links(markdown: str, page_dir: str, page: str) -> str:
             log.error("%s links to %s, which is not in the repository", page, target)
             return m[0]
         shown = target + ("/" if (ROOT / target).is_dir() else "")
-        return f"{text} (`{shown}`)" if text.strip("`") != shown.rstrip("/") and text.strip("`") != shown else f"`{shown}`"
+        return (
+            f"{text} (`{shown}`)" if text.strip("`") != shown.rstrip("/") and text.strip("`") != shown else f"`{shown}`"
+        )
 
     parts, last = [], 0
     for fence in _FENCE.finditer(markdown):  # leave code blocks alone
-        parts.append(_LINK.sub(fix, markdown[last:fence.start()]))
+        parts.append(_LINK.sub(fix, markdown[last : fence.start()]))
         parts.append(fence[0])
         last = fence.end()
     parts.append(_LINK.sub(fix, markdown[last:]))

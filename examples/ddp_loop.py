@@ -35,7 +35,9 @@ def main(argv=None):
 
     dist.init_process_group(args.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if args.backend == "nccl" else torch.device("cpu")
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if args.backend == "nccl" else torch.device("cpu")
+    )
     torch.manual_seed(0)  # the same initial weights on every rank (the script's choice)
     train_set, test_set, _ = digits_with_noise(0.3, seed=0)
     model = SmallCNN().to(device)
@@ -64,8 +66,11 @@ def main(argv=None):
             with torch.no_grad():
                 xs, ys = test_set.tensors
                 acc = (model(xs.to(device)).argmax(1).cpu() == ys).float().mean().item()
-            print(f"epoch {epoch}  world {world}  steps/rank {len(sampler)}  planned={sampler.uses_scores()}  "
-                  f"test top-1 {acc:.3f}", flush=True)
+            print(
+                f"epoch {epoch}  world {world}  steps/rank {len(sampler)}  planned={sampler.uses_scores()}  "
+                f"test top-1 {acc:.3f}",
+                flush=True,
+            )
     # Release DDP before its process group: a DDP reducer that outlives the group
     # can abort the process at exit ("terminate called without an active exception").
     del ddp, opt, model, assessor, loader, sampler

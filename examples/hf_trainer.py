@@ -57,10 +57,12 @@ class TokenSequences(Dataset):
 
     def __getitem__(self, i):
         mask = np.arange(LENGTH) < self.lengths[i]
-        return {"input_ids": torch.tensor(np.where(mask, self.tokens[i], PAD)),
-                "attention_mask": torch.tensor(mask.astype(np.int64)),
-                "labels": int(self.labels[i]),
-                "flipped": bool(self.flipped[i])}
+        return {
+            "input_ids": torch.tensor(np.where(mask, self.tokens[i], PAD)),
+            "attention_mask": torch.tensor(mask.astype(np.int64)),
+            "labels": int(self.labels[i]),
+            "flipped": bool(self.flipped[i]),
+        }
 
 
 class PrintEpochs(TrainerCallback):
@@ -70,8 +72,10 @@ class PrintEpochs(TrainerCallback):
         self.sampler = sampler
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        print(f"epoch {round(state.epoch) - 1:3d}  eval top-1 {metrics['eval_accuracy']:.3f}  "
-              f"planned={self.sampler.uses_scores()}")
+        print(
+            f"epoch {round(state.epoch) - 1:3d}  eval top-1 {metrics['eval_accuracy']:.3f}  "
+            f"planned={self.sampler.uses_scores()}"
+        )
 
 
 def accuracy(pred):
@@ -96,36 +100,64 @@ def main(argv=None):
     set_seed(args.seed)  # the script's own choice, before the model's random weights; mombs never seeds globally
     train_set = TokenSequences(args.train_size, noise=args.noise, seed=args.seed)
     eval_set = TokenSequences(256, noise=0.0, seed=args.seed + 1)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=LENGTH, num_labels=2))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=LENGTH,
+            num_labels=2,
+        )
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         training_args = TrainingArguments(
-            output_dir=args.output_dir or tmp, per_device_train_batch_size=args.batch_size,
-            per_device_eval_batch_size=256, num_train_epochs=args.epochs, learning_rate=5e-3,
-            optim="adamw_torch", eval_strategy="epoch", save_strategy="no", logging_strategy="no",
-            report_to=[], use_cpu=True, disable_tqdm=True, seed=args.seed)
+            output_dir=args.output_dir or tmp,
+            per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=256,
+            num_train_epochs=args.epochs,
+            learning_rate=5e-3,
+            optim="adamw_torch",
+            eval_strategy="epoch",
+            save_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=args.seed,
+        )
         # The sampler comes after TrainingArguments, which start torch.distributed under torchrun.
-        sampler = mombs.MixedOrderBatchSampler(train_set, args.batch_size, order=args.order,
-                                               pivot_epoch=args.pivot_epoch, seed=args.seed)   # mombs
-        trainer = MoMBSTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
-                               compute_metrics=accuracy, callbacks=[PrintEpochs(sampler)],
-                               sampler=sampler, at="bert.pooler",                               # mombs
-                               assessor_options={"k": args.k})                                 # mombs
+        sampler = mombs.MixedOrderBatchSampler(
+            train_set, args.batch_size, order=args.order, pivot_epoch=args.pivot_epoch, seed=args.seed
+        )  # mombs
+        trainer = MoMBSTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            compute_metrics=accuracy,
+            callbacks=[PrintEpochs(sampler)],
+            sampler=sampler,
+            at="bert.pooler",  # mombs
+            assessor_options={"k": args.k},
+        )  # mombs
         trainer.remove_callback(PrinterCallback)  # PrintEpochs says what matters here
         trainer.train()
 
     result = {"accuracy": [log["eval_accuracy"] for log in trainer.state.log_history if "eval_accuracy" in log][-1]}
     if trainer.assessor.tracker.measured().all():
-        q = trainer.assessor.quadrants()                                                        # mombs
+        q = trainer.assessor.quadrants()  # mombs
         poor = q.mask("poorly-labeled")
         flipped = train_set.flipped
         result["precision"] = float(flipped[poor].mean()) if poor.any() else float("nan")
         result["recall"] = float(poor[flipped].mean()) if flipped.any() else float("nan")
         print("quadrant counts:", q.counts)
-        print(f"flipped labels found in 'poorly-labeled': precision {result['precision']:.2f}, "
-              f"recall {result['recall']:.2f} (base rate {flipped.mean():.2f})")
+        print(
+            f"flipped labels found in 'poorly-labeled': precision {result['precision']:.2f}, "
+            f"recall {result['recall']:.2f} (base rate {flipped.mean():.2f})"
+        )
     return result
 
 

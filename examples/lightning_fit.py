@@ -42,9 +42,9 @@ class DigitsModule(L.LightningModule):
         self.batches = []
 
     def training_step(self, batch, batch_idx):
-        idx, x, y = batch                                              # mombs: IndexedDataset items
+        idx, x, y = batch  # mombs: IndexedDataset items
         loss = F.cross_entropy(self.net(x), y, reduction="none")
-        self.batches.append(idx.cpu().numpy())                         # to show the balance
+        self.batches.append(idx.cpu().numpy())  # to show the balance
         return {"loss": loss.mean(), "sample_loss": loss.detach(), "indices": idx}  # mombs
 
     def validation_step(self, batch, batch_idx):
@@ -53,11 +53,9 @@ class DigitsModule(L.LightningModule):
 
     def on_train_epoch_end(self):
         acc = self.trainer.callback_metrics.get("test_top1", torch.tensor(float("nan")))
-        print(f"epoch {self.current_epoch:3d}  test top-1 {acc:.3f}  planned={self.sampler.uses_scores()}",
-              flush=True)
+        print(f"epoch {self.current_epoch:3d}  test top-1 {acc:.3f}  planned={self.sampler.uses_scores()}", flush=True)
         if self.planned_from is not None:
-            self.balance[self.current_epoch] = batch_balance(self.batches, self.planned_from,
-                                                             seed=self.current_epoch)
+            self.balance[self.current_epoch] = batch_balance(self.batches, self.planned_from, seed=self.current_epoch)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
@@ -81,28 +79,39 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)  # the script's own choice; the library never seeds globally
     train_set, test_set, flipped = digits_with_noise(args.noise, args.seed)
-    train = mombs.IndexedDataset(train_set)                                            # mombs
-    sampler = mombs.MixedOrderBatchSampler(train, args.batch_size, order=args.order,
-                                           pivot_epoch=args.pivot_epoch, seed=args.seed)  # mombs
+    train = mombs.IndexedDataset(train_set)  # mombs
+    sampler = mombs.MixedOrderBatchSampler(
+        train, args.batch_size, order=args.order, pivot_epoch=args.pivot_epoch, seed=args.seed
+    )  # mombs
     module = DigitsModule(train, test_set, sampler)
     assessor = mombs.DifficultyAssessor(module.net, train, at="features", sampler=sampler)  # mombs
 
-    trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1,
-                        callbacks=[MoMBSCallback(assessor)],                         # mombs
-                        use_distributed_sampler=False,  # mombs: needed with several devices
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[MoMBSCallback(assessor)],  # mombs
+        use_distributed_sampler=False,  # mombs: needed with several devices
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module)
 
     result = {"accuracy": float(trainer.callback_metrics["test_top1"]), "balance": module.balance}
     if assessor.tracker.measured().all():
         q = assessor.quadrants()
         poor, flips = q.mask("poorly-labeled"), flipped.numpy()
-        result.update(precision=float(flips[poor].mean()), recall=float(poor[flips].mean()),
-                      base_rate=float(flips.mean()))
+        result.update(
+            precision=float(flips[poor].mean()), recall=float(poor[flips].mean()), base_rate=float(flips.mean())
+        )
         print("quadrant counts:", q.counts)
-        print(f"flipped labels found in 'poorly-labeled': precision {result['precision']:.2f}, "
-              f"recall {result['recall']:.2f} (base rate {result['base_rate']:.2f})")
+        print(
+            f"flipped labels found in 'poorly-labeled': precision {result['precision']:.2f}, "
+            f"recall {result['recall']:.2f} (base rate {result['base_rate']:.2f})"
+        )
     return result
 
 

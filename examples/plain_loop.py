@@ -37,9 +37,15 @@ def digits_with_noise(noise: float, seed: int):
 class SmallCNN(nn.Module):
     def __init__(self, classes=10):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                                      nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-                                      nn.MaxPool2d(2))
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, classes))
 
     def forward(self, x):
@@ -62,27 +68,29 @@ def main(argv=None):
     model = SmallCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-    train = mombs.IndexedDataset(train_set)                                   # mombs
-    sampler = mombs.MixedOrderBatchSampler(train, args.batch_size, order=args.order,
-                                           pivot_epoch=args.pivot_epoch, seed=args.seed)  # mombs
-    assessor = mombs.DifficultyAssessor(model, train, at="features", sampler=sampler,
-                                        schedule=args.schedule, head=model.head)         # mombs
+    train = mombs.IndexedDataset(train_set)  # mombs
+    sampler = mombs.MixedOrderBatchSampler(
+        train, args.batch_size, order=args.order, pivot_epoch=args.pivot_epoch, seed=args.seed
+    )  # mombs
+    assessor = mombs.DifficultyAssessor(
+        model, train, at="features", sampler=sampler, schedule=args.schedule, head=model.head
+    )  # mombs
     loader = DataLoader(train, batch_sampler=sampler)
 
     results = {"balance": {}, "labels": {}}
     for epoch in range(args.epochs):
-        assessor.start_epoch(epoch)                                           # mombs
-        planned_from = sampler.scores if sampler.uses_scores() else None      # to show the balance below
+        assessor.start_epoch(epoch)  # mombs
+        planned_from = sampler.scores if sampler.uses_scores() else None  # to show the balance below
         batches = []
         model.train()
         for idx, x, y in loader:
             loss = F.cross_entropy(model(x), y, reduction="none")
-            assessor.observe(idx, loss)                                       # mombs
+            assessor.observe(idx, loss)  # mombs
             opt.zero_grad()
             loss.mean().backward()
             opt.step()
             batches.append(idx.numpy())
-        assessor.end_epoch()                                                  # mombs
+        assessor.end_epoch()  # mombs
 
         model.eval()
         with torch.no_grad():
@@ -108,7 +116,7 @@ def batch_balance(batches, scores, seed):
     size = max(len(b) for b in batches)
     full = [b for b in batches if len(b) == size]
     shuffled = np.random.default_rng(seed).permutation(np.concatenate(batches))
-    random_batches = shuffled[:len(full) * size].reshape(len(full), size)
+    random_batches = shuffled[: len(full) * size].reshape(len(full), size)
     mixed = float(np.std([scores[b].sum() for b in full]))
     rand = float(np.std([scores[b].sum() for b in random_batches]))
     print(f"  batch difficulty sums: std {mixed:.1f}; random batches: {rand:.1f}")
@@ -132,17 +140,22 @@ def label_check(model, train, flipped, epoch):
     Returns:
         ``{"precision", "recall", "base_rate"}`` of the quadrant's catch.
     """
-    (_, loss), (_, unc) = mombs.assessment_pass(model, train, at="features")   # mombs
-    poor = mombs.quadrants(loss, unc).mask("poorly-labeled")                   # mombs
+    (_, loss), (_, unc) = mombs.assessment_pass(model, train, at="features")  # mombs
+    poor = mombs.quadrants(loss, unc).mask("poorly-labeled")  # mombs
     _, x, y = train.read_batch(range(len(train)))
     with torch.no_grad():
         memorized = (model.eval()(x).argmax(1) == y)[flipped].float().mean()
     flips = flipped.numpy()
-    found = {"precision": float(flips[poor].mean()), "recall": float(poor[flips].mean()),
-             "base_rate": float(flips.mean())}
-    print(f"after epoch {epoch}: the network reproduces {memorized:.0%} of the flipped labels; "
-          f"'poorly-labeled' finds them at precision {found['precision']:.2f}, recall {found['recall']:.2f} "
-          f"(base rate {found['base_rate']:.2f})")
+    found = {
+        "precision": float(flips[poor].mean()),
+        "recall": float(poor[flips].mean()),
+        "base_rate": float(flips.mean()),
+    }
+    print(
+        f"after epoch {epoch}: the network reproduces {memorized:.0%} of the flipped labels; "
+        f"'poorly-labeled' finds them at precision {found['precision']:.2f}, recall {found['recall']:.2f} "
+        f"(base rate {found['base_rate']:.2f})"
+    )
     return found
 
 

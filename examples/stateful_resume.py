@@ -45,10 +45,11 @@ def build(args):
     with torch.no_grad():  # initialised from a private generator: the global RNG stays untouched
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    train = mombs.IndexedDataset(make_data(args.n, args.seed))                          # mombs
-    sampler = mombs.MixedOrderBatchSampler(train, args.batch_size, pivot_epoch=args.pivot_epoch,
-                                           seed=args.seed)                            # mombs
-    assessor = mombs.DifficultyAssessor(model, train, at="body", sampler=sampler)     # mombs
+    train = mombs.IndexedDataset(make_data(args.n, args.seed))  # mombs
+    sampler = mombs.MixedOrderBatchSampler(
+        train, args.batch_size, pivot_epoch=args.pivot_epoch, seed=args.seed
+    )  # mombs
+    assessor = mombs.DifficultyAssessor(model, train, at="body", sampler=sampler)  # mombs
     loader = StatefulDataLoader(train, batch_sampler=sampler, num_workers=args.num_workers)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     return model, sampler, assessor, loader, opt
@@ -64,21 +65,28 @@ def train(args, objects, epochs, *, stop=None, first_epoch=0):
     model, sampler, assessor, loader, opt = objects
     seen = []
     for epoch in range(first_epoch, epochs):
-        assessor.start_epoch(epoch)                    # mombs: also sets the sampler's epoch
+        assessor.start_epoch(epoch)  # mombs: also sets the sampler's epoch
         for step, (idx, x, y) in enumerate(loader):
             loss = F.cross_entropy(model(x), y, reduction="none")
-            assessor.observe(idx, loss)                # mombs
+            assessor.observe(idx, loss)  # mombs
             opt.zero_grad()
             loss.mean().backward()
             opt.step()
             seen.append((epoch, idx.tolist()))
             if stop == (epoch, step + 1):
                 buf = io.BytesIO()
-                torch.save({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                            "loader": loader.state_dict(),          # holds the sampler's state
-                            "assessor": assessor.state_dict()}, buf)  # mombs: the tracker, mid-epoch
+                torch.save(
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "loader": loader.state_dict(),  # holds the sampler's state
+                        "assessor": assessor.state_dict(),
+                    },
+                    buf,
+                )  # mombs: the tracker, mid-epoch
                 return seen, buf.getvalue()
-        assessor.end_epoch()                           # mombs: measure, plan the next epoch
+        assessor.end_epoch()  # mombs: measure, plan the next epoch
     return seen, None
 
 
@@ -92,8 +100,9 @@ def main(argv=None) -> dict:
     p.add_argument("--stop-batch", type=int, default=5, help="... after this many of its batches")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-loader-state", action="store_true",
-                   help="resume without the loader's state (to see what goes wrong)")
+    p.add_argument(
+        "--skip-loader-state", action="store_true", help="resume without the loader's state (to see what goes wrong)"
+    )
     args = p.parse_args(argv)
     if not args.pivot_epoch <= args.stop_epoch < args.epochs:
         p.error(f"--stop-epoch={args.stop_epoch} must lie in [--pivot-epoch, --epochs)")
@@ -106,17 +115,21 @@ def main(argv=None) -> dict:
     model, sampler, assessor, loader, opt = objects = build(args)  # a fresh process, in effect
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
-    assessor.load_state_dict(state["assessor"])      # mombs
+    assessor.load_state_dict(state["assessor"])  # mombs
     if not args.skip_loader_state:
-        loader.load_state_dict(state["loader"])      # restores the sampler on the next iter()
+        loader.load_state_dict(state["loader"])  # restores the sampler on the next iter()
     rest, _ = train(args, objects, args.epochs, first_epoch=state["epoch"])
     resumed = first + rest
 
     planned = sorted({e for e, _ in whole if e >= args.pivot_epoch})
-    report = {"num_workers": args.num_workers, "batches": len(whole),
-              "same_batches": resumed == whole, "planned_epochs": planned,
-              "same_scores": bool(np.allclose(assessor.scores(), uninterrupted[2].scores())),
-              "stopped_at": [args.stop_epoch, args.stop_batch]}
+    report = {
+        "num_workers": args.num_workers,
+        "batches": len(whole),
+        "same_batches": resumed == whole,
+        "planned_epochs": planned,
+        "same_scores": bool(np.allclose(assessor.scores(), uninterrupted[2].scores())),
+        "stopped_at": [args.stop_epoch, args.stop_batch],
+    }
     print(report)
     if not report["same_batches"]:
         diverged = next(i for i, (a, b) in enumerate(zip(resumed, whole)) if a != b)

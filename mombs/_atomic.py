@@ -89,6 +89,7 @@ def atomic_json(path, obj, *, indent: int | None = 1) -> None:
 
 def atomic_npz(path, **arrays) -> None:
     """``np.savez_compressed(path, **arrays)``, written with :func:`atomic_write`."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a handle: numpy would add ".npz" to the temporary name
             np.savez_compressed(fh, **arrays)

@@ -22,8 +22,7 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_int(name: str, value, low: int | None = None, high: int | None = None, *,
-              optional: bool = False) -> None:
+def check_int(name: str, value, low: int | None = None, high: int | None = None, *, optional: bool = False) -> None:
     """Checks that ``value`` is an integer in ``[low, high)``.
 
     Args:
@@ -50,8 +49,17 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None,
         raise ValueError(f"{name}={value!r} must be an integer{allowed}" + (" or null" if optional else ""))
 
 
-def check_real(name: str, value, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
-               high_open: bool = False, optional: bool = False, why: str = "") -> None:
+def check_real(
+    name: str,
+    value,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    why: str = "",
+) -> None:
     """Checks that ``value`` is a finite number between ``low`` and ``high``.
 
     Args:
@@ -67,8 +75,11 @@ def check_real(name: str, value, low: float = -math.inf, high: float = math.inf,
     """
     if optional and value is None:
         return
-    ok = is_real(value) and (value > low if low_open else value >= low) and (
-        value < high if high_open else value <= high)
+    ok = (
+        is_real(value)
+        and (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high)
+    )
     if not ok:
         if high == math.inf and low == -math.inf:
             allowed = "finite"

@@ -83,8 +83,10 @@ def _select(obj, mask: np.ndarray):
         return type(obj)(*picked) if hasattr(obj, "_fields") else tuple(picked)
     if isinstance(obj, list):
         if len(obj) != len(mask):
-            raise ValueError(f"a list in the batch has {len(obj)} entries but the batch has {len(mask)} "
-                             f"samples; lists must hold one entry per sample")
+            raise ValueError(
+                f"a list in the batch has {len(obj)} entries but the batch has {len(mask)} "
+                f"samples; lists must hold one entry per sample"
+            )
         return [v for v, keep in zip(obj, mask) if keep]
     return obj
 
@@ -104,8 +106,9 @@ def _check_indices(name: str, indices, n: int) -> np.ndarray:
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{name} must be a (n,) integer array, got shape {arr.shape} and dtype {arr.dtype}")
     if arr.min() < 0 or arr.max() >= n:
-        raise ValueError(f"{name} must lie in [0, {n}), the data set's indices; got values in "
-                         f"[{arr.min()}, {arr.max()}]")
+        raise ValueError(
+            f"{name} must lie in [0, {n}), the data set's indices; got values in [{arr.min()}, {arr.max()}]"
+        )
     return np.unique(arr.astype(np.int64))
 
 
@@ -116,8 +119,12 @@ def _task_parts(task, loss_fn, output_fn, uncertainty_fn, activation):
     if loss_fn is None:
         base = adapter.loss_fn
         loss_fn = base if output_fn is None else (lambda outputs, targets: base(output_fn(outputs), targets))
-    return (loss_fn, output_fn or adapter.output_fn, uncertainty_fn or adapter.uncertainty_fn,
-            activation or adapter.activation)
+    return (
+        loss_fn,
+        output_fn or adapter.output_fn,
+        uncertainty_fn or adapter.uncertainty_fn,
+        activation or adapter.activation,
+    )
 
 
 def _task_io(task, forward_fn, collate_fn):
@@ -130,9 +137,11 @@ def _check_materialised(model: nn.Module) -> None:
     """Refuses a model whose weights are on the ``meta`` device (shapes, no values)."""
     for name, t in (*model.named_parameters(), *model.named_buffers()):
         if t.device.type == "meta":
-            raise ValueError(f"the model's {name!r} is on the meta device: it has shapes but no values, so "
-                             f"nothing can be measured. Materialise the model first (e.g. "
-                             f"model.to_empty(device='cpu') and load_state_dict) and measure that")
+            raise ValueError(
+                f"the model's {name!r} is on the meta device: it has shapes but no values, so "
+                f"nothing can be measured. Materialise the model first (e.g. "
+                f"model.to_empty(device='cpu') and load_state_dict) and measure that"
+            )
 
 
 def _low_precision_dtype(model: nn.Module) -> torch.dtype | None:
@@ -160,14 +169,30 @@ def _as_index_array(indices) -> np.ndarray:
     return indices.cpu().numpy() if torch.is_tensor(indices) else np.asarray(indices)
 
 
-def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty_indices=None,
-                    at: str | None = None, k: int = 8, alpha: float = 0.3,
-                    task: str | TaskAdapter = "classification", loss_fn: Callable | None = None,
-                    output_fn: Callable | None = None, uncertainty_fn: Callable | None = None,
-                    activation: str | None = None, batch_size: int = 256, num_workers: int = 0,
-                    collate_fn: Callable | None = None, batch_fn: Callable | None = None, device=None,
-                    generator: torch.Generator | None = None, chunk_rows: int | None = None,
-                    loader=None, forward_fn: Callable | None = None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def assessment_pass(
+    model: nn.Module,
+    dataset,
+    *,
+    loss_indices=None,
+    uncertainty_indices=None,
+    at: str | None = None,
+    k: int = 8,
+    alpha: float = 0.3,
+    task: str | TaskAdapter = "classification",
+    loss_fn: Callable | None = None,
+    output_fn: Callable | None = None,
+    uncertainty_fn: Callable | None = None,
+    activation: str | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+    batch_fn: Callable | None = None,
+    device=None,
+    generator: torch.Generator | None = None,
+    chunk_rows: int | None = None,
+    loader=None,
+    forward_fn: Callable | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """One eval-mode measuring pass: per-sample losses and K-pass uncertainties.
 
     The data set is read once, in index order, over the union of the two index
@@ -218,8 +243,7 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
         ``((loss_idx, loss), (unc_idx, unc))``: sorted ``(n,)`` int64 indices and
         ``(n,)`` float64 values of each measure, higher = harder.
     """
-    loss_fn, output_fn, uncertainty_fn, activation = _task_parts(task, loss_fn, output_fn, uncertainty_fn,
-                                                                 activation)
+    loss_fn, output_fn, uncertainty_fn, activation = _task_parts(task, loss_fn, output_fn, uncertainty_fn, activation)
     forward_fn, collate_fn = _task_io(task, forward_fn, collate_fn)
     _check_noise_args(k, alpha, activation)
     check_int("batch_size", batch_size, 1)
@@ -253,8 +277,9 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
     def spy_on(_module, _inputs, out):
         pooled.setdefault("seen", is_pooled(out))
 
-    spy = (find_module(model, cast(str, at)).register_forward_hook(spy_on)
-           if unc_idx.size and chunk_rows is None else None)
+    spy = (
+        find_module(model, cast(str, at)).register_forward_hook(spy_on) if unc_idx.size and chunk_rows is None else None
+    )
     with torch.no_grad(), _eval_mode(model), _removing(spy):
         for batch in _read(dataset, idx, batch_size, num_workers, collate_fn, loader):
             indices, inputs, targets = batch_fn(batch)
@@ -263,9 +288,11 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
                 sel = slice(pos, pos + len(ids))
                 pos += len(ids)
                 if not np.array_equal(ids, idx[sel]):
-                    raise ValueError(f"the batch carries indices {ids[:5].tolist()}... where positions "
-                                     f"{idx[sel][:5].tolist()}... were read: wrap the data set in "
-                                     f"mombs.IndexedDataset, or give a batch_fn that returns its indices")
+                    raise ValueError(
+                        f"the batch carries indices {ids[:5].tolist()}... where positions "
+                        f"{idx[sel][:5].tolist()}... were read: wrap the data set in "
+                        f"mombs.IndexedDataset, or give a batch_fn that returns its indices"
+                    )
                 m_loss, m_unc = want_loss[sel], want_unc[sel]
             else:  # a caller's loader: any order, maybe more than was asked for
                 ids = ids.astype(np.int64, copy=False)
@@ -282,26 +309,37 @@ def assessment_pass(model: nn.Module, dataset, *, loss_indices=None, uncertainty
                     got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
                     raise ValueError(f"loss_fn must return ({len(ids)},) per-sample losses, got {got}")
                 # Kept on the device until the pass ends: one host copy, not one per batch.
-                got_loss.append((ids[m_loss], value if m_loss.all()
-                                 else value[torch.from_numpy(m_loss).to(value.device)]))
+                got_loss.append(
+                    (ids[m_loss], value if m_loss.all() else value[torch.from_numpy(m_loss).to(value.device)])
+                )
             if m_unc.any():
-                value = feature_noise_uncertainty(model, inputs if m_unc.all() else _select(inputs, m_unc),
-                                                  at=cast(str, at), k=k, alpha=alpha, activation=activation,
-                                                  generator=generator, output_fn=output_fn,
-                                                  uncertainty_fn=uncertainty_fn, forward_fn=forward_fn,
-                                                  chunk_rows=_rows_for(pooled, chunk_rows, k, inputs))
+                value = feature_noise_uncertainty(
+                    model,
+                    inputs if m_unc.all() else _select(inputs, m_unc),
+                    at=cast(str, at),
+                    k=k,
+                    alpha=alpha,
+                    activation=activation,
+                    generator=generator,
+                    output_fn=output_fn,
+                    uncertainty_fn=uncertainty_fn,
+                    forward_fn=forward_fn,
+                    chunk_rows=_rows_for(pooled, chunk_rows, k, inputs),
+                )
                 got_unc.append((ids[m_unc], value))
-    for name, found, values, order in (("loss", got_loss, losses, loss_idx),
-                                       ("uncertainty", got_unc, uncs, unc_idx)):
+    for name, found, values, order in (("loss", got_loss, losses, loss_idx), ("uncertainty", got_unc, uncs, unc_idx)):
         if not found:
             continue
         ids = np.concatenate([f[0] for f in found])
         if loader is not None and np.setdiff1d(order, ids).size:
             missing = np.setdiff1d(order, ids)
-            raise ValueError(f"loader= yielded no batch holding {missing.size} of the samples whose {name} "
-                             f"was asked for (e.g. {missing[:5].tolist()}); it must cover the data set")
-        values[np.searchsorted(order, ids)] = torch.cat([f[1].detach().reshape(-1).float() for f in found]
-                                                        ).to("cpu", torch.float64).numpy()
+            raise ValueError(
+                f"loader= yielded no batch holding {missing.size} of the samples whose {name} "
+                f"was asked for (e.g. {missing[:5].tolist()}); it must cover the data set"
+            )
+        values[np.searchsorted(order, ids)] = (
+            torch.cat([f[1].detach().reshape(-1).float() for f in found]).to("cpu", torch.float64).numpy()
+        )
     if loader is not None:
         for name, found, order in (("loss", got_loss, loss_idx), ("uncertainty", got_unc, unc_idx)):
             if order.size and not found:
@@ -339,10 +377,16 @@ def _read(dataset, idx: np.ndarray, batch_size: int, num_workers: int, collate_f
         return
     if callable(getattr(dataset, "read_batch", None)) and num_workers == 0 and collate_fn is None:
         for start in range(0, idx.size, batch_size):
-            yield dataset.read_batch(torch.from_numpy(idx[start:start + batch_size]))
+            yield dataset.read_batch(torch.from_numpy(idx[start : start + batch_size]))
         return
     data = dataset if idx.size == len(dataset) else Subset(dataset, idx.tolist())
     # A private generator: a DataLoader draws its workers' base seed from the
     # global RNG otherwise, and the library never touches that.
-    yield from DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                          collate_fn=collate_fn, generator=torch.Generator())
+    yield from DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        generator=torch.Generator(),
+    )

@@ -67,9 +67,11 @@ def _on_host(indices: torch.Tensor) -> bool:
 def _check_range(idx: np.ndarray, n: int) -> None:
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         out = idx[(idx < 0) | (idx >= n)]
-        raise ValueError(f"observe() got indices {out[:5].tolist()} outside the data set's [0, {n}): the batch "
-                         f"comes from another data set than the assessor's ({n} samples), or its indices are "
-                         f"not data set indices")
+        raise ValueError(
+            f"observe() got indices {out[:5].tolist()} outside the data set's [0, {n}): the batch "
+            f"comes from another data set than the assessor's ({n} samples), or its indices are "
+            f"not data set indices"
+        )
 
 
 def _repeats(seen: np.ndarray, idx: np.ndarray) -> int:
@@ -80,31 +82,39 @@ def _repeats(seen: np.ndarray, idx: np.ndarray) -> int:
 def _refuse_repeats(seen: np.ndarray, idx: np.ndarray, epoch: int):
     values, counts = np.unique(idx, return_counts=True)
     again = np.union1d(idx[seen[idx]], values[counts > 1])
-    raise ValueError(f"observe() got samples {again[:10].tolist()}{' ...' if again.size > 10 else ''} "
-                     f"({again.size} in all) that were already observed in epoch {epoch}: call observe() once "
-                     f"per batch. A second call for a batch files its losses twice and moves the sampler's "
-                     f"resume position on, so a resumed run would skip a batch")
+    raise ValueError(
+        f"observe() got samples {again[:10].tolist()}{' ...' if again.size > 10 else ''} "
+        f"({again.size} in all) that were already observed in epoch {epoch}: call observe() once "
+        f"per batch. A second call for a batch files its losses twice and moves the sampler's "
+        f"resume position on, so a resumed run would skip a batch"
+    )
 
 
 def _refuse_non_finite(kind: str, epoch: int, samples: np.ndarray, count: int):
-    raise ValueError(f"observe() got {count} non-finite per-sample {kind} value(s) (NaN or inf) in epoch {epoch}, "
-                     f"first for samples {samples[:5].tolist()}: the training diverged (lower the learning "
-                     f"rate), or the loss is undefined for these samples (a mean over no valid element, say)")
+    raise ValueError(
+        f"observe() got {count} non-finite per-sample {kind} value(s) (NaN or inf) in epoch {epoch}, "
+        f"first for samples {samples[:5].tolist()}: the training diverged (lower the learning "
+        f"rate), or the loss is undefined for these samples (a mean over no valid element, say)"
+    )
 
 
 def _check_dataset_and_sampler(dataset, sampler) -> None:
     """The data set is not empty, and the sampler (when it says its size) was built for it."""
     if not hasattr(dataset, "__len__"):
-        raise ValueError(f"dataset={type(dataset).__name__} must have a length: the assessor needs the "
-                         f"training set as a map-style data set (mombs.IndexedDataset(train_set))")
+        raise ValueError(
+            f"dataset={type(dataset).__name__} must have a length: the assessor needs the "
+            f"training set as a map-style data set (mombs.IndexedDataset(train_set))"
+        )
     n = len(dataset)
     if n == 0:
         raise ValueError("the data set is empty (len(dataset) == 0); the assessor measures the training set")
     size = getattr(sampler, "num_samples_total", None)
     if size is not None and size != n:
-        raise ValueError(f"the sampler was built for {size} samples but the data set has {n}: build both "
-                         f"from the same training set (MixedOrderBatchSampler(train, ...) and "
-                         f"DifficultyAssessor(model, train, ...)); a validation set or a subset has another size")
+        raise ValueError(
+            f"the sampler was built for {size} samples but the data set has {n}: build both "
+            f"from the same training set (MixedOrderBatchSampler(train, ...) and "
+            f"DifficultyAssessor(model, train, ...)); a validation set or a subset has another size"
+        )
 
 
 def _check_detector(model: nn.Module, task, forward_fn, schedule: AssessmentSchedule) -> None:
@@ -112,18 +122,23 @@ def _check_detector(model: nn.Module, task, forward_fn, schedule: AssessmentSche
     reads the training forward (which for a detector returns a loss dict)."""
     # Read off the class's bases, so that torchvision is never imported for the check:
     # a detector's class was imported with torchvision's detection models.
-    if not any(c.__name__ == "GeneralizedRCNN" and c.__module__.startswith("torchvision.")
-               for c in type(model).__mro__):
+    if not any(
+        c.__name__ == "GeneralizedRCNN" and c.__module__.startswith("torchvision.") for c in type(model).__mro__
+    ):
         return
     name = create_task(task).name
     if name != "detection" and forward_fn is None:
-        raise ValueError(f"model is a torchvision detector ({type(model).__name__}) but task={name!r}: pass "
-                         f"task='detection', whose assessment passes run the region proposal network and "
-                         f"batch images of different sizes as lists")
+        raise ValueError(
+            f"model is a torchvision detector ({type(model).__name__}) but task={name!r}: pass "
+            f"task='detection', whose assessment passes run the region proposal network and "
+            f"batch images of different sizes as lists"
+        )
     if schedule.uncertainty_source != "pass":
-        raise ValueError(f"schedule={schedule.name!r} reads the training forward's output, which a torchvision "
-                         f"detector returns as a loss dict; use a schedule whose uncertainty comes from an "
-                         f"assessment pass, e.g. 'reuse-loss' or 'paper'")
+        raise ValueError(
+            f"schedule={schedule.name!r} reads the training forward's output, which a torchvision "
+            f"detector returns as a loss dict; use a schedule whose uncertainty comes from an "
+            f"assessment pass, e.g. 'reuse-loss' or 'paper'"
+        )
 
 
 class DifficultyAssessor:
@@ -183,22 +198,42 @@ class DifficultyAssessor:
     step would make the CPU wait for the GPU each step.
     """
 
-    def __init__(self, model: nn.Module, dataset, *, at: str, sampler=None,
-                 schedule: str | AssessmentSchedule = DEFAULT_SCHEDULE, k: int = 8,
-                 alpha: float = 0.3, measure: str = "both", pivot_epoch: int | None = None,
-                 task: str | TaskAdapter = "classification", loss_fn: Callable | None = None,
-                 output_fn: Callable | None = None, uncertainty_fn: Callable | None = None,
-                 activation: str | None = None, head: Callable | None = None,
-                 batch_size: int = 256, num_workers: int = 0, collate_fn: Callable | None = None,
-                 device=None, batch_fn: Callable | None = None, chunk_rows: int | None = None,
-                 seed: int = 0, assessment_loader=None, forward_fn: Callable | None = None,
-                 keep_history: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset,
+        *,
+        at: str,
+        sampler=None,
+        schedule: str | AssessmentSchedule = DEFAULT_SCHEDULE,
+        k: int = 8,
+        alpha: float = 0.3,
+        measure: str = "both",
+        pivot_epoch: int | None = None,
+        task: str | TaskAdapter = "classification",
+        loss_fn: Callable | None = None,
+        output_fn: Callable | None = None,
+        uncertainty_fn: Callable | None = None,
+        activation: str | None = None,
+        head: Callable | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        collate_fn: Callable | None = None,
+        device=None,
+        batch_fn: Callable | None = None,
+        chunk_rows: int | None = None,
+        seed: int = 0,
+        assessment_loader=None,
+        forward_fn: Callable | None = None,
+        keep_history: bool = False,
+    ):
         self.schedule = create_schedule(schedule)
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not known; choose one of {list(MEASURES)}")
         _check_dataset_and_sampler(dataset, sampler)
-        loss_fn, output_fn, uncertainty_fn, activation = _task_parts(task, loss_fn, output_fn, uncertainty_fn,
-                                                                     activation)
+        loss_fn, output_fn, uncertainty_fn, activation = _task_parts(
+            task, loss_fn, output_fn, uncertainty_fn, activation
+        )
         forward_fn, collate_fn = _task_io(task, forward_fn, collate_fn)
         _check_detector(model, task, forward_fn, self.schedule)
         _check_noise_args(k, alpha, activation)
@@ -207,13 +242,14 @@ class DifficultyAssessor:
         check_int("chunk_rows", chunk_rows, 1, optional=True)
         if assessment_loader is not None and not hasattr(assessment_loader, "__iter__"):
             raise ValueError(f"assessment_loader={assessment_loader!r} must be an iterable of batches")
-        for name, fn in (("loss_fn", loss_fn), ("output_fn", output_fn), ("head", head),
-                         ("forward_fn", forward_fn)):
+        for name, fn in (("loss_fn", loss_fn), ("output_fn", output_fn), ("head", head), ("forward_fn", forward_fn)):
             if fn is not None and not callable(fn):
                 raise ValueError(f"{name}={fn!r} must be callable")
         if self.schedule.uncertainty_source == "train" and head is None:
-            raise ValueError(f"schedule={self.schedule.name!r} disturbs the training features and "
-                             f"needs head=, the network after {at!r}")
+            raise ValueError(
+                f"schedule={self.schedule.name!r} disturbs the training features and "
+                f"needs head=, the network after {at!r}"
+            )
         self._at_module = find_module(model, at)
         if pivot_epoch is None:
             pivot_epoch = getattr(sampler, "pivot_epoch", DEFAULT_PIVOT_EPOCH)
@@ -300,10 +336,10 @@ class DifficultyAssessor:
         if self.active and self.schedule.uncertainty_source in ("train", "output") and self.measure != "loss":
             if captured is None:
                 where = self.at if self.schedule.uncertainty_source == "train" else "the model's output"
-                raise RuntimeError(f"nothing was captured at {where!r} in this step; "
-                                   f"call observe() right after the training forward")
-            unc = (self._head_uncertainty(captured) if self.schedule.uncertainty_source == "train"
-                   else captured)
+                raise RuntimeError(
+                    f"nothing was captured at {where!r} in this step; call observe() right after the training forward"
+                )
+            unc = self._head_uncertainty(captured) if self.schedule.uncertainty_source == "train" else captured
             step.append(self._checked("uncertainty", idx, unc))
         self._note_observed(idx, host)
         self._pending.extend(step)
@@ -317,20 +353,26 @@ class DifficultyAssessor:
             raise ValueError(f"observe() needs the per-sample {kind} as a tensor, got {type(values).__name__}")
         n = len(indices) if hasattr(indices, "__len__") else -1
         if values.ndim != 1 or values.shape[0] != n:
-            raise ValueError(f"observe() got {kind} of shape {tuple(values.shape)} for {n} indices; pass "
-                             f"per-sample values (reduction='none') of shape (B,) with the batch's (B,) "
-                             f"indices")
+            raise ValueError(
+                f"observe() got {kind} of shape {tuple(values.shape)} for {n} indices; pass "
+                f"per-sample values (reduction='none') of shape (B,) with the batch's (B,) "
+                f"indices"
+            )
         if not torch.is_tensor(indices):
             indices = torch.as_tensor(np.asarray(indices))
         if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
-            raise ValueError(f"observe() needs the batch's (B,) integer data set indices, got a {indices.dtype} "
-                             f"tensor of shape {tuple(indices.shape)}: the batch carries no indices, so its "
-                             f"first field came instead; wrap the data set in mombs.IndexedDataset so that "
-                             f"batches carry (index, x, y)")
+            raise ValueError(
+                f"observe() needs the batch's (B,) integer data set indices, got a {indices.dtype} "
+                f"tensor of shape {tuple(indices.shape)}: the batch carries no indices, so its "
+                f"first field came instead; wrap the data set in mombs.IndexedDataset so that "
+                f"batches carry (index, x, y)"
+            )
         if indices.ndim != 1:
-            raise ValueError(f"observe() needs the batch's indices as one (B,) integer tensor, got shape "
-                             f"{tuple(indices.shape)}; pass indices.reshape(-1) (a data set whose items "
-                             f"carry a (1,) index gives (B, 1))")
+            raise ValueError(
+                f"observe() needs the batch's indices as one (B,) integer tensor, got shape "
+                f"{tuple(indices.shape)}; pass indices.reshape(-1) (a data set whose items "
+                f"carry a (1,) index gives (B, 1))"
+            )
         return kind, indices.detach(), values.detach()
 
     def _check_host_step(self, idx: np.ndarray, loss: torch.Tensor | None) -> None:
@@ -354,8 +396,9 @@ class DifficultyAssessor:
     def _allowed_repeats(self) -> int:
         """Samples a process may see twice in an epoch: the sampler's padding under DDP, else none."""
         s = self.sampler
-        return replica_layout(s.num_samples_total, s.batch_size, num_replicas=s.num_replicas,
-                              drop_last=s.drop_last)["padding"]
+        return replica_layout(s.num_samples_total, s.batch_size, num_replicas=s.num_replicas, drop_last=s.drop_last)[
+            "padding"
+        ]
 
     def _seen_now(self) -> np.ndarray:
         """The samples observed in the current epoch. They are forgotten when the sampler's
@@ -418,8 +461,7 @@ class DifficultyAssessor:
             try:
                 getattr(self._tracker, f"update_{kind}")(idx, vals)
             except ValueError as err:
-                raise ValueError(f"observe() in epoch {self._tracker.epoch} got bad per-sample {kind}: "
-                                 f"{err}") from err
+                raise ValueError(f"observe() in epoch {self._tracker.epoch} got bad per-sample {kind}: {err}") from err
 
     def end_epoch(self) -> np.ndarray | None:
         """Call after each epoch's training pass.
@@ -434,14 +476,18 @@ class DifficultyAssessor:
         if not self.active:
             return None
         # A loss-only measure (ablation Mo+l) needs no uncertainty at all.
-        part = (self.schedule.uncertainty_part(self.epoch, self.pivot_epoch)
-                if self.schedule.uncertainty_source == "pass" and self.measure != "loss" else None)
+        part = (
+            self.schedule.uncertainty_part(self.epoch, self.pivot_epoch)
+            if self.schedule.uncertainty_source == "pass" and self.measure != "loss"
+            else None
+        )
         want_loss = self.schedule.loss_source == "pass"
         if want_loss or part is not None:
             n = len(self.dataset)
             loss_idx = np.arange(n) if want_loss else np.zeros(0, dtype=np.int64)
-            unc_idx = (self.schedule.part_indices(part, n, self.seed) if part is not None
-                       else np.zeros(0, dtype=np.int64))
+            unc_idx = (
+                self.schedule.part_indices(part, n, self.seed) if part is not None else np.zeros(0, dtype=np.int64)
+            )
             self._assess(loss_idx, unc_idx)
         self.tracker.sync()
         self._warn_unobserved()
@@ -468,23 +514,28 @@ class DifficultyAssessor:
         if not kinds:
             return
         t, n = self._tracker, self._tracker.num_samples
-        kind, missing = max(((k, int((getattr(t, f"{k}_epoch") != self.epoch).sum())) for k in kinds),
-                            key=lambda km: km[1])
+        kind, missing = max(
+            ((k, int((getattr(t, f"{k}_epoch") != self.epoch).sum())) for k in kinds), key=lambda km: km[1]
+        )
         s = self.sampler
         if isinstance(s, MixedOrderBatchSampler):
-            allowed = replica_layout(s.num_samples_total, s.batch_size, num_replicas=s.num_replicas,
-                                     drop_last=s.drop_last)["dropped"]
+            allowed = replica_layout(
+                s.num_samples_total, s.batch_size, num_replicas=s.num_replicas, drop_last=s.drop_last
+            )["dropped"]
             batches = f"; the sampler's epoch has {len(s)} batches per process"
         else:
             allowed, batches = n - 1, ""
         if missing <= allowed:
             return
-        warnings.warn(f"end_epoch(): {missing} of {n} samples got no per-sample {kind} from the training "
-                      f"steps of epoch {self.epoch} (observe() was called {self._steps} times in this "
-                      f"process{batches}). Call assessor.observe(indices, per_sample_loss) once after every "
-                      f"training step: schedule={self.schedule.name!r} takes the {kind} from them, and these "
-                      f"samples are planned from an earlier epoch's {kind}, or as average if they never had one",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"end_epoch(): {missing} of {n} samples got no per-sample {kind} from the training "
+            f"steps of epoch {self.epoch} (observe() was called {self._steps} times in this "
+            f"process{batches}). Call assessor.observe(indices, per_sample_loss) once after every "
+            f"training step: schedule={self.schedule.name!r} takes the {kind} from them, and these "
+            f"samples are planned from an earlier epoch's {kind}, or as average if they never had one",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     # ------------------------------------------------------------------ #
     # measuring
@@ -511,12 +562,27 @@ class DifficultyAssessor:
         _check_materialised(self.model)  # before a generator is made on its device
         device = self._device()
         (li, lv), (ui, uv) = assessment_pass(
-            self.model, self.dataset, loss_indices=loss_idx, uncertainty_indices=unc_idx, at=self.at,
-            k=self.k, alpha=self.alpha, loss_fn=self.loss_fn, output_fn=self.output_fn,
-            uncertainty_fn=self.uncertainty_fn, activation=self.activation, batch_size=self.batch_size,
-            num_workers=self.num_workers, collate_fn=self.collate_fn, batch_fn=self.batch_fn,
-            device=device, generator=self._generator(device), chunk_rows=self.chunk_rows,
-            loader=self.assessment_loader, forward_fn=self.forward_fn)
+            self.model,
+            self.dataset,
+            loss_indices=loss_idx,
+            uncertainty_indices=unc_idx,
+            at=self.at,
+            k=self.k,
+            alpha=self.alpha,
+            loss_fn=self.loss_fn,
+            output_fn=self.output_fn,
+            uncertainty_fn=self.uncertainty_fn,
+            activation=self.activation,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            batch_fn=self.batch_fn,
+            device=device,
+            generator=self._generator(device),
+            chunk_rows=self.chunk_rows,
+            loader=self.assessment_loader,
+            forward_fn=self.forward_fn,
+        )
         if li.size:
             self.tracker.update_loss(li, lv)
         if ui.size:
@@ -534,20 +600,23 @@ class DifficultyAssessor:
                 pred = self.output_fn(output).detach()
                 act = _resolve_activation(self.activation, pred)
                 probs = _to_probs(pred, act)
-                self._captured = (self.uncertainty_fn(probs) if self.uncertainty_fn is not None
-                                  else prediction_entropy(probs, activation=act))
+                self._captured = (
+                    self.uncertainty_fn(probs)
+                    if self.uncertainty_fn is not None
+                    else prediction_entropy(probs, activation=act)
+                )
 
     def _head_uncertainty(self, features: torch.Tensor) -> torch.Tensor:
         head = cast(Callable, self.head)  # the "train" schedules, the only ones that come here, require it
         ctx = _eval_mode(head) if isinstance(head, nn.Module) else torch.no_grad()
         with torch.no_grad(), ctx:
-            pred = self.output_fn(head(_disturb(features, self.k, self.alpha,
-                                                self._generator(features.device))))
+            pred = self.output_fn(head(_disturb(features, self.k, self.alpha, self._generator(features.device))))
             act = _resolve_activation(self.activation, pred)
             probs = _to_probs(pred, act)
             mean = probs.reshape(self.k, -1, *probs.shape[1:]).mean(dim=0)
-        return (self.uncertainty_fn(mean) if self.uncertainty_fn is not None
-                else prediction_entropy(mean, activation=act))
+        return (
+            self.uncertainty_fn(mean) if self.uncertainty_fn is not None else prediction_entropy(mean, activation=act)
+        )
 
     # ------------------------------------------------------------------ #
     # results and checkpoints
@@ -571,8 +640,11 @@ class DifficultyAssessor:
 
     def state_dict(self) -> dict:
         """The epoch, the tracker's values and the noise generator's state."""
-        return {"epoch": self.epoch, "tracker": self.tracker.state_dict(),
-                "generator": None if self._gen is None else self._gen.get_state()}
+        return {
+            "epoch": self.epoch,
+            "tracker": self.tracker.state_dict(),
+            "generator": None if self._gen is None else self._gen.get_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restores :meth:`state_dict` and, once scores exist, hands them to the sampler."""

@@ -21,8 +21,14 @@ from .train import RunConfig
 
 #: Options of ``compare`` that are not fields of a run.
 _GRID_KEYS = ("strategies", "seeds", "batch_sizes", "losses", "jobs", "out", "title", "export")
-_GRID_DEFAULTS = {"strategies": ["random", "mixed"], "seeds": [0, 1, 2], "batch_sizes": None, "losses": None,
-                  "jobs": 1, "title": "mombs comparison"}
+_GRID_DEFAULTS = {
+    "strategies": ["random", "mixed"],
+    "seeds": [0, 1, 2],
+    "batch_sizes": None,
+    "losses": None,
+    "jobs": 1,
+    "title": "mombs comparison",
+}
 #: Overrides after which a config's runs are still the ones it describes: they
 #: change where runs go, how fast they run and where the data is read from.
 _EXPORT_SAFE = ("jobs", "threads", "out", "title", "data_dir", "export")
@@ -64,8 +70,9 @@ def _parse_value(text: str, item: str):
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         _, problem = _yaml_problem(err)
-        raise _fail(f"--set {item}: the value is not valid YAML ({problem}); "
-                    f"quote a string that holds special characters") from None
+        raise _fail(
+            f"--set {item}: the value is not valid YAML ({problem}); quote a string that holds special characters"
+        ) from None
 
 
 def _read_config_file(path: str | None) -> dict:
@@ -163,8 +170,9 @@ def _export_folder(config_path, file_opts: dict, set_opts: dict) -> tuple[Path |
         if given is True:
             if not from_file:
                 which = f"{config_path} names none" if config_path else "no --config was given"
-                raise _fail(f"export=true exports to the config file's export folder, and {which}; "
-                            f"give export=<folder>")
+                raise _fail(
+                    f"export=true exports to the config file's export folder, and {which}; give export=<folder>"
+                )
             return Path(from_file), None
         if given is None or given is False:
             return None, None
@@ -175,8 +183,10 @@ def _export_folder(config_path, file_opts: dict, set_opts: dict) -> tuple[Path |
     changed = [k for k in set_opts if k not in _EXPORT_SAFE and _effective(merged, k) != _effective(file_opts, k)]
     if changed:
         what = ", ".join(f"{k}={set_opts[k]!r}" for k in changed)
-        return None, (f"mombs: not exporting to {from_file}: {what} change(s) the runs of {config_path}; "
-                      f"they stay in the run folder (add --set export=true to export them anyway)")
+        return None, (
+            f"mombs: not exporting to {from_file}: {what} change(s) the runs of {config_path}; "
+            f"they stay in the run folder (add --set export=true to export them anyway)"
+        )
     return Path(from_file), None
 
 
@@ -190,8 +200,10 @@ def _copy_result(run_dir, export: Path) -> None:
 
 
 def _interrupted(out: Path) -> SystemExit:
-    print(f"mombs: interrupted; finished runs and checkpoints are kept in {out}; "
-          f"run the same command again to resume", file=sys.stderr)
+    print(
+        f"mombs: interrupted; finished runs and checkpoints are kept in {out}; run the same command again to resume",
+        file=sys.stderr,
+    )
     return SystemExit(130)
 
 
@@ -199,29 +211,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mombs", description="Mixed-order minibatch sampling studies.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (("train", "train one run"), ("compare", "run a grid of strategies x seeds and report")):
-        p = sub.add_parser(name, help=helptext, description=helptext,
-                           epilog=_EPILOG if name == "compare" else None,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=helptext,
+            description=helptext,
+            epilog=_EPILOG if name == "compare" else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", help="YAML file of options")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override an option (repeatable), e.g. --set epochs=5")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override an option (repeatable), e.g. --set epochs=5",
+        )
         p.add_argument("--out", help="output folder (default: from the config, else runs/<command>)")
         p.add_argument("--data-dir", help="the data folder (same as --set data_dir=...); must exist")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        p.add_argument("--debug", action="store_true",
-                       help="show the full traceback of an error (also: MOMBS_DEBUG=1)")
-    d = sub.add_parser("diagnose", help="data-quality table and report of a finished `mombs train` run",
-                       description="Writes RUN_DIR/diagnose/data_quality.csv (and .parquet with pyarrow), "
-                                   "report.md and the data maps, from the run's assessment.npz, its "
-                                   "label_issues.npz (masks and boxes) and, when the run kept it "
-                                   "(--set history=true), its history.npz.")
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: MOMBS_DEBUG=1)")
+    d = sub.add_parser(
+        "diagnose",
+        help="data-quality table and report of a finished `mombs train` run",
+        description="Writes RUN_DIR/diagnose/data_quality.csv (and .parquet with pyarrow), "
+        "report.md and the data maps, from the run's assessment.npz, its "
+        "label_issues.npz (masks and boxes) and, when the run kept it "
+        "(--set history=true), its history.npz.",
+    )
     d.add_argument("run_dir", help="a finished `mombs train` run folder")
     d.add_argument("--out", help="output folder (default: RUN_DIR/diagnose)")
-    d.add_argument("--score", default="auto",
-                   help="label-issue score (higher = more likely wrong). Class labels: auto (aum with a history, "
-                        "else loss), quadrant, loss, aum, confidence, combined. Masks: auto (disagreement), "
-                        "region_error, area, cleanlab, loss, difficulty, quadrant_score. Boxes: auto (box_issue), "
-                        "overlooked, badly_located, spurious, cleanlab, loss, difficulty, quadrant_score")
+    d.add_argument(
+        "--score",
+        default="auto",
+        help="label-issue score (higher = more likely wrong). Class labels: auto (aum with a history, "
+        "else loss), quadrant, loss, aum, confidence, combined. Masks: auto (disagreement), "
+        "region_error, area, cleanlab, loss, difficulty, quadrant_score. Boxes: auto (box_issue), "
+        "overlooked, badly_located, spurious, cleanlab, loss, difficulty, quadrant_score",
+    )
     d.add_argument("--no-images", action="store_true", help="no picture grids (do not rebuild the data)")
     d.add_argument("--per-quadrant", type=int, default=16, help="pictures per quadrant grid (default 16)")
     d.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: MOMBS_DEBUG=1)")
@@ -246,20 +272,34 @@ def _diagnose(args) -> int:
     if args.per_quadrant < 1:
         raise _fail(f"--per-quadrant={args.per_quadrant} must be >= 1")
     try:
-        res = diagnose(args.run_dir, args.out, score=args.score, images=not args.no_images,
-                       per_quadrant=args.per_quadrant)
+        res = diagnose(
+            args.run_dir, args.out, score=args.score, images=not args.no_images, per_quadrant=args.per_quadrant
+        )
     except (FileNotFoundError, ValueError) as err:
         if _debugging(args):
             raise
         raise _fail(str(err)) from None
     s = res["summary"]
-    print(json.dumps({"table": str(res["table"]), "parquet": str(res["parquet"]) if res["parquet"] else None,
-                      "report": str(res["report"]), "samples": s["samples"], "flagged": s["flagged"],
-                      "score": s["score"], "history": res["history"]}))
+    print(
+        json.dumps(
+            {
+                "table": str(res["table"]),
+                "parquet": str(res["parquet"]) if res["parquet"] else None,
+                "report": str(res["report"]),
+                "samples": s["samples"],
+                "flagged": s["flagged"],
+                "score": s["score"],
+                "history": res["history"],
+            }
+        )
+    )
     if res["history"] is False:  # None: a task without AUM or cartography (masks, boxes)
-        print(f"mombs: {args.run_dir} has no history.npz, so the table has no AUM and no cartography "
-              f"(confidence/variability), and the score is {s['score']!r}; retrain with --set history=true "
-              f"to get them", file=sys.stderr)
+        print(
+            f"mombs: {args.run_dir} has no history.npz, so the table has no AUM and no cartography "
+            f"(confidence/variability), and the score is {s['score']!r}; retrain with --set history=true "
+            f"to get them",
+            file=sys.stderr,
+        )
     for note in res["missing"]:
         if res["history"] or not note.startswith("the per-epoch history"):
             print(f"mombs: missing: {note}", file=sys.stderr)
@@ -301,9 +341,12 @@ def _main(args) -> int:
         from .train import run, run_dir_name
 
         if "strategy" not in options:  # the default is the baseline: say so before anything else
-            print(f"mombs: no strategy given: training with random batches (strategy={cfg.strategy}, the "
-                  f"baseline); --set strategy=mixed trains with MoMBS, `mombs compare` runs both",
-                  file=sys.stderr, flush=True)
+            print(
+                f"mombs: no strategy given: training with random batches (strategy={cfg.strategy}, the "
+                f"baseline); --set strategy=mixed trains with MoMBS, `mombs compare` runs both",
+                file=sys.stderr,
+                flush=True,
+            )
         try:  # the run creates its folder only once its data has loaded: a refusal writes nothing
             res = run(cfg, out / run_dir_name(cfg), progress=not args.no_progress)
         except KeyboardInterrupt:
@@ -316,8 +359,11 @@ def _main(args) -> int:
             if out.is_dir():
                 (out / "resolved_config.json").write_text(json.dumps(options, indent=1, default=str))
         m = res.get("metric", "top1")
-        print(json.dumps({k: res[k] for k in ("dataset", "strategy", "batch_size", "seed", m,
-                                               f"{m}_best_val", "seconds")}))
+        print(
+            json.dumps(
+                {k: res[k] for k in ("dataset", "strategy", "batch_size", "seed", m, f"{m}_best_val", "seconds")}
+            )
+        )
         return 0
 
     from .compare import expand_grid, run_grid, summarize
@@ -329,8 +375,13 @@ def _main(args) -> int:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise _fail(f"jobs={jobs!r} must be an integer >= 1")
     try:
-        configs = expand_grid(cfg, strategies=_effective(options, "strategies"), seeds=_effective(options, "seeds"),
-                              batch_sizes=options.get("batch_sizes"), losses=options.get("losses"))
+        configs = expand_grid(
+            cfg,
+            strategies=_effective(options, "strategies"),
+            seeds=_effective(options, "seeds"),
+            batch_sizes=options.get("batch_sizes"),
+            losses=options.get("losses"),
+        )
     except ValueError as err:
         raise _fail(str(err)) from None
     export, note = _export_folder(args.config, file_opts, set_opts)

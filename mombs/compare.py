@@ -38,8 +38,12 @@ __all__ = ["check_grid", "expand_grid", "load_results", "paired_difference", "ru
 
 def _grid_list(name: str, values, *, kind: str, check) -> list:
     """``values`` as a list after checking it is a non-empty list of distinct, valid items."""
-    example = {"strategies": "[random, mixed]", "seeds": "[0, 1, 2]", "batch_sizes": "[16, 32]",
-               "losses": "[ce, focal]"}[name]
+    example = {
+        "strategies": "[random, mixed]",
+        "seeds": "[0, 1, 2]",
+        "batch_sizes": "[16, 32]",
+        "losses": "[ce, focal]",
+    }[name]
     if isinstance(values, np.ndarray) and values.ndim == 1:  # np.arange(5) is as good as a list
         values = values.tolist()
     if isinstance(values, (str, bytes, dict)) or not isinstance(values, (list, tuple)):
@@ -63,6 +67,7 @@ def _check_int_item(name: str, lo: int, hi: int | None = None):
             check_int(name, v, lo, hi)
         except ValueError as err:  # "seeds: -1 must be ...": the item, not a name=value pair
             raise ValueError(str(err).replace(f"{name}=", f"{name}: ", 1)) from None
+
     return check
 
 
@@ -70,6 +75,7 @@ def _check_name_item(name: str, registry):
     def check(v):
         if not isinstance(v, str) or v not in registry:
             raise ValueError(f"{name}: {v!r} is not known; choose from {sorted(registry)}")
+
     return check
 
 
@@ -90,15 +96,22 @@ def check_grid(*, strategies, seeds, batch_sizes=None, losses=None, task: str = 
     Raises:
         ValueError: naming the option, the value and what is allowed.
     """
-    out = {"strategies": _grid_list("strategies", strategies, kind="strategy names",
-                                    check=_check_name_item("strategies", STRATEGY_REGISTRY)),
-           "seeds": _grid_list("seeds", seeds, kind="integers >= 0", check=_check_int_item("seeds", 0, 2 ** 32)),
-           "batch_sizes": None, "losses": None}
+    out = {
+        "strategies": _grid_list(
+            "strategies", strategies, kind="strategy names", check=_check_name_item("strategies", STRATEGY_REGISTRY)
+        ),
+        "seeds": _grid_list("seeds", seeds, kind="integers >= 0", check=_check_int_item("seeds", 0, 2**32)),
+        "batch_sizes": None,
+        "losses": None,
+    }
     if batch_sizes is not None:
-        out["batch_sizes"] = _grid_list("batch_sizes", batch_sizes, kind="integers >= 1",
-                                        check=_check_int_item("batch_sizes", 1))
+        out["batch_sizes"] = _grid_list(
+            "batch_sizes", batch_sizes, kind="integers >= 1", check=_check_int_item("batch_sizes", 1)
+        )
     if losses is not None:
-        out["losses"] = _grid_list("losses", losses, kind="loss names", check=_check_name_item("losses", get_recipe(task).choices["loss"]))
+        out["losses"] = _grid_list(
+            "losses", losses, kind="loss names", check=_check_name_item("losses", get_recipe(task).choices["loss"])
+        )
     return out
 
 
@@ -118,8 +131,11 @@ def expand_grid(base: RunConfig, *, strategies, seeds, batch_sizes=None, losses=
         for loss in grid["losses"] or [base.loss]:
             for seed in grid["seeds"]:
                 for s in grid["strategies"]:
-                    configs.append(dataclasses.replace(base, strategy=s, seed=seed, batch_size=b,
-                                                       loss=loss, tags=dict(base.tags)).validate())
+                    configs.append(
+                        dataclasses.replace(
+                            base, strategy=s, seed=seed, batch_size=b, loss=loss, tags=dict(base.tags)
+                        ).validate()
+                    )
     return configs
 
 
@@ -204,8 +220,7 @@ def _worker(args):
         return run_dir, None, f"{type(err).__name__}: {err}"
 
 
-def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool = True,
-             on_result=None) -> list[dict]:
+def run_grid(configs: list[RunConfig], out_dir, *, jobs: int = 1, progress: bool = True, on_result=None) -> list[dict]:
     """Runs every config that has no results yet; returns all results found.
 
     Everything is checked before anything is written. On ``KeyboardInterrupt``
@@ -330,8 +345,12 @@ def _read_results(path: Path, *, quiet: bool = False) -> dict | None:
         return None
     except (OSError, ValueError) as err:
         if not quiet:
-            warnings.warn(f"{path} cannot be read ({type(err).__name__}: {err}); its run is left out (run the "
-                          f"same command again to redo it)", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{path} cannot be read ({type(err).__name__}: {err}); its run is left out (run the "
+                f"same command again to redo it)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return None
 
 
@@ -419,9 +438,11 @@ def summarize(results: list[dict], *, metric: str | None = None, baseline: str =
         runs = groups.setdefault(_group_key(r), {}).setdefault(r["strategy"], {})
         if r["seed"] in runs:  # a second copy would silently replace the first and leave n as it was
             where = [x.get("run_dir") or x.get("key") for x in (runs[r["seed"]], r)]
-            raise ValueError(f"results hold two runs of strategy={r['strategy']!r}, seed={r['seed']} in the cell "
-                             f"{r['dataset']} B={r['batch_size']} {r['loss']} ({where[0]} and {where[1]}); "
-                             f"remove one")
+            raise ValueError(
+                f"results hold two runs of strategy={r['strategy']!r}, seed={r['seed']} in the cell "
+                f"{r['dataset']} B={r['batch_size']} {r['loss']} ({where[0]} and {where[1]}); "
+                f"remove one"
+            )
         runs[r["seed"]] = r
     labels: dict[tuple, int] = {}
     for key in groups:
@@ -438,10 +459,18 @@ def summarize(results: list[dict], *, metric: str | None = None, baseline: str =
             runs = by_strategy[strategy]
             vals = np.array([r[m] for r in runs.values()], dtype=np.float64)
             label = key[0] if labels[key[:3]] == 1 else f"{key[0]} [{_short(key[3])}]"
-            row = {"dataset": label, "batch_size": key[1], "loss": key[2], "strategy": strategy,
-                   "metric": m, "train_size": first.get("train_size"), "n": len(vals), "mean": float(vals.mean()),
-                   "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                   "seeds": sorted(runs)}
+            row = {
+                "dataset": label,
+                "batch_size": key[1],
+                "loss": key[2],
+                "strategy": strategy,
+                "metric": m,
+                "train_size": first.get("train_size"),
+                "n": len(vals),
+                "mean": float(vals.mean()),
+                "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                "seeds": sorted(runs),
+            }
             if strategy != baseline and base:
                 row["vs_baseline"] = paired_difference({s: r[m] for s, r in runs.items()}, base)
             row.update(recipe.row_extras(list(runs.values())))
@@ -470,8 +499,7 @@ def _noise_extras(runs: list[dict]) -> dict:
     extra = {}
     found = [r["noise_detection"] for r in runs if r.get("noise_detection")]
     if found:
-        for name, field in (("poor_precision", "precision"), ("poor_recall", "recall"),
-                            ("auroc", "auroc_difficulty")):
+        for name, field in (("poor_precision", "precision"), ("poor_recall", "recall"), ("auroc", "auroc_difficulty")):
             value = _mean_of(d.get(field) for d in found)
             if value is not None:
                 extra[name] = value

@@ -57,12 +57,21 @@ def _read_npz(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); the run that wrote it was cut "
-                         f"short or the file was damaged: run the same `mombs train` command again") from err
+        raise ValueError(
+            f"{path} cannot be read ({type(err).__name__}: {err}); the run that wrote it was cut "
+            f"short or the file was damaged: run the same `mombs train` command again"
+        ) from err
 
 
-def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True, parquet: bool | None = None,
-             per_quadrant: int = 16) -> dict:
+def diagnose(
+    run_dir,
+    out_dir=None,
+    *,
+    score: str = "auto",
+    images: bool = True,
+    parquet: bool | None = None,
+    per_quadrant: int = 16,
+) -> dict:
     """The data-quality table and report of a finished ``mombs train`` run, for every task.
 
     Reads ``RUN_DIR/assessment.npz`` (the final loss and uncertainty, the given
@@ -104,16 +113,17 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
         raise FileNotFoundError(f"run_dir={str(run_dir)!r} is not a folder")
     apath = run / "assessment.npz"
     if not apath.is_file():
-        raise FileNotFoundError(f"{apath} not found: diagnose needs a finished `mombs train` run "
-                                f"(its assessment.npz)")
+        raise FileNotFoundError(f"{apath} not found: diagnose needs a finished `mombs train` run (its assessment.npz)")
     task = _run_task(run)
     if task not in RECIPES:
-        raise ValueError(f"{run / 'config.json'} names task {task!r}, which this mombs does not know; "
-                         f"known: {sorted(RECIPES)}")
+        raise ValueError(
+            f"{run / 'config.json'} names task {task!r}, which this mombs does not know; known: {sorted(RECIPES)}"
+        )
     recipe = get_recipe(task)
     if not recipe.label_table:
-        return _diagnose_dense(run, recipe, out_dir, score=score, per_quadrant=per_quadrant, images=images,
-                               parquet=parquet)
+        return _diagnose_dense(
+            run, recipe, out_dir, score=score, per_quadrant=per_quadrant, images=images, parquet=parquet
+        )
     if score not in SCORES:
         raise ValueError(f"score={score!r} is not known for a {task} run; choose one of {list(SCORES)}")
     a = _read_npz(apath)
@@ -128,22 +138,35 @@ def diagnose(run_dir, out_dir=None, *, score: str = "auto", images: bool = True,
         history = {k: v for k, v in _read_npz(hpath).items() if k in HISTORY_KEYS}
         if "uncertainty" in history and np.isnan(history["uncertainty"]).all():
             del history["uncertainty"]
-    sources = {k[len("source_"):]: v for k, v in a.items() if k.startswith("source_")}
-    q = data_quality(a["loss"], a["uncertainty"], a["y"].astype(np.int64), history=history,
-                     wrong_label=wrong, score=score, sources=sources or None)
+    sources = {k[len("source_") :]: v for k, v in a.items() if k.startswith("source_")}
+    q = data_quality(
+        a["loss"],
+        a["uncertainty"],
+        a["y"].astype(np.int64),
+        history=history,
+        wrong_label=wrong,
+        score=score,
+        sources=sources or None,
+    )
     out = Path(out_dir) if out_dir is not None else run / "diagnose"
     paths = write_table(q, out, parquet=parquet)
     pics, why = (None, "pictures were not asked for") if not images else _run_images(run, len(q))
     if pics is None and images:
         q.missing.append(f"picture grids: {why}")
-    report = write_report(q, out, images=pics, per_quadrant=per_quadrant,
-                          title=f"data quality of {run.name}")
-    return {"table": paths["csv"], "parquet": paths["parquet"], "report": report, "summary": q.summary(),
-            "history": history is not None, "missing": list(q.missing)}
+    report = write_report(q, out, images=pics, per_quadrant=per_quadrant, title=f"data quality of {run.name}")
+    return {
+        "table": paths["csv"],
+        "parquet": paths["parquet"],
+        "report": report,
+        "summary": q.summary(),
+        "history": history is not None,
+        "missing": list(q.missing),
+    }
 
 
-def _diagnose_dense(run: Path, recipe, out_dir, *, score: str, per_quadrant: int, images: bool,
-                    parquet: bool | None) -> dict:
+def _diagnose_dense(
+    run: Path, recipe, out_dir, *, score: str, per_quadrant: int, images: bool, parquet: bool | None
+) -> dict:
     """:func:`diagnose` of a run whose labels are masks or boxes."""
     a = _read_npz(run / "assessment.npz")
     missing_keys = [k for k in ("loss", "uncertainty") if k not in a]
@@ -151,10 +174,12 @@ def _diagnose_dense(run: Path, recipe, out_dir, *, score: str, per_quadrant: int
         raise ValueError(f"{run / 'assessment.npz'} lacks {missing_keys}; it holds {sorted(a)}")
     lpath = run / "label_issues.npz"
     if not lpath.is_file():
-        raise FileNotFoundError(f"{lpath} not found: the run was made by a mombs without per-image label-issue "
-                                f"scores; run the same `mombs train` command in a new --out folder")
+        raise FileNotFoundError(
+            f"{lpath} not found: the run was made by a mombs without per-image label-issue "
+            f"scores; run the same `mombs train` command in a new --out folder"
+        )
     z = _read_npz(lpath)
-    scores = {k[len("score_"):]: v for k, v in z.items() if k.startswith("score_")}
+    scores = {k[len("score_") :]: v for k, v in z.items() if k.startswith("score_")}
     columns = list(scores)
     rankable = ["auto", *columns, "loss", "difficulty", "quadrant_score"]
     if score not in rankable:
@@ -167,7 +192,7 @@ def _diagnose_dense(run: Path, recipe, out_dir, *, score: str, per_quadrant: int
     names = z.get("corruption_names")  # what the codes mean, on a set with planted corruptions
     if codes is not None and codes.shape == (n,) and names is not None:
         corruption = np.asarray(names)[codes]
-    sources = {k[len("source_"):]: v for k, v in a.items() if k.startswith("source_")}
+    sources = {k[len("source_") :]: v for k, v in a.items() if k.startswith("source_")}
     hpath = run / "history.npz"
     if hpath.is_file():
         hist = _read_npz(hpath)
@@ -175,19 +200,36 @@ def _diagnose_dense(run: Path, recipe, out_dir, *, score: str, per_quadrant: int
             with np.errstate(all="ignore"):
                 scores["mean_train_loss"] = np.nanmean(hist["train_loss"], axis=0)
     info = {k: z[k] for k in ("predicted_area", "given_area") if k in z}
-    q = dense_quality(a["loss"], a["uncertainty"], scores, score=recipe.issue_score if score == "auto" else score,
-                      kind=z.get("kind"), info=info or None, flag_by=recipe.issue_flag, wrong_label=wrong,
-                      corruption=corruption, sources=sources or None)
+    q = dense_quality(
+        a["loss"],
+        a["uncertainty"],
+        scores,
+        score=recipe.issue_score if score == "auto" else score,
+        kind=z.get("kind"),
+        info=info or None,
+        flag_by=recipe.issue_flag,
+        wrong_label=wrong,
+        corruption=corruption,
+        sources=sources or None,
+    )
     out = Path(out_dir) if out_dir is not None else run / "diagnose"
     paths = write_table(q, out, parquet=parquet)
     if "cleanlab" not in scores:
         q.missing.append("cleanlab: the run had no cleanlab to score with (pip install 'mombs[quality]')")
     pictures = None
     if images and recipe.issue_pictures is not None:
+
         def pictures(quality, folder, per_grid):
             return recipe.issue_pictures(z, quality, folder, per_grid)
-    report = write_report(q, out, pictures=pictures, per_quadrant=per_quadrant,
-                          title=f"label issues of {run.name} ({recipe.name})")
-    return {"table": paths["csv"], "parquet": paths["parquet"], "report": report, "summary": q.summary(),
-            "history": None, "missing": list(q.missing)}
 
+    report = write_report(
+        q, out, pictures=pictures, per_quadrant=per_quadrant, title=f"label issues of {run.name} ({recipe.name})"
+    )
+    return {
+        "table": paths["csv"],
+        "parquet": paths["parquet"],
+        "report": report,
+        "summary": q.summary(),
+        "history": None,
+        "missing": list(q.missing),
+    }

@@ -149,8 +149,7 @@ class QuadrantResult:
         return self.codes == QUADRANTS.index(name)
 
 
-def quadrants(loss, uncertainty, *, loss_quantile: float = 0.5,
-              uncertainty_quantile: float = 0.5) -> QuadrantResult:
+def quadrants(loss, uncertainty, *, loss_quantile: float = 0.5, uncertainty_quantile: float = 0.5) -> QuadrantResult:
     """Label each sample by the quadrant of the loss-uncertainty plane it falls in.
 
     ========  ===========  =================
@@ -240,12 +239,10 @@ class DifficultyTracker:
         if idx.size == 0:
             idx = idx.astype(np.int64)
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"indices must be a (B,) integer array, got shape {idx.shape} "
-                             f"and dtype {idx.dtype}")
+            raise ValueError(f"indices must be a (B,) integer array, got shape {idx.shape} and dtype {idx.dtype}")
         vals = _as_values(kind, values, idx.shape[0])
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_samples):
-            raise ValueError(f"indices must lie in [0, {self.num_samples}), got values in "
-                             f"[{idx.min()}, {idx.max()}]")
+            raise ValueError(f"indices must lie in [0, {self.num_samples}), got values in [{idx.min()}, {idx.max()}]")
         getattr(self, kind)[idx] = vals
         getattr(self, f"{kind}_epoch")[idx] = self.epoch
         self._dirty[kind][idx] = True
@@ -276,8 +273,10 @@ class DifficultyTracker:
         if kind not in ("loss", "uncertainty"):
             raise ValueError(f"kind={kind!r} must be 'loss' or 'uncertainty'")
         if not self.keep_history:
-            raise ValueError("this tracker keeps no history; create it with keep_history=True "
-                             "(DifficultyAssessor(..., keep_history=True))")
+            raise ValueError(
+                "this tracker keeps no history; create it with keep_history=True "
+                "(DifficultyAssessor(..., keep_history=True))"
+            )
         epochs = np.array(sorted(set(self._history["loss"]) | set(self._history["uncertainty"])), dtype=np.int64)
         values = np.full((epochs.size, self.num_samples), np.nan, dtype=np.float32)
         for row, epoch in enumerate(epochs):
@@ -347,9 +346,11 @@ class DifficultyTracker:
         """
         missing = int(self.num_samples - self.measured("both").sum())
         if missing:
-            raise ValueError(f"{missing} of {self.num_samples} samples have no loss or no uncertainty "
-                             f"measured yet; quadrants need both for every sample (measure them first, "
-                             f"e.g. with an assessment pass)")
+            raise ValueError(
+                f"{missing} of {self.num_samples} samples have no loss or no uncertainty "
+                f"measured yet; quadrants need both for every sample (measure them first, "
+                f"e.g. with an assessment pass)"
+            )
         return quadrants(self.loss, self.uncertainty, **kwargs)
 
     def sync(self) -> None:
@@ -364,8 +365,11 @@ class DifficultyTracker:
         for kind in ("loss", "uncertainty"):
             dirty = self._dirty[kind]
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                device = (torch.device("cuda", torch.cuda.current_device())
-                          if dist.get_backend() == "nccl" else torch.device("cpu"))
+                device = (
+                    torch.device("cuda", torch.cuda.current_device())
+                    if dist.get_backend() == "nccl"
+                    else torch.device("cpu")
+                )
                 vals = getattr(self, kind)
                 stamp = getattr(self, f"{kind}_epoch")
                 buf = torch.from_numpy(np.stack([np.where(dirty, vals, 0.0), dirty.astype(np.float64)]))
@@ -393,11 +397,17 @@ class DifficultyTracker:
         """
         import torch
 
-        arrays = {key: torch.from_numpy(getattr(self, key).copy())
-                  for key in ("loss", "uncertainty", "loss_epoch", "uncertainty_epoch")}
-        state = {"num_samples": self.num_samples, "epoch": self.epoch, **arrays,
-                 "dirty_loss": torch.from_numpy(self._dirty["loss"].copy()),
-                 "dirty_uncertainty": torch.from_numpy(self._dirty["uncertainty"].copy())}
+        arrays = {
+            key: torch.from_numpy(getattr(self, key).copy())
+            for key in ("loss", "uncertainty", "loss_epoch", "uncertainty_epoch")
+        }
+        state = {
+            "num_samples": self.num_samples,
+            "epoch": self.epoch,
+            **arrays,
+            "dirty_loss": torch.from_numpy(self._dirty["loss"].copy()),
+            "dirty_uncertainty": torch.from_numpy(self._dirty["uncertainty"].copy()),
+        }
         if self.keep_history:
             epochs, loss = self.history("loss")
             state["history_epochs"] = torch.from_numpy(epochs)
@@ -408,8 +418,10 @@ class DifficultyTracker:
     def load_state_dict(self, state: dict) -> None:
         """Restores :meth:`state_dict`."""
         if int(state["num_samples"]) != self.num_samples:
-            raise ValueError(f"state_dict is for num_samples={state['num_samples']} but this tracker "
-                             f"has num_samples={self.num_samples}")
+            raise ValueError(
+                f"state_dict is for num_samples={state['num_samples']} but this tracker "
+                f"has num_samples={self.num_samples}"
+            )
         import torch
 
         self.epoch = int(state["epoch"])
@@ -429,8 +441,10 @@ class DifficultyTracker:
                 for kind in ("loss", "uncertainty"):
                     values = np.asarray(state[f"history_{kind}"], dtype=np.float32)
                     if values.shape != (epochs.size, self.num_samples):
-                        raise ValueError(f"state_dict['history_{kind}'] has shape {values.shape}, expected "
-                                         f"({epochs.size}, {self.num_samples})")
+                        raise ValueError(
+                            f"state_dict['history_{kind}'] has shape {values.shape}, expected "
+                            f"({epochs.size}, {self.num_samples})"
+                        )
                     for epoch, row in zip(epochs, values):
                         if not np.isnan(row).all():
                             self._history[kind][int(epoch)] = row.copy()

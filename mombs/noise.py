@@ -46,8 +46,7 @@ def find_module(model: nn.Module, name: str) -> nn.Module:
     if not isinstance(name, str) or name not in modules or name == "":
         names = [n for n in modules if n]
         shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
-        raise ValueError(f"at={name!r} is not a submodule of {type(model).__name__}; "
-                         f"available: {shown}")
+        raise ValueError(f"at={name!r} is not a submodule of {type(model).__name__}; available: {shown}")
     return modules[name]
 
 
@@ -143,12 +142,16 @@ def default_output_fn(output):
         tensors = [v for v in output.values() if torch.is_tensor(v)]
         if len(tensors) == 1:
             return tensors[0]
-        raise TypeError(f"the model returned a {type(output).__name__} with keys {list(output)}; "
-                        f"pass output_fn= to say which entry is the prediction")
+        raise TypeError(
+            f"the model returned a {type(output).__name__} with keys {list(output)}; "
+            f"pass output_fn= to say which entry is the prediction"
+        )
     if isinstance(output, (list, tuple)) and output and torch.is_tensor(output[0]):
         return output[0]
-    raise TypeError(f"the model returned a {type(output).__name__}; pass output_fn= that maps it "
-                    f"to the prediction tensor (B, C, ...)")
+    raise TypeError(
+        f"the model returned a {type(output).__name__}; pass output_fn= that maps it "
+        f"to the prediction tensor (B, C, ...)"
+    )
 
 
 class _CannotTile(RuntimeError):
@@ -157,8 +160,13 @@ class _CannotTile(RuntimeError):
 
 # Fragments of torch's messages for tensors whose batch sizes disagree: what a
 # skip connection that meets tiled copies raises (cat, add, or a shape check).
-_TILE_MISMATCH = ("Sizes of tensors must match", "must match the size of tensor",
-                  "size mismatch", "shape mismatch", "Expected size")
+_TILE_MISMATCH = (
+    "Sizes of tensors must match",
+    "must match the size of tensor",
+    "size mismatch",
+    "shape mismatch",
+    "Expected size",
+)
 
 
 def _cannot_tile(err: BaseException) -> bool:
@@ -185,11 +193,22 @@ def _rows(output: torch.Tensor) -> int:
     return output.shape[0] if output.ndim else 1
 
 
-def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, alpha: float = 0.3,
-                              activation: str = "auto", tiled: bool | None = None,
-                              generator: torch.Generator | None = None, seed: int = 0,
-                              output_fn: Callable | None = None, uncertainty_fn: Callable | None = None,
-                              chunk_rows: int | None = None, forward_fn: Callable | None = None) -> torch.Tensor:
+def feature_noise_uncertainty(
+    model: nn.Module,
+    inputs,
+    *,
+    at: str,
+    k: int = 8,
+    alpha: float = 0.3,
+    activation: str = "auto",
+    tiled: bool | None = None,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+    output_fn: Callable | None = None,
+    uncertainty_fn: Callable | None = None,
+    chunk_rows: int | None = None,
+    forward_fn: Callable | None = None,
+) -> torch.Tensor:
     """Entropy of the mean prediction under ``k`` disturbances of a feature map.
 
     ``u_i = H((1/k) * sum_j p(g(f_i * (1 + xi_j))))`` where ``f`` is the output of
@@ -261,8 +280,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
 
     def hook(_mod, _inp, out):
         if not torch.is_tensor(out):
-            raise TypeError(f"the output of {at!r} is a {type(out).__name__}; "
-                            f"feature noise needs a tensor")
+            raise TypeError(f"the output of {at!r} is a {type(out).__name__}; feature noise needs a tensor")
         if state["gen"] is None:
             state["gen"] = torch.Generator(device=out.device).manual_seed(seed)
         state["rows"] = _rows(out)
@@ -274,8 +292,10 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
         state["reps"], state["rows"] = reps, None
         pred = extract(model(x) if forward_fn is None else forward_fn(model, x))
         if state["rows"] is None:
-            raise ValueError(f"at={at!r} was not called during the model's forward, so nothing was "
-                             f"disturbed; name a submodule that the forward runs")
+            raise ValueError(
+                f"at={at!r} was not called during the model's forward, so nothing was "
+                f"disturbed; name a submodule that the forward runs"
+            )
         if reps > 1 and _rows(pred) != reps * state["rows"]:
             raise _CannotTile(f"the output's batch is not {reps} x that of {at!r}")
         act[0] = act[0] or _resolve_activation(activation, pred)
@@ -290,8 +310,7 @@ def feature_noise_uncertainty(model: nn.Module, inputs, *, at: str, k: int = 8, 
         return total.div_(k)
 
     act: list[Any] = [None]  # the activation's name, once the hook has seen a prediction
-    use_tiles = (tiled is not False and k > 1
-                 and not (tiled is None and at in _UNTILEABLE.get(model, ())))
+    use_tiles = tiled is not False and k > 1 and not (tiled is None and at in _UNTILEABLE.get(model, ()))
     with torch.no_grad(), _eval_mode(model):
         handle = module.register_forward_hook(hook)
         try:
@@ -333,8 +352,9 @@ def is_pooled(features) -> bool:
     return torch.is_tensor(features) and (features.ndim <= 2 or math.prod(features.shape[2:]) == 1)
 
 
-def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None,
-                pooled: Callable[[], bool] = lambda: False) -> torch.Tensor | None:
+def _tiled_mean(
+    predict: Callable, inputs, k: int, chunk_rows: int | None, pooled: Callable[[], bool] = lambda: False
+) -> torch.Tensor | None:
     """Running mean of ``k`` disturbed predictions, at most ``chunk_rows`` rows a forward.
 
     Without a ``chunk_rows``, a disturbed map that ``pooled()`` says is one
@@ -356,13 +376,13 @@ def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None,
     b = inputs.shape[0]
     rows = chunk_rows or max(b, 1)
     per = max(1, rows // k)  # samples per forward, each with all its copies
-    copies = min(k, rows)    # copies per forward when one sample's k exceed the rows
+    copies = min(k, rows)  # copies per forward when one sample's k exceed the rows
     mean = None
     s = 0
     while s < b:
         if s and chunk_rows is None and pooled():
             per, copies = b - s, k
-        x = inputs[s:s + per]
+        x = inputs[s : s + per]
         total, done = None, 0
         while done < k:
             reps = min(copies, k - done)
@@ -371,6 +391,6 @@ def _tiled_mean(predict: Callable, inputs, k: int, chunk_rows: int | None,
             done += reps
         if mean is None:  # one (B, C, ...) buffer, filled sub-batch by sub-batch
             mean = total.new_empty((b, *total.shape[1:]))
-        mean[s:s + per] = total.div_(k)
+        mean[s : s + per] = total.div_(k)
         s += per
     return mean

@@ -113,12 +113,13 @@ class BatchPlan(Sequence):
         return out
 
     def __repr__(self) -> str:
-        return (f"BatchPlan(batches={len(self)}, batch_size={self.full.shape[1] if self.full.ndim == 2 else 0}, "
-                f"tail={self.tail.size})")
+        return (
+            f"BatchPlan(batches={len(self)}, batch_size={self.full.shape[1] if self.full.ndim == 2 else 0}, "
+            f"tail={self.tail.size})"
+        )
 
 
-def replica_layout(n: int, batch_size: int, *, num_replicas: int = 1,
-                   drop_last: bool = False) -> dict[str, int]:
+def replica_layout(n: int, batch_size: int, *, num_replicas: int = 1, drop_last: bool = False) -> dict[str, int]:
     """How ``n`` samples split into per-replica batches, as torch would split them.
 
     ``drop_last=False`` pads the data set to a multiple of ``num_replicas`` by
@@ -144,18 +145,36 @@ def replica_layout(n: int, batch_size: int, *, num_replicas: int = 1,
     check_int("num_replicas", num_replicas, 1)
     if drop_last:
         full = n // (num_replicas * batch_size)
-        return {"full_per_replica": full, "tail_size": 0, "padding": 0,
-                "dropped": n - full * num_replicas * batch_size, "batches_per_replica": full}
+        return {
+            "full_per_replica": full,
+            "tail_size": 0,
+            "padding": 0,
+            "dropped": n - full * num_replicas * batch_size,
+            "batches_per_replica": full,
+        }
     per_replica = -(-n // num_replicas)
     full, tail = divmod(per_replica, batch_size)
-    return {"full_per_replica": full, "tail_size": tail,
-            "padding": per_replica * num_replicas - n, "dropped": 0,
-            "batches_per_replica": full + (1 if tail else 0)}
+    return {
+        "full_per_replica": full,
+        "tail_size": tail,
+        "padding": per_replica * num_replicas - n,
+        "dropped": 0,
+        "batches_per_replica": full + (1 if tail else 0),
+    }
 
 
-def plan_batches(scores, batch_size: int, *, order: str = "mixed", seed: int = 0,
-                 epoch: int = 0, drop_last: bool = False, num_replicas: int = 1,
-                 rank: int = 0, jitter: float = DEFAULT_JITTER) -> BatchPlan:
+def plan_batches(
+    scores,
+    batch_size: int,
+    *,
+    order: str = "mixed",
+    seed: int = 0,
+    epoch: int = 0,
+    drop_last: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
+    jitter: float = DEFAULT_JITTER,
+) -> BatchPlan:
     """Plan one epoch of minibatches from per-sample difficulty scores.
 
     Args:
@@ -204,8 +223,17 @@ def plan_batches(scores, batch_size: int, *, order: str = "mixed", seed: int = 0
     check_real("jitter", jitter, 0)
     if not isinstance(drop_last, (bool, np.bool_)):
         raise ValueError(f"drop_last={drop_last!r} must be a bool")
-    return _compute_plan(scores, int(batch_size), order, int(seed), int(epoch),
-                         bool(drop_last), int(num_replicas), int(rank), float(jitter))
+    return _compute_plan(
+        scores,
+        int(batch_size),
+        order,
+        int(seed),
+        int(epoch),
+        bool(drop_last),
+        int(num_replicas),
+        int(rank),
+        float(jitter),
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -216,8 +244,10 @@ def _check_order(order) -> None:
     if order not in ORDERS:
         hint = ""
         if isinstance(order, str) and order.startswith(("mixed-", "scl", "ohem")):
-            hint = (f"; {order!r} is a training strategy (mombs.strategies.create_strategy), "
-                    f"whose sampler plans with one of these orders")
+            hint = (
+                f"; {order!r} is a training strategy (mombs.strategies.create_strategy), "
+                f"whose sampler plans with one of these orders"
+            )
         raise ValueError(f"order={order!r} is not known; choose one of {list(ORDERS)}{hint}")
 
 
@@ -225,14 +255,14 @@ def _check_scores(scores) -> np.ndarray:
     arr = np.asarray(scores)
     if arr.ndim != 1:
         raise ValueError(f"scores must have shape (N,), got shape {arr.shape}")
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer)
-                                 or np.issubdtype(arr.dtype, np.floating)):
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"scores must be real numbers, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating):
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         if bad:
-            raise ValueError(f"scores contains {bad} non-finite value(s) (NaN or inf) "
-                             f"out of {arr.size}; all scores must be finite")
+            raise ValueError(
+                f"scores contains {bad} non-finite value(s) (NaN or inf) out of {arr.size}; all scores must be finite"
+            )
         return arr
     return arr.astype(np.float64)
 
@@ -266,8 +296,17 @@ _POLISH_MAX_B = 32
 _POLISH_TOL = 5e-6
 
 
-def _compute_plan(scores: np.ndarray, batch_size: int, kind: str, seed: int, epoch: int,
-                  drop_last: bool, num_replicas: int, rank: int, jitter: float) -> BatchPlan:
+def _compute_plan(
+    scores: np.ndarray,
+    batch_size: int,
+    kind: str,
+    seed: int,
+    epoch: int,
+    drop_last: bool,
+    num_replicas: int,
+    rank: int,
+    jitter: float,
+) -> BatchPlan:
     n = scores.shape[0]
     layout = replica_layout(n, batch_size, num_replicas=num_replicas, drop_last=drop_last)
     # One generator per (seed, epoch): every replica derives the identical plan.
@@ -280,8 +319,7 @@ def _compute_plan(scores: np.ndarray, batch_size: int, kind: str, seed: int, epo
         local = scores[items]
     num_full = layout["full_per_replica"] * num_replicas
     num_tails = num_replicas if layout["tail_size"] else 0
-    full, tails = _plan_items(local, batch_size, num_full, layout["tail_size"],
-                              num_tails, kind, rng, jitter)
+    full, tails = _plan_items(local, batch_size, num_full, layout["tail_size"], num_tails, kind, rng, jitter)
     full_mine = full[rank::num_replicas] if num_replicas > 1 else full
     tail_mine = tails[rank] if num_tails else np.empty(0, dtype=np.int64)
     if layout["padding"]:  # positions -> data set indices (they differ only when padded)
@@ -289,16 +327,23 @@ def _compute_plan(scores: np.ndarray, batch_size: int, kind: str, seed: int, epo
     return BatchPlan(full_mine, tail_mine)
 
 
-def _plan_items(scores: np.ndarray, batch_size: int, num_full: int, tail_size: int,
-                num_tails: int, kind: str, rng: np.random.Generator,
-                jitter: float) -> tuple[np.ndarray, np.ndarray]:
+def _plan_items(
+    scores: np.ndarray,
+    batch_size: int,
+    num_full: int,
+    tail_size: int,
+    num_tails: int,
+    kind: str,
+    rng: np.random.Generator,
+    jitter: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns ``full`` ``(num_full, batch_size)`` and ``tails`` ``(num_tails, tail_size)``
     as positions into ``scores``; positions not used are dropped."""
     n = scores.shape[0]
     n_full = num_full * batch_size
     if kind == "random":
         perm = rng.permutation(n)
-        tails = perm[n_full:n_full + num_tails * tail_size].reshape(num_tails, tail_size)
+        tails = perm[n_full : n_full + num_tails * tail_size].reshape(num_tails, tail_size)
         return perm[:n_full].reshape(num_full, batch_size), tails
 
     # Every float32 key and every sum below is taken of standardized scores, so
@@ -319,8 +364,11 @@ def _plan_items(scores: np.ndarray, batch_size: int, num_full: int, tail_size: i
     layout = _layout_mixed if kind == "mixed" else _layout_anti
     standard = (scores, center, scale, std)
     full = layout(core, standard, num_full, batch_size, rng)
-    tails = (layout(tail_items, standard, num_tails, tail_size, rng)
-             if num_tails else np.empty((0, tail_size), dtype=np.int64))
+    tails = (
+        layout(tail_items, standard, num_tails, tail_size, rng)
+        if num_tails
+        else np.empty((0, tail_size), dtype=np.int64)
+    )
     return full, tails
 
 
@@ -337,7 +385,7 @@ def _standardizer(scores: np.ndarray) -> tuple[float, float]:
     n = scores.shape[0]
     if n == 0:
         return 0.0, 1.0
-    sample = scores[::max(1, n // 4096)].astype(np.float64)
+    sample = scores[:: max(1, n // 4096)].astype(np.float64)
     center = float(np.median(sample))
     peak = float(np.max(np.abs(sample - center)))
     if not peak > 0.0:  # the sample is constant: take the spread of all scores
@@ -375,8 +423,9 @@ def _jitter_half_width(scores: np.ndarray, jitter: float, std: float | None = No
     return half if half > 0.0 else 1.0
 
 
-def _jittered_order(scores: np.ndarray, center: float, scale: float,
-                    rng: np.random.Generator, jitter: float) -> tuple[np.ndarray, float]:
+def _jittered_order(
+    scores: np.ndarray, center: float, scale: float, rng: np.random.Generator, jitter: float
+) -> tuple[np.ndarray, float]:
     """Order of the standardized scores plus uniform noise of std ``jitter``
     times theirs, ties by position (``n >= 1``); and their std."""
     n = scores.shape[0]
@@ -385,10 +434,10 @@ def _jittered_order(scores: np.ndarray, center: float, scale: float,
     key = np.empty(n, dtype=np.float32)
     buffer = np.empty(min(n, _CHUNK), dtype=np.float64)
     for start in range(0, n, _CHUNK):
-        part = buffer[:min(_CHUNK, n - start)]
-        np.subtract(scores[start:start + part.shape[0]], center, out=part)
+        part = buffer[: min(_CHUNK, n - start)]
+        np.subtract(scores[start : start + part.shape[0]], center, out=part)
         part *= scale
-        key[start:start + part.shape[0]] = part
+        key[start : start + part.shape[0]] = part
     mean = float(key.sum(dtype=np.float64)) / n
     squares = float(np.dot(key, key))
     if not np.isfinite(squares):  # far outliers overflow float32 squares
@@ -401,15 +450,14 @@ def _jittered_order(scores: np.ndarray, center: float, scale: float,
     # at two thirds of the time of Generator.random.
     noise = np.empty(min(n, _CHUNK), dtype=np.float32)
     for start in range(0, n, _CHUNK):
-        part = noise[:min(_CHUNK, n - start)]
+        part = noise[: min(_CHUNK, n - start)]
         raw = rng.bit_generator.random_raw((part.shape[0] + 1) // 2)
         # Low half of each word first, on any byte order (as Generator's own uint32s).
-        part[...] = raw.astype("<u8", copy=False).view("<u4")[:part.shape[0]]
-        part *= np.float32(2.0 * half / 2.0 ** 32)
+        part[...] = raw.astype("<u8", copy=False).view("<u4")[: part.shape[0]]
+        part *= np.float32(2.0 * half / 2.0**32)
         part -= np.float32(half)
-        key[start:start + part.shape[0]] += part
+        key[start : start + part.shape[0]] += part
     return _order(key), std
-
 
 
 # numpy views a uint64 as two uint32 halves, low half first on little-endian machines.
@@ -431,12 +479,12 @@ def _order(values: np.ndarray) -> np.ndarray:
     is far finer than the jitter or the sums' spread.
     """
     n = values.shape[0]
-    if n >= 2 ** 32:  # no room for the position: a stable sort is also deterministic
+    if n >= 2**32:  # no room for the position: a stable sort is also deterministic
         return np.argsort(values, kind="stable")
     bits = values.astype(np.float32, copy=False).view(np.int32)
     packed = np.empty(n, dtype=np.uint64)
     words = packed.view(np.uint32)
-    high = words[1 - _LOW::2].view(np.int32)
+    high = words[1 - _LOW :: 2].view(np.int32)
     low = words[_LOW::2]
     # In chunks that stay in cache, written into the packed words in place:
     # memory touched for the first time costs more than the arithmetic.
@@ -449,7 +497,7 @@ def _order(values: np.ndarray) -> np.ndarray:
         key |= np.int32(-0x80000000)
         key ^= part
         high[start:stop] = key
-        np.add(_CHUNK_POSITIONS[:stop - start], np.uint32(start), out=low[start:stop])
+        np.add(_CHUNK_POSITIONS[: stop - start], np.uint32(start), out=low[start:stop])
     packed.sort()
     # The positions are the low halves: mask the keys off in place.
     packed &= np.uint64(0xFFFFFFFF)
@@ -472,8 +520,7 @@ def _order_sums(sums: np.ndarray) -> np.ndarray:
     return _order(key)
 
 
-def _split_stratified(order: np.ndarray, k: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _split_stratified(order: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Pick ``k`` elements of ``order``, one at a random place in each of ``k``
     equal strata. Returns ``(picked, rest)``, both still in ``order``'s order."""
     n = order.shape[0]
@@ -492,21 +539,19 @@ def _split_stratified(order: np.ndarray, k: int,
     rest = np.empty(n - k, dtype=order.dtype)
     at = prev = 0
     for p in pos.tolist():
-        rest[at:at + p - prev] = order[prev:p]
+        rest[at : at + p - prev] = order[prev:p]
         at += p - prev
         prev = p + 1
     rest[at:] = order[prev:]
     return order[pos], rest
 
 
-def _layout_anti(sorted_items: np.ndarray, standard, m: int, b: int,
-                 rng: np.random.Generator) -> np.ndarray:
+def _layout_anti(sorted_items: np.ndarray, standard, m: int, b: int, rng: np.random.Generator) -> np.ndarray:
     """Consecutive runs of the sorted order, in shuffled batch order."""
     return sorted_items.reshape(m, b)[rng.permutation(m)]
 
 
-def _layout_mixed(sorted_items: np.ndarray, standard, m: int, b: int,
-                  rng: np.random.Generator) -> np.ndarray:
+def _layout_mixed(sorted_items: np.ndarray, standard, m: int, b: int, rng: np.random.Generator) -> np.ndarray:
     """``(m, b)`` batches with near-equal score sums from ``m*b`` items sorted by
     (jittered) score, ascending. Rows come in random order.
 
@@ -547,8 +592,7 @@ def _layout_mixed(sorted_items: np.ndarray, standard, m: int, b: int,
     positions = {}
     _walk(root, perm, positions.__setitem__)
     del root
-    _polish(v, positions, _take(total, perm), steps,
-            target=_POLISH_TOL * np.sqrt(b) * standard[3])
+    _polish(v, positions, _take(total, perm), steps, target=_POLISH_TOL * np.sqrt(b) * standard[3])
     del v
     for layer in range(b):
         _take(layers[layer], positions.pop(layer), out=out_t[layer])
@@ -578,7 +622,7 @@ def _join_three(v: np.ndarray, layers=(0, 1, 2)) -> tuple[dict, np.ndarray]:
     (``"down"``, see :func:`_differencing_tree`)."""
     a, c, d = layers
     m = v.shape[1]
-    ab = np.concatenate([v[c][m // 2:], v[c][:m // 2]])  # v[c][(r + m // 2) % m], no gather
+    ab = np.concatenate([v[c][m // 2 :], v[c][: m // 2]])  # v[c][(r + m // 2) % m], no gather
     ab += v[a]
     up = _order_sums(ab)
     total = _take(ab, up)
@@ -588,8 +632,9 @@ def _join_three(v: np.ndarray, layers=(0, 1, 2)) -> tuple[dict, np.ndarray]:
     return {a: up, c: shifted, d: "down"}, total
 
 
-def _rematch(v: np.ndarray, positions: dict[int, np.ndarray], total: np.ndarray, layer: int,
-             descending: dict[int, np.ndarray]) -> np.ndarray:
+def _rematch(
+    v: np.ndarray, positions: dict[int, np.ndarray], total: np.ndarray, layer: int, descending: dict[int, np.ndarray]
+) -> np.ndarray:
     """One step of coordinate descent on the batch sums, in place: take ``layer``
     out and put it back matched against the other layers' sums, lowest rest
     with highest item (the rearrangement algorithm of Puccetti and Rüschendorf).
@@ -604,8 +649,15 @@ def _rematch(v: np.ndarray, positions: dict[int, np.ndarray], total: np.ndarray,
     return rest
 
 
-def _rematch_rounds(v: np.ndarray, positions: dict[int, np.ndarray], total: np.ndarray, *,
-                    max_rounds: int, target: float = 0.0, gain: float = _ROUND_GAIN) -> np.ndarray:
+def _rematch_rounds(
+    v: np.ndarray,
+    positions: dict[int, np.ndarray],
+    total: np.ndarray,
+    *,
+    max_rounds: int,
+    target: float = 0.0,
+    gain: float = _ROUND_GAIN,
+) -> np.ndarray:
     """Rounds of :func:`_rematch` over every layer until the std of the sums is
     at most ``target`` or a round lowers it by less than the factor ``gain``
     (or the rounds run out). Returns the sums."""
@@ -642,8 +694,9 @@ def _positions_three(v: np.ndarray) -> dict[int, np.ndarray]:
     if m < 4 * _COARSE_BATCHES:  # small: the rounds on the items cost little
         positions, total = _join_three(v)
         positions[2] = np.arange(m - 1, -1, -1, dtype=np.int64)
-        _rematch_rounds(v, positions, total, max_rounds=_COARSE_ROUNDS, gain=1.0,
-                        target=_THREE_TOL * np.sqrt(3.0) * float(v.std()))
+        _rematch_rounds(
+            v, positions, total, max_rounds=_COARSE_ROUNDS, gain=1.0, target=_THREE_TOL * np.sqrt(3.0) * float(v.std())
+        )
         return positions
     r = _block_size(m, _COARSE_BATCHES)
     mc, spare = divmod(m, r)
@@ -651,19 +704,22 @@ def _positions_three(v: np.ndarray) -> dict[int, np.ndarray]:
     # blocks: their batches join the layers' middles, whose sum is close to
     # the mean batch sum, and the last re-match evens them out.
     half = (mc // 2) * r
-    blocks = np.concatenate([v[:, :half].reshape(3, mc // 2, r).sum(axis=2),
-                             v[:, half + spare:].reshape(3, mc - mc // 2, r).sum(axis=2)], axis=1)
+    blocks = np.concatenate(
+        [v[:, :half].reshape(3, mc // 2, r).sum(axis=2), v[:, half + spare :].reshape(3, mc - mc // 2, r).sum(axis=2)],
+        axis=1,
+    )
     coarse, coarse_total = _join_three(blocks)
     coarse[2] = np.arange(mc - 1, -1, -1, dtype=np.int64)
     _rematch_rounds(blocks, coarse, coarse_total, max_rounds=_COARSE_ROUNDS)
     idx = _index_dtype(m)
     starts = np.arange(mc, dtype=idx) * idx(r)
-    starts[mc // 2:] += idx(spare)
+    starts[mc // 2 :] += idx(spare)
     pattern = [p.astype(idx) for p in _triple_pattern(r)]
     middle = [p.astype(idx) + idx(half) for p in _triple_pattern(spare)]
-    positions = {layer: np.concatenate([(starts[coarse[layer]][:, None] + pattern[layer]).reshape(-1),
-                                        middle[layer]])
-                 for layer in range(3)}
+    positions = {
+        layer: np.concatenate([(starts[coarse[layer]][:, None] + pattern[layer]).reshape(-1), middle[layer]])
+        for layer in range(3)
+    }
     # The re-match of the top layer, without the sums of all three.
     rest = _take(v[0], positions[0])
     rest += _take(v[1], positions[1])
@@ -759,7 +815,7 @@ def _walk(root: tuple, cols: np.ndarray, emit) -> None:
 def _index_dtype(m: int):
     """Positions within a layer of ``m`` items: 4 bytes where they fit. The
     planner's memory is most of its cost on machines where fresh pages are slow."""
-    return np.int32 if m < 2 ** 31 else np.int64
+    return np.int32 if m < 2**31 else np.int64
 
 
 def _polish_steps(v: np.ndarray) -> list[int]:
@@ -784,7 +840,7 @@ def _polish_steps(v: np.ndarray) -> list[int]:
         return []
     r = max(1, m // _MIRROR_BATCHES)
     mc = m // r
-    blocks = v[:, :mc * r].reshape(b, mc, r).sum(axis=2)
+    blocks = v[:, : mc * r].reshape(b, mc, r).sum(axis=2)
     root, total = _differencing_tree(blocks)
     positions: dict[int, np.ndarray] = {}
     _walk(root, np.arange(mc, dtype=np.intp), positions.__setitem__)
@@ -811,8 +867,9 @@ def _polish_steps(v: np.ndarray) -> list[int]:
     return steps
 
 
-def _polish(v: np.ndarray, positions: dict[int, np.ndarray], total: np.ndarray,
-            steps: list[int], *, target: float) -> np.ndarray:
+def _polish(
+    v: np.ndarray, positions: dict[int, np.ndarray], total: np.ndarray, steps: list[int], *, target: float
+) -> np.ndarray:
     """Re-match ``steps`` in turn on the items, until the std of the sums is
     below ``target``. Returns the sums."""
     descending: dict[int, np.ndarray] = {}

@@ -64,23 +64,36 @@ def scatter_figure(loss, unc, codes, member, what: str, title: str, *, kinds=Non
     # Largest quadrant first, so the small ones are drawn on top and stay visible.
     for rank, c in enumerate(sorted(range(len(QUADRANTS)), key=lambda c: -int((codes == c).sum()))):
         m = codes == c
-        axes[0].scatter(loss[m], unc[m], s=3 if m.sum() > 200 else 8, alpha=0.5, color=f"C{c}",
-                        label=f"{QUADRANTS[c]} ({m.sum()})", zorder=2 + rank)
+        axes[0].scatter(
+            loss[m],
+            unc[m],
+            s=3 if m.sum() > 200 else 8,
+            alpha=0.5,
+            color=f"C{c}",
+            label=f"{QUADRANTS[c]} ({m.sum()})",
+            zorder=2 + rank,
+        )
     axes[0].set(title="quadrants (median split)")
     if member is not None and kinds is not None:
         member = np.asarray(member)
         for k, name in enumerate(kinds):
             m = member == k
             if m.any():
-                axes[1].scatter(loss[m], unc[m], s=3 if k == 0 else 9, alpha=0.4 if k == 0 else 0.8,
-                                c="tab:gray" if k == 0 else f"C{k}", label=f"{name} ({m.sum()})", zorder=2 + (k > 0))
+                axes[1].scatter(
+                    loss[m],
+                    unc[m],
+                    s=3 if k == 0 else 9,
+                    alpha=0.4 if k == 0 else 0.8,
+                    c="tab:gray" if k == 0 else f"C{k}",
+                    label=f"{name} ({m.sum()})",
+                    zorder=2 + (k > 0),
+                )
     elif member is not None:
         axes[1].scatter(loss[~member], unc[~member], s=3, alpha=0.4, c="tab:gray", label="other")
         axes[1].scatter(loss[member], unc[member], s=5, alpha=0.6, c="tab:red", label=what, zorder=3)
     axes[1].set(title=f"true membership: {what}")
     for ax in axes:
-        ax.set(xscale="log", xlabel="loss (eval mode, final model; log scale)",
-               ylabel="uncertainty (K=8 entropy)")
+        ax.set(xscale="log", xlabel="loss (eval mode, final model; log scale)", ylabel="uncertainty (K=8 entropy)")
         ax.legend(fontsize=7, markerscale=3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -103,8 +116,15 @@ def corruption_scatter(res: dict, out: Path, kinds) -> str | None:
         return None
     z = np.load(path)
     corruption = z["corruption"] if z["corruption"].size else None
-    fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], corruption, "corruption",
-                         f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}", kinds=kinds)
+    fig = scatter_figure(
+        z["loss"],
+        z["uncertainty"],
+        z["codes"],
+        corruption,
+        "corruption",
+        f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}",
+        kinds=kinds,
+    )
     return save(fig, out / f"scatter-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png", tight=False)
 
 
@@ -134,14 +154,14 @@ def quadrant_grid(res, out: Path, draw, kinds, what: str, legend: str, loss_digi
             code = int(z["corruption"][m])
             kind = kinds[code] if code >= 0 else "?"
             ax.set_title(f"#{z['index'][m]} {kind}\nloss {z['loss'][m]:.{loss_digits}f}", fontsize=7)
-        axes[i, 0].text(-0.08, 0.5, QUADRANTS[c], transform=axes[i, 0].transAxes, rotation=90,
-                        va="center", ha="right", fontsize=8)
-    fig.suptitle(f"highest-loss {what} per quadrant ({res['strategy']}, B={res['batch_size']}, seed "
-                 f"{res['seed']}): {legend}", fontsize=9)
-    return save(fig, out / f"flagged-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png",
-                 dpi=100)
-
-
+        axes[i, 0].text(
+            -0.08, 0.5, QUADRANTS[c], transform=axes[i, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8
+        )
+    fig.suptitle(
+        f"highest-loss {what} per quadrant ({res['strategy']}, B={res['batch_size']}, seed {res['seed']}): {legend}",
+        fontsize=9,
+    )
+    return save(fig, out / f"flagged-{res['strategy']}-b{res['batch_size']}-n{res['train_size']}.png", dpi=100)
 
 
 def issue_grid(z, quality, out: Path, draw, legend: str, per_grid: int) -> list:

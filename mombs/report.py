@@ -17,8 +17,12 @@ __all__ = ["format_table", "write_report"]
 
 #: Columns every task's rows may carry (after the recipes' own): how the
 #: poorly-labeled quadrant and the difficulty find planted noise.
-_NOISE_COLUMNS = {"noisy_fit": "noisy fit %", "poor_precision": "PL prec. %", "poor_recall": "PL rec. %",
-                  "auroc": "AUROC %"}
+_NOISE_COLUMNS = {
+    "noisy_fit": "noisy fit %",
+    "poor_precision": "PL prec. %",
+    "poor_recall": "PL rec. %",
+    "auroc": "AUROC %",
+}
 
 
 def _pct(x) -> str:
@@ -64,13 +68,21 @@ def format_table(rows: list[dict], *, markdown: bool = False) -> str:
     metrics = {r.get("metric", "top1") for r in rows}
     found = _recipes_of(metrics) if len(metrics) == 1 else []
     metric = f"{found[0].report_notes([])['metric_name']} %" if found else "score %"
-    head = ["dataset", "B", "loss", "strategy", "n", metric] + [names[c] for c in extras] + [
-        "vs random, pts [95% CI]"]
+    head = ["dataset", "B", "loss", "strategy", "n", metric] + [names[c] for c in extras] + ["vs random, pts [95% CI]"]
     body = []
     for r in rows:
-        body.append([r["dataset"], str(r["batch_size"]), r["loss"], r["strategy"], str(r["n"]),
-                     f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"]
-                    + [_pct(r.get(c)) for c in extras] + [_diff_cell(r)])
+        body.append(
+            [
+                r["dataset"],
+                str(r["batch_size"]),
+                r["loss"],
+                r["strategy"],
+                str(r["n"]),
+                f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}",
+            ]
+            + [_pct(r.get(c)) for c in extras]
+            + [_diff_cell(r)]
+        )
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(b) + " |" for b in body]
@@ -102,8 +114,9 @@ def _curves(results, out: Path, notes: dict) -> str:
         fits = noisy_fits(runs)
         if memorization and fits is not None:
             axes[1].plot(100 * fits.mean(0), label=label)
-    axes[0].set(xlabel="epoch", ylabel=f"validation {notes['metric_name']} % (mean over seeds)",
-                title=notes["metric_title"])
+    axes[0].set(
+        xlabel="epoch", ylabel=f"validation {notes['metric_name']} % (mean over seeds)", title=notes["metric_title"]
+    )
     if memorization:
         axes[1].set(xlabel="epoch", title="memorization", ylabel=notes["memorization_axis"])
     axes[0].legend(fontsize=7)
@@ -125,14 +138,23 @@ def write_report(results: list[dict], rows: list[dict], out_dir, *, title: str =
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     recipe = _recipe_of_run(results[0])
     notes = recipe.report_notes(results)
-    lines = [f"# {title}", "",
-             f"{len(results)} finished runs. {notes['what']}; "
-             "the last column is the paired difference against `random` with the same seed "
-             "(mean, 95% t-interval, paired t-test).", "", format_table(rows, markdown=True), ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(results)} finished runs. {notes['what']}; "
+        "the last column is the paired difference against `random` with the same seed "
+        "(mean, 95% t-interval, paired t-test).",
+        "",
+        format_table(rows, markdown=True),
+        "",
+    ]
     if any("poor_precision" in r for r in rows):
-        lines += [f"PL prec./rec.: how well the poorly-labeled quadrant (high loss, low uncertainty "
-                  f"of the final model) finds the {notes['flipped']}; AUROC: the summed-rank difficulty as a "
-                  f"score for them. Noisy fit: {notes['memorization']}", ""]
+        lines += [
+            f"PL prec./rec.: how well the poorly-labeled quadrant (high loss, low uncertainty "
+            f"of the final model) finds the {notes['flipped']}; AUROC: the summed-rank difficulty as a "
+            f"score for them. Noisy fit: {notes['memorization']}",
+            "",
+        ]
     for note in notes.get("notes", []):
         lines += [note, ""]
     try:

@@ -82,17 +82,25 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         ...     sampler.set_scores(difficulty)  # (N,), higher = harder
     """
 
-    def __init__(self, data_source: Sized | int, batch_size: int, *, order: str = "mixed",
-                 pivot_epoch: int = DEFAULT_PIVOT_EPOCH, drop_last: bool = False, seed: int = 0,
-                 num_replicas: int | None = None, rank: int | None = None,
-                 jitter: float = DEFAULT_JITTER):
+    def __init__(
+        self,
+        data_source: Sized | int,
+        batch_size: int,
+        *,
+        order: str = "mixed",
+        pivot_epoch: int = DEFAULT_PIVOT_EPOCH,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        jitter: float = DEFAULT_JITTER,
+    ):
         if is_int(data_source):
             n = int(cast(SupportsInt, data_source))
         elif isinstance(data_source, Sized) and not isinstance(data_source, (str, bytes)):
             n = len(data_source)
         else:
-            raise ValueError(f"data_source={data_source!r} must be a sized data set or its "
-                             f"number of samples")
+            raise ValueError(f"data_source={data_source!r} must be a sized data set or its number of samples")
         check_int("len(data_source)", n, 0)
         check_int("batch_size", batch_size, 1)
         _check_order(order)
@@ -129,8 +137,7 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         # epoch means that nothing drives the epochs (_PlanIterator warns).
         self._passed_epoch: int | None = None
         self._warned_same_epoch = False
-        self._layout = replica_layout(n, self.batch_size, num_replicas=self.num_replicas,
-                                      drop_last=drop_last)
+        self._layout = replica_layout(n, self.batch_size, num_replicas=self.num_replicas, drop_last=drop_last)
 
     # ------------------------------------------------------------------ #
     # torch's sampler contract
@@ -180,12 +187,15 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         :meth:`set_epoch` in between warns (once): nothing drives the epochs."""
         if self._passed_epoch == self.epoch and not self._warned_same_epoch:
             self._warned_same_epoch = True
-            warnings.warn(f"MixedOrderBatchSampler: a second whole pass over epoch {self.epoch} without "
-                          f"set_epoch(): every epoch gets the same batches and none is planned from scores. "
-                          f"Call sampler.set_epoch(epoch) (or assessor.start_epoch(epoch)) before each epoch; "
-                          f"under PyTorch Lightning add mombs.integrations.lightning.MoMBSCallback(assessor), "
-                          f"since Lightning never calls set_epoch on a batch sampler", RuntimeWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"MixedOrderBatchSampler: a second whole pass over epoch {self.epoch} without "
+                f"set_epoch(): every epoch gets the same batches and none is planned from scores. "
+                f"Call sampler.set_epoch(epoch) (or assessor.start_epoch(epoch)) before each epoch; "
+                f"under PyTorch Lightning add mombs.integrations.lightning.MoMBSCallback(assessor), "
+                f"since Lightning never calls set_epoch on a batch sampler",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self._passed_epoch = self.epoch
 
     def note_consumed(self, batches: int = 1) -> None:
@@ -213,9 +223,11 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         """
         arr = _check_scores(scores)
         if arr.shape[0] != self.num_samples_total:
-            raise ValueError(f"scores has {arr.shape[0]} entries but this sampler was built for "
-                             f"{self.num_samples_total} samples: give one score per sample of the data set "
-                             f"the sampler was built for")
+            raise ValueError(
+                f"scores has {arr.shape[0]} entries but this sampler was built for "
+                f"{self.num_samples_total} samples: give one score per sample of the data set "
+                f"the sampler was built for"
+            )
         self._scores = np.array(arr, copy=True)
 
     @property
@@ -240,15 +252,25 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         if self._epoch_uses(scores_in):
             scores, order = scores_in, self.order
         else:
-            if (self.order != "random" and planned(self.epoch, self.pivot_epoch)
-                    and not self._warned_no_scores):
-                warnings.warn(f"epoch {self.epoch} is past pivot_epoch={self.pivot_epoch} but "
-                              f"set_scores() was never called; sampling at random", stacklevel=3)
+            if self.order != "random" and planned(self.epoch, self.pivot_epoch) and not self._warned_no_scores:
+                warnings.warn(
+                    f"epoch {self.epoch} is past pivot_epoch={self.pivot_epoch} but "
+                    f"set_scores() was never called; sampling at random",
+                    stacklevel=3,
+                )
                 self._warned_no_scores = True
             scores, order = np.zeros(self.num_samples_total, dtype=np.float32), "random"
-        return plan_batches(scores, self.batch_size, order=order, seed=self.seed,
-                            epoch=self.epoch, drop_last=self.drop_last,
-                            num_replicas=self.num_replicas, rank=self.rank, jitter=self.jitter)
+        return plan_batches(
+            scores,
+            self.batch_size,
+            order=order,
+            seed=self.seed,
+            epoch=self.epoch,
+            drop_last=self.drop_last,
+            num_replicas=self.num_replicas,
+            rank=self.rank,
+            jitter=self.jitter,
+        )
 
     # ------------------------------------------------------------------ #
     # checkpointing
@@ -275,16 +297,23 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
             done = self._yielded if self._consumed is None else self._consumed
         check_int("batches_done", done, 0)
         if done > self._layout["batches_per_replica"]:
-            raise ValueError(f"batches_done={done} exceeds the "
-                             f"{self._layout['batches_per_replica']} batches of an epoch")
+            raise ValueError(
+                f"batches_done={done} exceeds the {self._layout['batches_per_replica']} batches of an epoch"
+            )
+
         def tensor(a):  # tensors, so that torch.load's default weights_only=True reads the state
             return None if a is None else torch.from_numpy(np.array(a, copy=True))
 
         return {
-            "epoch": self.epoch, "batches_done": int(done), "seed": self.seed,
-            "order": self.order, "pivot_epoch": self.pivot_epoch,
-            "batch_size": self.batch_size, "drop_last": self.drop_last,
-            "num_replicas": self.num_replicas, "num_samples": self.num_samples_total,
+            "epoch": self.epoch,
+            "batches_done": int(done),
+            "seed": self.seed,
+            "order": self.order,
+            "pivot_epoch": self.pivot_epoch,
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "num_replicas": self.num_replicas,
+            "num_samples": self.num_samples_total,
             "jitter": self.jitter,
             "scores": tensor(self._scores),
             "epoch_scores": tensor(self._epoch_scores),
@@ -305,13 +334,14 @@ class MixedOrderBatchSampler(Sampler[list[int]]):
         """
         order = state.get("order", state.get("strategy"))  # "strategy": states saved before the rename
         _check_order(order)
-        for key in ("order", "batch_size", "drop_last", "num_samples", "num_replicas", "seed", "pivot_epoch",
-                    "jitter"):
+        for key in ("order", "batch_size", "drop_last", "num_samples", "num_replicas", "seed", "pivot_epoch", "jitter"):
             mine = self.num_samples_total if key == "num_samples" else getattr(self, key)
             theirs = order if key == "order" else state.get(key)
             if theirs != mine:
-                raise ValueError(f"state {key}={theirs!r} differs from this sampler's {key}={mine!r}; build "
-                                 f"the sampler with the run's settings")
+                raise ValueError(
+                    f"state {key}={theirs!r} differs from this sampler's {key}={mine!r}; build "
+                    f"the sampler with the run's settings"
+                )
 
         def array(a):
             return None if a is None else _check_scores(a.numpy() if torch.is_tensor(a) else np.asarray(a))
@@ -339,8 +369,8 @@ class _PlanIterator:
         self._sampler = sampler
         self._plan: np.ndarray | None = None  # planned at the first batch drawn
         self._next = 0
-        self._whole = False                   # whether this pass started at the epoch's first batch
-        self._position: int | None = None     # a position loaded before the first batch
+        self._whole = False  # whether this pass started at the epoch's first batch
+        self._position: int | None = None  # a position loaded before the first batch
 
     def __iter__(self):
         return self

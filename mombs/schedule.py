@@ -19,8 +19,7 @@ import numpy as np
 
 from ._checks import check_int, is_real
 
-__all__ = ["AssessmentSchedule", "DEFAULT_PIVOT_EPOCH", "SCHEDULES", "DEFAULT_SCHEDULE", "create_schedule",
-           "planned"]
+__all__ = ["AssessmentSchedule", "DEFAULT_PIVOT_EPOCH", "SCHEDULES", "DEFAULT_SCHEDULE", "create_schedule", "planned"]
 
 #: The library's one default pivot epoch (the paper's PE): the first epoch
 #: planned from scores. 1 plans from the second epoch on, once one epoch has
@@ -67,14 +66,15 @@ class AssessmentSchedule:
         if self.loss_source not in ("train", "pass"):
             raise ValueError(f"loss_source={self.loss_source!r} must be 'train' or 'pass'")
         if self.uncertainty_source not in ("train", "pass", "output"):
-            raise ValueError(f"uncertainty_source={self.uncertainty_source!r} must be 'train', 'pass' "
-                             f"or 'output'")
+            raise ValueError(f"uncertainty_source={self.uncertainty_source!r} must be 'train', 'pass' or 'output'")
         check_int("uncertainty_every", self.uncertainty_every, 1)
         if not is_real(self.uncertainty_fraction) or not 0 < self.uncertainty_fraction <= 1:
             raise ValueError(f"uncertainty_fraction={self.uncertainty_fraction!r} must be in (0, 1]")
         if self.uncertainty_fraction < 1 and self.uncertainty_every != 1:
-            raise ValueError(f"uncertainty_every={self.uncertainty_every} and uncertainty_fraction="
-                             f"{self.uncertainty_fraction} do not combine: a rotating part is taken every epoch")
+            raise ValueError(
+                f"uncertainty_every={self.uncertainty_every} and uncertainty_fraction="
+                f"{self.uncertainty_fraction} do not combine: a rotating part is taken every epoch"
+            )
 
     @property
     def parts(self) -> int:
@@ -142,6 +142,7 @@ def create_schedule(schedule: str | AssessmentSchedule = DEFAULT_SCHEDULE, **ove
         raise ValueError(f"schedule={schedule!r} is not known; choose one of {sorted(SCHEDULES)}")
     unknown = sorted(set(overrides) - {f.name for f in fields(AssessmentSchedule)})
     if unknown:
-        raise ValueError(f"unknown schedule field(s) {unknown}; choose from "
-                         f"{[f.name for f in fields(AssessmentSchedule)]}")
+        raise ValueError(
+            f"unknown schedule field(s) {unknown}; choose from {[f.name for f in fields(AssessmentSchedule)]}"
+        )
     return replace(base, **overrides) if overrides else base

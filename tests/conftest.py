@@ -28,10 +28,20 @@ def rank_sum(n: int, seed: int = 0) -> np.ndarray:
 def compare_argv():
     """``argv(out, options)``: ``mombs compare`` arguments for random vs mixed, seed 0, one job,
     with each of ``options`` as a ``--set``."""
+
     def argv(out, options: dict) -> list:
-        return (["compare", "--out", str(out), "--no-progress", "--set", "strategies=[random, mixed]",
-                 "--set", "seeds=[0]", "--set", "jobs=1"]
-                + [a for k, v in options.items() for a in ("--set", f"{k}={v}")])
+        return [
+            "compare",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "strategies=[random, mixed]",
+            "--set",
+            "seeds=[0]",
+            "--set",
+            "jobs=1",
+        ] + [a for k, v in options.items() for a in ("--set", f"{k}={v}")]
 
     return argv
 
@@ -94,9 +104,18 @@ def digits_model():
 
     gen = torch.Generator().manual_seed(0)
     model = nn.Sequential()
-    model.add_module("features", nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2)))
+    model.add_module(
+        "features",
+        nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ),
+    )
     model.add_module("head", nn.Sequential(nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, 10)))
     with torch.no_grad():
         for p in model.parameters():  # a private, seeded init: the global RNG stays untouched
@@ -133,7 +152,8 @@ def check_run_files(run_dir, res: dict, member_key: str) -> None:
     found = res["noise_detection"]
     assert found["flagged"] == poor.sum() and found["base_rate"] == pytest.approx(member.mean())
     assert found["precision"] == pytest.approx(member[poor].mean()) and found["recall"] == pytest.approx(
-        poor[member].mean())
+        poor[member].mean()
+    )
     assert found["auroc_loss"] == pytest.approx(roc_auc_score(member, loss))
     for c in np.unique(codes):
         of_c = np.flatnonzero(codes == c)
@@ -157,17 +177,26 @@ def check_dense_diagnose(run_dir, n: int, score_columns: set, capsys) -> None:
     assert out["samples"] == n and out["history"] is None
     with open(run_dir / "diagnose" / "data_quality.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == n and score_columns | {"suspected_error", "corruption", "wrong_label", "quadrant",
-                                               "label_issue_rank", "flagged", "path"} <= set(rows[0])
+    assert len(rows) == n and score_columns | {
+        "suspected_error",
+        "corruption",
+        "wrong_label",
+        "quadrant",
+        "label_issue_rank",
+        "flagged",
+        "path",
+    } <= set(rows[0])
     top = min(rows, key=lambda r: int(r["label_issue_rank"]))
     assert float(top["label_issue_score"]) == max(float(r[out["score"]]) for r in rows)
     report = (run_dir / "diagnose" / "report.md").read_text()
     assert "](suspect.png)" in report and (run_dir / "diagnose" / "suspect.png").stat().st_size > 1000
     assert "Per class" not in report
     # another of the run's scores, by name; an unknown one is refused naming the run's scores
-    assert cli.main(["diagnose", str(run_dir), "--score", "loss", "--no-images", "--out",
-                     str(run_dir / "d2")]) == 0
+    assert cli.main(["diagnose", str(run_dir), "--score", "loss", "--no-images", "--out", str(run_dir / "d2")]) == 0
     capsys.readouterr()
-    with pytest.raises(SystemExit, match=r"^mombs: score='aum' is not a score of this \w+ run; choose one of "
-                                         r"\['auto', .*'loss', 'difficulty', 'quadrant_score'\]$"):
+    with pytest.raises(
+        SystemExit,
+        match=r"^mombs: score='aum' is not a score of this \w+ run; choose one of "
+        r"\['auto', .*'loss', 'difficulty', 'quadrant_score'\]$",
+    ):
         cli.main(["diagnose", str(run_dir), "--score", "aum"])

@@ -120,9 +120,12 @@ def test_an_epoch_ended_with_unobserved_batches_warns_with_the_counts():
     data, sampler, model, assessor = _setup(n=40, batch=8, pivot=1)  # reuse-loss: losses from training
     assessor.start_epoch(0)
     _epoch(assessor, data, sampler, model, observe_first=2)
-    with pytest.warns(RuntimeWarning, match=r"24 of 40 samples got no per-sample loss from the training steps "
-                                            r"of epoch 0 \(observe\(\) was called 2 times in this process; the "
-                                            r"sampler's epoch has 5 batches"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"24 of 40 samples got no per-sample loss from the training steps "
+        r"of epoch 0 \(observe\(\) was called 2 times in this process; the "
+        r"sampler's epoch has 5 batches",
+    ):
         assessor.end_epoch()
     assessor.start_epoch(1)
     _epoch(assessor, data, sampler, model, observe_first=0)  # observe() forgotten altogether
@@ -167,8 +170,11 @@ def test_a_sampler_built_for_another_data_set_size_is_refused_naming_both():
     with pytest.raises(ValueError, match=r"the sampler was built for 40 samples but the data set has 30"):
         mombs.DifficultyAssessor(_model(), _data(30), at="body", sampler=sampler)
     data = _data(30)
-    with pytest.raises(IndexError, match=r"outside the data set of 30 samples: was the sampler built for a "
-                                         r"data set of another size"):
+    with pytest.raises(
+        IndexError,
+        match=r"outside the data set of 30 samples: was the sampler built for a "
+        r"data set of another size",
+    ):
         for _ in DataLoader(data, batch_sampler=sampler):
             pass
     assert data[-1][0] == -1  # negative indices still read as the wrapped data set reads them
@@ -178,13 +184,19 @@ def test_a_sampler_built_for_another_data_set_size_is_refused_naming_both():
 # 4. and 6. indices from another data set, losses under the wrong samples, non-finite losses
 
 
-@pytest.mark.parametrize("indices, loss, match", [
-    (torch.tensor([0, 5, 40, 41]), torch.rand(4), r"indices \[40, 41\] outside the data set's \[0, 40\)"),
-    (np.array([-1, 2]), torch.rand(2), r"indices \[-1\] outside the data set's \[0, 40\)"),
-    (torch.arange(4), torch.rand(5), r"got loss of shape \(5,\) for 4 indices"),
-    (torch.tensor([3, 5, 7, 9]), torch.tensor([1.0, float("nan"), 2.0, float("inf")]),
-     r"2 non-finite per-sample loss value\(s\) \(NaN or inf\) in epoch 0, first for samples \[5, 9\]"),
-])
+@pytest.mark.parametrize(
+    "indices, loss, match",
+    [
+        (torch.tensor([0, 5, 40, 41]), torch.rand(4), r"indices \[40, 41\] outside the data set's \[0, 40\)"),
+        (np.array([-1, 2]), torch.rand(2), r"indices \[-1\] outside the data set's \[0, 40\)"),
+        (torch.arange(4), torch.rand(5), r"got loss of shape \(5,\) for 4 indices"),
+        (
+            torch.tensor([3, 5, 7, 9]),
+            torch.tensor([1.0, float("nan"), 2.0, float("inf")]),
+            r"2 non-finite per-sample loss value\(s\) \(NaN or inf\) in epoch 0, first for samples \[5, 9\]",
+        ),
+    ],
+)
 def test_observe_refuses_values_it_cannot_file_under_their_samples(indices, loss, match):
     data, sampler, model, assessor = _setup(pivot=0)
     assessor.start_epoch(0)
@@ -211,8 +223,7 @@ def test_non_finite_losses_on_a_device_are_named_when_they_reach_the_tracker(mon
 class _SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                      nn.Flatten())
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(4, 3)
 
     def forward(self, x):
@@ -221,8 +232,9 @@ class _SmallCNN(nn.Module):
 
 def test_a_bfloat16_network_is_measured_on_float32_data():
     g = torch.Generator().manual_seed(0)
-    data = mombs.IndexedDataset(TensorDataset(torch.randn(12, 1, 6, 6, generator=g),
-                                              torch.randint(0, 3, (12,), generator=g)))
+    data = mombs.IndexedDataset(
+        TensorDataset(torch.randn(12, 1, 6, 6, generator=g), torch.randint(0, 3, (12,), generator=g))
+    )
     model = _SmallCNN().to(torch.bfloat16)
     (_, loss), (_, unc) = mombs.assessment_pass(model, data, at="features", k=4, batch_size=5)
     assert loss.shape == unc.shape == (12,) and np.isfinite(loss).all() and np.isfinite(unc).all()
@@ -258,8 +270,11 @@ def test_a_network_on_the_meta_device_is_refused():
 
 def test_labels_of_shape_b1_are_named_as_such():
     data = mombs.IndexedDataset(TensorDataset(torch.randn(10, 2), torch.randint(0, 3, (10, 1))))
-    with pytest.raises(ValueError, match=r"labels must be \(B,\) class indices .* got labels of shape \(10, 1\) "
-                                         r"for logits of shape \(10, 3\); squeeze") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"labels must be \(B,\) class indices .* got labels of shape \(10, 1\) "
+        r"for logits of shape \(10, 3\); squeeze",
+    ) as err:
         mombs.assessment_pass(_model(), data, at="body")
     assert "IndexedDataset" not in str(err.value)
     data, sampler, model, assessor = _setup(pivot=0)
@@ -317,8 +332,15 @@ def test_a_lightning_fit_without_the_callback_is_warned_about():
         def train_dataloader(self):
             return DataLoader(data, batch_sampler=sampler)
 
-    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     with pytest.warns(RuntimeWarning, match=r"second whole pass over epoch 0 .*MoMBSCallback"):
         trainer.fit(Module())
     assert sampler.epoch == 0  # Lightning never moved it
@@ -348,8 +370,11 @@ def test_partial_passes_resumes_len_and_set_epoch_do_not_warn(no_warnings):
 def test_the_sampler_passed_as_sampler_is_refused_naming_batch_sampler():
     data = _data(20)
     sampler = mombs.MixedOrderBatchSampler(data, 4)
-    with pytest.raises(ValueError, match=r"list of 4 indices as one item: .*passed to the DataLoader as "
-                                         r"sampler=\. Pass DataLoader\(dataset, batch_sampler=sampler\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"list of 4 indices as one item: .*passed to the DataLoader as "
+        r"sampler=\. Pass DataLoader\(dataset, batch_sampler=sampler\)",
+    ):
         next(iter(DataLoader(data, sampler=sampler)))
     with pytest.raises(ValueError, match="batch_sampler="):
         data[[0, 1]]
@@ -367,15 +392,22 @@ def detector():
 def _boxes(n=4):
     items = []
     for i in range(n):
-        items.append((torch.rand(3, 48 + 8 * i, 48), {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]),
-                                                        "labels": torch.ones(1, dtype=torch.int64)}))
+        items.append(
+            (
+                torch.rand(3, 48 + 8 * i, 48),
+                {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.ones(1, dtype=torch.int64)},
+            )
+        )
     return mombs.IndexedDataset(items)
 
 
 def test_a_detector_without_its_task_adapter_is_refused_at_construction(detector):
     model, at = detector
-    with pytest.raises(ValueError, match=r"torchvision detector \(FasterRCNN\) but task='classification': pass "
-                                         r"task='detection'"):
+    with pytest.raises(
+        ValueError,
+        match=r"torchvision detector \(FasterRCNN\) but task='classification': pass "
+        r"task='detection'",
+    ):
         mombs.DifficultyAssessor(model, _boxes(), at=at)
     mombs.DifficultyAssessor(model, _boxes(), at=at, task="detection")  # the adapter: accepted
 
@@ -383,6 +415,9 @@ def test_a_detector_without_its_task_adapter_is_refused_at_construction(detector
 @pytest.mark.parametrize("schedule", ["train-entropy", "train-features"])
 def test_schedules_that_read_a_detectors_training_forward_are_refused(detector, schedule):
     model, at = detector
-    with pytest.raises(ValueError, match=rf"schedule='{schedule}' reads the training forward's output, which a "
-                                         r"torchvision detector returns as a loss dict"):
+    with pytest.raises(
+        ValueError,
+        match=rf"schedule='{schedule}' reads the training forward's output, which a "
+        r"torchvision detector returns as a loss dict",
+    ):
         mombs.DifficultyAssessor(model, _boxes(), at=at, task="detection", schedule=schedule, head=nn.Identity())

@@ -35,8 +35,7 @@ def tiny_problem(n=120, seed=0):
 def run(schedule, epochs=4, pivot=3, **kw):
     ds, model = tiny_problem()
     sampler = MixedOrderBatchSampler(ds, 8, pivot_epoch=pivot)
-    assessor = DifficultyAssessor(model, ds, at="body", sampler=sampler, schedule=schedule,
-                                  head=model.head, **kw)
+    assessor = DifficultyAssessor(model, ds, at="body", sampler=sampler, schedule=schedule, head=model.head, **kw)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     log = []
     for epoch in range(epochs):
@@ -128,13 +127,16 @@ def test_state_dict_round_trip():
     assert np.array_equal(other.scores(), assessor.scores()) and other.epoch == assessor.epoch
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(schedule="weekly"), "schedule='weekly' is not known"),
-    (dict(schedule="train-features"), "needs head="),
-    (dict(at="nowhere"), "at='nowhere' is not a submodule"),
-    (dict(measure="max"), "measure='max'"),
-    (dict(k=0), "k=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(schedule="weekly"), "schedule='weekly' is not known"),
+        (dict(schedule="train-features"), "needs head="),
+        (dict(at="nowhere"), "at='nowhere' is not a submodule"),
+        (dict(measure="max"), "measure='max'"),
+        (dict(k=0), "k=0"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     ds, model = tiny_problem()
     kwargs.setdefault("at", "body")
@@ -207,9 +209,18 @@ def test_dict_model_with_list_of_dict_targets_trains_through_the_assessor():
     ds = IndexedDataset(BoxSet())
     model = DetectorLike()
     sampler = MixedOrderBatchSampler(ds, 8, pivot_epoch=1, seed=0)
-    assessor = DifficultyAssessor(model, ds, at="backbone", sampler=sampler, schedule="paper",
-                                  output_fn=lambda out: out["objectness"], loss_fn=per_image_bce,
-                                  activation="sigmoid", collate_fn=collate_detection, batch_size=16)
+    assessor = DifficultyAssessor(
+        model,
+        ds,
+        at="backbone",
+        sampler=sampler,
+        schedule="paper",
+        output_fn=lambda out: out["objectness"],
+        loss_fn=per_image_bce,
+        activation="sigmoid",
+        collate_fn=collate_detection,
+        batch_size=16,
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_detection)
     for epoch in range(3):
@@ -225,8 +236,16 @@ def test_dict_model_with_list_of_dict_targets_trains_through_the_assessor():
     # The pass's values are the hand-computed ones: eval-mode per-image loss, and
     # the K = 1, alpha = 0 uncertainty is the mean binary entropy over the anchors.
     (idx, loss), (uidx, unc) = mombs.assessment_pass(
-        model, ds, at="backbone", k=1, alpha=0.0, output_fn=lambda out: out["objectness"],
-        loss_fn=per_image_bce, activation="sigmoid", collate_fn=collate_detection)
+        model,
+        ds,
+        at="backbone",
+        k=1,
+        alpha=0.0,
+        output_fn=lambda out: out["objectness"],
+        loss_fn=per_image_bce,
+        activation="sigmoid",
+        collate_fn=collate_detection,
+    )
     with torch.no_grad():
         targets = [ds.dataset[i][1] for i in range(len(ds))]
         p = torch.sigmoid(model(ds.dataset.x)["objectness"])
@@ -335,12 +354,12 @@ def test_a_callers_loader_in_any_order_gives_the_values_of_the_default_read():
     ds, model = tiny_problem(n=40)
     default = mombs.assessment_pass(model, ds, at="body", batch_size=16)
     shuffled = DataLoader(ds, batch_size=7, shuffle=True, generator=torch.Generator().manual_seed(1))
-    given = mombs.assessment_pass(model, ds, at="body", batch_size=16, loader=shuffled,
-                                  generator=torch.Generator().manual_seed(0))
+    given = mombs.assessment_pass(
+        model, ds, at="body", batch_size=16, loader=shuffled, generator=torch.Generator().manual_seed(0)
+    )
     assert np.allclose(given[0][1], default[0][1], atol=1e-6)  # losses: no noise, order-free
     assert given[1][1].shape == (40,) and (given[1][1] > 0).all()
-    part = mombs.assessment_pass(model, ds, at="body", loss_indices=[3, 30], uncertainty_indices=[],
-                                 loader=shuffled)
+    part = mombs.assessment_pass(model, ds, at="body", loss_indices=[3, 30], uncertainty_indices=[], loader=shuffled)
     assert np.allclose(part[0][1], default[0][1][[3, 30]], atol=1e-6)
     short = DataLoader(torch.utils.data.Subset(ds, range(20)), batch_size=8)
     with pytest.raises(ValueError, match="loader= yielded no batch holding 20 of the samples"):
@@ -357,8 +376,7 @@ def test_an_assessor_reads_its_assessment_loader():
                 seen.append(batch[0].tolist())
                 yield batch
 
-    assessor = DifficultyAssessor(model, ds, at="body", schedule="paper", pivot_epoch=1,
-                                  assessment_loader=Counting())
+    assessor = DifficultyAssessor(model, ds, at="body", schedule="paper", pivot_epoch=1, assessment_loader=Counting())
     assessor.start_epoch(0)
     assert assessor.end_epoch() is not None
     assert sorted(sum(seen, [])) == list(range(24)) and assessor.tracker.measured().all()
@@ -389,16 +407,22 @@ def test_observed_values_reach_the_tracker_at_the_flush_and_are_checked_there():
     assert (assessor.tracker.loss_epoch == 0).all()
     bad = torch.rand(8)
     bad[3] = float("nan")
-    with pytest.raises(ValueError, match=r"observe\(\) got 1 non-finite per-sample loss value\(s\) \(NaN or inf\) "
-                                         r"in epoch 0, first for samples \[3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"observe\(\) got 1 non-finite per-sample loss value\(s\) \(NaN or inf\) "
+        r"in epoch 0, first for samples \[3\]",
+    ):
         assessor.observe(torch.arange(8), bad)  # losses on the host are read at once
 
 
-@pytest.mark.parametrize("indices, loss, match", [
-    (torch.randn(4, 1, 8, 8), torch.rand(4), "wrap the data set in mombs.IndexedDataset"),
-    (torch.arange(4), torch.rand(4, 2), r"got loss of shape \(4, 2\) for 4 indices"),
-    (torch.arange(4), [0.1, 0.2, 0.3, 0.4], "needs the per-sample loss as a tensor"),
-])
+@pytest.mark.parametrize(
+    "indices, loss, match",
+    [
+        (torch.randn(4, 1, 8, 8), torch.rand(4), "wrap the data set in mombs.IndexedDataset"),
+        (torch.arange(4), torch.rand(4, 2), r"got loss of shape \(4, 2\) for 4 indices"),
+        (torch.arange(4), [0.1, 0.2, 0.3, 0.4], "needs the per-sample loss as a tensor"),
+    ],
+)
 def test_observe_checks_its_arguments_at_the_door(indices, loss, match):
     ds, model = tiny_problem(n=16)
     assessor = DifficultyAssessor(model, ds, at="body", pivot_epoch=1)

@@ -35,26 +35,41 @@ CASES = {
     "plan: 2-D scores": (lambda: mombs.plan_batches(np.ones((3, 3)), 1), r"shape \(N,\), got shape \(3, 3\)"),
     "plan: negative seed": (lambda: mombs.plan_batches(np.ones(10), 2, seed=-1), r"seed=-1 must be"),
     "plan: negative jitter": (lambda: mombs.plan_batches(np.ones(10), 2, jitter=-1.0), r"jitter=-1.0 must be"),
-    "plan: rank past world": (lambda: mombs.plan_batches(np.ones(10), 2, num_replicas=2, rank=2),
-                              r"rank=2 must be < num_replicas=2"),
+    "plan: rank past world": (
+        lambda: mombs.plan_batches(np.ones(10), 2, num_replicas=2, rank=2),
+        r"rank=2 must be < num_replicas=2",
+    ),
     "sampler: fractional batch": (lambda: mombs.MixedOrderBatchSampler(10, 2.5), r"batch_size=2.5"),
     "sampler: a string as data": (lambda: mombs.MixedOrderBatchSampler("abc", 2), r"data_source='abc' must be"),
     "sampler: negative pivot": (lambda: mombs.MixedOrderBatchSampler(10, 2, pivot_epoch=-1), r"pivot_epoch=-1"),
-    "sampler: drop_last not bool": (lambda: mombs.MixedOrderBatchSampler(10, 2, drop_last="yes"),
-                                    r"drop_last='yes' must be a bool"),
+    "sampler: drop_last not bool": (
+        lambda: mombs.MixedOrderBatchSampler(10, 2, drop_last="yes"),
+        r"drop_last='yes' must be a bool",
+    ),
     "sampler: negative epoch": (lambda: mombs.MixedOrderBatchSampler(10, 2).set_epoch(-3), r"epoch=-3"),
-    "sampler: more batches done than exist": (lambda: mombs.MixedOrderBatchSampler(10, 2).state_dict(batches_done=99),
-                                              r"batches_done=99 exceeds the 5 batches"),
-    "scores: unknown measure": (lambda: mombs.difficulty_scores(np.ones(3), np.ones(3), measure="x"),
-                                r"measure='x' is not known"),
+    "sampler: more batches done than exist": (
+        lambda: mombs.MixedOrderBatchSampler(10, 2).state_dict(batches_done=99),
+        r"batches_done=99 exceeds the 5 batches",
+    ),
+    "scores: unknown measure": (
+        lambda: mombs.difficulty_scores(np.ones(3), np.ones(3), measure="x"),
+        r"measure='x' is not known",
+    ),
     "scores: lengths differ": (lambda: mombs.difficulty_scores(np.ones(3), np.ones(4)), r"has 4 entries but 3"),
-    "quadrants: quantile 1.5": (lambda: mombs.quadrants(np.ones(3), np.ones(3), loss_quantile=1.5),
-                                r"loss_quantile=1.5 must be a number in \(0, 1\)"),
+    "quadrants: quantile 1.5": (
+        lambda: mombs.quadrants(np.ones(3), np.ones(3), loss_quantile=1.5),
+        r"loss_quantile=1.5 must be a number in \(0, 1\)",
+    ),
     "tracker: no samples": (lambda: mombs.DifficultyTracker(0), r"num_samples=0"),
     "schedule: unknown": (lambda: mombs.create_schedule("weekly"), r"schedule='weekly' is not known"),
-    "schedule: unknown field": (lambda: mombs.create_schedule("paper", nope=1), r"unknown schedule field\(s\) \['nope'\]"),
-    "schedule: zero fraction": (lambda: mombs.AssessmentSchedule("x", uncertainty_fraction=0),
-                                r"uncertainty_fraction=0 must be in \(0, 1\]"),
+    "schedule: unknown field": (
+        lambda: mombs.create_schedule("paper", nope=1),
+        r"unknown schedule field\(s\) \['nope'\]",
+    ),
+    "schedule: zero fraction": (
+        lambda: mombs.AssessmentSchedule("x", uncertainty_fraction=0),
+        r"uncertainty_fraction=0 must be in \(0, 1\]",
+    ),
     "task: unknown": (lambda: mombs.create_task("captioning"), r"task='captioning' is not known"),
     "strategy: misspelt": (lambda: create_strategy("mixd"), r"strategy='mixd' is not known"),
     "noise: k = 0": (lambda: _noise(k=0), r"k=0 must be an integer >= 1"),
@@ -66,15 +81,22 @@ CASES = {
     "noise: negative seed": (lambda: _noise(seed=-2), r"seed=-2 must be an integer >= 0"),
     "data: an iterator": (lambda: mombs.IndexedDataset(iter([1])), r"must be map-style"),
     "ranks: NaN": (lambda: mombs.rank_average([1, float("nan")]), r"1 non-finite value"),
-    "assessor: batch size 0": (lambda: mombs.DifficultyAssessor(_model(), _data(), at="body", batch_size=0),
-                               r"batch_size=0 must be an integer >= 1"),
-    "assessor: head that is not callable": (lambda: mombs.DifficultyAssessor(_model(), _data(), at="body", head=3),
-                                            r"head=3 must be callable"),
+    "assessor: batch size 0": (
+        lambda: mombs.DifficultyAssessor(_model(), _data(), at="body", batch_size=0),
+        r"batch_size=0 must be an integer >= 1",
+    ),
+    "assessor: head that is not callable": (
+        lambda: mombs.DifficultyAssessor(_model(), _data(), at="body", head=3),
+        r"head=3 must be callable",
+    ),
     "assessor: loader that is not iterable": (
         lambda: mombs.DifficultyAssessor(_model(), _data(), at="body", assessment_loader=3),
-        r"assessment_loader=3 must be an iterable"),
-    "pass: indices out of range": (lambda: mombs.assessment_pass(_model(), _data(), at="body", loss_indices=[10]),
-                                   r"loss_indices must lie in \[0, 10\)"),
+        r"assessment_loader=3 must be an iterable",
+    ),
+    "pass: indices out of range": (
+        lambda: mombs.assessment_pass(_model(), _data(), at="body", loss_indices=[10]),
+        r"loss_indices must lie in \[0, 10\)",
+    ),
     "pass: no layer for the uncertainty": (lambda: mombs.assessment_pass(_model(), _data()), r"at=None"),
 }
 
@@ -115,8 +137,18 @@ def test_numpy_scalars_are_taken_where_python_numbers_are():
     i, f = np.int64, np.float32
     model, data = _model(), _data()
     s = mombs.MixedOrderBatchSampler(i(10), i(2), pivot_epoch=i(0), seed=i(1))
-    a = mombs.DifficultyAssessor(model, data, at="body", sampler=s, k=i(4), alpha=f(0.2), batch_size=i(4),
-                                 pivot_epoch=i(0), seed=i(1), chunk_rows=i(8))
+    a = mombs.DifficultyAssessor(
+        model,
+        data,
+        at="body",
+        sampler=s,
+        k=i(4),
+        alpha=f(0.2),
+        batch_size=i(4),
+        pivot_epoch=i(0),
+        seed=i(1),
+        chunk_rows=i(8),
+    )
     a.start_epoch(i(0))
     a.observe(torch.arange(10), torch.rand(10))
     assert a.end_epoch().shape == (10,) and isinstance(a.k, int)
@@ -160,8 +192,12 @@ def _state(sampler, assessor) -> str:
     parts = [repr(sampler.state_dict()) if sampler is not None else ""]
     if assessor is not None:
         t = assessor.tracker
-        parts += [repr(t.loss.tolist()), repr(t.measured("loss").tolist()), repr(len(assessor._pending)),
-                  repr(assessor._seen.tolist())]
+        parts += [
+            repr(t.loss.tolist()),
+            repr(t.measured("loss").tolist()),
+            repr(len(assessor._pending)),
+            repr(assessor._seen.tolist()),
+        ]
     return "|".join(parts)
 
 
@@ -197,8 +233,13 @@ def _detector(**kw):
 
     pytest.importorskip("torchvision")
     model = GeneralizedRCNN(nn.Identity(), nn.Identity(), nn.Identity(), nn.Identity())  # parts never run
-    boxes = [(torch.rand(3, 24, 24), {"boxes": torch.tensor([[2.0, 2.0, 9.0, 9.0]]),
-                                      "labels": torch.ones(1, dtype=torch.int64)}) for _ in range(4)]
+    boxes = [
+        (
+            torch.rand(3, 24, 24),
+            {"boxes": torch.tensor([[2.0, 2.0, 9.0, 9.0]]), "labels": torch.ones(1, dtype=torch.int64)},
+        )
+        for _ in range(4)
+    ]
     return (lambda: mombs.DifficultyAssessor(model, mombs.IndexedDataset(boxes), at="backbone", **kw)), None, None
 
 
@@ -234,38 +275,72 @@ def _second_pass_without_set_epoch():
 
 MISUSE = {
     # name: (setup -> (call, sampler, assessor), what is raised or warned, the message)
-    "observe(): one batch twice": (_observed_once, ValueError,
-                                   r"already observed in epoch 0: call observe\(\) once per batch"),
-    "observe(): indices from another data set": (lambda: _observe(torch.tensor([0, 5, 40, 41]), torch.rand(4)),
-                                                 ValueError, r"indices \[40, 41\] outside the data set's \[0, 40\)"),
-    "observe(): losses for other samples": (lambda: _observe(torch.arange(4), torch.rand(5)), ValueError,
-                                            r"got loss of shape \(5,\) for 4 indices"),
-    "observe(): non-finite losses": (lambda: _observe(torch.tensor([3, 5, 7, 9]),
-                                                      torch.tensor([1.0, float("nan"), 2.0, float("inf")])),
-                                     ValueError, r"2 non-finite per-sample loss value\(s\) \(NaN or inf\) in "
-                                                 r"epoch 0, first for samples \[5, 9\]"),
-    "assessor: a sampler built for another size": (_sizes_differ_at_construction, ValueError,
-                                                   r"the sampler was built for 40 samples but the data set has 30"),
-    "loader: a sampler built for another size": (_sizes_differ_in_the_loader, IndexError,
-                                                 r"outside the data set of 30 samples: was the sampler built for "
-                                                 r"a data set of another size"),
-    "loader: the sampler passed as sampler=": (_sampler_as_sampler, ValueError,
-                                               r"Pass DataLoader\(dataset, batch_sampler=sampler\)"),
-    "assessor: a detector without task='detection'": (_detector, ValueError,
-                                                      r"torchvision detector \(GeneralizedRCNN\) but "
-                                                      r"task='classification': pass task='detection'"),
+    "observe(): one batch twice": (
+        _observed_once,
+        ValueError,
+        r"already observed in epoch 0: call observe\(\) once per batch",
+    ),
+    "observe(): indices from another data set": (
+        lambda: _observe(torch.tensor([0, 5, 40, 41]), torch.rand(4)),
+        ValueError,
+        r"indices \[40, 41\] outside the data set's \[0, 40\)",
+    ),
+    "observe(): losses for other samples": (
+        lambda: _observe(torch.arange(4), torch.rand(5)),
+        ValueError,
+        r"got loss of shape \(5,\) for 4 indices",
+    ),
+    "observe(): non-finite losses": (
+        lambda: _observe(torch.tensor([3, 5, 7, 9]), torch.tensor([1.0, float("nan"), 2.0, float("inf")])),
+        ValueError,
+        r"2 non-finite per-sample loss value\(s\) \(NaN or inf\) in "
+        r"epoch 0, first for samples \[5, 9\]",
+    ),
+    "assessor: a sampler built for another size": (
+        _sizes_differ_at_construction,
+        ValueError,
+        r"the sampler was built for 40 samples but the data set has 30",
+    ),
+    "loader: a sampler built for another size": (
+        _sizes_differ_in_the_loader,
+        IndexError,
+        r"outside the data set of 30 samples: was the sampler built for "
+        r"a data set of another size",
+    ),
+    "loader: the sampler passed as sampler=": (
+        _sampler_as_sampler,
+        ValueError,
+        r"Pass DataLoader\(dataset, batch_sampler=sampler\)",
+    ),
+    "assessor: a detector without task='detection'": (
+        _detector,
+        ValueError,
+        r"torchvision detector \(GeneralizedRCNN\) but "
+        r"task='classification': pass task='detection'",
+    ),
     "assessor: a schedule that cannot serve a detector": (
-        lambda: _detector(task="detection", schedule="train-entropy", head=nn.Identity()), ValueError,
-        r"schedule='train-entropy' reads the training forward's output, which a torchvision detector returns"),
-    "pass: a model on the meta device": (_meta_model, ValueError,
-                                         r"'body.weight' is on the meta device: it has shapes but no values"),
+        lambda: _detector(task="detection", schedule="train-entropy", head=nn.Identity()),
+        ValueError,
+        r"schedule='train-entropy' reads the training forward's output, which a torchvision detector returns",
+    ),
+    "pass: a model on the meta device": (
+        _meta_model,
+        ValueError,
+        r"'body.weight' is on the meta device: it has shapes but no values",
+    ),
     "assessor: an empty data set": (_empty_data_set, ValueError, r"the data set is empty"),
-    "end_epoch(): batches never observed": (_epoch_half_observed, RuntimeWarning,
-                                            r"24 of 40 samples got no per-sample loss from the training steps of "
-                                            r"epoch 0 \(observe\(\) was called 2 times"),
-    "sampler: a second pass without set_epoch": (_second_pass_without_set_epoch, RuntimeWarning,
-                                                 r"second whole pass over epoch 0 without set_epoch\(\).*"
-                                                 r"MoMBSCallback"),
+    "end_epoch(): batches never observed": (
+        _epoch_half_observed,
+        RuntimeWarning,
+        r"24 of 40 samples got no per-sample loss from the training steps of "
+        r"epoch 0 \(observe\(\) was called 2 times",
+    ),
+    "sampler: a second pass without set_epoch": (
+        _second_pass_without_set_epoch,
+        RuntimeWarning,
+        r"second whole pass over epoch 0 without set_epoch\(\).*"
+        r"MoMBSCallback",
+    ),
 }
 
 

@@ -37,8 +37,10 @@ def workspace(tmp_path, monkeypatch):
     (tmp_path / "study.yaml").write_text("dataset: digits\nepochs: 2\nexport: committed\n")
 
     def snapshot():
-        return {str(p.relative_to(tmp_path)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
-                for p in sorted(tmp_path.rglob("*"))}
+        return {
+            str(p.relative_to(tmp_path)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted(tmp_path.rglob("*"))
+        }
 
     before = snapshot()
     yield lambda: snapshot() == before
@@ -73,16 +75,28 @@ CLI_CASES = [
     (["train", "--set", "noisy"], r"--set takes key=value, got 'noisy'"),
     (["train", "--set", "epoch=3"], r"unknown option\(s\) \['epoch'\]"),
     (["train", "--set", "strategies=[mixed]"], r"strategies is an option of `mombs compare`"),
-    (["train", "--set", "dataset=fashion-mnist", "--set", "data_dir=/nonexistent"],
-     r"data_dir='/nonexistent' is not an existing folder"),
-    (["train", "--set", "dataset=fashion-mnist", "--data-dir", "/nonexistent/fmnist"],
-     r"data_dir='/nonexistent/fmnist' is not an existing folder"),
-    (["train", "--data-dir", "."], r"data_dir='\.' needs a dataset that reads it; give dataset= one of "
-                                    r"task='classification': .*imagefolder, csv"),
-    (["train", "--set", "dataset=digits", "--data-dir", "."], r"data_dir='\.' is not read by dataset='digits', "
-                                                             r"which needs no files"),
-    (["train", "--set", "strategy=mixed", "--set", "epochs=5", "--set", "pivot_epoch=5"],
-     r"pivot_epoch=5 leaves no planned epoch in epochs=5.*set pivot_epoch to at most 4"),
+    (
+        ["train", "--set", "dataset=fashion-mnist", "--set", "data_dir=/nonexistent"],
+        r"data_dir='/nonexistent' is not an existing folder",
+    ),
+    (
+        ["train", "--set", "dataset=fashion-mnist", "--data-dir", "/nonexistent/fmnist"],
+        r"data_dir='/nonexistent/fmnist' is not an existing folder",
+    ),
+    (
+        ["train", "--data-dir", "."],
+        r"data_dir='\.' needs a dataset that reads it; give dataset= one of "
+        r"task='classification': .*imagefolder, csv",
+    ),
+    (
+        ["train", "--set", "dataset=digits", "--data-dir", "."],
+        r"data_dir='\.' is not read by dataset='digits', "
+        r"which needs no files",
+    ),
+    (
+        ["train", "--set", "strategy=mixed", "--set", "epochs=5", "--set", "pivot_epoch=5"],
+        r"pivot_epoch=5 leaves no planned epoch in epochs=5.*set pivot_epoch to at most 4",
+    ),
     (["train", "--set", "pivot_epoch=-1"], r"pivot_epoch=-1 must be an integer >= 0"),
     (["train", "--set", "k=2.5"], r"k=2\.5 must be an integer >= 1"),
     (["train", "--set", "batch_size=0"], r"batch_size=0 must be an integer >= 1"),
@@ -100,7 +114,10 @@ CLI_CASES = [
     (["train", "--set", "schedule=sometimes"], r"schedule='sometimes' is not known"),
     (["train", "--set", "noise=gaussian"], r"noise='gaussian' is not known"),
     (["train", "--set", "noise=symmetric", "--set", "noise_rate=1.0"], r"noise_rate=1\.0 must be a number in \[0, 1\)"),
-    (["train", "--set", "noise=pair", "--set", "noise_rate=0.5"], r"noise_rate=0\.5 must be below 0\.5 for noise='pair'"),
+    (
+        ["train", "--set", "noise=pair", "--set", "noise_rate=0.5"],
+        r"noise_rate=0\.5 must be below 0\.5 for noise='pair'",
+    ),
     (["train", "--set", "noise_rate=0.3"], r"noise_rate=0\.3 has no effect with noise='none'"),
     (["train", "--set", "noise=human", "--set", "dataset=fashion-mnist"], r"noise='human' needs dataset='cifar100'"),
     (["train", "--set", "imbalance=0"], r"imbalance=0 must be a number in \(0, 1\]"),
@@ -150,12 +167,16 @@ API_CASES = [
     (lambda: RunConfig(alpha=np.float32(1.5)), r"alpha=1\.5 must be a number in \[0, 1\)"),
     (lambda: RunConfig(tags=["a"]), r"tags=\['a'\] must be a mapping"),
     (lambda: RunConfig(tags={"when": object()}), r"tags=.* must hold JSON values"),
-    (lambda: RunConfig(dataset="fashion-mnist", data_dir=Path("/nonexistent")),
-     r"data_dir='/nonexistent' is not an existing folder"),
+    (
+        lambda: RunConfig(dataset="fashion-mnist", data_dir=Path("/nonexistent")),
+        r"data_dir='/nonexistent' is not an existing folder",
+    ),
     (lambda: RunConfig(data_dir=""), r"data_dir='' must be a path or null"),
     (lambda: RunConfig(noise_file="labels.pt"), r"noise_file='labels.pt' is only read with noise='human'"),
-    (lambda: RunConfig(dataset="digits", strategy="mixed", epochs=3, pivot_epoch=3),
-     r"pivot_epoch=3 leaves no planned epoch in epochs=3"),
+    (
+        lambda: RunConfig(dataset="digits", strategy="mixed", epochs=3, pivot_epoch=3),
+        r"pivot_epoch=3 leaves no planned epoch in epochs=3",
+    ),
 ]
 
 
@@ -187,8 +208,10 @@ GRID_CASES = [
     (lambda out: run_grid(_bad_after_construction(), out), r"alpha=2\.0 must be a number in \[0, 1\)"),
     (lambda out: expand_grid(_digits(), strategies="mixed", seeds=[0]), r"strategies='mixed' must be a list"),
     (lambda out: expand_grid(_digits(), strategies=["mixed"], seeds=[0.5]), r"seeds: 0\.5 must be an integer"),
-    (lambda out: expand_grid(_digits(epochs=1), strategies=["random", "mixed"], seeds=[0]),
-     r"pivot_epoch=1 leaves no planned epoch in epochs=1"),
+    (
+        lambda out: expand_grid(_digits(epochs=1), strategies=["random", "mixed"], seeds=[0]),
+        r"pivot_epoch=1 leaves no planned epoch in epochs=1",
+    ),
     (lambda out: run(_digits(subset=0), out / "r"), r"subset=0 must be an integer >= 1"),
     (lambda out: run({"dataset": "digits"}, out / "r"), r"cfg must be a RunConfig, got dict"),
 ]
@@ -231,8 +254,9 @@ TINY = {"dataset": "digits", "subset": 120, "epochs": 1, "threads": 1, "strategy
 
 
 def _argv(out, options: dict) -> list:
-    return (["train", "--out", str(out), "--no-progress"]
-            + [a for k, v in options.items() for a in ("--set", f"{k}={v}")])
+    return ["train", "--out", str(out), "--no-progress"] + [
+        a for k, v in options.items() for a in ("--set", f"{k}={v}")
+    ]
 
 
 def _folder(out, options: dict) -> Path:
@@ -247,8 +271,10 @@ def _config(options: dict) -> RunConfig:
 
 
 def _tree(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
-            for p in sorted(Path(folder).rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+        for p in sorted(Path(folder).rglob("*"))
+    }
 
 
 def _refused(argv) -> str:
@@ -320,7 +346,10 @@ def test_mombs_train_with_a_changed_data_folder_or_history_never_reuses_a_run(tm
     before = _tree(first)
     for changed in (dict(opts, data_dir=str(tmp_path / "copy")), dict(opts, history="true")):
         cli.main(_argv(tmp_path / "runs", changed))
-        assert _folder(tmp_path / "runs", changed) != first and (_folder(tmp_path / "runs", changed) / "results.json").exists()
+        assert (
+            _folder(tmp_path / "runs", changed) != first
+            and (_folder(tmp_path / "runs", changed) / "results.json").exists()
+        )
     assert _tree(first) == before
     assert len([p for p in (tmp_path / "runs").iterdir() if p.is_dir()]) == 3
 
@@ -331,15 +360,20 @@ def test_a_locked_run_folder_is_one_line_naming_the_other_process(tmp_path, monk
 
     monkeypatch.delenv("MOMBS_DEBUG", raising=False)
     folder = _folder(tmp_path, TINY)
-    code = ("import sys, time\nfrom mombs.train.lock import run_lock\n"
-            "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    code = (
+        "import sys, time\nfrom mombs.train.lock import run_lock\n"
+        "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         before = _tree(folder)
         text = _refused(_argv(tmp_path, TINY))
-        assert re.search(rf"^mombs: RunFolderLocked: run folder {re.escape(str(folder))} is being written by another "
-                         rf"mombs process \(pid {holder.pid} on ", text), text
+        assert re.search(
+            rf"^mombs: RunFolderLocked: run folder {re.escape(str(folder))} is being written by another "
+            rf"mombs process \(pid {holder.pid} on ",
+            text,
+        ), text
         assert _tree(folder) == before and list(before) == [".lock"]
     finally:
         holder.kill()
@@ -347,8 +381,9 @@ def test_a_locked_run_folder_is_one_line_naming_the_other_process(tmp_path, monk
 
 
 @pytest.mark.parametrize("damage", ["results.json cut", "results.json empty", "assessment.npz cut"])
-def test_a_damaged_file_of_a_run_is_set_aside_named_in_one_line(tmp_path, capsys, monkeypatch, damage,
-                                                                 interrupt_after_epoch):
+def test_a_damaged_file_of_a_run_is_set_aside_named_in_one_line(
+    tmp_path, capsys, monkeypatch, damage, interrupt_after_epoch
+):
     import sys
     import warnings
 
@@ -371,8 +406,11 @@ def test_a_damaged_file_of_a_run_is_set_aside_named_in_one_line(tmp_path, capsys
     capsys.readouterr()
     cli.main(_argv(tmp_path, opts))
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert len(warned) == 1 and re.search(rf"^mombs: warning: {re.escape(str(folder / name))} cannot be read "
-                                          rf"\(\w+: .*\); moved to {name}\.corrupt", warned[0]), warned
+    assert len(warned) == 1 and re.search(
+        rf"^mombs: warning: {re.escape(str(folder / name))} cannot be read "
+        rf"\(\w+: .*\); moved to {name}\.corrupt",
+        warned[0],
+    ), warned
     assert (folder / f"{name}.corrupt").read_bytes() == kept  # set aside as it was
     json.loads((folder / "results.json").read_text())
     with np.load(folder / "assessment.npz") as npz:  # written again, whole
@@ -392,9 +430,17 @@ def _decathlon(root: Path, cut_case: int) -> Path:
             (root / sub).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(arr, np.eye(4)), str(root / sub / f"case_{i}.nii.gz"))
         training.append({"image": f"./imagesTr/case_{i}.nii.gz", "label": f"./labelsTr/case_{i}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({"name": "toy", "modality": {"0": "CT"},
-                                                   "labels": {"0": "background", "1": "lesion"},
-                                                   "numTraining": 3, "training": training}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "toy",
+                "modality": {"0": "CT"},
+                "labels": {"0": "background", "1": "lesion"},
+                "numTraining": 3,
+                "training": training,
+            }
+        )
+    )
     _cut(root / "imagesTr" / f"case_{cut_case}.nii.gz")
     return root / "imagesTr" / f"case_{cut_case}.nii.gz"
 
@@ -408,8 +454,9 @@ def _coco(root: Path, damage: str):
         Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
         images.append({"id": i, "file_name": f"{i}.png", "width": 32, "height": 32})
         anns.append({"id": i + 1, "image_id": i, "category_id": 1, "bbox": [4, 4, 10, 10], "iscrowd": 0})
-    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns,
-                                                     "categories": [{"id": 1, "name": "lesion"}]}))
+    (root / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "lesion"}]})
+    )
     if damage == "json":
         _cut(root / "instances.json")
         return root / "instances.json"
@@ -435,18 +482,29 @@ def _csv(root: Path, damage: str) -> Path:
 
 DAMAGED = {
     # name: (makes the data and returns the file to be named, options, the message after the file's name)
-    "imagefolder: a PNG cut in half": (_image_folder_cut, {"dataset": "imagefolder"},
-                                       r"1 of 8 image\(s\) do not decode: b/1\.png \(OSError: "),
-    "csv: a row with more fields than the header": (lambda d: _csv(d, "fields"), {"dataset": "csv"},
-                                                    r"line 4 has 3 fields but the header names 2"),
+    "imagefolder: a PNG cut in half": (
+        _image_folder_cut,
+        {"dataset": "imagefolder"},
+        r"1 of 8 image\(s\) do not decode: b/1\.png \(OSError: ",
+    ),
+    "csv: a row with more fields than the header": (
+        lambda d: _csv(d, "fields"),
+        {"dataset": "csv"},
+        r"line 4 has 3 fields but the header names 2",
+    ),
     "csv: a row without its label": (lambda d: _csv(d, "label"), {"dataset": "csv"}, r"line 4 .*the label is empty"),
     "csv: bytes that are not text": (lambda d: _csv(d, "bytes"), {"dataset": "csv"}, r"is not a UTF-8 text file"),
-    "msd: a .nii.gz cut in half": (lambda d: _decathlon(d, 1), {"task": "segmentation", "dataset": "msd"},
-                                   r"EOFError"),
-    "coco: a JSON file cut in half": (lambda d: _coco(d, "json"), {"task": "detection", "dataset": "coco"},
-                                      r"not a JSON file that parses"),
-    "coco: an image cut in half": (lambda d: _coco(d, "png"), {"task": "detection", "dataset": "coco"},
-                                   r"1 image files do not decode: '2\.png' \(OSError"),
+    "msd: a .nii.gz cut in half": (lambda d: _decathlon(d, 1), {"task": "segmentation", "dataset": "msd"}, r"EOFError"),
+    "coco: a JSON file cut in half": (
+        lambda d: _coco(d, "json"),
+        {"task": "detection", "dataset": "coco"},
+        r"not a JSON file that parses",
+    ),
+    "coco: an image cut in half": (
+        lambda d: _coco(d, "png"),
+        {"task": "detection", "dataset": "coco"},
+        r"1 image files do not decode: '2\.png' \(OSError",
+    ),
 }
 
 
@@ -459,8 +517,9 @@ def test_a_damaged_data_file_is_one_line_naming_it_and_writes_nothing(tmp_path, 
     bad = make(data)
     data_dir = bad if options["dataset"] == "csv" else data
     before = _tree(tmp_path)
-    text = _refused(_argv(tmp_path / "runs", dict(options, epochs=1, threads=1, strategy="random",
-                                                   data_dir=str(data_dir))))
+    text = _refused(
+        _argv(tmp_path / "runs", dict(options, epochs=1, threads=1, strategy="random", data_dir=str(data_dir)))
+    )
     assert str(bad) in text and re.search(message, text), text
     assert _tree(tmp_path) == before  # no run folder, nothing changed
 
@@ -469,8 +528,24 @@ def test_compare_over_a_cut_results_json_redoes_that_run_and_names_the_file(tmp_
     from mombs.compare import load_results
 
     monkeypatch.delenv("MOMBS_DEBUG", raising=False)
-    argv = ["compare", "--out", str(tmp_path), "--no-progress", "--set", "dataset=digits", "--set", "subset=120",
-            "--set", "epochs=1", "--set", "threads=1", "--set", "strategies=[random]", "--set", "seeds=[0]"]
+    argv = [
+        "compare",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--set",
+        "dataset=digits",
+        "--set",
+        "subset=120",
+        "--set",
+        "epochs=1",
+        "--set",
+        "threads=1",
+        "--set",
+        "strategies=[random]",
+        "--set",
+        "seeds=[0]",
+    ]
     cli.main(argv)
     [path] = (tmp_path / "runs").glob("*/results.json")
     kept = _cut(path)

@@ -218,8 +218,14 @@ def test_csv_label_that_is_neither_integer_nor_name(tmp_path):
 def test_csv_split_value_outside_train_val_test(tmp_path):
     _folder(tmp_path, per_class=1)
     with pytest.raises(ValueError, match=r"line 3 \(dog/00.png\): split 'valid' is not one of train, val, test"):
-        load_corpus(_cfg(dataset="csv", data_dir=_csv(
-            tmp_path, [("cat/00.png", "cat", "train"), ("dog/00.png", "dog", "valid")], "path,label,split")))
+        load_corpus(
+            _cfg(
+                dataset="csv",
+                data_dir=_csv(
+                    tmp_path, [("cat/00.png", "cat", "train"), ("dog/00.png", "dog", "valid")], "path,label,split"
+                ),
+            )
+        )
 
 
 def test_csv_path_that_does_not_exist(tmp_path):
@@ -233,8 +239,11 @@ def test_images_that_do_not_decode_are_named_with_their_count(tmp_path):
     _folder(tmp_path)
     for i in range(5):
         (tmp_path / "dog" / f"bad{i}.png").write_bytes(b"not a png at all")
-    with pytest.raises(ValueError, match=r"^5 of 29 image\(s\) do not decode: dog/bad0.png \(not an image Pillow "
-                                         r"can read\), dog/bad1.png .*, dog/bad2.png .* and 2 more$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^5 of 29 image\(s\) do not decode: dog/bad0.png \(not an image Pillow "
+        r"can read\), dog/bad1.png .*, dog/bad2.png .* and 2 more$",
+    ):
         load_corpus(_cfg(data_dir=str(tmp_path)))
 
 
@@ -255,8 +264,11 @@ def test_normalize_imagenet_and_none_on_files(tmp_path):
 def test_images_of_different_sizes_need_image_size(tmp_path):
     _folder(tmp_path)
     _png(tmp_path / "eel" / "big.png", COLOURS["eel"], side=20)
-    with pytest.raises(ValueError, match=r"images differ in size \(cat/00.png is 16x16, eel/big.png is 20x20\); "
-                                         r"set image_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"images differ in size \(cat/00.png is 16x16, eel/big.png is 20x20\); "
+        r"set image_size",
+    ):
         load_corpus(_cfg(data_dir=str(tmp_path)))
     data = load_corpus(_cfg(data_dir=str(tmp_path), image_size=32))
     assert data.x_train.shape[1:] == (3, 32, 32) and data.x_train[0].shape == (3, 32, 32)
@@ -318,8 +330,9 @@ def test_grey_images_are_repeated_to_three_channels_for_resnet18(tmp_path):
     data = load_corpus(cfg)
     x = data.x_train[0]
     assert x.shape == (3, 32, 32)
-    torch.testing.assert_close(x[0] * data.x_train.std[0] + data.x_train.mean[0],
-                               x[2] * data.x_train.std[2] + data.x_train.mean[2])
+    torch.testing.assert_close(
+        x[0] * data.x_train.std[0] + data.x_train.mean[0], x[2] * data.x_train.std[2] + data.x_train.mean[2]
+    )
     torch.manual_seed(0)
     model = recipe_model(cfg.resolved(), data)
     p = parts(cfg.resolved(), data, model, torch.device("cpu"))
@@ -361,8 +374,11 @@ def test_weights_that_are_not_a_state_dict_or_do_not_fit_are_refused(tmp_path):
     other = tmp_path / "cnn.pt"
     torch.save(create_model("small_cnn", num_classes=3, in_channels=3).state_dict(), other)
     cfg = _cfg(data_dir=str(tmp_path / "img"), model="resnet18", weights=str(other))
-    with pytest.raises(ValueError, match=r"does not fit model ResNet beyond its head \(fc\): \d+ key\(s\) differ: "
-                                         r"conv1.weight \(missing\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit model ResNet beyond its head \(fc\): \d+ key\(s\) differ: "
+        r"conv1.weight \(missing\)",
+    ):
         recipe_model(cfg.resolved(), data)
     torch.save([1, 2], other)
     with pytest.raises(ValueError, match=r"holds a list, not a state dict"):
@@ -406,8 +422,15 @@ def test_a_run_on_an_image_folder_sees_every_training_file_once_per_epoch(tmp_pa
         return out
 
     monkeypatch.setattr(runner, "train_one_epoch", counting)
-    cfg = RunConfig(dataset="imagefolder", data_dir=str(root), model="small_cnn", epochs=2, pivot_epoch=1,
-                    strategy="mixed", batch_size=8)
+    cfg = RunConfig(
+        dataset="imagefolder",
+        data_dir=str(root),
+        model="small_cnn",
+        epochs=2,
+        pivot_epoch=1,
+        strategy="mixed",
+        batch_size=8,
+    )
     res = runner.run(cfg, tmp_path / "run")
     n = len(load_corpus(cfg.resolved()).y_train)  # 3 classes x 8: 6 test, 3 val
     assert len(seen) == 2 and all(sorted(e) == list(range(n)) for e in seen)

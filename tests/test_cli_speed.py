@@ -29,14 +29,16 @@ def _timed(args: list[str]) -> tuple[list[float], subprocess.CompletedProcess]:
     times, proc = [], None
     for _ in range(TRIES):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "mombs.cli", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mombs.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         times.append(time.perf_counter() - start)
     return times, proc
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["compare", "--help"], ["diagnose", "--help"]],
-                         ids=" ".join)
+@pytest.mark.parametrize(
+    "args", [["--help"], ["train", "--help"], ["compare", "--help"], ["diagnose", "--help"]], ids=" ".join
+)
 def test_help_answers_in_under_a_second(args):
     times, proc = _timed(args)
     assert proc.returncode == 0, proc.stderr
@@ -45,12 +47,18 @@ def test_help_answers_in_under_a_second(args):
     assert median < LIMIT_S, f"mombs {' '.join(args)}: median {median:.3f} s of {[round(t, 3) for t in times]}"
 
 
-@pytest.mark.parametrize("args, says", [
-    (["train", "--set", "lr=-1"], "mombs: lr=-1 must be a number > 0"),
-    (["train", "--set", "model=nope"], "mombs: model='nope' is not known; choose one of"),
-    (["train", "--data-dir", "/nonexistent", "--set", "dataset=imagefolder"],
-     "mombs: data_dir='/nonexistent' is not an existing folder"),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["train", "--set", "lr=-1"], "mombs: lr=-1 must be a number > 0"),
+        (["train", "--set", "model=nope"], "mombs: model='nope' is not known; choose one of"),
+        (
+            ["train", "--data-dir", "/nonexistent", "--set", "dataset=imagefolder"],
+            "mombs: data_dir='/nonexistent' is not an existing folder",
+        ),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
 def test_a_refusal_answers_in_under_a_second(args, says):
     times, proc = _timed(args)
     assert proc.returncode == 1 and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr)
@@ -62,7 +70,10 @@ def test_a_refusal_answers_in_under_a_second(args, says):
 
 #: Argument lists whose parse-and-validate path must import nothing heavy.
 _DOOR = [
-    ["--help"], ["train", "--help"], ["compare", "--help"], ["diagnose", "--help"],
+    ["--help"],
+    ["train", "--help"],
+    ["compare", "--help"],
+    ["diagnose", "--help"],
     ["train", "--no-such-flag"],
     ["train", "--set", "lr=-1"],
     ["train", "--set", "no_such_option=1"],
@@ -72,8 +83,17 @@ _DOOR = [
     ["train", "--set", "model=resnet18"],
     ["train", "--data-dir", "/nonexistent", "--set", "dataset=imagefolder"],
     ["train", "--set", "task=segmentation", "--set", "model=nope"],
-    ["train", "--set", "task=segmentation", "--set", "noise=annotation", "--set", "noise_rate=0.1",
-     "--set", "noise_mix={bogus: 1}"],
+    [
+        "train",
+        "--set",
+        "task=segmentation",
+        "--set",
+        "noise=annotation",
+        "--set",
+        "noise_rate=0.1",
+        "--set",
+        "noise_mix={bogus: 1}",
+    ],
     ["train", "--set", "task=segmentation", "--set", "dataset=msd"],
     ["train", "--set", "task=detection", "--set", "dataset=coco", "--data-dir", "/nonexistent"],
     ["train", "--set", "task=detection", "--set", "strategy=mixed", "--set", "schedule=train-entropy"],
@@ -100,8 +120,13 @@ print(json.dumps(out), file=sys.__stdout__)
 
 def test_the_door_imports_no_torch():
     """More robust than a clock: every help and refusal, in one process, leaves torch unimported."""
-    proc = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY), json.dumps(_DOOR)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), json.dumps(_DOOR)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(rows) == len(_DOOR)
@@ -112,10 +137,12 @@ def test_the_door_imports_no_torch():
 
 
 def test_importing_the_package_imports_no_torch():
-    code = ("import sys, mombs, mombs.train, mombs.strategies, mombs.recipes\n"
-            "from mombs.recipes import RECIPES, get_recipe\n"
-            "[get_recipe(t) for t in RECIPES]\n"
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        "import sys, mombs, mombs.train, mombs.strategies, mombs.recipes\n"
+        "from mombs.recipes import RECIPES, get_recipe\n"
+        "[get_recipe(t) for t in RECIPES]\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", proc.stdout

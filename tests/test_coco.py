@@ -20,7 +20,8 @@ N = 12
 EMPTY = (9, 10, 11)
 #: Hand-made annotations: (image, COCO [x, y, w, h], category id); categories 3 and 7.
 BOXES = [(0, [10, 12, 20, 8], 7), (0, [40, 40, 24, 24], 3), (1, [-0.5, 0, 10, 10], 3)] + [
-    (i, [4 * i, 6, 14, 16], 7 if i % 2 else 3) for i in range(2, 9)]
+    (i, [4 * i, 6, 14, 16], 7 if i % 2 else 3) for i in range(2, 9)
+]
 
 
 def _name(i: int) -> str:
@@ -39,18 +40,23 @@ def write_coco(folder, *, root="images", grey=False, split=None, json_name="inst
         for j, b, _ in BOXES:
             if j == i:
                 x, y, w, h = (int(max(v, 0)) for v in b)
-                a[y:y + h, x:x + w] = 220
+                a[y : y + h, x : x + w] = 220
         im = Image.fromarray(a[..., 0] if grey else a)
         im.save(where / _name(i))
         e = {"id": 100 + i, "file_name": _name(i), "width": 64, "height": 64}
         if split is not None:
             e["split"] = split[i]
         images.append(e)
-    anns = [{"id": k + 1, "image_id": 100 + j, "category_id": c, "bbox": b, "iscrowd": 0, "area": b[2] * b[3]}
-            for k, (j, b, c) in enumerate(BOXES)]
+    anns = [
+        {"id": k + 1, "image_id": 100 + j, "category_id": c, "bbox": b, "iscrowd": 0, "area": b[2] * b[3]}
+        for k, (j, b, c) in enumerate(BOXES)
+    ]
     anns.append({"id": 99, "image_id": 100, "category_id": 7, "bbox": [0, 0, 90, 90], "iscrowd": 1})  # skipped
-    doc = {"images": images, "annotations": anns,
-           "categories": [{"id": 7, "name": "nodule"}, {"id": 3, "name": "mass"}]}
+    doc = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 7, "name": "nodule"}, {"id": 3, "name": "mass"}],
+    }
     if edit is not None:
         edit(doc)
     (folder / json_name).write_text(json.dumps(doc))
@@ -58,8 +64,19 @@ def write_coco(folder, *, root="images", grey=False, split=None, json_name="inst
 
 
 def coco_cfg(folder, **kw):
-    base = {"task": "detection", "dataset": "coco", "data_dir": str(folder), "model": "tiny", "image_size": 64,
-            "epochs": 2, "pivot_epoch": 1, "strategy": "mixed", "batch_size": 4, "threads": 1, "lr": 0.01}
+    base = {
+        "task": "detection",
+        "dataset": "coco",
+        "data_dir": str(folder),
+        "model": "tiny",
+        "image_size": 64,
+        "epochs": 2,
+        "pivot_epoch": 1,
+        "strategy": "mixed",
+        "batch_size": 4,
+        "threads": 1,
+        "lr": 0.01,
+    }
     return RunConfig(**{**base, **kw})
 
 
@@ -130,8 +147,11 @@ def test_sources_name_each_training_image_in_training_order(tmp_path):
 def test_a_split_field_and_images_next_to_the_json_are_used(tmp_path):
     split = ["train"] * 8 + ["val", "val", "test", "test"]
     data = load(write_coco(tmp_path / "d", root=None, split=split))
-    assert data.splits == {"train": [_name(i) for i in range(8)], "val": [_name(8), _name(9)],
-                           "test": [_name(10), _name(11)]}
+    assert data.splits == {
+        "train": [_name(i) for i in range(8)],
+        "val": [_name(8), _name(9)],
+        "test": [_name(10), _name(11)],
+    }
     assert data.describe()["image_root"] == "data_dir" and "split" in data.describe()["split_by"]
     with pytest.raises(ValueError, match="test_fraction=0.3 has no effect"):
         load(tmp_path / "d", test_fraction=0.3)
@@ -155,25 +175,37 @@ def test_the_annotations_option_picks_one_of_several_files(tmp_path):
 
 def _bad(i, **kw):
     """Edits the JSON: ``bbox`` of annotation ``i`` and other fields."""
+
     def edit(doc):
         doc["annotations"][i].update(kw)
+
     return edit
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.pop("categories"), "instances.json: lacks ['categories']; a COCO instances file holds"),
-    (_bad(0, image_id=555), "instances.json: 1 annotations name an unknown image_id: annotation 1: image_id 555"),
-    (_bad(1, category_id=5), "instances.json: 1 annotations name a category_id not in 'categories' [3, 7]"),
-    (_bad(2, bbox=[50, 50, 20, 5]), ("1 boxes lie outside their image (by more than 1 pixel): annotation 3: "
-                                     "bbox [50, 50, 20, 5] in image 101 of 64 x 64")),
-    (_bad(0, bbox=[5, 5, 0, 4]), "1 boxes have a non-positive width or height: annotation 1"),
-    (_bad(0, bbox=[5, 5, 4]), "lack a 'bbox' of 4 finite numbers"),
-    (lambda d: [a.update(bbox=[-9, 0, 4, 4]) for a in d["annotations"][:5]],
-     "5 boxes lie outside their image (by more than 1 pixel): annotation 1"),
-    (lambda d: d["images"][3].update(width=32), "image files differ in size from their JSON"),
-    (lambda d: d["images"][3].update(file_name="nowhere.png"), "1 of 12 image files are missing from"),
-    (lambda d: d["images"][3].update(id=100), "images appear twice: 100"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.pop("categories"), "instances.json: lacks ['categories']; a COCO instances file holds"),
+        (_bad(0, image_id=555), "instances.json: 1 annotations name an unknown image_id: annotation 1: image_id 555"),
+        (_bad(1, category_id=5), "instances.json: 1 annotations name a category_id not in 'categories' [3, 7]"),
+        (
+            _bad(2, bbox=[50, 50, 20, 5]),
+            (
+                "1 boxes lie outside their image (by more than 1 pixel): annotation 3: "
+                "bbox [50, 50, 20, 5] in image 101 of 64 x 64"
+            ),
+        ),
+        (_bad(0, bbox=[5, 5, 0, 4]), "1 boxes have a non-positive width or height: annotation 1"),
+        (_bad(0, bbox=[5, 5, 4]), "lack a 'bbox' of 4 finite numbers"),
+        (
+            lambda d: [a.update(bbox=[-9, 0, 4, 4]) for a in d["annotations"][:5]],
+            "5 boxes lie outside their image (by more than 1 pixel): annotation 1",
+        ),
+        (lambda d: d["images"][3].update(width=32), "image files differ in size from their JSON"),
+        (lambda d: d["images"][3].update(file_name="nowhere.png"), "1 of 12 image files are missing from"),
+        (lambda d: d["images"][3].update(id=100), "images appear twice: 100"),
+    ],
+)
 def test_each_bad_coco_file_is_named_before_training(tmp_path, edit, message):
     folder = write_coco(tmp_path / "d", edit=edit)
     with pytest.raises(ValueError) as err:
@@ -190,20 +222,27 @@ def test_a_broken_image_and_a_broken_json_are_named(tmp_path):
     (folder / "images" / _name(4)).write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(ValueError, match=r"instances.json: 1 image files do not decode: 'img_04.png' \("):
         load(folder)
-    (folder / "instances.json").write_text("{\"images\": [")
+    (folder / "instances.json").write_text('{"images": [')
     with pytest.raises(ValueError, match="instances.json: not a JSON file that parses"):
         load(folder)
 
 
-@pytest.mark.parametrize("setup, options, message", [
-    (None, {}, "must be the folder of dataset='coco'"),
-    ("empty", {}, "is empty; dataset='coco' reads"),
-    ("no-json", {}, "holds no .json file"),
-    ("two", {}, "holds several JSON files ['instances.json', 'other.json']; set annotations"),
-    ("two", {"annotations": "third.json"}, "annotations='third.json' is not a file in data_dir"),
-    ("one", {"noise": "annotation", "noise_rate": 0.1}, "noise='annotation' plants box noise in dataset='synthetic-det'"),
-    ("one", {"weights": "/nonexistent/w.pt"}, "weights='/nonexistent/w.pt' is not a file"),
-])
+@pytest.mark.parametrize(
+    "setup, options, message",
+    [
+        (None, {}, "must be the folder of dataset='coco'"),
+        ("empty", {}, "is empty; dataset='coco' reads"),
+        ("no-json", {}, "holds no .json file"),
+        ("two", {}, "holds several JSON files ['instances.json', 'other.json']; set annotations"),
+        ("two", {"annotations": "third.json"}, "annotations='third.json' is not a file in data_dir"),
+        (
+            "one",
+            {"noise": "annotation", "noise_rate": 0.1},
+            "noise='annotation' plants box noise in dataset='synthetic-det'",
+        ),
+        ("one", {"weights": "/nonexistent/w.pt"}, "weights='/nonexistent/w.pt' is not a file"),
+    ],
+)
 def test_a_bad_coco_folder_is_refused_at_the_door(tmp_path, setup, options, message):
     folder = tmp_path / "d"
     if setup == "empty":
@@ -261,8 +300,7 @@ def test_the_synthetic_set_is_described_as_before():
     # its training images are named (diagnose's table says which one a row is), the description is unchanged
     assert list(data.sources) == ["path"] and data.sources["path"][1] == "synthetic-det/train#1"
     assert data.splits is None and data.info is None
-    assert set(data.describe()) == {"name", "task", "num_classes", "train", "val", "test", "in_channels",
-                                    "image_size"}
+    assert set(data.describe()) == {"name", "task", "num_classes", "train", "val", "test", "in_channels", "image_size"}
 
 
 def test_a_coco_run_trains_and_scores(tmp_path):

@@ -15,7 +15,8 @@ def test_no_two_public_classes_share_a_name():
             module = importlib.import_module(info.name)
         except ImportError as err:  # an optional extra that is not installed; mombs' own breakage fails
             extra = "pip install 'mombs[" in str(err) or (
-                isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] != "mombs")
+                isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] != "mombs"
+            )
             if not extra:
                 raise
             continue

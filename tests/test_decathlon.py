@@ -63,11 +63,21 @@ def make_task(root, dialect="msd", channels=1, cases=CASES, four_d=True):
         training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
     _save(root / "imagesTs" / "unlabelled.nii.gz", np.zeros(SHAPE, np.float32), np.eye(4))
     if dialect == "msd":
-        meta = {"name": "toy", "modality": names, "labels": labels, "numTraining": len(cases),
-                "training": training, "test": ["./imagesTs/unlabelled.nii.gz"]}
+        meta = {
+            "name": "toy",
+            "modality": names,
+            "labels": labels,
+            "numTraining": len(cases),
+            "training": training,
+            "test": ["./imagesTs/unlabelled.nii.gz"],
+        }
     else:
-        meta = {"channel_names": names, "labels": {v: int(k) for k, v in labels.items()},
-                "numTraining": len(cases), "file_ending": ".nii.gz"}
+        meta = {
+            "channel_names": names,
+            "labels": {v: int(k) for k, v in labels.items()},
+            "numTraining": len(cases),
+            "file_ending": ".nii.gz",
+        }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -88,6 +98,7 @@ def _corpus(data_dir, **kw):
 
 
 # ---------------------------------------------------------------- reading
+
 
 def test_msd_and_nnunet_dialects_read_the_same_slices(msd, tmp_path):
     v2 = make_task(tmp_path / "v2", dialect="nnunet")
@@ -168,8 +179,10 @@ def test_sources_name_case_and_slice_and_match_the_nifti_data(msd):
         np.testing.assert_array_equal(c.y_train[i].numpy(), mask > 0)
     # subset keeps a seeded share of the slices, and their sources with them.
     sub = _corpus(msd, intensity_window=WINDOW, seed=1, subset=5)
-    keep = [int(np.flatnonzero((c.sources["case"] == k) & (c.sources["slice"] == z))[0])
-            for k, z in zip(sub.sources["case"], sub.sources["slice"])]
+    keep = [
+        int(np.flatnonzero((c.sources["case"] == k) & (c.sources["slice"] == z))[0])
+        for k, z in zip(sub.sources["case"], sub.sources["slice"])
+    ]
     np.testing.assert_array_equal(sub.x_train.numpy(), c.x_train[keep].numpy())
 
 
@@ -190,6 +203,7 @@ def test_other_readers_fill_sources_without_splits():
 
 # ---------------------------------------------------------------- refused at the door
 
+
 def _bad_json(root, text):
     (root / "dataset.json").write_text(text)
 
@@ -207,7 +221,7 @@ def _edit_json(root, **kw):
 def _truncate(root, rel):
     p = root / rel
     data = p.read_bytes()
-    p.write_bytes(data[:2 * len(data) // 3])  # the header stays, the data is cut
+    p.write_bytes(data[: 2 * len(data) // 3])  # the header stays, the data is cut
 
 
 def _relabel(root, case, fn):
@@ -223,20 +237,34 @@ BAD = {
     "neither dialect": (lambda r: _edit_json(r, training=None), r"has neither 'training' \(MSD"),
     "missing key": (lambda r: _edit_json(r, modality=None), r"dataset.json lacks \['modality'\]"),
     "bad labels": (lambda r: _edit_json(r, labels={"zero": "background"}), r"'labels' must map integer keys"),
-    "missing file": (lambda r: (r / "imagesTr" / "case_002.nii.gz").unlink(),
-                     r"imagesTr/case_002.nii.gz not found \(case 'case_002' of the training list in .*dataset.json\)$"),
-    "several missing": (lambda r: [p.unlink() for p in sorted((r / "labelsTr").iterdir())[:5]],
-                        r"^5 files are missing: .*labelsTr/case_000.nii.gz not found.*; and 2 more$"),
-    "truncated": (lambda r: _truncate(r, "imagesTr/case_003.nii.gz"),
-                  r"cannot decode .*imagesTr/case_003.nii.gz: EOFError"),
-    "not NIfTI": (lambda r: (r / "labelsTr" / "case_001.nii.gz").write_bytes(b"not a volume"),
-                  r"cannot read .*labelsTr/case_001.nii.gz as NIfTI"),
-    "shape": (lambda r: _relabel(r, "case_004", lambda a: a[..., :7]),
-              r"labelsTr/case_004.nii.gz has shape \(32, 32, 7\) but its image .*case_004.nii.gz has \(32, 32, 8\)"),
-    "label value": (lambda r: _relabel(r, "case_001", lambda a: np.where(a > 0, 3, 0).astype(np.uint8)),
-                    r"labelsTr/case_001.nii.gz has label values \[3\] not in dataset.json's labels \[0, 1, 2\]"),
-    "too few cases": (lambda r: _edit_json(r, training=json.loads((r / "dataset.json").read_text())["training"][:2]),
-                      r"2 labelled case\(s\) found; at least 3 are needed"),
+    "missing file": (
+        lambda r: (r / "imagesTr" / "case_002.nii.gz").unlink(),
+        r"imagesTr/case_002.nii.gz not found \(case 'case_002' of the training list in .*dataset.json\)$",
+    ),
+    "several missing": (
+        lambda r: [p.unlink() for p in sorted((r / "labelsTr").iterdir())[:5]],
+        r"^5 files are missing: .*labelsTr/case_000.nii.gz not found.*; and 2 more$",
+    ),
+    "truncated": (
+        lambda r: _truncate(r, "imagesTr/case_003.nii.gz"),
+        r"cannot decode .*imagesTr/case_003.nii.gz: EOFError",
+    ),
+    "not NIfTI": (
+        lambda r: (r / "labelsTr" / "case_001.nii.gz").write_bytes(b"not a volume"),
+        r"cannot read .*labelsTr/case_001.nii.gz as NIfTI",
+    ),
+    "shape": (
+        lambda r: _relabel(r, "case_004", lambda a: a[..., :7]),
+        r"labelsTr/case_004.nii.gz has shape \(32, 32, 7\) but its image .*case_004.nii.gz has \(32, 32, 8\)",
+    ),
+    "label value": (
+        lambda r: _relabel(r, "case_001", lambda a: np.where(a > 0, 3, 0).astype(np.uint8)),
+        r"labelsTr/case_001.nii.gz has label values \[3\] not in dataset.json's labels \[0, 1, 2\]",
+    ),
+    "too few cases": (
+        lambda r: _edit_json(r, training=json.loads((r / "dataset.json").read_text())["training"][:2]),
+        r"2 labelled case\(s\) found; at least 3 are needed",
+    ),
 }
 
 
@@ -251,17 +279,23 @@ def test_bad_task_folders_are_refused_naming_the_file_before_training(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("data_dir, options, message", [
-    (None, {}, r"data_dir=None must be a Medical Segmentation Decathlon or nnU-Net raw task folder"),
-    ("missing", {}, r"data_dir='.*missing' must be a Medical .* it does not exist"),
-    ("file", {}, r"data_dir='.*file' is not a folder"),
-    ("empty", {}, r"data_dir='.*empty' is empty"),
-    ("task", dict(noise="annotation", noise_rate=0.2),
-     r"noise='annotation' plants mask corruptions in dataset='synthetic-ct' only, got dataset='msd'"),
-    ("task", dict(windows="lung"), r"windows='lung' applies to the HU sets"),
-    ("task", dict(image_size=40), r"image_size=40 must be a multiple of 16"),
-    ("task", dict(val_fraction=0.5, test_fraction=0.5), r"leave no training cases"),
-])
+@pytest.mark.parametrize(
+    "data_dir, options, message",
+    [
+        (None, {}, r"data_dir=None must be a Medical Segmentation Decathlon or nnU-Net raw task folder"),
+        ("missing", {}, r"data_dir='.*missing' must be a Medical .* it does not exist"),
+        ("file", {}, r"data_dir='.*file' is not a folder"),
+        ("empty", {}, r"data_dir='.*empty' is empty"),
+        (
+            "task",
+            dict(noise="annotation", noise_rate=0.2),
+            r"noise='annotation' plants mask corruptions in dataset='synthetic-ct' only, got dataset='msd'",
+        ),
+        ("task", dict(windows="lung"), r"windows='lung' applies to the HU sets"),
+        ("task", dict(image_size=40), r"image_size=40 must be a multiple of 16"),
+        ("task", dict(val_fraction=0.5, test_fraction=0.5), r"leave no training cases"),
+    ],
+)
 def test_bad_data_dirs_and_options_are_refused(msd, tmp_path, data_dir, options, message):
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
@@ -273,8 +307,11 @@ def test_bad_data_dirs_and_options_are_refused(msd, tmp_path, data_dir, options,
 def test_nnunet_v2_folders_are_checked_too(tmp_path):
     root = make_task(tmp_path / "v2", dialect="nnunet", channels=2)
     (root / "imagesTr" / "case_004_0001.nii.gz").unlink()
-    with pytest.raises(ValueError, match=r"imagesTr/case_004_0001.nii.gz not found \(a channel image of case "
-                                         r"'case_004', found in labelsTr/\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"imagesTr/case_004_0001.nii.gz not found \(a channel image of case "
+        r"'case_004', found in labelsTr/\)$",
+    ):
         read_decathlon(root)
     _edit_json(root, labels={"background": 0, "tumor": 1, "ignore": 2})
     with pytest.raises(ValueError, match=r"labels has 'ignore'"):
@@ -297,10 +334,20 @@ def test_different_in_plane_sizes_need_image_size(tmp_path):
 
 # ---------------------------------------------------------------- through the runner
 
+
 def test_a_run_on_a_task_folder_trains_and_names_every_slice(msd, tmp_path):
     pytest.importorskip("monai")
-    cfg = RunConfig(task="segmentation", dataset="msd", data_dir=str(msd), image_size=32, epochs=2,
-                    pivot_epoch=1, strategy="mixed", batch_size=4, threads=1)
+    cfg = RunConfig(
+        task="segmentation",
+        dataset="msd",
+        data_dir=str(msd),
+        image_size=32,
+        epochs=2,
+        pivot_epoch=1,
+        strategy="mixed",
+        batch_size=4,
+        threads=1,
+    )
     res = run(cfg, tmp_path / "run")
     corpus = _corpus(msd, image_size=32)
     n_train = len(corpus.y_train)

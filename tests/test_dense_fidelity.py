@@ -24,13 +24,15 @@ def _bench():
 def test_plain_pass_is_the_clean_eval_entropy():
     """``k=1, alpha=0`` disturbs by exactly 1: the pass gives the entropy of one clean eval forward."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.Conv2d(4, 3, 1))  # a dense (B, 3, H, W) output
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1)
+    )  # a dense (B, 3, H, W) output
     x = torch.randn(10, 1, 8, 8)
     data = mombs.IndexedDataset(TensorDataset(x, torch.zeros(10, 8, 8, dtype=torch.long)))
     model.train()
-    _, (_, plain) = mombs.assessment_pass(model, data, loss_indices=[], at="2", k=1, alpha=0.0,
-                                          task="segmentation", batch_size=4)
+    _, (_, plain) = mombs.assessment_pass(
+        model, data, loss_indices=[], at="2", k=1, alpha=0.0, task="segmentation", batch_size=4
+    )
     assert model.training  # the mode is given back
     model.eval()
     with torch.no_grad():
@@ -49,9 +51,11 @@ def test_detection_training_entropy_is_the_adapters_entropy_of_that_forward():
     bench = _bench()
     g = torch.Generator().manual_seed(3)
     images = [torch.rand(1, 64, 64, generator=g) for _ in range(3)]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 24.0, 26.0]]), "labels": torch.ones(1, dtype=torch.int64)},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
-               {"boxes": torch.tensor([[30.0, 20.0, 50.0, 36.0]]), "labels": torch.ones(1, dtype=torch.int64)}]
+    targets = [
+        {"boxes": torch.tensor([[8.0, 8.0, 24.0, 26.0]]), "labels": torch.ones(1, dtype=torch.int64)},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+        {"boxes": torch.tensor([[30.0, 20.0, 50.0, 36.0]]), "labels": torch.ones(1, dtype=torch.int64)},
+    ]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = create_detection_model("tiny", num_classes=2, in_channels=1, min_size=64, max_size=64).train()

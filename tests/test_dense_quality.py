@@ -74,13 +74,19 @@ def test_cleanlab_mask_score_is_one_minus_cleanlabs():
     np.testing.assert_allclose(s["cleanlab"], 1 - get_label_quality_scores(given, _probs(fg), verbose=False)[0])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(prob=np.zeros((2, 8, 8)), given=np.zeros((2, 8, 8), int)), r"prob must be \(N, K, H, W\)"),
-    (dict(prob=np.zeros((2, 2, 8, 8)), given=np.zeros((3, 8, 8), int)), r"given must be the \(N, H, W\) = \(2, 8, 8\)"),
-    (dict(prob=np.zeros((1, 2, 2, 2)), given=np.full((1, 2, 2), 2)), r"given must lie in \[0, 2\)"),
-    (dict(prob=np.full((1, 2, 2, 2), np.nan), given=np.zeros((1, 2, 2), int)), "NaN"),
-    (dict(prob=np.zeros((1, 2, 2, 2)), given=np.zeros((1, 2, 2)), border=-1), "border=-1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prob=np.zeros((2, 8, 8)), given=np.zeros((2, 8, 8), int)), r"prob must be \(N, K, H, W\)"),
+        (
+            dict(prob=np.zeros((2, 2, 8, 8)), given=np.zeros((3, 8, 8), int)),
+            r"given must be the \(N, H, W\) = \(2, 8, 8\)",
+        ),
+        (dict(prob=np.zeros((1, 2, 2, 2)), given=np.full((1, 2, 2), 2)), r"given must lie in \[0, 2\)"),
+        (dict(prob=np.full((1, 2, 2, 2), np.nan), given=np.zeros((1, 2, 2), int)), "NaN"),
+        (dict(prob=np.zeros((1, 2, 2, 2)), given=np.zeros((1, 2, 2)), border=-1), "border=-1"),
+    ],
+)
 def test_bad_mask_inputs_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         mask_issue_scores(**kwargs)
@@ -116,11 +122,13 @@ def _det(boxes, conf):
 
 def test_box_scores_on_hand_computed_cases():
     box = [10, 10, 20, 20]
-    dets = [_det([box], [0.9]),                       # agrees
-            _det([box, [40, 40, 50, 50]], [0.9, 0.8]),  # a confident detection no box covers: overlooked 0.8
-            _det([[15, 10, 25, 20]], [0.9]),           # shifted by half: IoU 1/3, badly located 0.9 * 2/3
-            _det([], []),                              # nothing supports the given box: spurious 1
-            _det([[10, 10, 20, 20]], [0.3])]           # weak support: spurious 0.7
+    dets = [
+        _det([box], [0.9]),  # agrees
+        _det([box, [40, 40, 50, 50]], [0.9, 0.8]),  # a confident detection no box covers: overlooked 0.8
+        _det([[15, 10, 25, 20]], [0.9]),  # shifted by half: IoU 1/3, badly located 0.9 * 2/3
+        _det([], []),  # nothing supports the given box: spurious 1
+        _det([[10, 10, 20, 20]], [0.3]),
+    ]  # weak support: spurious 0.7
     given = [np.array([box])] * 5
     s = box_issue_scores(dets, given)
     np.testing.assert_allclose(s["overlooked"], [0, 0.8, 0, 0, 0], atol=1e-6)
@@ -133,31 +141,46 @@ def test_box_scores_on_hand_computed_cases():
     np.testing.assert_allclose(s["box_issue"], [0.7, 0.0])
 
 
-@pytest.mark.parametrize("dets, given, message", [
-    ([_det([[0, 0, 1, 1]], [0.5])], [], "detections has 1 images but given_boxes has 0"),
-    ([{"boxes": np.zeros((1, 4))}], [np.zeros((0, 4))], r"detections\[0\] must be a mapping with 'boxes'"),
-    ([_det([[0, 0, 1, 1]], [1.5])], [np.zeros((0, 4))], r"detections\[0\]\['scores'\] must be \(1,\) confidences"),
-    ([_det([], [])], [np.zeros((2, 3))], r"given_boxes\[0\] must be an \(n, 4\) array"),
-])
+@pytest.mark.parametrize(
+    "dets, given, message",
+    [
+        ([_det([[0, 0, 1, 1]], [0.5])], [], "detections has 1 images but given_boxes has 0"),
+        ([{"boxes": np.zeros((1, 4))}], [np.zeros((0, 4))], r"detections\[0\] must be a mapping with 'boxes'"),
+        ([_det([[0, 0, 1, 1]], [1.5])], [np.zeros((0, 4))], r"detections\[0\]\['scores'\] must be \(1,\) confidences"),
+        ([_det([], [])], [np.zeros((2, 3))], r"given_boxes\[0\] must be an \(n, 4\) array"),
+    ],
+)
 def test_bad_box_inputs_are_named(dets, given, message):
     with pytest.raises(ValueError, match=message):
         box_issue_scores(dets, given)
 
 
 def test_planted_missing_boxes_rank_first_under_a_detector_that_learned_the_set():
-    det = make_synthetic_det(n_train=60, n_val=1, n_test=1, size=32, missing_fraction=0.3, shift_fraction=0.1,
-                             resize_fraction=0.1, spurious_fraction=0.05, seed=1)
+    det = make_synthetic_det(
+        n_train=60,
+        n_val=1,
+        n_test=1,
+        size=32,
+        missing_fraction=0.3,
+        shift_fraction=0.1,
+        resize_fraction=0.1,
+        spurious_fraction=0.05,
+        seed=1,
+    )
     tr = det.train
     rng = np.random.default_rng(0)
     # a detector that learned the set: every lesion found (jittered by a pixel), confidence 0.8 to 1
-    dets = [_det(np.asarray(c) + rng.normal(0, 0.5, np.shape(c)), rng.uniform(0.8, 1.0, len(c)))
-            for c in tr.clean_boxes]
+    dets = [
+        _det(np.asarray(c) + rng.normal(0, 0.5, np.shape(c)), rng.uniform(0.8, 1.0, len(c))) for c in tr.clean_boxes
+    ]
     s = box_issue_scores(dets, tr.boxes)
     score = s["box_issue"]
     assert roc_auc_score(tr.noisy, score) > 0.9
     missed = tr.corruption == DET_CORRUPTIONS.index("missed")
-    assert missed.any() and roc_auc_score(missed[(tr.corruption == 0) | missed],
-                                          score[(tr.corruption == 0) | missed]) > 0.95
+    assert (
+        missed.any()
+        and roc_auc_score(missed[(tr.corruption == 0) | missed], score[(tr.corruption == 0) | missed]) > 0.95
+    )
     assert set(box_issue_kind(s)[missed]) == {"overlooked"}
     # every image with a lesion left unboxed (alone or among other box errors) ranks high on overlooked;
     # a box shifted off its lesion also leaves that lesion's detection uncovered
@@ -170,9 +193,16 @@ def test_planted_missing_boxes_rank_first_under_a_detector_that_learned_the_set(
 def test_dense_table_ranks_flags_and_names_the_score():
     n = 6
     scores = {"disagreement": np.array([0.1, 0.9, 0.5, 0.0, 0.2, 0.7])}
-    q = dense_quality(np.arange(n, dtype=float), np.ones(n), scores, score="disagreement",
-                      kind=np.array(["agrees"] * n), wrong_label=np.array([0, 1, 0, 0, 0, 1], bool),
-                      corruption=np.array(["none"] * n), info={"given_area": np.zeros(n)})
+    q = dense_quality(
+        np.arange(n, dtype=float),
+        np.ones(n),
+        scores,
+        score="disagreement",
+        kind=np.array(["agrees"] * n),
+        wrong_label=np.array([0, 1, 0, 0, 0, 1], bool),
+        corruption=np.array(["none"] * n),
+        info={"given_area": np.zeros(n)},
+    )
     assert list(q.table["label_issue_rank"]) == [5, 1, 3, 6, 4, 2]
     assert list(q.table["flagged"]) == [False, True, True, False, False, True]
     assert q.flag_rule == "disagreement >= 0.5" and q.per_class() == []
@@ -206,6 +236,10 @@ def test_docs_quality_dense_tables_are_fresh():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    res = subprocess.run([sys.executable, str(root / "benchmarks" / "dense_label_issues.py"), "--table", "--check"],
-                         cwd=root, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "dense_label_issues.py"), "--table", "--check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]

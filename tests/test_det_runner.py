@@ -16,8 +16,18 @@ from mombs.train import RunConfig, run  # noqa: E402
 
 # 16 training slices of 32 x 32, 12 validation and 16 test slices: a 2-epoch
 # run takes about a second on one thread.
-DET = dict(task="detection", subset=16, image_size=32, epochs=2, pivot_epoch=1, batch_size=4,
-           noise="annotation", noise_rate=0.25, threads=1, lr=0.01)
+DET = dict(
+    task="detection",
+    subset=16,
+    image_size=32,
+    epochs=2,
+    pivot_epoch=1,
+    batch_size=4,
+    noise="annotation",
+    noise_rate=0.25,
+    threads=1,
+    lr=0.01,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -33,22 +43,31 @@ def test_detection_defaults_and_keys():
     assert RunConfig(task="detection", train_fraction=0.5).key() != RunConfig(task="detection").key()
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(dataset="synthetic-ct"), "dataset='synthetic-ct' is not known; choose one of ['coco', 'deeplesion'"),
-    (dict(model="unet"), "model='unet' is not known"),
-    (dict(loss="dice-ce"), "loss='dice-ce' is not known"),
-    (dict(noise="symmetric", noise_rate=0.2), "noise='symmetric' is not known"),
-    (dict(noise_rate=0.2), "noise_rate=0.2 has no effect with noise='none'"),
-    (dict(noise="annotation", noise_mix={"missed": 0.1}), "unknown box corruption(s) ['missed']"),
-    (dict(noise="annotation", noise_rate=0.9, noise_mix={"shifted": 0.2}), "must be at most 1"),
-    (dict(augment=True), "augment=True does not apply to task='detection'"),
-    (dict(train_fraction=1.5), "train_fraction=1.5 must be a number in (0, 1]"),
-    (dict(dataset="deeplesion"), "data_dir=None must be the folder of dataset='deeplesion'"),
-    (dict(dataset="deeplesion", data_dir="/nonexistent"), "nihcc.app.box.com/v/DeepLesion"),
-    (dict(dataset="deeplesion", noise="annotation"), "noise='annotation' plants box noise in dataset='synthetic-det'"),
-    (dict(model="fasterrcnn_resnet50_fpn", windows="lung"), "windows='lung' gives 1-channel images"),
-    (dict(strategy="mixed-entropy"), "task='detection' needs a schedule whose uncertainty comes from an assessment"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(dataset="synthetic-ct"), "dataset='synthetic-ct' is not known; choose one of ['coco', 'deeplesion'"),
+        (dict(model="unet"), "model='unet' is not known"),
+        (dict(loss="dice-ce"), "loss='dice-ce' is not known"),
+        (dict(noise="symmetric", noise_rate=0.2), "noise='symmetric' is not known"),
+        (dict(noise_rate=0.2), "noise_rate=0.2 has no effect with noise='none'"),
+        (dict(noise="annotation", noise_mix={"missed": 0.1}), "unknown box corruption(s) ['missed']"),
+        (dict(noise="annotation", noise_rate=0.9, noise_mix={"shifted": 0.2}), "must be at most 1"),
+        (dict(augment=True), "augment=True does not apply to task='detection'"),
+        (dict(train_fraction=1.5), "train_fraction=1.5 must be a number in (0, 1]"),
+        (dict(dataset="deeplesion"), "data_dir=None must be the folder of dataset='deeplesion'"),
+        (dict(dataset="deeplesion", data_dir="/nonexistent"), "nihcc.app.box.com/v/DeepLesion"),
+        (
+            dict(dataset="deeplesion", noise="annotation"),
+            "noise='annotation' plants box noise in dataset='synthetic-det'",
+        ),
+        (dict(model="fasterrcnn_resnet50_fpn", windows="lung"), "windows='lung' gives 1-channel images"),
+        (
+            dict(strategy="mixed-entropy"),
+            "task='detection' needs a schedule whose uncertainty comes from an assessment",
+        ),
+    ],
+)
 def test_bad_detection_options_are_named(options, message):
     with pytest.raises(ValueError) as err:
         RunConfig(**dict(dict(task="detection"), **options)).validate()
@@ -56,7 +75,10 @@ def test_bad_detection_options_are_named(options, message):
 
 
 def test_train_fraction_is_refused_outside_detection():
-    with pytest.raises(ValueError, match="train_fraction=0.5 does not apply to task='classification'; it is an option of task='detection'$"):
+    with pytest.raises(
+        ValueError,
+        match="train_fraction=0.5 does not apply to task='classification'; it is an option of task='detection'$",
+    ):
         RunConfig(dataset="digits", train_fraction=0.5).validate()
 
 
@@ -79,7 +101,9 @@ def test_the_step_objective_is_the_sum_of_torchvisions_losses_without_weights():
     assert torch.allclose(det_fit(out), torch.exp(-out)) and ((det_fit(out) > 0) & (det_fit(out) <= 1)).all()
 
 
-def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with_pictures(tmp_path, capsys, compare_argv):
+def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with_pictures(
+    tmp_path, capsys, compare_argv
+):
     assert cli.main(compare_argv(tmp_path, DET)) == 0
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2
@@ -107,8 +131,13 @@ def test_two_epochs_of_detection_through_the_cli_write_results_and_a_report_with
         assert [json.loads(x)["epoch"] for x in lines] == [0, 1] and "val_froc" in json.loads(lines[0])
     report = (tmp_path / "report.md").read_text()
     assert "FROC %" in report and "sens@0.5FP %" in report and "without a box" in report
-    for png in ("curves.png", "froc.png", "scatter-mixed-b4-n16.png", "flagged-mixed-b4-n16.png",
-                "flagged-random-b4-n16.png"):
+    for png in (
+        "curves.png",
+        "froc.png",
+        "scatter-mixed-b4-n16.png",
+        "flagged-mixed-b4-n16.png",
+        "flagged-random-b4-n16.png",
+    ):
         assert f"]({png})" in report and (tmp_path / png).stat().st_size > 1000
     assert "FROC %" in capsys.readouterr().out
     # diagnose: a row per training image with its box scores, and the suspect images' pictures
@@ -131,8 +160,9 @@ def test_an_interrupted_detection_run_resumes_to_the_same_result(tmp_path, inter
     for k in h.files:
         np.testing.assert_array_equal(cut[k], h[k])
     for name in ("loss", "uncertainty"):
-        np.testing.assert_array_equal(np.load(tmp_path / "cut/assessment.npz")[name],
-                                      np.load(tmp_path / "whole/assessment.npz")[name])
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "cut/assessment.npz")[name], np.load(tmp_path / "whole/assessment.npz")[name]
+        )
 
 
 def test_a_smaller_training_fraction_is_a_prefix_with_the_same_box_noise():
@@ -147,23 +177,28 @@ def test_a_smaller_training_fraction_is_a_prefix_with_the_same_box_noise():
 
 def test_a_detection_run_reads_deeplesion_files(tmp_path):
     Image = pytest.importorskip("PIL.Image")
-    header = ("File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Measurement_coordinates,"
-              "Bounding_boxes,Lesion_diameters_Pixel_,Normalized_lesion_location,Coarse_lesion_type,"
-              "Possibly_noisy,Slice_range,Spacing_mm_px_,Image_size,DICOM_windows,Patient_gender,Patient_age,"
-              "Train_Val_Test")
+    header = (
+        "File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Measurement_coordinates,"
+        "Bounding_boxes,Lesion_diameters_Pixel_,Normalized_lesion_location,Coarse_lesion_type,"
+        "Possibly_noisy,Slice_range,Spacing_mm_px_,Image_size,DICOM_windows,Patient_gender,Patient_age,"
+        "Train_Val_Test"
+    )
     rows, rng = [], np.random.default_rng(0)
     for patient, split in ((1, 1), (2, 1), (3, 1), (4, 1), (5, 2), (6, 3)):
         series = f"{patient:06d}_01_01"
-        rows.append(f'{series}_002.png,{patient},1,1,2,"1, 1, 2, 2, 3, 3, 4, 4","6, 8, 17, 19","5, 3",'
-                    f'"0.5, 0.5, 0.5",-1,{int(patient == 2)},"1, 3","0.8, 0.8, 5","32, 32","-175, 275",M,50,{split}')
+        rows.append(
+            f'{series}_002.png,{patient},1,1,2,"1, 1, 2, 2, 3, 3, 4, 4","6, 8, 17, 19","5, 3",'
+            f'"0.5, 0.5, 0.5",-1,{int(patient == 2)},"1, 3","0.8, 0.8, 5","32, 32","-175, 275",M,50,{split}'
+        )
         (tmp_path / "Images_png" / series).mkdir(parents=True)
         for z in (1, 2, 3):
             hu = rng.uniform(-1000, 200, (32, 32))
             hu[8:19, 6:17] += 300  # the lesion, where its box is (1-based in the file)
             Image.fromarray((hu + 32768).astype(np.uint16)).save(tmp_path / "Images_png" / series / f"{z:03d}.png")
     (tmp_path / "DL_info.csv").write_text("\n".join([header, *rows]) + "\n")
-    cfg = RunConfig(task="detection", dataset="deeplesion", data_dir=str(tmp_path), image_size=32, epochs=1,
-                    batch_size=2, threads=1)
+    cfg = RunConfig(
+        task="detection", dataset="deeplesion", data_dir=str(tmp_path), image_size=32, epochs=1, batch_size=2, threads=1
+    )
     res = run(cfg, tmp_path / "run")
     assert res["dataset"] == "deeplesion"
     assert (res["data"]["train"], res["data"]["val"], res["data"]["test"]) == (4, 1, 1)

@@ -40,17 +40,17 @@ def test_planted_noise_exact_counts_and_records(det):
         for box, kind in zip(boxes, kinds):
             best = box_iou(box[None], clean).max() if len(clean) else 0.0
             if kind == 0:
-                assert best == 1.0                      # kept boxes are clean boxes
+                assert best == 1.0  # kept boxes are clean boxes
             elif kind == spurious:
-                assert best < 0.1                       # on no lesion
+                assert best < 0.1  # on no lesion
             else:
-                assert 0 < best < 0.5                   # moved or rescaled past a hit
+                assert 0 < best < 0.5  # moved or rescaled past a hit
         n_kinds = sum(int(c[i] > 0) for c in (tr.n_missed, tr.n_shifted, tr.n_resized, tr.n_spurious))
         name = DET_CORRUPTIONS[tr.corruption[i]]
         assert name == ("none" if n_kinds == 0 else "mixed" if n_kinds > 1 else name)
     np.testing.assert_array_equal(tr.missing, tr.n_missed > 0)
     assert tr.missing.any() and (~tr.noisy).any()
-    for split in (det.val, det.test):       # evaluation boxes are clean
+    for split in (det.val, det.test):  # evaluation boxes are clean
         assert not split.noisy.any()
         assert all(np.array_equal(b, c) for b, c in zip(split.boxes, split.clean_boxes))
 
@@ -60,9 +60,9 @@ def test_reproducible_prefix_and_dataset(det):
     assert np.array_equal(again.train.images, det.train.images)
     assert all(np.array_equal(a, b) for a, b in zip(again.train.boxes, det.train.boxes))
     small = make_synthetic_det(n_train=10, n_val=4, n_test=4, seed=3)
-    assert np.array_equal(small.train.images, det.train.images[:10])   # images: a prefix
-    assert np.array_equal(small.test.images, det.test.images)          # evaluation unchanged
-    sub = det.train.subset(range(10))                                  # noise too: subset
+    assert np.array_equal(small.train.images, det.train.images[:10])  # images: a prefix
+    assert np.array_equal(small.test.images, det.test.images)  # evaluation unchanged
+    sub = det.train.subset(range(10))  # noise too: subset
     assert all(np.array_equal(a, b) for a, b in zip(sub.boxes, det.train.boxes[:10]))
     assert sub.lesions["image"].max() < 10 and len(sub.lesions["image"]) == (det.train.lesions["image"] < 10).sum()
     image, target = det.train.dataset()[1]
@@ -88,15 +88,19 @@ def test_bad_options_name_the_argument():
 
 from mombs.recipes.detection.deeplesion import DeepLesion, hu_from_png, patient_subset, read_dl_info  # noqa: E402
 
-_HEADER = ("File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Measurement_coordinates,"
-           "Bounding_boxes,Lesion_diameters_Pixel_,Normalized_lesion_location,Coarse_lesion_type,"
-           "Possibly_noisy,Slice_range,Spacing_mm_px_,Image_size,DICOM_windows,Patient_gender,Patient_age,"
-           "Train_Val_Test")
+_HEADER = (
+    "File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Measurement_coordinates,"
+    "Bounding_boxes,Lesion_diameters_Pixel_,Normalized_lesion_location,Coarse_lesion_type,"
+    "Possibly_noisy,Slice_range,Spacing_mm_px_,Image_size,DICOM_windows,Patient_gender,Patient_age,"
+    "Train_Val_Test"
+)
 
 
 def _row(name, patient, key, box, noisy, rng, spacing, split):
-    return (f'{name},{patient},1,1,{key},"1, 1, 2, 2, 3, 3, 4, 4","{box}","5, 3","0.5, 0.5, 0.5",-1,{noisy},'
-            f'"{rng}","{spacing}","16, 16","-175, 275",M,50,{split}')
+    return (
+        f'{name},{patient},1,1,{key},"1, 1, 2, 2, 3, 3, 4, 4","{box}","5, 3","0.5, 0.5, 0.5",-1,{noisy},'
+        f'"{rng}","{spacing}","16, 16","-175, 275",M,50,{split}'
+    )
 
 
 @pytest.fixture
@@ -105,14 +109,18 @@ def deeplesion_root(tmp_path):
 
     rows = [
         _row("000001_01_01_003.png", 1, 3, "3, 4, 8, 10", 0, "2, 4", "0.8, 0.8, 5", 1),
-        _row("000001_01_01_003.png", 1, 3, "10, 10, 14, 15", 1, "2, 4", "0.8, 0.8, 5", 1),   # same slice
-        _row("000002_01_01_002.png", 2, 2, "1, 1, 5, 5", 0, "2, 3", "0.4, 0.4, 5", 1),        # key at the edge
+        _row("000001_01_01_003.png", 1, 3, "10, 10, 14, 15", 1, "2, 4", "0.8, 0.8, 5", 1),  # same slice
+        _row("000002_01_01_002.png", 2, 2, "1, 1, 5, 5", 0, "2, 3", "0.4, 0.4, 5", 1),  # key at the edge
         _row("000003_01_01_005.png", 3, 5, "2, 2, 6, 6", 0, "4, 6", "0.8, 0.8, 5", 1),
         _row("000004_01_01_005.png", 4, 5, "2, 2, 6, 6", 0, "5, 5", "0.8, 0.8, 5", 2),
     ]
     (tmp_path / "DL_info.csv").write_text("\n".join([_HEADER, *rows]) + "\n")
-    for series, lo, hi in (("000001_01_01", 2, 4), ("000002_01_01", 2, 3), ("000003_01_01", 4, 6),
-                           ("000004_01_01", 5, 5)):
+    for series, lo, hi in (
+        ("000001_01_01", 2, 4),
+        ("000002_01_01", 2, 3),
+        ("000003_01_01", 4, 6),
+        ("000004_01_01", 5, 5),
+    ):
         folder = tmp_path / "Images_png" / series
         folder.mkdir(parents=True)
         for z in range(lo, hi + 1):
@@ -124,8 +132,12 @@ def deeplesion_root(tmp_path):
 
 def test_dl_info_rows_group_by_key_slice_and_boxes_become_0_based(deeplesion_root):
     slices = read_dl_info(deeplesion_root / "DL_info.csv")
-    assert [s.file_name for s in slices] == ["000001_01_01_003.png", "000002_01_01_002.png",
-                                             "000003_01_01_005.png", "000004_01_01_005.png"]
+    assert [s.file_name for s in slices] == [
+        "000001_01_01_003.png",
+        "000002_01_01_002.png",
+        "000003_01_01_005.png",
+        "000004_01_01_005.png",
+    ]
     first = slices[0]
     assert first.series == "000001_01_01" and first.key_slice == 3 and first.slice_range == (2, 4)
     np.testing.assert_array_equal(first.boxes, [[2, 3, 7, 9], [9, 9, 13, 14]])
@@ -155,10 +167,10 @@ def test_png_hu_windowing_and_neighbour_channels(deeplesion_root):
 
 def test_spacing_resize_subsets_by_patient_and_drop_noisy(deeplesion_root):
     data = DeepLesion(deeplesion_root, "train", norm_spacing=0.8)
-    image, target = data[1]                           # 0.4 mm pixels -> half the size
+    image, target = data[1]  # 0.4 mm pixels -> half the size
     assert tuple(image.shape) == (3, 8, 8)
     np.testing.assert_allclose(target["boxes"].numpy(), [[0, 0, 2, 2]])
-    assert tuple(data[0][0].shape) == (3, 16, 16)     # already 0.8 mm
+    assert tuple(data[0][0].shape) == (3, 16, 16)  # already 0.8 mm
     assert tuple(DeepLesion(deeplesion_root, "train", max_size=8)[0][0].shape) == (3, 8, 8)
     # patients 1-3 are in train; subsets are nested and never split a patient
     third = set(patient_subset([1, 2, 3, 1], 1 / 3, seed=4).tolist())

@@ -13,8 +13,10 @@ def _case():
     """Two images, three lesions; by score: TP, TP, a second box on a found
     lesion, FP, FP, TP (worked out in test_hand_computed_froc)."""
     gts = [np.array([A]), np.array([B, C])]
-    dets = [{"boxes": np.array([A, [0, 0, 10, 9], [60, 60, 70, 70]]), "scores": np.array([0.9, 0.8, 0.7])},
-            {"boxes": np.array([B, [100, 100, 110, 110], C]), "scores": np.array([0.85, 0.6, 0.5])}]
+    dets = [
+        {"boxes": np.array([A, [0, 0, 10, 9], [60, 60, 70, 70]]), "scores": np.array([0.9, 0.8, 0.7])},
+        {"boxes": np.array([B, [100, 100, 110, 110], C]), "scores": np.array([0.85, 0.6, 0.5])},
+    ]
     return dets, gts
 
 
@@ -42,8 +44,12 @@ def test_hand_computed_froc():
 
 def test_lesion_free_images_count_in_the_fp_rate():
     gts = [np.zeros((0, 4)), np.zeros((0, 4)), np.array([A]), np.array([B])]
-    dets = [(np.array([[1, 1, 5, 5]]), np.array([0.9])), (np.zeros((0, 4)), np.zeros(0)),
-            np.array([A + [0.8]]), np.array([[70, 70, 80, 80, 0.95]])]
+    dets = [
+        (np.array([[1, 1, 5, 5]]), np.array([0.9])),
+        (np.zeros((0, 4)), np.zeros(0)),
+        np.array([A + [0.8]]),
+        np.array([[70, 70, 80, 80, 0.95]]),
+    ]
     fp, sens = froc_curve(dets, gts)
     # 0.95 FP (1/4), 0.9 FP (2/4), 0.8 TP (A): two lesions
     np.testing.assert_allclose(fp, [0, 0.25, 0.5, 0.5])
@@ -54,8 +60,8 @@ def test_lesion_free_images_count_in_the_fp_rate():
 
 def test_iou_threshold_edge_and_tensors():
     gts = [torch.tensor([A], dtype=torch.float32)]
-    half = {"boxes": torch.tensor([[0, 0, 10, 5.0]]), "scores": torch.tensor([0.5])}      # IoU 0.5
-    below = {"boxes": torch.tensor([[0, 0, 10, 4.9]]), "scores": torch.tensor([0.5])}     # IoU 0.49
+    half = {"boxes": torch.tensor([[0, 0, 10, 5.0]]), "scores": torch.tensor([0.5])}  # IoU 0.5
+    below = {"boxes": torch.tensor([[0, 0, 10, 4.9]]), "scores": torch.tensor([0.5])}  # IoU 0.49
     assert box_iou([[0, 0, 10, 5]], [A])[0, 0] == pytest.approx(0.5)
     assert froc([half], gts).sensitivity[0] == 1.0
     assert froc([below], gts).sensitivity[0] == 0.0
@@ -91,14 +97,18 @@ def test_bad_inputs_name_the_argument():
 def test_unmatched_detection_score_by_hand():
     from mombs.recipes.detection.metrics import unmatched_detection_score
 
-    given = [np.array([[0, 0, 10, 10]]),            # one box
-             np.zeros((0, 4)),                       # no box at all
-             np.array([[0, 0, 10, 10]]),
-             np.array([[0, 0, 10, 10]])]
-    dets = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), "scores": np.array([0.9, 0.6])},
-            {"boxes": np.array([[5, 5, 15, 15]]), "scores": np.array([0.3])},
-            {"boxes": np.array([[0, 0, 10, 10]]), "scores": np.array([0.8])},   # covered: nothing unmatched
-            {"boxes": np.zeros((0, 4)), "scores": np.zeros(0)}]                 # no detection
+    given = [
+        np.array([[0, 0, 10, 10]]),  # one box
+        np.zeros((0, 4)),  # no box at all
+        np.array([[0, 0, 10, 10]]),
+        np.array([[0, 0, 10, 10]]),
+    ]
+    dets = [
+        {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), "scores": np.array([0.9, 0.6])},
+        {"boxes": np.array([[5, 5, 15, 15]]), "scores": np.array([0.3])},
+        {"boxes": np.array([[0, 0, 10, 10]]), "scores": np.array([0.8])},  # covered: nothing unmatched
+        {"boxes": np.zeros((0, 4)), "scores": np.zeros(0)},
+    ]  # no detection
     # image 0: the 0.9 box matches the given one (IoU 1); the 0.6 box lies elsewhere
     np.testing.assert_array_equal(unmatched_detection_score(dets, given), [0.6, 0.3, 0.0, 0.0])
     # [0, 0, 10, 10] against [0, 0, 10, 5]: IoU exactly 0.5, covered at 0.5 and unmatched above it

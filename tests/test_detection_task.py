@@ -30,11 +30,15 @@ def _images_and_targets(n=3, size=64, seed=0):
         boxes = []
         for j in range(i % 3):  # 0, 1 or 2 lesions: an empty image too
             x, y = 6 + 24 * j, 10 + 3 * i
-            img[:, y:y + 14, x:x + 14] += 0.7
+            img[:, y : y + 14, x : x + 14] += 0.7
             boxes.append([x, y, x + 14, y + 14])
         images.append(img)
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                        "labels": torch.ones(len(boxes), dtype=torch.int64)})
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.ones(len(boxes), dtype=torch.int64),
+            }
+        )
     return images, targets
 
 
@@ -125,6 +129,7 @@ def test_count_weighted_mean_when_images_sample_different_counts():
     out = rpn_forward(model, images)
     per_image = rpn_objectness_loss(out, targets, seed=0)
     from torchvision.models.detection.transform import resize_boxes  # noqa: F401 (sizes are unchanged here)
+
     labels, _ = model.rpn.assign_targets_to_anchors(out["anchors"], targets)
     counts = torch.stack([(lab >= 0).sum() for lab in labels]).float()
     assert len(set(counts.tolist())) > 1
@@ -147,7 +152,7 @@ def test_seeded_sampling_is_reproducible_and_private(tiny):
 
 def test_objectness_map_skips_anchors_on_batch_padding(tiny):
     tiny.eval()
-    small = torch.rand(3, 32, 64)   # resized to 32 x 64 (max_size 64), padded to 64 x 64 next to a square one
+    small = torch.rand(3, 32, 64)  # resized to 32 x 64 (max_size 64), padded to 64 x 64 next to a square one
     with torch.no_grad():
         alone = rpn_forward(tiny, [small])
         batched = rpn_forward(tiny, [small, torch.rand(3, 64, 64)])
@@ -206,20 +211,22 @@ def test_adapter_through_assessment_pass(tiny):
     assert create_task("detection").activation == "sigmoid"
     tiny.train()
     at = DET_FEATURE_MODULE["tiny"]
-    (li, lv), (ui, uv) = mombs.assessment_pass(tiny, data, task="detection", at=at, k=2, batch_size=2,
-                                               forward_fn=rpn_forward, collate_fn=collate_detection)
+    (li, lv), (ui, uv) = mombs.assessment_pass(
+        tiny, data, task="detection", at=at, k=2, batch_size=2, forward_fn=rpn_forward, collate_fn=collate_detection
+    )
     assert tiny.training
     np.testing.assert_array_equal(li, np.arange(4))
     np.testing.assert_array_equal(ui, np.arange(4))
     # the pass's losses are the adapter's loss on the same eval-mode batches
     tiny.eval()
     with torch.no_grad():
-        expect = torch.cat([rpn_objectness_loss(rpn_forward(tiny, images[s:s + 2]), targets[s:s + 2])
-                            for s in (0, 2)])
+        expect = torch.cat(
+            [rpn_objectness_loss(rpn_forward(tiny, images[s : s + 2]), targets[s : s + 2]) for s in (0, 2)]
+        )
     tiny.train()
     np.testing.assert_allclose(lv, expect.double().numpy(), rtol=1e-5)
     # without a generator the pass seeds each batch's noise with 0
-    direct = torch.cat([rpn_uncertainty(tiny, images[s:s + 2], at=at, k=2, seed=0) for s in (0, 2)])
+    direct = torch.cat([rpn_uncertainty(tiny, images[s : s + 2], at=at, k=2, seed=0) for s in (0, 2)])
     np.testing.assert_allclose(uv, direct.double().numpy(), rtol=1e-5)
     # the adapter carries its forward and collate functions: task="detection" alone is enough
     assert create_task("detection").forward_fn is rpn_forward
@@ -235,8 +242,15 @@ def test_tiled_copies_after_the_first_block_match_the_plain_pass(tiny):
     """Tiled copies of the disturbed map (one forward with K * B rows) carry the anchor mask along:
     without noise they give the plain entropy, as K whole forwards do."""
     images, _ = _images_and_targets(n=2)
-    kw = dict(at=DET_FEATURE_MODULE["tiny"], k=3, alpha=0.0, activation="sigmoid", output_fn=rpn_objectness_map,
-              uncertainty_fn=anchor_binary_entropy, forward_fn=rpn_forward)
+    kw = dict(
+        at=DET_FEATURE_MODULE["tiny"],
+        k=3,
+        alpha=0.0,
+        activation="sigmoid",
+        output_fn=rpn_objectness_map,
+        uncertainty_fn=anchor_binary_entropy,
+        forward_fn=rpn_forward,
+    )
     tiled = mombs.feature_noise_uncertainty(tiny, images, chunk_rows=6, tiled=True, **kw)
     plain = mombs.feature_noise_uncertainty(tiny, images, tiled=False, **kw)
     torch.testing.assert_close(tiled, plain, rtol=1e-5, atol=1e-6)

@@ -146,8 +146,7 @@ def test_tracker_quadrants_refuse_never_measured_samples():
     with pytest.raises(ValueError, match="2 of 4 samples have no loss or no uncertainty"):
         t.quadrants()
     t.update_uncertainty([2, 3], [0.1, 0.9])
-    assert t.quadrants().counts == {"poorly-labeled": 1, "under-represented": 1, "well-represented": 1,
-                                    "overfitted": 1}
+    assert t.quadrants().counts == {"poorly-labeled": 1, "under-represented": 1, "well-represented": 1, "overfitted": 1}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

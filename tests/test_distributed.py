@@ -39,8 +39,15 @@ def _worker(rank, world, port, out_dir, drop_last):
         gathered = [torch.zeros_like(steps) for _ in range(world)]
         dist.all_gather(gathered, steps)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-            json.dump({"epochs": epochs, "steps": [int(g) for g in gathered],
-                       "world": sampler.num_replicas, "rank": sampler.rank}, fh)
+            json.dump(
+                {
+                    "epochs": epochs,
+                    "steps": [int(g) for g in gathered],
+                    "world": sampler.num_replicas,
+                    "rank": sampler.rank,
+                },
+                fh,
+            )
     finally:
         dist.destroy_process_group()
 
@@ -71,8 +78,7 @@ def test_two_gloo_processes_cover_the_epoch_with_balanced_batches(tmp_path, drop
             assert spread < 0.05  # every rank's batches are balanced
     # Same plan as a single process that is told its rank.
     for r, res in enumerate(results):
-        s = MixedOrderBatchSampler(N, BATCH, pivot_epoch=1, seed=4, drop_last=drop_last,
-                                   num_replicas=world, rank=r)
+        s = MixedOrderBatchSampler(N, BATCH, pivot_epoch=1, seed=4, drop_last=drop_last, num_replicas=world, rank=r)
         s.set_scores(scores)
         s.set_epoch(2)
         assert list(s) == res["epochs"][2]
@@ -92,8 +98,15 @@ def _tracker_worker(rank, world, port, out_dir):
         t.sync()
         t.sync()  # nothing new: must not change anything
         with open(os.path.join(out_dir, f"tracker{rank}.json"), "w") as fh:
-            json.dump({"loss": t.loss.tolist(), "unc": t.uncertainty.tolist(),
-                       "loss_epoch": t.loss_epoch.tolist(), "scores": t.scores().tolist()}, fh)
+            json.dump(
+                {
+                    "loss": t.loss.tolist(),
+                    "unc": t.uncertainty.tolist(),
+                    "loss_epoch": t.loss_epoch.tolist(),
+                    "scores": t.scores().tolist(),
+                },
+                fh,
+            )
     finally:
         dist.destroy_process_group()
 
@@ -115,10 +128,27 @@ def test_ddp_example_runs_with_two_gloo_processes():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(_free_port()), str(root / "examples" / "ddp_loop.py"),
-                           "--epochs", "3", "--pivot-epoch", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("W"))[-3000:]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            str(root / "examples" / "ddp_loop.py"),
+            "--epochs",
+            "3",
+            "--pivot-epoch",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("W"))[
+        -3000:
+    ]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch")]
     assert len(lines) == 3 and "world 2" in lines[0] and "planned=True" in lines[-1]

@@ -38,8 +38,11 @@ def test_generated_blocks_are_up_to_date(page, blocks):
     text = page.read_text(encoding="utf-8")
     regenerated = docs_tables.update(text, blocks)
     if regenerated != text:
-        diff = "".join(difflib.unified_diff(text.splitlines(keepends=True), regenerated.splitlines(keepends=True),
-                                            "committed", "regenerated"))
+        diff = "".join(
+            difflib.unified_diff(
+                text.splitlines(keepends=True), regenerated.splitlines(keepends=True), "committed", "regenerated"
+            )
+        )
         pytest.fail(f"{page.relative_to(ROOT)} is stale; run `python benchmarks/docs_tables.py --write`:\n{diff}")
 
 
@@ -57,8 +60,7 @@ def test_update_rejects_unknown_and_unterminated_blocks():
 
 
 def test_update_replaces_only_the_block_body():
-    text = ("before\n<!-- generated: a (python benchmarks/docs_tables.py) -->\nold\n"
-            "<!-- end generated: a -->\nafter\n")
+    text = "before\n<!-- generated: a (python benchmarks/docs_tables.py) -->\nold\n<!-- end generated: a -->\nafter\n"
     assert docs_tables.update(text, {"a": "\nnew\n\n"}) == text.replace("\nold\n", "\n\nnew\n\n")
 
 

@@ -18,12 +18,19 @@ def _states():
 
 def _same(a, b) -> bool:
     (np_a, py_a, torch_a), (np_b, py_b, torch_b) = a, b
-    return (np_a[0] == np_b[0] and np.array_equal(np_a[1], np_b[1]) and np_a[2:] == np_b[2:]
-            and py_a == py_b and torch.equal(torch_a, torch_b))
+    return (
+        np_a[0] == np_b[0]
+        and np.array_equal(np_a[1], np_b[1])
+        and np_a[2:] == np_b[2:]
+        and py_a == py_b
+        and torch.equal(torch_a, torch_b)
+    )
 
 
-@pytest.mark.parametrize("schedule, order", [("paper", "mixed"), ("rotate-2", "mixed"),
-                                             ("train-features", "anti"), ("train-entropy", "random")])
+@pytest.mark.parametrize(
+    "schedule, order",
+    [("paper", "mixed"), ("rotate-2", "mixed"), ("train-features", "anti"), ("train-entropy", "random")],
+)
 def test_a_training_loop_with_the_assessor_and_the_sampler_leaves_the_global_rng_alone(schedule, order):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(48, 5, generator=g), torch.randint(0, 3, (48,), generator=g)
@@ -36,8 +43,9 @@ def test_a_training_loop_with_the_assessor_and_the_sampler_leaves_the_global_rng
     before = _states()
 
     sampler = mombs.MixedOrderBatchSampler(train, 8, order=order, pivot_epoch=1, seed=4)
-    assessor = mombs.DifficultyAssessor(model, train, at="body", sampler=sampler, schedule=schedule,
-                                        head=model.head, k=3, batch_size=16)
+    assessor = mombs.DifficultyAssessor(
+        model, train, at="body", sampler=sampler, schedule=schedule, head=model.head, k=3, batch_size=16
+    )
     # The loader's own generator: without one, a DataLoader draws its base seed from torch's global RNG.
     loader = DataLoader(train, batch_sampler=sampler, generator=torch.Generator())
     for epoch in range(3):

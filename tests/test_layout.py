@@ -15,9 +15,24 @@ from mombs.recipes import RECIPES
 PACKAGE = Path(mombs.__file__).parent
 
 #: The part a user's own loop imports.
-CORE = ["__init__.py", "_atomic.py", "_checks.py", "planner.py", "sampler.py", "difficulty.py", "noise.py",
-        "schedule.py", "assessor.py", "assessment.py", "plots.py", "data", "tasks", "strategies", "quality",
-        "integrations"]
+CORE = [
+    "__init__.py",
+    "_atomic.py",
+    "_checks.py",
+    "planner.py",
+    "sampler.py",
+    "difficulty.py",
+    "noise.py",
+    "schedule.py",
+    "assessor.py",
+    "assessment.py",
+    "plots.py",
+    "data",
+    "tasks",
+    "strategies",
+    "quality",
+    "integrations",
+]
 #: The application's task-free modules: they ask the task's recipe and never name a task.
 TASK_FREE = ["train", "compare.py", "report.py", "cli.py", "diagnose.py"]
 #: What the core must not import.
@@ -49,7 +64,7 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 stem = ".".join(base + ([node.module] if node.module else []))
             else:
                 stem = node.module
@@ -71,8 +86,11 @@ def _non_docstring_strings(tree) -> list[ast.Constant]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docstrings.add(id(first.value))
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in docstrings]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
 
 
 @pytest.mark.parametrize("path", _files(TASK_FREE), ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -73,8 +73,12 @@ class _Module(L.LightningModule):
             return None
         if self.output == "mean":
             return loss.mean()
-        extra = {"dict": (loss, idx), "scalar": (loss.mean(), idx), "short": (loss, idx[:-1]),
-                 "float-idx": (loss, idx.float())}[self.output]
+        extra = {
+            "dict": (loss, idx),
+            "scalar": (loss.mean(), idx),
+            "short": (loss, idx[:-1]),
+            "float-idx": (loss, idx.float()),
+        }[self.output]
         return {"loss": loss.mean(), "sample_loss": extra[0], "indices": extra[1]}
 
     def configure_optimizers(self):
@@ -85,22 +89,32 @@ class _Module(L.LightningModule):
 
 
 def _trainer(callbacks, max_epochs=4, **kw):
-    return L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                     callbacks=callbacks, **{"enable_checkpointing": False, **kw})
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        **{"enable_checkpointing": False, **kw},
+    )
 
 
 def _parts(loader="plain", pivot=1, output="dict", sampler_as="batch_sampler", num_replicas=None):
     """A module, its callback and its assessor, built from scratch as a new process would."""
     train = mombs.IndexedDataset(_data())
     net = _net()
-    sampler = mombs.MixedOrderBatchSampler(train, BATCH, pivot_epoch=pivot, seed=3, num_replicas=num_replicas,
-                                           rank=None if num_replicas is None else 0)
+    sampler = mombs.MixedOrderBatchSampler(
+        train, BATCH, pivot_epoch=pivot, seed=3, num_replicas=num_replicas, rank=None if num_replicas is None else 0
+    )
     assessor = mombs.DifficultyAssessor(net, train, at="features", sampler=sampler, k=4)
 
     def loader_fn():
         if loader.startswith("stateful"):
             from torchdata.stateful_dataloader import StatefulDataLoader
+
             return StatefulDataLoader(train, batch_sampler=sampler, num_workers=2 if loader.endswith("2") else 0)
         if sampler_as == "sampler":
             return DataLoader(train, sampler=sampler, batch_size=None)
@@ -206,8 +220,9 @@ def test_repeated_fits_leave_no_forward_hook_on_the_network(schedule):
     left = []
     for fit in range(3):
         if fit != 1:
-            assessor = mombs.DifficultyAssessor(net, train, at="features", sampler=sampler, k=2,
-                                                schedule=schedule, head=net.head)
+            assessor = mombs.DifficultyAssessor(
+                net, train, at="features", sampler=sampler, k=2, schedule=schedule, head=net.head
+            )
             cb = MoMBSCallback(assessor)
         _trainer([cb, count], max_epochs=2).fit(module)
         left.append(_hooks(net))
@@ -222,8 +237,9 @@ def test_a_failed_fit_leaves_no_forward_hook_on_the_network():
     train = mombs.IndexedDataset(_data(n=48))
     net = _net()
     sampler = mombs.MixedOrderBatchSampler(train, BATCH, pivot_epoch=1)
-    assessor = mombs.DifficultyAssessor(net, train, at="features", sampler=sampler, k=2,
-                                        schedule="train-features", head=net.head)
+    assessor = mombs.DifficultyAssessor(
+        net, train, at="features", sampler=sampler, k=2, schedule="train-features", head=net.head
+    )
     module = _Module(net, lambda: DataLoader(train, batch_sampler=sampler), output="mean")
     with pytest.raises(ValueError, match="must return a dict"):
         _trainer([MoMBSCallback(assessor)], max_epochs=1).fit(module)
@@ -234,11 +250,14 @@ def test_a_failed_fit_leaves_no_forward_hook_on_the_network():
 # configurations that Lightning would silently break
 
 
-@pytest.mark.parametrize("sampler_as, error, match", [
-    ("sampler", ValueError, "batch_sampler="),
-    ("other", RuntimeError, "use_distributed_sampler=False"),
-    ("shuffle", ValueError, "no train dataloader"),
-])
+@pytest.mark.parametrize(
+    "sampler_as, error, match",
+    [
+        ("sampler", ValueError, "batch_sampler="),
+        ("other", RuntimeError, "use_distributed_sampler=False"),
+        ("shuffle", ValueError, "no train dataloader"),
+    ],
+)
 def test_a_loader_that_bypasses_the_sampler_is_refused(sampler_as, error, match):
     module, cb, _ = _parts(sampler_as=sampler_as)
     with pytest.raises(error, match=match):
@@ -246,12 +265,15 @@ def test_a_loader_that_bypasses_the_sampler_is_refused(sampler_as, error, match)
     assert module.seen == []  # refused before the first step
 
 
-@pytest.mark.parametrize("output, match", [
-    ("mean", "must return a dict with 'sample_loss'"),
-    ("scalar", r"'sample_loss' must be a \(B,\) float tensor"),
-    ("short", r"'indices' must be \(8,\) integer"),
-    ("float-idx", "integer"),
-])
+@pytest.mark.parametrize(
+    "output, match",
+    [
+        ("mean", "must return a dict with 'sample_loss'"),
+        ("scalar", r"'sample_loss' must be a \(B,\) float tensor"),
+        ("short", r"'indices' must be \(8,\) integer"),
+        ("float-idx", "integer"),
+    ],
+)
 def test_a_training_step_without_per_sample_losses_and_indices_is_refused(output, match):
     module, cb, _ = _parts(output=output)
     with pytest.raises(ValueError, match=match):
@@ -263,8 +285,9 @@ def test_several_processes_need_use_distributed_sampler_false():
     module, cb, _ = _parts()
     # Lightning keeps the flag on its accelerator connector; the callback reads it there.
     assert _trainer([], use_distributed_sampler=True)._accelerator_connector.use_distributed_sampler is True
-    fake = SimpleNamespace(world_size=2, global_rank=0,
-                           _accelerator_connector=SimpleNamespace(use_distributed_sampler=True))
+    fake = SimpleNamespace(
+        world_size=2, global_rank=0, _accelerator_connector=SimpleNamespace(use_distributed_sampler=True)
+    )
     with pytest.raises(ValueError, match=r"use_distributed_sampler=False"):
         cb.setup(fake, module, "fit")
     fake._accelerator_connector.use_distributed_sampler = False
@@ -327,14 +350,16 @@ def _same_run(module, assessor, resumed, assessor2, step, path):
 # assessed). "stateful-2": two workers draw batches ahead of the loop, and the checkpoint still
 # holds the step trained. "plain": the sampler reports the whole epoch's length, so Lightning
 # sizes a resumed epoch right and the restored sampler yields the batches left.
-@pytest.mark.parametrize("loader, paths, max_epochs", [
-    ("stateful", ((60, "step=60.ckpt"), (50, "step=50.ckpt"), (50, "epochs/epoch=1.ckpt")), 4),
-    ("stateful-2", ((60, "step=60.ckpt"),), 3),
-    ("plain", ((50, "step=50.ckpt"), (50, "epochs/epoch=1.ckpt"), (60, "step=60.ckpt")), 4),
-])
+@pytest.mark.parametrize(
+    "loader, paths, max_epochs",
+    [
+        ("stateful", ((60, "step=60.ckpt"), (50, "step=50.ckpt"), (50, "epochs/epoch=1.ckpt")), 4),
+        ("stateful-2", ((60, "step=60.ckpt"),), 3),
+        ("plain", ((50, "step=50.ckpt"), (50, "epochs/epoch=1.ckpt"), (60, "step=60.ckpt")), 4),
+    ],
+)
 def test_a_resume_gives_the_batches_and_values_of_an_uninterrupted_run(tmp_path, loader, paths, max_epochs):
-    for step, path, module, assessor, resumed, assessor2, trainer in _resume(tmp_path, loader, paths,
-                                                                             max_epochs):
+    for step, path, module, assessor, resumed, assessor2, trainer in _resume(tmp_path, loader, paths, max_epochs):
         trainer.fit(resumed, ckpt_path=tmp_path / path)
         _same_run(module, assessor, resumed, assessor2, step, path)
 
@@ -373,24 +398,46 @@ def _ddp_main(out_dir: str) -> None:
     cb = MoMBSCallback(build)
     module = _Module(_net(), lambda: DataLoader(train, batch_sampler=cb.sampler), lambda: cb.sampler)
     ckpt = ModelCheckpoint(dirpath=out_dir, every_n_train_steps=DDP_CKPT_STEP, save_top_k=-1, filename="{step}")
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", use_distributed_sampler=False,
-                        max_epochs=DDP_EPOCHS, callbacks=[cb, ckpt], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        use_distributed_sampler=False,
+        max_epochs=DDP_EPOCHS,
+        callbacks=[cb, ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module)
     s, t = cb.sampler, cb.assessor.tracker
     with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as fh:
-        json.dump({"rank": s.rank, "world": s.num_replicas, "seen": module.seen,
-                   "plan": {e: [p[0], None if p[1] is None else p[1].tolist()] for e, p in module.plan.items()},
-                   "scores": cb.assessor.scores().tolist(), "loss": t.loss.tolist(),
-                   "uncertainty": t.uncertainty.tolist()}, fh)
+        json.dump(
+            {
+                "rank": s.rank,
+                "world": s.num_replicas,
+                "seen": module.seen,
+                "plan": {e: [p[0], None if p[1] is None else p[1].tolist()] for e, p in module.plan.items()},
+                "scores": cb.assessor.scores().tolist(),
+                "loss": t.loss.tolist(),
+                "uncertainty": t.uncertainty.tolist(),
+            },
+            fh,
+        )
 
 
 @pytest.mark.distributed
 def test_ddp_two_processes_cover_the_epoch_and_agree(tmp_path):
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-           "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--ddp-worker", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--ddp-worker", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert (r0["rank"], r0["world"], r1["rank"], r1["world"]) == (0, 2, 1, 2)

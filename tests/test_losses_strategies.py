@@ -24,15 +24,15 @@ def test_losses_against_hand_computations():
     p0 = math.exp(2) / (math.exp(2) + 1)
     assert torch.allclose(create_loss("ce")(logits, target), torch.tensor([-math.log(p0), math.log(2)]))
     focal = create_loss("focal", gamma=2.0)(logits, target)
-    assert focal[0].item() == pytest.approx(-(1 - p0) ** 2 * math.log(p0), rel=1e-5)
+    assert focal[0].item() == pytest.approx(-((1 - p0) ** 2) * math.log(p0), rel=1e-5)
     gce = create_loss("gce", q=0.5)(logits, target)
-    assert gce[1].item() == pytest.approx((1 - 0.5 ** 0.5) / 0.5, rel=1e-5)
+    assert gce[1].item() == pytest.approx((1 - 0.5**0.5) / 0.5, rel=1e-5)
     # logit adjustment with a uniform prior is plain cross-entropy
     la = create_loss("logit-adjustment", class_counts=[10, 10])(logits, target)
     assert torch.allclose(la, F.cross_entropy(logits, target, reduction="none"))
     # LDAM: the rarest class gets the largest margin (max_margin)
     ldam = create_loss("ldam", class_counts=[100, 1])
-    assert ldam.margins.tolist() == pytest.approx([0.5 * 100 ** -0.25, 0.5])
+    assert ldam.margins.tolist() == pytest.approx([0.5 * 100**-0.25, 0.5])
 
 
 def test_ldam_drw_reweights_from_80_percent_of_training():
@@ -61,8 +61,19 @@ def test_unknown_names_list_the_valid_ones():
 
 
 def test_registry_holds_every_strategy_of_the_study():
-    assert set(STRATEGY_REGISTRY) == {"random", "mixed", "mixed-loss", "mixed-uncertainty", "mixed-entropy", "anti",
-                                      "scl-hard", "scl-linear", "scl-log", "scl-mixture", "ohem"}
+    assert set(STRATEGY_REGISTRY) == {
+        "random",
+        "mixed",
+        "mixed-loss",
+        "mixed-uncertainty",
+        "mixed-entropy",
+        "anti",
+        "scl-hard",
+        "scl-linear",
+        "scl-log",
+        "scl-mixture",
+        "ohem",
+    }
 
 
 def _epoch(sampler, epoch):
@@ -95,11 +106,14 @@ def test_every_registry_strategy_makes_a_sampler():
     assert create_strategy("mixed-loss").create_sampler(40, 8).order == "mixed"
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("scl-hard", [1.0, 1.0, 0.0, 0.0]),
-    ("scl-linear", [0.9, 0.5, 0.0, 0.0]),
-    ("scl-mixture", [1.0, 1.0, 0.0, 0.0]),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("scl-hard", [1.0, 1.0, 0.0, 0.0]),
+        ("scl-linear", [0.9, 0.5, 0.0, 0.0]),
+        ("scl-mixture", [1.0, 1.0, 0.0, 0.0]),
+    ],
+)
 def test_self_paced_weights_at_lambda_one(name, expected):
     s = create_strategy(name, pivot_epoch=0, start_quantile=0.5)
     s.start_epoch(0, num_epochs=11, losses=np.array([0.0, 1.0, 2.0]))  # median 1.0 -> lambda = 1

@@ -10,19 +10,23 @@ def _count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name, num_classes, in_channels, expected", [
-    # He et al.'s CIFAR ResNet-32 (3 stages of 5 basic blocks, 16/32/64 channels, parameter-free
-    # shortcuts): the "0.46M" of their table 6 with 10 classes.
-    ("resnet32", 10, 3, 464_154),
-    ("resnet32", 100, 3, 470_004),  # the classifier grows by 90 x (64 + 1)
-    ("small_cnn", 10, 1, 94_186),
-])
+@pytest.mark.parametrize(
+    "name, num_classes, in_channels, expected",
+    [
+        # He et al.'s CIFAR ResNet-32 (3 stages of 5 basic blocks, 16/32/64 channels, parameter-free
+        # shortcuts): the "0.46M" of their table 6 with 10 classes.
+        ("resnet32", 10, 3, 464_154),
+        ("resnet32", 100, 3, 470_004),  # the classifier grows by 90 x (64 + 1)
+        ("small_cnn", 10, 1, 94_186),
+    ],
+)
 def test_parameter_counts(name, num_classes, in_channels, expected):
     assert _count(create_model(name, num_classes=num_classes, in_channels=in_channels)) == expected
 
 
-@pytest.mark.parametrize("name, in_channels, side, width", [
-    ("resnet32", 3, 32, 64), ("small_cnn", 1, 28, 128), ("small_cnn", 3, 32, 128)])
+@pytest.mark.parametrize(
+    "name, in_channels, side, width", [("resnet32", 3, 32, 64), ("small_cnn", 1, 28, 128), ("small_cnn", 3, 32, 128)]
+)
 def test_logits_and_disturbed_features_shapes(name, in_channels, side, width):
     model = create_model(name, num_classes=7, in_channels=in_channels).eval()
     seen = {}

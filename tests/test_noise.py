@@ -49,8 +49,7 @@ def test_k1_alpha0_is_the_plain_softmax_entropy():
         model[1].bias.zero_()
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.8, 0.1, 0.1]]))
     u = feature_noise_uncertainty(model, logits, at="0", k=1, alpha=0.0)
-    assert torch.allclose(u, torch.tensor([1.5 * math.log(2), -(0.8 * math.log(0.8) + 0.2 * math.log(0.1))]),
-                          atol=1e-6)
+    assert torch.allclose(u, torch.tensor([1.5 * math.log(2), -(0.8 * math.log(0.8) + 0.2 * math.log(0.1))]), atol=1e-6)
 
 
 def test_k_pass_value_matches_the_formula():
@@ -119,7 +118,7 @@ def test_default_chunks_by_hand():
     parts = []
     with torch.no_grad():
         for s in (0, 2):  # two sub-batches of 2 samples x 2 copies = 4 rows each
-            f = model.feat(x[s:s + 2]).repeat(k, 1)
+            f = model.feat(x[s : s + 2]).repeat(k, 1)
             xi = torch.rand(f.shape, generator=gen) * 2 * alpha - alpha
             parts.append(torch.softmax(model.out(model.bn(f + f * xi)), 1).reshape(k, 2, -1).mean(0))
     probs = torch.cat(parts)
@@ -201,7 +200,9 @@ def test_k_pass_peak_memory_does_not_grow_with_k(counter):
     peaks = {}
     for k in (2, 32):
         peak = [0]
-        handle = model.dec.register_forward_hook(lambda m, i, o, peak=peak: peak.__setitem__(0, max(peak[0], _live_tensor_bytes())))
+        handle = model.dec.register_forward_hook(
+            lambda m, i, o, peak=peak: peak.__setitem__(0, max(peak[0], _live_tensor_bytes()))
+        )
         baseline = _live_tensor_bytes()
         feature_noise_uncertainty(model, x, at="enc", k=k)
         handle.remove()
@@ -285,12 +286,15 @@ def test_global_random_state_is_untouched():
     assert torch.equal(torch.get_rng_state(), state)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(at="nope"), "at='nope' is not a submodule of Net; available: feat, bn, drop, out"),
-    (dict(at="feat", k=0), "k=0"),
-    (dict(at="feat", alpha=1.5), "alpha=1.5"),
-    (dict(at="feat", activation="tanh"), "activation='tanh'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(at="nope"), "at='nope' is not a submodule of Net; available: feat, bn, drop, out"),
+        (dict(at="feat", k=0), "k=0"),
+        (dict(at="feat", alpha=1.5), "alpha=1.5"),
+        (dict(at="feat", activation="tanh"), "activation='tanh'"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         feature_noise_uncertainty(Net(), torch.randn(2, 6), **kwargs)
@@ -317,10 +321,8 @@ def test_fallback_draws_do_not_depend_on_what_an_earlier_call_learnt():
     x = torch.randn(6, 4)
     first, second = Skip(), Skip()
     second.load_state_dict(first.state_dict())
-    cold = feature_noise_uncertainty(first, x, at="enc", k=4, chunk_rows=64,
-                                     generator=torch.Generator().manual_seed(1))
-    warm = feature_noise_uncertainty(first, x, at="enc", k=4, chunk_rows=64,
-                                     generator=torch.Generator().manual_seed(1))
+    cold = feature_noise_uncertainty(first, x, at="enc", k=4, chunk_rows=64, generator=torch.Generator().manual_seed(1))
+    warm = feature_noise_uncertainty(first, x, at="enc", k=4, chunk_rows=64, generator=torch.Generator().manual_seed(1))
     assert torch.equal(cold, warm)
     default_cold = feature_noise_uncertainty(second, x, at="enc", k=4, chunk_rows=64, seed=5)
     default_warm = feature_noise_uncertainty(second, x, at="enc", k=4, chunk_rows=64, seed=5)

@@ -96,8 +96,7 @@ def test_py_typed_ships():
 
 
 def test_every_extra_named_here_exists():
-    named = {extra for _, extra in EXTRA_OF_PATH} | set(EXTRA_ANYWHERE.values()) | set(
-        _extras.EXTRA_OF_MODULE.values())
+    named = {extra for _, extra in EXTRA_OF_PATH} | set(EXTRA_ANYWHERE.values()) | set(_extras.EXTRA_OF_MODULE.values())
     assert named <= set(EXTRAS), sorted(named - set(EXTRAS))
 
 
@@ -173,24 +172,41 @@ _BLOCKED = "import sys; sys.modules[{!r}] = None; "
 
 
 def test_the_command_without_yaml_names_the_cli_extra():
-    proc = _run(_BLOCKED.format("yaml") + "from mombs.__main__ import main; sys.exit(main(sys.argv[1:]))",
-                "train", "--set", "epochs=1")
+    proc = _run(
+        _BLOCKED.format("yaml") + "from mombs.__main__ import main; sys.exit(main(sys.argv[1:]))",
+        "train",
+        "--set",
+        "epochs=1",
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == ["mombs: mombs needs pyyaml: pip install 'mombs[cli]'"], proc.stderr
 
 
 def test_a_run_without_scikit_learn_names_the_cli_extra(tmp_path):
-    proc = _run(_BLOCKED.format("sklearn") + "from mombs.__main__ import main; sys.exit(main(sys.argv[1:]))",
-                "train", "--set", "dataset=digits", "--set", "epochs=1", "--out", str(tmp_path), "--no-progress")
+    proc = _run(
+        _BLOCKED.format("sklearn") + "from mombs.__main__ import main; sys.exit(main(sys.argv[1:]))",
+        "train",
+        "--set",
+        "dataset=digits",
+        "--set",
+        "epochs=1",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1] == "mombs: this run needs scikit-learn: pip install 'mombs[cli]'", \
+    assert proc.stderr.strip().splitlines()[-1] == "mombs: this run needs scikit-learn: pip install 'mombs[cli]'", (
         proc.stderr
+    )
 
 
-@pytest.mark.parametrize(("module", "blocked", "extra"), [
-    ("mombs.integrations.lightning", "lightning", "lightning"),
-    ("mombs.integrations.transformers", "transformers", "transformers"),
-])
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("mombs.integrations.lightning", "lightning", "lightning"),
+        ("mombs.integrations.transformers", "transformers", "transformers"),
+    ],
+)
 def test_an_integration_without_its_framework_names_its_extra(module, blocked, extra):
     proc = _run(_BLOCKED.format(blocked) + f"import {module}")
     last = proc.stderr.strip().splitlines()[-1]
@@ -207,8 +223,9 @@ def test_missing_extra_leaves_unknown_modules_alone():
 
 # ---- make wheel-check: the built wheel, installed outside the checkout ------------------------
 
-wheel_check = pytest.mark.skipif(os.environ.get("MOMBS_WHEEL_CHECK") != "1",
-                                 reason="builds the wheel: `make wheel-check` (MOMBS_WHEEL_CHECK=1)")
+wheel_check = pytest.mark.skipif(
+    os.environ.get("MOMBS_WHEEL_CHECK") != "1", reason="builds the wheel: `make wheel-check` (MOMBS_WHEEL_CHECK=1)"
+)
 
 
 def _check(cmd, **kw) -> subprocess.CompletedProcess:
@@ -236,8 +253,14 @@ def test_twine_accepts_the_wheel_and_the_sdist(dist):
 @wheel_check
 def test_the_wheel_holds_the_package_and_no_more(dist):
     names = zipfile.ZipFile(next(dist.glob("*.whl"))).namelist()
-    for needed in ("mombs/py.typed", "mombs/__main__.py", "mombs/_extras.py", "mombs/cli.py",
-                   "mombs/recipes/classification/training.py", "mombs/integrations/lightning.py"):
+    for needed in (
+        "mombs/py.typed",
+        "mombs/__main__.py",
+        "mombs/_extras.py",
+        "mombs/cli.py",
+        "mombs/recipes/classification/training.py",
+        "mombs/integrations/lightning.py",
+    ):
         assert needed in names, needed
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "configs/"))]
     entry = next(n for n in names if n.endswith("entry_points.txt"))
@@ -248,9 +271,19 @@ def test_the_wheel_holds_the_package_and_no_more(dist):
 def test_the_sdist_holds_the_configs_examples_and_tests(dist):
     with tarfile.open(next(dist.glob("*.tar.gz"))) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for needed in ("pyproject.toml", "README.md", "CHANGELOG.md", "mombs/py.typed", "configs/demo.yaml",
-                   "configs/seg_demo.yaml", "configs/det_demo.yaml", "examples/plain_loop.py",
-                   "tests/test_packaging.py", "docs/getting-started.md", "mkdocs.yml"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "CHANGELOG.md",
+        "mombs/py.typed",
+        "configs/demo.yaml",
+        "configs/seg_demo.yaml",
+        "configs/det_demo.yaml",
+        "examples/plain_loop.py",
+        "tests/test_packaging.py",
+        "docs/getting-started.md",
+        "mkdocs.yml",
+    ):
         assert needed in names, needed
     study = {p.relative_to(ROOT).as_posix() for p in (ROOT / "configs" / "study").glob("*.yaml")}
     assert study and study <= names, sorted(study - names)
@@ -266,25 +299,66 @@ def test_the_wheel_runs_in_a_new_environment_outside_the_checkout(dist, tmp_path
     # The wheel alone (no dependencies): torch and the rest are seen through a .pth file naming this
     # environment's site-packages, which goes after the new environment's own on sys.path. Its .pth
     # files (the checkout's editable mombs among them) are not run, so only the wheel's mombs is seen.
-    _check([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
-            str(next(dist.glob("*.whl")))])
+    _check(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(next(dist.glob("*.whl"))),
+        ]
+    )
     site = Path(_check([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     (site / "_mombs_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
 
-    where = _check([str(py), "-c", "import mombs, importlib.resources as r; print(mombs.__file__); "
-                    "print(mombs.__version__); print(r.files('mombs').joinpath('py.typed').is_file())"],
-                   cwd=work, env=env).stdout.split()
+    where = _check(
+        [
+            str(py),
+            "-c",
+            "import mombs, importlib.resources as r; print(mombs.__file__); "
+            "print(mombs.__version__); print(r.files('mombs').joinpath('py.typed').is_file())",
+        ],
+        cwd=work,
+        env=env,
+    ).stdout.split()
     assert Path(where[0]).resolve().is_relative_to(venv.resolve()), where
     assert where[1:] == [PYPROJECT["project"]["version"], "True"], where
 
     assert "{train,compare,diagnose}" in _check([str(mombs_cmd), "--help"], cwd=work, env=env).stdout
     assert "{train,compare,diagnose}" in _check([str(py), "-m", "mombs", "--help"], cwd=work, env=env).stdout
     # a one-epoch digits run, with the demo config (documented as separate from the wheel: its path given)
-    run = _check([str(mombs_cmd), "train", "--config", str(ROOT / "configs" / "demo.yaml"), "--set", "dataset=digits",
-                  "--set", "img_max=40", "--set", "imbalance=1", "--set", "epochs=1", "--set", "pivot_epoch=0", "--set", "strategy=mixed",
-                  "--out", "runs", "--no-progress"], cwd=work, env=env)
+    run = _check(
+        [
+            str(mombs_cmd),
+            "train",
+            "--config",
+            str(ROOT / "configs" / "demo.yaml"),
+            "--set",
+            "dataset=digits",
+            "--set",
+            "img_max=40",
+            "--set",
+            "imbalance=1",
+            "--set",
+            "epochs=1",
+            "--set",
+            "pivot_epoch=0",
+            "--set",
+            "strategy=mixed",
+            "--out",
+            "runs",
+            "--no-progress",
+        ],
+        cwd=work,
+        env=env,
+    )
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["dataset"] == "digits" and result["strategy"] == "mixed", result
     assert list((work / "runs").rglob("results.json")), "the run wrote no results.json outside the checkout"

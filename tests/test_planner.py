@@ -18,11 +18,12 @@ def co_batched_pairs(plan):
     pairs = set()
     for b in plan.full:
         b = sorted(b.tolist())
-        pairs.update((x, y) for i, x in enumerate(b) for y in b[i + 1:])
+        pairs.update((x, y) for i, x in enumerate(b) for y in b[i + 1 :])
     return pairs
 
 
 # ----------------------------------------------------------------- known answers
+
 
 def test_batch_size_two_pairs_hardest_with_easiest_without_jitter():
     scores = np.arange(10.0)
@@ -47,8 +48,10 @@ def test_planted_hard_samples_are_spread_one_per_batch():
 
 
 def test_mixed_balances_far_better_than_random_and_anti_is_worse(scores_1k):
-    sums = {s: batch_sums(scores_1k, plan_batches(scores_1k, 8, order=s, drop_last=True)).std()
-            for s in ("mixed", "random", "anti")}
+    sums = {
+        s: batch_sums(scores_1k, plan_batches(scores_1k, 8, order=s, drop_last=True)).std()
+        for s in ("mixed", "random", "anti")
+    }
     assert sums["mixed"] < 0.02 * sums["random"]
     assert sums["anti"] > 2.0 * sums["random"]
 
@@ -75,8 +78,7 @@ def test_offset_and_scale_do_not_change_the_balance(batch_size, kind):
     # these normal scores and plan like random (balance ratio about 1 instead of
     # 1e-3). It standardizes first, so the balance is that of the scores.
     n = 30_000
-    scores = (rank_sum(n, seed=batch_size) if kind == "ranks"
-              else np.random.default_rng(batch_size).normal(size=n) * 3.0)
+    scores = rank_sum(n, seed=batch_size) if kind == "ranks" else np.random.default_rng(batch_size).normal(size=n) * 3.0
     base = balance_ratio(scores, batch_size)
     assert base < 0.02
     for moved in (scores + 1e9, scores * 1e-9):
@@ -89,8 +91,7 @@ def test_an_offset_of_integer_scores_gives_the_same_plan(batch_size):
     # the plan is the same, batch for batch.
     scores = rank_sum(20_001, seed=4)
     kw = dict(seed=3, epoch=2, num_replicas=2, rank=1)
-    assert (plan_batches(scores + 1e9, batch_size, **kw).tolist()
-            == plan_batches(scores, batch_size, **kw).tolist())
+    assert plan_batches(scores + 1e9, batch_size, **kw).tolist() == plan_batches(scores, batch_size, **kw).tolist()
 
 
 @pytest.mark.parametrize("n", [29_999, 30_000, 60_002])
@@ -164,8 +165,9 @@ def test_short_last_batch_is_representative():
 
 def test_drop_last_drops_a_stratified_random_set():
     scores = np.arange(1005.0)
-    dropped = [np.setdiff1d(np.arange(1005), plan_batches(scores, 10, drop_last=True, epoch=e).indices())
-               for e in range(3)]
+    dropped = [
+        np.setdiff1d(np.arange(1005), plan_batches(scores, 10, drop_last=True, epoch=e).indices()) for e in range(3)
+    ]
     assert all(d.size == 5 for d in dropped)
     assert not np.array_equal(dropped[0], dropped[1])
     # one per stratum of 201: spread over the whole range
@@ -204,25 +206,30 @@ def test_plan_is_a_sequence():
 
 # ----------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(scores=np.array([1.0, np.nan, np.inf, 2.0]), batch_size=2), "2 non-finite"),
-    (dict(scores=np.zeros((3, 2)), batch_size=2), r"shape \(N,\)"),
-    (dict(scores=np.zeros(4), batch_size=0), "batch_size=0"),
-    (dict(scores=np.zeros(4), batch_size=2.5), "batch_size=2.5"),
-    (dict(scores=np.zeros(4), batch_size=True), "batch_size=True"),
-    (dict(scores=np.array(["a", "b"]), batch_size=1), "real numbers"),
-    (dict(scores=np.zeros(4), batch_size=2, order="zigzag"), "'mixed', 'random', 'anti'"),
-    (dict(scores=np.zeros(4), batch_size=2, seed=-1), "seed=-1"),
-    (dict(scores=np.zeros(4), batch_size=2, epoch=-2), "epoch=-2"),
-    (dict(scores=np.zeros(4), batch_size=2, num_replicas=2, rank=2), "rank=2 must be < num_replicas=2"),
-    (dict(scores=np.zeros(4), batch_size=2, jitter=-0.1), "jitter=-0.1"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(scores=np.array([1.0, np.nan, np.inf, 2.0]), batch_size=2), "2 non-finite"),
+        (dict(scores=np.zeros((3, 2)), batch_size=2), r"shape \(N,\)"),
+        (dict(scores=np.zeros(4), batch_size=0), "batch_size=0"),
+        (dict(scores=np.zeros(4), batch_size=2.5), "batch_size=2.5"),
+        (dict(scores=np.zeros(4), batch_size=True), "batch_size=True"),
+        (dict(scores=np.array(["a", "b"]), batch_size=1), "real numbers"),
+        (dict(scores=np.zeros(4), batch_size=2, order="zigzag"), "'mixed', 'random', 'anti'"),
+        (dict(scores=np.zeros(4), batch_size=2, seed=-1), "seed=-1"),
+        (dict(scores=np.zeros(4), batch_size=2, epoch=-2), "epoch=-2"),
+        (dict(scores=np.zeros(4), batch_size=2, num_replicas=2, rank=2), "rank=2 must be < num_replicas=2"),
+        (dict(scores=np.zeros(4), batch_size=2, jitter=-0.1), "jitter=-0.1"),
+    ],
+)
 def test_bad_input_raises_value_error_naming_the_problem(kwargs, match):
     with pytest.raises(ValueError, match=match):
         plan_batches(**kwargs)
 
 
 # ----------------------------------------------------------------- properties
+
 
 @st.composite
 def planning_cases(draw):
@@ -248,8 +255,10 @@ def test_every_index_exactly_once_across_replicas(case):
     scores, b, world, drop_last, strategy, seed = case
     n = len(scores)
     layout = replica_layout(n, b, num_replicas=world, drop_last=drop_last)
-    plans = [plan_batches(scores, b, order=strategy, seed=seed, drop_last=drop_last,
-                          num_replicas=world, rank=r) for r in range(world)]
+    plans = [
+        plan_batches(scores, b, order=strategy, seed=seed, drop_last=drop_last, num_replicas=world, rank=r)
+        for r in range(world)
+    ]
     for plan in plans:
         assert len(plan) == layout["batches_per_replica"]  # the same on every replica
         assert plan.full.shape == (layout["full_per_replica"], b)
@@ -274,8 +283,7 @@ def test_plans_are_deterministic_by_seed_and_epoch(case):
 
 def pooled_sums(scores, b, world, seed, **kw):
     """Batch sums over every replica's full batches, and the items they hold."""
-    plans = [plan_batches(scores, b, seed=seed, drop_last=True, num_replicas=world, rank=r, **kw)
-             for r in range(world)]
+    plans = [plan_batches(scores, b, seed=seed, drop_last=True, num_replicas=world, rank=r, **kw) for r in range(world)]
     items = np.concatenate([p.full.ravel() for p in plans])
     return np.concatenate([batch_sums(scores, p) for p in plans]), items
 
@@ -317,8 +325,10 @@ def test_pairs_are_the_antisorted_matching(n, world, seed):
     assert jittered.std() <= antisorted_pair_sums(scores[items]).std() + 4 * half + 1e-9
 
 
-@given(st.lists(st.sampled_from([-2.5, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, 1e-30, -1e30]), min_size=1, max_size=200),
-       st.booleans())
+@given(
+    st.lists(st.sampled_from([-2.5, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, 1e-30, -1e30]), min_size=1, max_size=200),
+    st.booleans(),
+)
 def test_order_breaks_ties_by_position(values, double):
     # The order every rank derives must not depend on the sort kernel: it is the
     # stable order of the float32-rounded keys, ties by position (and -0.0 just
@@ -329,7 +339,6 @@ def test_order_breaks_ties_by_position(values, double):
     keys = v.astype(np.float32)
     expected = sorted(range(len(v)), key=lambda i: (float(keys[i]), not np.signbit(keys[i]), i))
     assert got.tolist() == expected
-
 
 
 def _reference_order(values: np.ndarray) -> np.ndarray:

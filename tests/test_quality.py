@@ -80,8 +80,13 @@ def _planted(n=40, epochs=4, seed=0):
     loss[7], unc[7] = 5.0, 0.01
     margin[:, 7], prob[:, 7] = -2.0, 0.02
     pred[:, 7] = (labels[7] + 1) % 4
-    history = {"train_loss": rng.uniform(0, 1, (epochs, n)), "prob_given": prob, "margin": margin, "pred": pred,
-               "epochs": np.arange(epochs)}
+    history = {
+        "train_loss": rng.uniform(0, 1, (epochs, n)),
+        "prob_given": prob,
+        "margin": margin,
+        "pred": pred,
+        "epochs": np.arange(epochs),
+    }
     wrong = np.zeros(n, bool)
     wrong[7] = True
     return loss, unc, labels, history, wrong
@@ -177,15 +182,27 @@ def _run_dir(path, *, with_history: bool, n=40):
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"dataset": "nonexistent-set"}))
     (path / "results.json").write_text(json.dumps({"top1": 0.5}))
-    np.savez_compressed(path / "assessment.npz", loss=loss, uncertainty=unc, codes=np.zeros(n, np.int8),
-                        noisy=wrong, y=labels, y_clean=np.where(wrong, (labels + 1) % 4, labels))
+    np.savez_compressed(
+        path / "assessment.npz",
+        loss=loss,
+        uncertainty=unc,
+        codes=np.zeros(n, np.int8),
+        noisy=wrong,
+        y=labels,
+        y_clean=np.where(wrong, (labels + 1) % 4, labels),
+    )
     if with_history:
         e = history["margin"].shape[0]
         unc_hist = np.full((e, n), np.nan, np.float32)  # not measured by this strategy
-        np.savez_compressed(path / "history.npz", epochs=np.arange(e), uncertainty=unc_hist,
-                            train_loss=history["train_loss"].astype(np.float32),
-                            prob_given=history["prob_given"].astype(np.float32),
-                            margin=history["margin"].astype(np.float32), pred=history["pred"].astype(np.int32))
+        np.savez_compressed(
+            path / "history.npz",
+            epochs=np.arange(e),
+            uncertainty=unc_hist,
+            train_loss=history["train_loss"].astype(np.float32),
+            prob_given=history["prob_given"].astype(np.float32),
+            margin=history["margin"].astype(np.float32),
+            pred=history["pred"].astype(np.int32),
+        )
     return path
 
 
@@ -226,8 +243,11 @@ def test_cli_diagnose_without_history_says_how_to_get_it(tmp_path, capsys):
     assert "history=true" in report and "No cartography map" in report
     with pytest.raises(SystemExit, match="assessment.npz"):
         cli.main(["diagnose", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"^mombs: score='x' is not known for a classification run; choose one "
-                                         r"of \['auto', 'quadrant', 'loss', 'aum', 'confidence', 'combined'\]$"):
+    with pytest.raises(
+        SystemExit,
+        match=r"^mombs: score='x' is not known for a classification run; choose one "
+        r"of \['auto', 'quadrant', 'loss', 'aum', 'confidence', 'combined'\]$",
+    ):
         cli.main(["diagnose", str(run), "--score", "x"])
 
 
@@ -271,8 +291,9 @@ def test_tracker_history_is_off_by_default_and_kept_per_epoch_when_on():
 def test_assessor_passes_keep_history_to_its_tracker():
     x = torch.randn(12, 1, 6, 6)
     y = torch.randint(0, 3, (12,))
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                torch.nn.Linear(4, 3))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)
+    )
     ds = IndexedDataset(torch.utils.data.TensorDataset(x, y))
     assert not DifficultyAssessor(model, ds, at="2").tracker.keep_history
     a = DifficultyAssessor(model, ds, at="2", keep_history=True, k=2)
@@ -319,10 +340,35 @@ def test_diagnose_a_tiny_mombs_train_run_with_history(tmp_path, capsys):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     out = tmp_path / "runs"
-    assert cli.main(["train", "--set", "dataset=digits", "--set", "epochs=2", "--set", "pivot_epoch=1",
-                     "--set", "batch_size=32", "--set", "threads=1", "--set", "history=true",
-                     "--set", "noise=symmetric", "--set", "noise_rate=0.2", "--set", "strategy=mixed",
-                     "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--set",
+                "dataset=digits",
+                "--set",
+                "epochs=2",
+                "--set",
+                "pivot_epoch=1",
+                "--set",
+                "batch_size=32",
+                "--set",
+                "threads=1",
+                "--set",
+                "history=true",
+                "--set",
+                "noise=symmetric",
+                "--set",
+                "noise_rate=0.2",
+                "--set",
+                "strategy=mixed",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     run = next(p for p in out.iterdir() if p.is_dir())
     assert (run / "history.npz").exists()
     capsys.readouterr()

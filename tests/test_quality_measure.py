@@ -107,4 +107,6 @@ def test_targets_that_are_not_class_labels_are_named():
     scores = mask_issue_scores(np.full((4, 2, 8, 8), 0.5), masks.numpy(), cleanlab=False)
     q = measure_label_issues(assessor, scores=scores, score="disagreement")
     assert q.table["flagged"].shape == (4,)
-    assert box_issue_scores([{"boxes": np.zeros((0, 4)), "scores": np.zeros(0)}], [np.zeros((0, 4))])["box_issue"][0] == 0
+    assert (
+        box_issue_scores([{"boxes": np.zeros((0, 4)), "scores": np.zeros(0)}], [np.zeros((0, 4))])["box_issue"][0] == 0
+    )

@@ -35,8 +35,10 @@ def whole(tmp_path_factory):
 
 def _hold_lock(folder: Path):
     """A second process that holds the folder's lock until it is killed."""
-    code = ("import sys, time\nfrom mombs.train.lock import run_lock\n"
-            "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    code = (
+        "import sys, time\nfrom mombs.train.lock import run_lock\n"
+        "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )
     child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
     return child
@@ -76,8 +78,11 @@ def test_a_cut_results_file_is_set_aside_and_the_run_redone(tmp_path, whole):
 def test_a_changed_command_is_refused_naming_the_difference(tmp_path):
     folder = tmp_path / "run"
     run(RunConfig(**TINY), folder)
-    with pytest.raises(ValueError, match=r"holds a run with test_every=1; this command asks test_every=2\. "
-                                         r"Give it another folder"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds a run with test_every=1; this command asks test_every=2\. "
+        r"Give it another folder",
+    ):
         run(RunConfig(**dict(TINY, test_every=2)), folder)
     with pytest.raises(ValueError, match=r"holds a run with .*epochs=3.*; this command asks .*epochs=4"):
         run(RunConfig(**dict(TINY, epochs=4)), folder)
@@ -115,8 +120,7 @@ def test_checkpoints_left_beside_finished_results_are_removed(tmp_path, whole):
     assert not any("checkpoint" in p.name for p in folder.iterdir())
 
 
-def test_another_runs_checkpoint_copied_in_does_not_make_the_run_start_over(tmp_path, whole,
-                                                                           interrupt_after_epoch):
+def test_another_runs_checkpoint_copied_in_does_not_make_the_run_start_over(tmp_path, whole, interrupt_after_epoch):
     other = tmp_path / "other"
     interrupt_after_epoch(RunConfig(**dict(TINY, seed=5)), other, 0)
     folder = tmp_path / "run"
@@ -154,9 +158,27 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
 def test_compare_workers_die_with_a_killed_parent(tmp_path):
-    argv = [sys.executable, "-m", "mombs.cli", "compare", "--out", str(tmp_path), "--no-progress",
-            "--set", "dataset=digits", "--set", "epochs=200", "--set", "strategies=[random, mixed]",
-            "--set", "seeds=[0]", "--set", "jobs=2", "--set", "threads=1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "mombs.cli",
+        "compare",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--set",
+        "dataset=digits",
+        "--set",
+        "epochs=200",
+        "--set",
+        "strategies=[random, mixed]",
+        "--set",
+        "seeds=[0]",
+        "--set",
+        "jobs=2",
+        "--set",
+        "threads=1",
+    ]
     parent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and len(list((tmp_path / "runs").glob("*/log.jsonl"))) < 2:
@@ -166,11 +188,15 @@ def test_compare_workers_die_with_a_killed_parent(tmp_path):
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.time() + 10
-    while time.time() < deadline and any(Path(f"/proc/{p}").exists() and
-                                         "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2] for p in workers):
+    while time.time() < deadline and any(
+        Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2] for p in workers
+    ):
         time.sleep(0.1)
-    alive = [p for p in workers if Path(f"/proc/{p}").exists()
-             and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    alive = [
+        p
+        for p in workers
+        if Path(f"/proc/{p}").exists() and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    ]
     for p in alive:
         os.kill(p, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived their parent"
@@ -199,8 +225,18 @@ def test_mombs_train_prints_one_line_for_an_error_during_the_run(tmp_path, capsy
         for i in range(3):
             Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
     (tmp_path / "imgs" / "b" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
-    argv = ["train", "--set", "dataset=imagefolder", "--data-dir", str(tmp_path / "imgs"), "--set", "epochs=1",
-            "--out", str(tmp_path / "runs"), "--no-progress"]
+    argv = [
+        "train",
+        "--set",
+        "dataset=imagefolder",
+        "--data-dir",
+        str(tmp_path / "imgs"),
+        "--set",
+        "epochs=1",
+        "--out",
+        str(tmp_path / "runs"),
+        "--no-progress",
+    ]
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     text = str(exc.value.code)
@@ -213,8 +249,22 @@ def test_mombs_train_prints_one_line_for_an_error_during_the_run(tmp_path, capsy
 def test_a_diverged_run_is_one_line_naming_the_kind_of_failure(tmp_path):
     from mombs import cli
 
-    argv = ["train", "--set", "dataset=digits", "--set", "epochs=2", "--set", "lr=1000000000000.0", "--set", "threads=1",
-            "--set", "strategy=random", "--out", str(tmp_path), "--no-progress"]
+    argv = [
+        "train",
+        "--set",
+        "dataset=digits",
+        "--set",
+        "epochs=2",
+        "--set",
+        "lr=1000000000000.0",
+        "--set",
+        "threads=1",
+        "--set",
+        "strategy=random",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     text = str(exc.value.code)
@@ -232,8 +282,11 @@ def test_a_cut_nifti_volume_is_named(tmp_path):
     nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "tr_mask.nii.gz"))
     raw = (tmp_path / "tr_im.nii.gz").read_bytes()
     (tmp_path / "tr_im.nii.gz").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match=rf"{tmp_path / 'tr_im.nii.gz'}: the NIfTI file's voxel data cannot be "
-                                         r"read \(EOFError: .*cut short or damaged"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{tmp_path / 'tr_im.nii.gz'}: the NIfTI file's voxel data cannot be "
+        r"read \(EOFError: .*cut short or damaged",
+    ):
         read_medseg_covid(tmp_path)
 
 

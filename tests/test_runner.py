@@ -27,7 +27,7 @@ def test_paired_difference_by_hand():
     h = scipy_stats.t.ppf(0.975, 3) * diffs.std(ddof=1) / 2
     assert d["n"] == 4 and d["mean"] == pytest.approx(0.015)
     assert d["ci95"] == pytest.approx([0.015 - h, 0.015 + h])
-    assert d["p"] == pytest.approx(scipy_stats.ttest_rel([.80, .82, .81, .85], [.79, .80, .81, .82]).pvalue)
+    assert d["p"] == pytest.approx(scipy_stats.ttest_rel([0.80, 0.82, 0.81, 0.85], [0.79, 0.80, 0.81, 0.82]).pvalue)
 
 
 def test_run_writes_logs_results_and_does_not_redo(tmp_path):
@@ -109,10 +109,14 @@ def test_compare_grid_table_and_report(tmp_path):
 
 def test_cli_compare_with_yaml_and_overrides(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("dataset: digits\nepochs: 1\npivot_epoch: 1\nbatch_size: 64\nstrategies: [random, mixed]\n"
-                   "seeds: [0]\nthreads: 1\n")
-    assert cli.main(["compare", "--config", str(cfg), "--set", "epochs=2", "--out", str(tmp_path / "o"),
-                     "--no-progress"]) == 0
+    cfg.write_text(
+        "dataset: digits\nepochs: 1\npivot_epoch: 1\nbatch_size: 64\nstrategies: [random, mixed]\n"
+        "seeds: [0]\nthreads: 1\n"
+    )
+    assert (
+        cli.main(["compare", "--config", str(cfg), "--set", "epochs=2", "--out", str(tmp_path / "o"), "--no-progress"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "mixed" in out and "report:" in out
     assert json.loads((tmp_path / "o" / "resolved_config.json").read_text())["epochs"] == 2
@@ -138,8 +142,15 @@ def test_a_validation_split_is_required():
 
 def _result(strategy, seed, top1, **config):
     cfg = dict(dataset="digits", strategy=strategy, seed=seed, batch_size=16, **config)
-    return {"dataset": "digits", "batch_size": 16, "loss": "ce", "strategy": strategy, "seed": seed,
-            "top1": top1, "config": cfg}
+    return {
+        "dataset": "digits",
+        "batch_size": 16,
+        "loss": "ce",
+        "strategy": strategy,
+        "seed": seed,
+        "top1": top1,
+        "config": cfg,
+    }
 
 
 def test_summarize_keeps_cells_that_differ_beyond_dataset_batch_and_loss_apart():
@@ -163,10 +174,10 @@ def test_summarize_keeps_cells_that_differ_beyond_dataset_batch_and_loss_apart()
 def test_paired_difference_uses_students_t():
     d = paired_difference({s: 0.5 + 0.01 * s for s in range(5)}, {s: 0.5 for s in range(5)})
     # t(0.975, 4) = 2.7764451051977934 (tables): 42% wider than the normal 1.96.
-    h = 2.7764451051977934 * np.std([0, .01, .02, .03, .04], ddof=1) / np.sqrt(5)
+    h = 2.7764451051977934 * np.std([0, 0.01, 0.02, 0.03, 0.04], ddof=1) / np.sqrt(5)
     assert d["n"] == 5 and d["mean"] == pytest.approx(0.02)
     assert d["ci95"] == pytest.approx([0.02 - h, 0.02 + h], abs=1e-12)
-    t = 0.02 / (np.std([0, .01, .02, .03, .04], ddof=1) / np.sqrt(5))
+    t = 0.02 / (np.std([0, 0.01, 0.02, 0.03, 0.04], ddof=1) / np.sqrt(5))
     from scipy import stats
 
     assert d["p"] == pytest.approx(2 * stats.t.sf(t, 4), abs=1e-15) and d["p"] < 0.05
@@ -308,27 +319,44 @@ def test_the_study_configs_name_their_pivot_and_rebuild_the_committed_runs(name)
     path = ROOT / "configs" / ("demo.yaml" if name == "demo" else f"study/{name}")
     options = yaml.safe_load(path.read_text())
     assert "pivot_epoch" in options  # so that a change of the library default never moves their keys
-    configs = expand_grid(cli._run_config(options), strategies=options["strategies"], seeds=options["seeds"],
-                          batch_sizes=options.get("batch_sizes"), losses=options.get("losses"))
+    configs = expand_grid(
+        cli._run_config(options),
+        strategies=options["strategies"],
+        seeds=options["seeds"],
+        batch_sizes=options.get("batch_sizes"),
+        losses=options.get("losses"),
+    )
     if options.get("export"):  # every run of a study config is a committed file, by its key
-        missing = [run_dir_name(c) for c in configs
-                   if not (ROOT / options["export"] / f"{run_dir_name(c)}.json").exists()]
+        missing = [
+            run_dir_name(c) for c in configs if not (ROOT / options["export"] / f"{run_dir_name(c)}.json").exists()
+        ]
         assert not missing
 
 
 def test_numpy_scalars_are_accepted_where_python_numbers_are(tmp_path):
-    plain = RunConfig(dataset="digits", k=8, seed=1, lr=0.05, batch_size=64, imbalance=0.5, epochs=2,
-                      pivot_epoch=1)
-    numpy = RunConfig(dataset="digits", k=np.int64(8), seed=np.int32(1), lr=np.float64(0.05),
-                      batch_size=np.int64(64), imbalance=np.float64(0.5), epochs=np.int16(2),
-                      pivot_epoch=np.uint8(1))
+    plain = RunConfig(dataset="digits", k=8, seed=1, lr=0.05, batch_size=64, imbalance=0.5, epochs=2, pivot_epoch=1)
+    numpy = RunConfig(
+        dataset="digits",
+        k=np.int64(8),
+        seed=np.int32(1),
+        lr=np.float64(0.05),
+        batch_size=np.int64(64),
+        imbalance=np.float64(0.5),
+        epochs=np.int16(2),
+        pivot_epoch=np.uint8(1),
+    )
     assert numpy.key() == plain.key()  # before validate() too
     numpy.validate()
     assert type(numpy.k) is int and type(numpy.seed) is int and numpy == plain.validate()
-    configs = expand_grid(RunConfig(**TINY), strategies=np.array(["random", "mixed"]), seeds=np.arange(2),
-                          batch_sizes=[np.int64(32)])
+    configs = expand_grid(
+        RunConfig(**TINY), strategies=np.array(["random", "mixed"]), seeds=np.arange(2), batch_sizes=[np.int64(32)]
+    )
     assert [(c.strategy, c.seed, c.batch_size) for c in configs] == [
-        ("random", 0, 32), ("mixed", 0, 32), ("random", 1, 32), ("mixed", 1, 32)]
+        ("random", 0, 32),
+        ("mixed", 0, 32),
+        ("random", 1, 32),
+        ("mixed", 1, 32),
+    ]
     assert all(type(c.seed) is int for c in configs)
 
 
@@ -347,9 +375,26 @@ def test_ctrl_c_at_jobs_1_stops_with_a_message_and_keeps_the_checkpoint(tmp_path
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_ctrl_c)
-    argv = ["compare", "--set", "dataset=digits", "--set", "epochs=2", "--set", "pivot_epoch=1", "--set",
-            "batch_size=256", "--set", "strategies=[mixed]", "--set", "seeds=[0]", "--set", "threads=1",
-            "--out", str(tmp_path / "o"), "--no-progress"]
+    argv = [
+        "compare",
+        "--set",
+        "dataset=digits",
+        "--set",
+        "epochs=2",
+        "--set",
+        "pivot_epoch=1",
+        "--set",
+        "batch_size=256",
+        "--set",
+        "strategies=[mixed]",
+        "--set",
+        "seeds=[0]",
+        "--set",
+        "threads=1",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 130
@@ -373,8 +418,10 @@ def test_ctrl_c_stops_a_two_job_compare_within_seconds_and_a_rerun_resumes(tmp_p
     import mombs.report
 
     cfg = tmp_path / "grid.yaml"
-    cfg.write_text("dataset: digits\nepochs: 4\npivot_epoch: 1\nstrategies: [mixed]\nseeds: [0]\n"
-                   "batch_sizes: [256, 4]\ntest_every: 1\njobs: 2\nout: o\n")
+    cfg.write_text(
+        "dataset: digits\nepochs: 4\npivot_epoch: 1\nstrategies: [mixed]\nseeds: [0]\n"
+        "batch_sizes: [256, 4]\ntest_every: 1\njobs: 2\nout: o\n"
+    )
     argv = ["compare", "--config", str(cfg), "--no-progress"]
     # The batch-256 run is finished before the two-job compare starts, here (one job, no plots), so that
     # nothing races: the signal comes while batch 4, the compare's only run, is mid-run.
@@ -386,15 +433,24 @@ def test_ctrl_c_stops_a_two_job_compare_within_seconds_and_a_rerun_resumes(tmp_p
     # The compare must get SIGINT as a terminal gives it. An ignored or blocked SIGINT survives exec, and
     # fresh-clone CI runs of this suite saw the compare run to its end (exit 0) after the signal. So the
     # child starts with SIGINT at its default and unblocked, and the test's own state is kept for the message.
-    state = f"test process: SIGINT handler {signal.getsignal(signal.SIGINT)}, " \
-            f"blocked {sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))}"
+    state = (
+        f"test process: SIGINT handler {signal.getsignal(signal.SIGINT)}, "
+        f"blocked {sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))}"
+    )
 
     def default_sigint():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
-    proc = subprocess.Popen([sys.executable, "-m", "mombs.cli"] + argv, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mombs.cli"] + argv,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_sigint,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
         if list(runs.glob("*-b4-*/checkpoint.pt")):  # batch 4 is mid-run: it has 3 epochs to go
@@ -473,8 +529,10 @@ def test_a_study_config_exports_only_as_it_stands(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(mombs.report, "write_report", lambda results, rows, out, title: out / "report.md")
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "study.yaml"
-    cfg.write_text("dataset: digits\nepochs: 1\nbatch_size: 256\nstrategies: [random]\nseeds: [0]\n"
-                   "threads: 1\nout: runs/study\nexport: committed\n")
+    cfg.write_text(
+        "dataset: digits\nepochs: 1\nbatch_size: 256\nstrategies: [random]\nseeds: [0]\n"
+        "threads: 1\nout: runs/study\nexport: committed\n"
+    )
     base = ["compare", "--config", str(cfg), "--no-progress"]
     exported = tmp_path / "committed"
 
@@ -514,17 +572,36 @@ def test_a_diverged_step_stops_training_before_the_optimizer_steps_on_it():
     before = [p.detach().clone() for p in model.parameters()]
     data = IndexedDataset(TensorDataset(torch.randn(8, 3), torch.zeros(8, dtype=torch.long)))
     with pytest.raises(FloatingPointError, match=r"training diverged: step 0 .*lower lr"):
-        train_one_epoch(model, DataLoader(data, batch_size=4), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                        loss_fn=lambda out, y: F.cross_entropy(out, y, reduction="none"), strategy=NoWeights(),
-                        assessor=None, device=torch.device("cpu"), num_samples=8,
-                        fit_fn=lambda out, y: (out.argmax(1) == y).float())
+        train_one_epoch(
+            model,
+            DataLoader(data, batch_size=4),
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            loss_fn=lambda out, y: F.cross_entropy(out, y, reduction="none"),
+            strategy=NoWeights(),
+            assessor=None,
+            device=torch.device("cpu"),
+            num_samples=8,
+            fit_fn=lambda out, y: (out.argmax(1) == y).float(),
+        )
     # nothing stepped: the weights are as they were (NaN where they were NaN)
     assert all(torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) for a, b in zip(model.parameters(), before))
 
 
 def test_a_plain_mombs_train_says_first_that_it_trains_random_batches(tmp_path, capsys):
-    argv = ["train", "--set", "dataset=digits", "--set", "epochs=1", "--set", "batch_size=64", "--set", "threads=1",
-            "--out", str(tmp_path), "--no-progress"]
+    argv = [
+        "train",
+        "--set",
+        "dataset=digits",
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=64",
+        "--set",
+        "threads=1",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     err = capsys.readouterr().err
     assert err.splitlines()[0].startswith("mombs: no strategy given: training with random batches")

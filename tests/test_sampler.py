@@ -161,19 +161,26 @@ def test_state_dict_survives_torch_save(tmp_path):
     assert len(other) == len(s) == 10  # the length stays the epoch's, as torch's samplers report it
 
 
-@pytest.mark.parametrize("other, match", [
-    (dict(data_source=40, batch_size=5), "batch_size=4"),
-    (dict(data_source=41, batch_size=4), "num_samples=40"),
-    (dict(data_source=40, batch_size=4, order="anti"),
-     "state order='mixed' differs from this sampler's order='anti'; build the sampler with the run's settings"),
-    (dict(data_source=40, batch_size=4, num_replicas=2, rank=0), "num_replicas=1"),
-    (dict(data_source=40, batch_size=4, drop_last=True), "drop_last=False"),
-    # the constructor's values are the run's: a state never changes them behind the assessor's back
-    (dict(data_source=40, batch_size=4, pivot_epoch=3),
-     "state pivot_epoch=1 differs from this sampler's pivot_epoch=3; build the sampler with the run's settings"),
-    (dict(data_source=40, batch_size=4, seed=7), "state seed=0 differs from this sampler's seed=7"),
-    (dict(data_source=40, batch_size=4, jitter=0.0), "state jitter=0.005 differs from this sampler's jitter=0.0"),
-])
+@pytest.mark.parametrize(
+    "other, match",
+    [
+        (dict(data_source=40, batch_size=5), "batch_size=4"),
+        (dict(data_source=41, batch_size=4), "num_samples=40"),
+        (
+            dict(data_source=40, batch_size=4, order="anti"),
+            "state order='mixed' differs from this sampler's order='anti'; build the sampler with the run's settings",
+        ),
+        (dict(data_source=40, batch_size=4, num_replicas=2, rank=0), "num_replicas=1"),
+        (dict(data_source=40, batch_size=4, drop_last=True), "drop_last=False"),
+        # the constructor's values are the run's: a state never changes them behind the assessor's back
+        (
+            dict(data_source=40, batch_size=4, pivot_epoch=3),
+            "state pivot_epoch=1 differs from this sampler's pivot_epoch=3; build the sampler with the run's settings",
+        ),
+        (dict(data_source=40, batch_size=4, seed=7), "state seed=0 differs from this sampler's seed=7"),
+        (dict(data_source=40, batch_size=4, jitter=0.0), "state jitter=0.005 differs from this sampler's jitter=0.0"),
+    ],
+)
 def test_load_state_dict_rejects_other_settings(other, match):
     state = MixedOrderBatchSampler(40, 4).state_dict()
     assert state["jitter"] == 0.005  # the default the jitter case names
@@ -197,15 +204,18 @@ def test_simulated_replicas_cover_the_data_set_once():
     assert set(flat) == set(range(n)) and len(flat) == 105  # padded to 35 per rank
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(data_source=10, batch_size=0), "batch_size=0"),
-    (dict(data_source=3.5, batch_size=2), "data_source"),
-    (dict(data_source=10, batch_size=2, order="best"), "order='best'"),
-    (dict(data_source=10, batch_size=2, pivot_epoch=-1), "pivot_epoch=-1"),
-    (dict(data_source=10, batch_size=2, drop_last="yes"), "drop_last='yes'"),
-    (dict(data_source=10, batch_size=2, num_replicas=2, rank=5), "rank=5"),
-    (dict(data_source=10, batch_size=2, jitter=float("nan")), "jitter=nan"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(data_source=10, batch_size=0), "batch_size=0"),
+        (dict(data_source=3.5, batch_size=2), "data_source"),
+        (dict(data_source=10, batch_size=2, order="best"), "order='best'"),
+        (dict(data_source=10, batch_size=2, pivot_epoch=-1), "pivot_epoch=-1"),
+        (dict(data_source=10, batch_size=2, drop_last="yes"), "drop_last='yes'"),
+        (dict(data_source=10, batch_size=2, num_replicas=2, rank=5), "rank=5"),
+        (dict(data_source=10, batch_size=2, jitter=float("nan")), "jitter=nan"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MixedOrderBatchSampler(**kwargs)
@@ -269,8 +279,11 @@ def test_one_pivot_default_in_the_whole_library():
     from mombs.train import RunConfig
 
     takers = [MixedOrderBatchSampler, HardExampleBatchSampler, *set(STRATEGY_REGISTRY.values())]
-    defaults = {c.__name__: inspect.signature(c).parameters["pivot_epoch"].default for c in takers
-                if "pivot_epoch" in inspect.signature(c).parameters}
+    defaults = {
+        c.__name__: inspect.signature(c).parameters["pivot_epoch"].default
+        for c in takers
+        if "pivot_epoch" in inspect.signature(c).parameters
+    }
     defaults["RunConfig"] = RunConfig().pivot_epoch
     assert len(defaults) >= 4 and set(defaults.values()) == {mombs.DEFAULT_PIVOT_EPOCH}, defaults
 

@@ -26,6 +26,7 @@ def syn():
 
 # ---------------------------------------------------------------- synthetic set
 
+
 def test_synthetic_shapes_ranges_and_determinism(syn):
     tr = syn.train
     assert tr.images.shape == (200, 1, 64, 64) and tr.images.dtype == np.float32
@@ -33,8 +34,12 @@ def test_synthetic_shapes_ranges_and_determinism(syn):
     assert tr.masks.shape == (200, 64, 64) and tr.masks.dtype == np.int64
     assert set(np.unique(tr.masks)) <= {0, 1}
     again = make_synthetic_ct(200, 20, 20, noise_fraction=0.4, seed=3)
-    for a, b in ((tr.images, again.train.images), (tr.masks, again.train.masks),
-                 (tr.corruption, again.train.corruption), (syn.test.images, again.test.images)):
+    for a, b in (
+        (tr.images, again.train.images),
+        (tr.masks, again.train.masks),
+        (tr.corruption, again.train.corruption),
+        (syn.test.images, again.test.images),
+    ):
         np.testing.assert_array_equal(a, b)
     other = make_synthetic_ct(200, 20, 20, noise_fraction=0.4, seed=4)
     assert not np.array_equal(tr.images, other.train.images)
@@ -116,9 +121,19 @@ def test_tiny_faint_and_empty_slices_exist(syn):
     np.testing.assert_array_equal(np.bincount(les["image"], weights=les["area"], minlength=200), areas)
 
 
-@pytest.mark.parametrize("kw", [dict(noise_fraction=1.5), dict(noise_mix={"blurred": 1}), dict(size=16),
-                                dict(noise_mix={"missed": -1}), dict(windows="bone"), dict(n_train=0),
-                                dict(shift_pixels=(3, 1)), dict(noise_fraction=1.0, empty_fraction=0.5)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(noise_fraction=1.5),
+        dict(noise_mix={"blurred": 1}),
+        dict(size=16),
+        dict(noise_mix={"missed": -1}),
+        dict(windows="bone"),
+        dict(n_train=0),
+        dict(shift_pixels=(3, 1)),
+        dict(noise_fraction=1.0, empty_fraction=0.5),
+    ],
+)
 def test_synthetic_bad_arguments(kw):
     args = dict(n_train=20, n_val=0, n_test=0)
     args.update(kw)
@@ -127,6 +142,7 @@ def test_synthetic_bad_arguments(kw):
 
 
 # ---------------------------------------------------------------- windowing and splits
+
 
 def test_window_numbers_on_known_hu():
     hu = np.array([-2000, -1493, -500.5, 484, 3000], dtype=np.float32)
@@ -158,6 +174,7 @@ def test_split_by_patient():
 
 
 # ---------------------------------------------------------------- NIfTI readers
+
 
 def _write(path, data, affine=None):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,8 +214,7 @@ def test_read_covid_ct_seg_ids_values_and_targets(ma_root):
     image, m = ds[0]
     assert image.shape == (1, 5, 6) and m.dtype == np.int64
     three = read_covid_ct_seg(ma_root, windows="three")
-    np.testing.assert_allclose(three[3][0], three_window(hu_of(ma_root, "coronacases_002")[::-1, ::-1, 2].T),
-                               rtol=1e-6)
+    np.testing.assert_allclose(three[3][0], three_window(hu_of(ma_root, "coronacases_002")[::-1, ::-1, 2].T), rtol=1e-6)
     assert read_covid_ct_seg(ma_root, windows="lung")[0][0].shape == (1, 5, 6)
     assert len(read_covid_ct_seg(ma_root, slices="all")) == 16
     sized = read_covid_ct_seg(ma_root, size=10)
@@ -224,8 +240,10 @@ def test_read_covid_ct_seg_orientation_follows_the_affine(ma_root, tmp_path):
 
 
 def test_read_covid_ct_seg_split_and_binary(ma_root, tmp_path):
-    parts = {s: read_covid_ct_seg(ma_root, split=s, fractions=(1 / 3, 1 / 3, 1 / 3), seed=5)
-             for s in ("train", "val", "test")}
+    parts = {
+        s: read_covid_ct_seg(ma_root, split=s, fractions=(1 / 3, 1 / 3, 1 / 3), seed=5)
+        for s in ("train", "val", "test")
+    }
     patients = [set(p.patients) for p in parts.values()]
     # three patients: the two radiopaedia_10 series are one, so they always share a split
     assert all(len(p) == 1 for p in patients) and len(set.union(*patients)) == 3
@@ -292,6 +310,7 @@ def test_read_medseg(tmp_path):
 
 def test_synthetic_split_as_torch_dataset(syn):
     import torch
+
     ds = syn.train.dataset()
     i = int(np.flatnonzero(syn.train.noisy)[0])
     image, mask = ds[i]
@@ -302,17 +321,24 @@ def test_synthetic_split_as_torch_dataset(syn):
 
 def test_corruptions_on_a_hand_made_square():
     from mombs.recipes.segmentation.synthetic_ct import SegSplit, _corrupt
+
     n = 4
     inst = np.zeros((n, 20, 20), dtype=np.int16)
     for i in range(n):
-        inst[i, 6 + i:12 + i, 6:12] = 1  # a 6 x 6 square, one row lower in each image
-        inst[i, 3, 3] = 2                # and a one-pixel lesion, 3 px from the edge: a 3 px shift keeps it
+        inst[i, 6 + i : 12 + i, 6:12] = 1  # a 6 x 6 square, one row lower in each image
+        inst[i, 3, 3] = 2  # and a one-pixel lesion, 3 px from the edge: a 3 px shift keeps it
     clean = (inst > 0).astype(np.int64)
 
     def run(kind, **cfg):
-        s = SegSplit(images=np.zeros((n, 1, 20, 20), np.float32), masks=clean.copy(), clean_masks=clean.copy(),
-                     instances=inst, corruption=np.zeros(n, np.int64), swap_source=np.full(n, -1, np.int64),
-                     size_group=np.zeros(n, np.int64))
+        s = SegSplit(
+            images=np.zeros((n, 1, 20, 20), np.float32),
+            masks=clean.copy(),
+            clean_masks=clean.copy(),
+            instances=inst,
+            corruption=np.zeros(n, np.int64),
+            swap_source=np.full(n, -1, np.int64),
+            size_group=np.zeros(n, np.int64),
+        )
         mix = np.zeros(5)
         mix[CORRUPTIONS.index(kind) - 1] = 1
         _corrupt(s, n, mix, 0, dict(dict(border_iterations=(1, 1), shift_pixels=(3, 3)), **cfg))

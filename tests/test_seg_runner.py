@@ -15,8 +15,20 @@ from mombs.train import RunConfig, run
 pytest.importorskip("monai")
 
 # 16 training slices of 32 x 32: a 2-epoch run takes a few seconds on one thread.
-SEG = dict(task="segmentation", subset=16, image_size=32, epochs=2, pivot_epoch=1, batch_size=4,
-           noise="annotation", noise_rate=0.25, threads=1, optimizer="adam", lr=0.003, weight_decay=0.0)
+SEG = dict(
+    task="segmentation",
+    subset=16,
+    image_size=32,
+    epochs=2,
+    pivot_epoch=1,
+    batch_size=4,
+    noise="annotation",
+    noise_rate=0.25,
+    threads=1,
+    optimizer="adam",
+    lr=0.003,
+    weight_decay=0.0,
+)
 
 
 def test_classification_keys_do_not_move_with_the_segmentation_fields():
@@ -30,22 +42,25 @@ def test_classification_keys_do_not_move_with_the_segmentation_fields():
     assert RunConfig(task="segmentation", dataset="synthetic-ct", model="unet", loss="dice-ce").key() == seg.key()
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(dataset="fashion-mnist"), "dataset='fashion-mnist' is not known; choose one of ['covid-ct'"),
-    (dict(model="small_cnn"), "model='small_cnn' is not known"),
-    (dict(loss="ce"), "loss='ce' is not known"),
-    (dict(noise="symmetric", noise_rate=0.2), "noise='symmetric' is not known"),
-    (dict(augment=True), "augment=True does not apply to task='segmentation'"),
-    (dict(imbalance=0.1), "imbalance=0.1 does not apply"),
-    (dict(noise_rate=0.2), "noise_rate=0.2 has no effect with noise='none'"),
-    (dict(noise_mix={"missed": 1.0}), "noise_mix={'missed': 1.0} only applies with noise='annotation'"),
-    (dict(noise="annotation", noise_rate=0.2, noise_mix={"typo": 1.0}), "unknown corruption(s) ['typo']"),
-    (dict(image_size=40), "image_size=40 must be a multiple of 16"),
-    (dict(windows="bone"), "windows='bone' is not known"),
-    (dict(dataset="covid-ct"), "data_dir=None must be the folder of dataset='covid-ct'"),
-    (dict(dataset="medseg-covid", data_dir="/nonexistent"), "tr_im.nii.gz"),
-    (dict(task="keypoints"), "task='keypoints' is not known"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(dataset="fashion-mnist"), "dataset='fashion-mnist' is not known; choose one of ['covid-ct'"),
+        (dict(model="small_cnn"), "model='small_cnn' is not known"),
+        (dict(loss="ce"), "loss='ce' is not known"),
+        (dict(noise="symmetric", noise_rate=0.2), "noise='symmetric' is not known"),
+        (dict(augment=True), "augment=True does not apply to task='segmentation'"),
+        (dict(imbalance=0.1), "imbalance=0.1 does not apply"),
+        (dict(noise_rate=0.2), "noise_rate=0.2 has no effect with noise='none'"),
+        (dict(noise_mix={"missed": 1.0}), "noise_mix={'missed': 1.0} only applies with noise='annotation'"),
+        (dict(noise="annotation", noise_rate=0.2, noise_mix={"typo": 1.0}), "unknown corruption(s) ['typo']"),
+        (dict(image_size=40), "image_size=40 must be a multiple of 16"),
+        (dict(windows="bone"), "windows='bone' is not known"),
+        (dict(dataset="covid-ct"), "data_dir=None must be the folder of dataset='covid-ct'"),
+        (dict(dataset="medseg-covid", data_dir="/nonexistent"), "tr_im.nii.gz"),
+        (dict(task="keypoints"), "task='keypoints' is not known"),
+    ],
+)
 def test_bad_segmentation_options_are_named(options, message):
     with pytest.raises(ValueError) as err:
         RunConfig(**dict(dict(task="segmentation"), **options)).validate()
@@ -54,8 +69,11 @@ def test_bad_segmentation_options_are_named(options, message):
 
 @pytest.mark.parametrize("name, value", [("windows", "lung"), ("noise_mix", {"missed": 1})])
 def test_segmentation_fields_are_refused_for_classification(name, value):
-    with pytest.raises(ValueError, match=f"{name}=.* does not apply to task='classification'; it is an option of "
-                                         f"task='detection' or task='segmentation'"):
+    with pytest.raises(
+        ValueError,
+        match=f"{name}=.* does not apply to task='classification'; it is an option of "
+        f"task='detection' or task='segmentation'",
+    ):
         RunConfig(dataset="digits", **{name: value}).validate()
 
 
@@ -76,7 +94,9 @@ def test_dice_fit_and_detection_scores_on_hand_computed_cases():
     assert noise_detection(member, {}, np.zeros(4, bool))["precision"] is None
 
 
-def test_two_epochs_of_segmentation_through_the_cli_write_results_and_a_report_with_pictures(tmp_path, capsys, compare_argv):
+def test_two_epochs_of_segmentation_through_the_cli_write_results_and_a_report_with_pictures(
+    tmp_path, capsys, compare_argv
+):
     assert cli.main(compare_argv(tmp_path, SEG)) == 0
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2
@@ -116,13 +136,23 @@ def test_an_interrupted_segmentation_run_resumes_to_the_same_result(tmp_path, in
     interrupt_after_epoch(cfg, tmp_path / "cut", 0)
     resumed = run(cfg, tmp_path / "cut")
     assert resumed["dice"] == whole["dice"] and resumed["curves"]["val_dice"] == whole["curves"]["val_dice"]
-    np.testing.assert_array_equal(np.load(tmp_path / "cut/assessment.npz")["loss"],
-                                  np.load(tmp_path / "whole/assessment.npz")["loss"])
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "cut/assessment.npz")["loss"], np.load(tmp_path / "whole/assessment.npz")["loss"]
+    )
 
 
 def test_the_history_of_a_run_survives_a_resume_and_reads_right(tmp_path, interrupt_after_epoch):
-    cfg = RunConfig(dataset="digits", strategy="mixed", epochs=3, pivot_epoch=1, batch_size=64, threads=1,
-                    noise="symmetric", noise_rate=0.2, history=True)
+    cfg = RunConfig(
+        dataset="digits",
+        strategy="mixed",
+        epochs=3,
+        pivot_epoch=1,
+        batch_size=64,
+        threads=1,
+        noise="symmetric",
+        noise_rate=0.2,
+        history=True,
+    )
     run(cfg, tmp_path / "whole")
     h = np.load(tmp_path / "whole/history.npz")
     n = json.loads((tmp_path / "whole/results.json").read_text())["train_size"]
@@ -152,16 +182,24 @@ def test_a_segmentation_run_reads_the_medseg_files(tmp_path):
     mask[8:14, 10:20, :] = 1  # a lesion on every slice: all 30 are kept
     for name, a in (("tr_im.nii.gz", im), ("tr_mask.nii.gz", mask)):
         nib.save(nib.Nifti1Image(a, np.eye(4)), str(tmp_path / name))
-    cfg = RunConfig(task="segmentation", dataset="medseg-covid", data_dir=str(tmp_path), epochs=1,
-                    batch_size=4, threads=1, windows="three")
+    cfg = RunConfig(
+        task="segmentation",
+        dataset="medseg-covid",
+        data_dir=str(tmp_path),
+        epochs=1,
+        batch_size=4,
+        threads=1,
+        windows="three",
+    )
     res = run(cfg, tmp_path / "run")
     assert res["dataset"] == "medseg-covid" and res["data"]["image_shape"] == [3, 32, 32]
     assert res["data"]["train"] + res["data"]["val"] + res["data"]["test"] == 30
     assert "noise_detection" not in res and 0 <= res["dice"] <= 1  # no truth to score the quadrants against
 
 
-@pytest.mark.parametrize("name, value", [("foreground_only", True), ("intensity_window", [-1000, 400]),
-                                         ("test_fraction", 0.3)])
+@pytest.mark.parametrize(
+    "name, value", [("foreground_only", True), ("intensity_window", [-1000, 400]), ("test_fraction", 0.3)]
+)
 def test_options_of_task_folders_are_refused_for_the_built_in_sets(name, value):
     with pytest.raises(ValueError, match=f"{name}=.* applies to a task folder of your own"):
         RunConfig(task="segmentation", **{name: value}).validate()

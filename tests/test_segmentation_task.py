@@ -59,13 +59,16 @@ def test_per_image_loss_batch_mean_is_dice_ce_softmax(include_background, lambda
     logits, target = _logits_and_target()
     ld, lc = lambdas
     ours = per_image_dice_ce(logits, target, include_background=include_background, lambda_dice=ld, lambda_ce=lc)
-    ref = DiceCELoss(include_background=include_background, to_onehot_y=True, softmax=True,
-                     lambda_dice=ld, lambda_ce=lc)(logits, target)
+    ref = DiceCELoss(
+        include_background=include_background, to_onehot_y=True, softmax=True, lambda_dice=ld, lambda_ce=lc
+    )(logits, target)
     assert ours.shape == (4,)
     assert torch.allclose(ours.mean(), ref, atol=1e-5)
     # (B, H, W) indices are the same target with the channel left out.
-    assert torch.allclose(per_image_dice_ce(logits, target[:, 0], include_background=include_background,
-                                            lambda_dice=ld, lambda_ce=lc), ours)
+    assert torch.allclose(
+        per_image_dice_ce(logits, target[:, 0], include_background=include_background, lambda_dice=ld, lambda_ce=lc),
+        ours,
+    )
 
 
 def test_per_image_loss_batch_mean_is_dice_ce_sigmoid():
@@ -175,8 +178,9 @@ def test_assessment_pass_on_tiny_images():
     y = (x > 0.5).long()  # (6, 1, 32, 32) class indices, as DiceCELoss(to_onehot_y=True) takes
     data = mombs.IndexedDataset(torch.utils.data.TensorDataset(x, y))
     model = _model()
-    (li, loss), (ui, unc) = mombs.assessment_pass(model, data, task="segmentation", at=SEG_FEATURE_MODULE["unet"],
-                                                  k=2, batch_size=4)
+    (li, loss), (ui, unc) = mombs.assessment_pass(
+        model, data, task="segmentation", at=SEG_FEATURE_MODULE["unet"], k=2, batch_size=4
+    )
     assert loss.shape == (6,) and unc.shape == (6,)
     assert np.array_equal(li, np.arange(6)) and np.array_equal(ui, np.arange(6))
     assert np.isfinite(loss).all() and np.isfinite(unc).all() and (unc > 0).all()
@@ -194,8 +198,9 @@ def test_assessor_drives_a_segmentation_training_loop():
     data = mombs.IndexedDataset(torch.utils.data.TensorDataset(x, (x > 0.5).long()))
     model = _model()
     sampler = mombs.MixedOrderBatchSampler(data, 2, pivot_epoch=1)
-    assessor = mombs.DifficultyAssessor(model, data, at=SEG_FEATURE_MODULE["unet"], sampler=sampler,
-                                        task="segmentation", k=2, batch_size=4)
+    assessor = mombs.DifficultyAssessor(
+        model, data, at=SEG_FEATURE_MODULE["unet"], sampler=sampler, task="segmentation", k=2, batch_size=4
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
     for epoch in range(3):
@@ -234,8 +239,10 @@ def test_k8_uncertainty_cost_against_one_forward(record_property):
     assert u.shape == (16,)
     record_property("forward_s", forward)
     record_property("k8_s", k8)
-    print(f"\nUNet 16x1x64x64 on CPU: one forward {forward * 1e3:.1f} ms, K=8 uncertainty "
-          f"{k8 * 1e3:.1f} ms ({k8 / forward:.1f}x)")
+    print(
+        f"\nUNet 16x1x64x64 on CPU: one forward {forward * 1e3:.1f} ms, K=8 uncertainty "
+        f"{k8 * 1e3:.1f} ms ({k8 / forward:.1f}x)"
+    )
 
 
 # --- metrics on hand-made masks -----------------------------------------------
@@ -247,11 +254,11 @@ def _hand_made():
     t = torch.zeros(3, 8, 8, dtype=torch.long)
     p = torch.zeros_like(t)
     t[0, 1:3, 1:3] = 1
-    p[0, 1:3, 1:2] = 1          # Dice 2*2 / (4 + 2)
+    p[0, 1:3, 1:2] = 1  # Dice 2*2 / (4 + 2)
     t[1, 5:7, 5:7] = 1
     t[1, 0, 0] = 1
-    p[1, 5, 5] = 1              # Dice 2*1 / (5 + 1); lesion at (0, 0) missed
-    p[2, 0, 0] = 1              # no ground truth at all
+    p[1, 5, 5] = 1  # Dice 2*1 / (5 + 1); lesion at (0, 0) missed
+    p[2, 0, 0] = 1  # no ground truth at all
     return p, t
 
 
@@ -264,8 +271,9 @@ def test_dice_per_image_known_answers_and_empty_masks():
     assert mean_dice(d) == pytest.approx(0.5)
     strict = dice_per_image(p, t, ignore_empty=False)
     assert strict[2] == 0  # a false positive on an empty image scores 0
-    empty_both = dice_per_image(torch.zeros(1, 8, 8, dtype=torch.long), torch.zeros(1, 1, 8, 8, dtype=torch.long),
-                                ignore_empty=False)
+    empty_both = dice_per_image(
+        torch.zeros(1, 8, 8, dtype=torch.long), torch.zeros(1, 1, 8, 8, dtype=torch.long), ignore_empty=False
+    )
     assert empty_both.item() == 1
     assert mean_dice(torch.tensor([float("nan")])) != mean_dice(torch.tensor([float("nan")]))  # NaN
     # Logits give the same answer as their argmax; one sigmoid channel thresholds at 0.
@@ -280,10 +288,10 @@ def test_dice_per_image_known_answers_and_empty_masks():
 
 def test_multiclass_dice_averages_present_classes():
     t = torch.zeros(1, 1, 4, 4, dtype=torch.long)
-    t[0, 0, 0, :2] = 1              # class 1: 2 pixels; class 2 absent
+    t[0, 0, 0, :2] = 1  # class 1: 2 pixels; class 2 absent
     p = torch.zeros_like(t)
     p[0, 0, 0, :2] = 1
-    p[0, 0, 3, 3] = 2               # class 2 predicted, not in the ground truth: NaN, skipped
+    p[0, 0, 3, 3] = 2  # class 2 predicted, not in the ground truth: NaN, skipped
     assert dice_per_image(p, t, num_classes=3).item() == pytest.approx(1.0)
     assert dice_per_image(p, t, num_classes=3, ignore_empty=False).item() == pytest.approx(0.5)
 
@@ -309,8 +317,8 @@ def test_lesion_sensitivity_known_answers():
 
 def test_small_lesion_dice():
     p, t = _hand_made()
-    assert small_lesion_dice(p, t, max_area=5) == (pytest.approx(2 / 3), 1)   # area 4 only
-    assert small_lesion_dice(p, t, max_area=6) == (pytest.approx(0.5), 2)     # areas 4 and 5
+    assert small_lesion_dice(p, t, max_area=5) == (pytest.approx(2 / 3), 1)  # area 4 only
+    assert small_lesion_dice(p, t, max_area=6) == (pytest.approx(0.5), 2)  # areas 4 and 5
     mean, kept = small_lesion_dice(p, t, max_area=1)
     assert kept == 0 and mean != mean
     with pytest.raises(ValueError, match="max_area"):

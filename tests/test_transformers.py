@@ -52,8 +52,13 @@ class Tokens(Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
-        return {"input_ids": torch.tensor(self.x[i]), "attention_mask": torch.ones(LENGTH, dtype=torch.long),
-                "labels": int(self.y[i]), "note": f"sample {i}", **self.extra}
+        return {
+            "input_ids": torch.tensor(self.x[i]),
+            "attention_mask": torch.ones(LENGTH, dtype=torch.long),
+            "labels": int(self.y[i]),
+            "note": f"sample {i}",
+            **self.extra,
+        }
 
 
 class TupleItems(Tokens):
@@ -64,15 +69,32 @@ class TupleItems(Tokens):
 def tiny_bert(seed=0):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return BertForSequenceClassification(BertConfig(
-            vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=LENGTH, num_labels=2))
+        return BertForSequenceClassification(
+            BertConfig(
+                vocab_size=64,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=LENGTH,
+                num_labels=2,
+            )
+        )
 
 
 def training_args(out, **kw):
-    base = dict(per_device_train_batch_size=BATCH, num_train_epochs=EPOCHS, learning_rate=5e-3,
-                optim="adamw_torch", report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
-                disable_tqdm=True, seed=0)
+    base = dict(
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=EPOCHS,
+        learning_rate=5e-3,
+        optim="adamw_torch",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
     return TrainingArguments(output_dir=str(out), **{**base, **kw})
 
 
@@ -100,14 +122,19 @@ class PlannedFrom(TrainerCallback):
         self.scores[int(state.epoch)] = None if scores is None else scores.copy()
 
 
-def make_trainer(out, *, cls=Recording, dataset=None, sampler=None, at="bert.pooler", assessor_options=None,
-                 **args_kw):
+def make_trainer(out, *, cls=Recording, dataset=None, sampler=None, at="bert.pooler", assessor_options=None, **args_kw):
     dataset = dataset if dataset is not None else Tokens()
     sampler = sampler or mombs.MixedOrderBatchSampler(dataset, BATCH, pivot_epoch=PIVOT, seed=0)
     planned_from = PlannedFrom(sampler)
-    trainer = cls(model=tiny_bert(), args=training_args(out, **args_kw), train_dataset=dataset,
-                  callbacks=[planned_from], sampler=sampler, at=at,
-                  assessor_options={"k": 4, **(assessor_options or {})})
+    trainer = cls(
+        model=tiny_bert(),
+        args=training_args(out, **args_kw),
+        train_dataset=dataset,
+        callbacks=[planned_from],
+        sampler=sampler,
+        at=at,
+        assessor_options={"k": 4, **(assessor_options or {})},
+    )
     trainer.planned_from = planned_from
     return trainer
 
@@ -137,8 +164,13 @@ def test_indices_reach_compute_loss_in_the_planned_order(full_run):
         scores = trainer.planned_from.scores[epoch]
         assert (scores is not None) == (epoch >= PIVOT)
         # Exactly the sampler's plan: nothing re-sharded, re-batched or re-ordered it on the way.
-        plan = mombs.plan_batches(np.zeros(N) if scores is None else scores, BATCH,
-                                  order="random" if scores is None else "mixed", seed=0, epoch=epoch)
+        plan = mombs.plan_batches(
+            np.zeros(N) if scores is None else scores,
+            BATCH,
+            order="random" if scores is None else "mixed",
+            seed=0,
+            epoch=epoch,
+        )
         assert batches == [b.tolist() for b in plan]
 
 
@@ -215,9 +247,15 @@ def test_a_per_sample_loss_fn_feeds_training_and_the_assessor(tmp_path):
 
     dataset = Tokens(48)
     sampler = mombs.MixedOrderBatchSampler(dataset, BATCH, pivot_epoch=1)  # epoch 0 measures for epoch 1
-    trainer = Recording(model=tiny_bert(), args=training_args(tmp_path, num_train_epochs=1), train_dataset=dataset,
-                        sampler=sampler, at="bert.pooler", per_sample_loss_fn=loss_fn,
-                        assessor_options={"k": 2, "schedule": "paper"})  # "paper" measures losses in a pass too
+    trainer = Recording(
+        model=tiny_bert(),
+        args=training_args(tmp_path, num_train_epochs=1),
+        train_dataset=dataset,
+        sampler=sampler,
+        at="bert.pooler",
+        per_sample_loss_fn=loss_fn,
+        assessor_options={"k": 2, "schedule": "paper"},
+    )  # "paper" measures losses in a pass too
     trainer.train()
     assert calls.count(BATCH) == len(dataset) // BATCH  # the training steps
     assert sum(calls) == 2 * len(dataset)  # and the assessment pass over all samples
@@ -226,13 +264,18 @@ def test_a_per_sample_loss_fn_feeds_training_and_the_assessor(tmp_path):
 
 def test_sequence_classification_loss_reads_the_problem_type():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
-    torch.testing.assert_close(sequence_classification_loss({"logits": logits}, torch.tensor([0, 0])),
-                               F.cross_entropy(logits, torch.tensor([0, 0]), reduction="none"))
+    torch.testing.assert_close(
+        sequence_classification_loss({"logits": logits}, torch.tensor([0, 0])),
+        F.cross_entropy(logits, torch.tensor([0, 0]), reduction="none"),
+    )
     targets = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    torch.testing.assert_close(sequence_classification_loss(logits, targets),
-                               F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1))
-    torch.testing.assert_close(sequence_classification_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([0.5, 3.0])),
-                               torch.tensor([0.25, 0.0]))
+    torch.testing.assert_close(
+        sequence_classification_loss(logits, targets),
+        F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1),
+    )
+    torch.testing.assert_close(
+        sequence_classification_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([0.5, 3.0])), torch.tensor([0.25, 0.0])
+    )
     with pytest.raises(ValueError, match="fit no classification"):
         sequence_classification_loss(logits, torch.tensor([[1, 2, 3], [1, 2, 3]]))
 
@@ -244,11 +287,15 @@ def test_sequence_classification_loss_reads_the_problem_type():
 MISCONFIGURED = {
     "size": (dict(sampler=mombs.MixedOrderBatchSampler(N + 1, BATCH)), "sampler covers 193 samples"),
     "batch size": (dict(sampler=mombs.MixedOrderBatchSampler(N, 4)), "sampler.batch_size=4"),
-    "replicas": (dict(sampler=mombs.MixedOrderBatchSampler(N, BATCH, num_replicas=2, rank=1)),
-                 "num_replicas=2, rank=1"),
+    "replicas": (
+        dict(sampler=mombs.MixedOrderBatchSampler(N, BATCH, num_replicas=2, rank=1)),
+        "num_replicas=2, rank=1",
+    ),
     "drop_last": (dict(sampler=mombs.MixedOrderBatchSampler(N, BATCH, drop_last=True)), "dataloader_drop_last"),
-    "not a mombs sampler": (dict(sampler=torch.utils.data.BatchSampler(range(N), BATCH, False)),
-                            "must be a mombs.MixedOrderBatchSampler"),
+    "not a mombs sampler": (
+        dict(sampler=torch.utils.data.BatchSampler(range(N), BATCH, False)),
+        "must be a mombs.MixedOrderBatchSampler",
+    ),
     "tuple items": (dict(dataset=TupleItems()), "needs mappings"),
     "index collision": (dict(dataset=Tokens(extra={INDEX_KEY: 0})), "already have a 'mombs_index' field"),
     "reserved option": (dict(assessor_options={"collate_fn": None}), "may not set"),
@@ -268,11 +315,19 @@ def test_misconfigurations_are_clear_errors(tmp_path, case):
 def test_trainer_only_options_are_refused(tmp_path):
     dataset = Tokens()
     sampler = mombs.MixedOrderBatchSampler(dataset, BATCH)
-    for kw, match in ((dict(compute_loss_func=lambda *a, **k: 0), "compute_loss_func"),
-                      (dict(model_init=tiny_bert), "model_init")):
+    for kw, match in (
+        (dict(compute_loss_func=lambda *a, **k: 0), "compute_loss_func"),
+        (dict(model_init=tiny_bert), "model_init"),
+    ):
         with pytest.raises(ValueError, match=match):
-            MoMBSTrainer(model=tiny_bert(), args=training_args(tmp_path), train_dataset=dataset,
-                         sampler=sampler, at="bert.pooler", **kw)
+            MoMBSTrainer(
+                model=tiny_bert(),
+                args=training_args(tmp_path),
+                train_dataset=dataset,
+                sampler=sampler,
+                at="bert.pooler",
+                **kw,
+            )
 
 
 def test_a_training_batch_without_indices_is_a_clear_error(tmp_path):
@@ -304,8 +359,9 @@ def _hooks(model):
 
 def test_training_leaves_no_forward_hook_on_the_model(tmp_path):
     data = Tokens(n=32)
-    trainer = make_trainer(tmp_path, dataset=data, num_train_epochs=2,
-                           assessor_options={"k": 2, "schedule": "train-entropy"})
+    trainer = make_trainer(
+        tmp_path, dataset=data, num_train_epochs=2, assessor_options={"k": 2, "schedule": "train-entropy"}
+    )
     count = CountHooks()
     trainer.add_callback(count)
     left = []
@@ -321,8 +377,9 @@ def test_the_example_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("hf_trainer_example", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    result = example.main(["--epochs", "2", "--train-size", "64", "--pivot-epoch", "1", "--k", "2",
-                           "--output-dir", str(tmp_path)])
+    result = example.main(
+        ["--epochs", "2", "--train-size", "64", "--pivot-epoch", "1", "--k", "2", "--output-dir", str(tmp_path)]
+    )
     assert 0.0 <= result["accuracy"] <= 1.0
     assert "precision" in result  # every sample measured, quadrants computed
 
@@ -334,20 +391,38 @@ def test_the_example_runs(tmp_path):
 def _ddp_worker(rank, world, port, out_dir):
     import json
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)
     args = training_args(out_dir, num_train_epochs=3, ddp_backend="gloo")  # starts torch.distributed
     dataset = Tokens()
     sampler = mombs.MixedOrderBatchSampler(dataset, BATCH, pivot_epoch=PIVOT, seed=0)  # world from the group
     planned_from = PlannedFrom(sampler)
-    trainer = Recording(model=tiny_bert(), args=args, train_dataset=dataset, callbacks=[planned_from],
-                        sampler=sampler, at="bert.pooler", assessor_options={"k": 2})
+    trainer = Recording(
+        model=tiny_bert(),
+        args=args,
+        train_dataset=dataset,
+        callbacks=[planned_from],
+        sampler=sampler,
+        at="bert.pooler",
+        assessor_options={"k": 2},
+    )
     trainer.train()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-        json.dump({"world": args.world_size, "batches": {str(k): v for k, v in trainer.batches.items()},
-                   "scores": {str(k): None if v is None else v.tolist() for k, v in planned_from.scores.items()}},
-                  fh)
+        json.dump(
+            {
+                "world": args.world_size,
+                "batches": {str(k): v for k, v in trainer.batches.items()},
+                "scores": {str(k): None if v is None else v.tolist() for k, v in planned_from.scores.items()},
+            },
+            fh,
+        )
     torch.distributed.barrier()
 
 
@@ -373,6 +448,7 @@ def test_two_processes_share_each_planned_epoch_without_double_sharding(tmp_path
         assert scores == runs[1]["scores"][str(epoch)]  # the ranks planned from the same synced scores
         if epoch >= PIVOT:
             for rank, batches in enumerate(per_rank):
-                plan = mombs.plan_batches(np.asarray(scores), BATCH, order="mixed", seed=0, epoch=epoch,
-                                          num_replicas=world, rank=rank)
+                plan = mombs.plan_batches(
+                    np.asarray(scores), BATCH, order="mixed", seed=0, epoch=epoch, num_replicas=world, rank=rank
+                )
                 assert batches == [b.tolist() for b in plan]

@@ -51,14 +51,41 @@ def misfiled_tree(tmp_path):
 def test_diagnose_names_the_misfiled_pictures_of_an_image_folder(misfiled_tree, tmp_path, capsys):
     root, misfiled = misfiled_tree
     out = tmp_path / "runs"
-    assert cli.main(["train", "--set", "dataset=imagefolder", "--data-dir", str(root), "--set", "strategy=mixed",
-                     "--set", "epochs=8", "--set", "pivot_epoch=2", "--set", "batch_size=16", "--set", "lr=0.05",
-                     "--set", "history=true", "--set", "threads=1", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--set",
+                "dataset=imagefolder",
+                "--data-dir",
+                str(root),
+                "--set",
+                "strategy=mixed",
+                "--set",
+                "epochs=8",
+                "--set",
+                "pivot_epoch=2",
+                "--set",
+                "batch_size=16",
+                "--set",
+                "lr=0.05",
+                "--set",
+                "history=true",
+                "--set",
+                "threads=1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     run = next(p for p in out.iterdir() if p.is_dir())
     splits = json.loads((run / "splits.json").read_text())
     train = splits["train"]
     assert sorted(train + splits["val"] + splits["test"]) == sorted(
-        str(p.relative_to(root)) for p in root.rglob("*.png"))  # every file in exactly one split
+        str(p.relative_to(root)) for p in root.rglob("*.png")
+    )  # every file in exactly one split
     capsys.readouterr()
     assert cli.main(["diagnose", str(run), "--no-images"]) == 0
     with open(run / "diagnose" / "data_quality.csv", newline="") as fh:
@@ -70,7 +97,7 @@ def test_diagnose_names_the_misfiled_pictures_of_an_image_folder(misfiled_tree, 
     # Above chance: the misfiled pictures rank, on average, in the most suspect tenth.
     mean_rank = np.mean([ranks[p] for p in planted]) / len(rows)
     assert mean_rank < 0.1, (mean_rank, sorted(ranks[p] for p in planted))
-    top = sorted(rows, key=lambda r: int(r["label_issue_rank"]))[:len(planted)]
+    top = sorted(rows, key=lambda r: int(r["label_issue_rank"]))[: len(planted)]
     assert sum(r["path"] in planted for r in top) >= len(planted) - 1
 
 
@@ -96,13 +123,37 @@ def test_mombs_train_on_a_csv_file(misfiled_tree, tmp_path, capsys):
     root, _ = misfiled_tree
     files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
     table = root / "labels.csv"
-    table.write_text("path,label,split\n" + "".join(
-        f"{p},{p.parts[0]},{'test' if i % 5 == 0 else 'val' if i % 5 == 1 else 'train'}\n"
-        for i, p in enumerate(files)))
+    table.write_text(
+        "path,label,split\n"
+        + "".join(
+            f"{p},{p.parts[0]},{'test' if i % 5 == 0 else 'val' if i % 5 == 1 else 'train'}\n"
+            for i, p in enumerate(files)
+        )
+    )
     out = tmp_path / "runs"
-    assert cli.main(["train", "--set", "dataset=csv", "--data-dir", str(table), "--set", "epochs=2",
-                     "--set", "batch_size=32", "--set", "threads=1", "--set", "history=true", "--out", str(out),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--set",
+                "dataset=csv",
+                "--data-dir",
+                str(table),
+                "--set",
+                "epochs=2",
+                "--set",
+                "batch_size=32",
+                "--set",
+                "threads=1",
+                "--set",
+                "history=true",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got = _check_traceable(_only_run(out))
     train = [str(p) for i, p in enumerate(files) if i % 5 > 1]
     assert sorted(got["splits"]["train"]) == sorted(train)  # the CSV's split column, file for file
@@ -114,9 +165,35 @@ def test_mombs_train_on_a_decathlon_folder_splits_by_case(tmp_path):
 
     root = make_task(tmp_path / "Task99_Toy")
     out = tmp_path / "runs"
-    assert cli.main(["train", "--set", "task=segmentation", "--set", "dataset=msd", "--data-dir", str(root),
-                     "--set", "image_size=32", "--set", "epochs=2", "--set", "batch_size=8", "--set", "threads=1",
-                     "--set", "val_fraction=0.2", "--set", "history=true", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--set",
+                "task=segmentation",
+                "--set",
+                "dataset=msd",
+                "--data-dir",
+                str(root),
+                "--set",
+                "image_size=32",
+                "--set",
+                "epochs=2",
+                "--set",
+                "batch_size=8",
+                "--set",
+                "threads=1",
+                "--set",
+                "val_fraction=0.2",
+                "--set",
+                "history=true",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got = _check_traceable(_only_run(out), "case")
     splits, z = got["splits"], got["assessment"]
     cases = [set(splits[s]) for s in ("train", "val", "test")]
@@ -130,9 +207,33 @@ def test_mombs_train_on_a_coco_folder_keeps_images_without_boxes(tmp_path):
 
     root = write_coco(tmp_path / "boxes")
     out = tmp_path / "runs"
-    assert cli.main(["train", "--set", "task=detection", "--set", "dataset=coco", "--data-dir", str(root),
-                     "--set", "image_size=64", "--set", "epochs=2", "--set", "batch_size=4", "--set", "threads=1",
-                     "--set", "history=true", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--set",
+                "task=detection",
+                "--set",
+                "dataset=coco",
+                "--data-dir",
+                str(root),
+                "--set",
+                "image_size=64",
+                "--set",
+                "epochs=2",
+                "--set",
+                "batch_size=4",
+                "--set",
+                "threads=1",
+                "--set",
+                "history=true",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     got = _check_traceable(_only_run(out), "image_id")
     doc = json.loads((root / "instances.json").read_text())
     named = sorted(sum((got["splits"][s] for s in ("train", "val", "test")), []))

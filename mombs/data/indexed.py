@@ -30,8 +30,7 @@ class IndexedDataset(Dataset):
 
     def __init__(self, dataset):
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-            raise ValueError(f"dataset={type(dataset).__name__} must be map-style "
-                             f"(define __len__ and __getitem__)")
+            raise ValueError(f"dataset={type(dataset).__name__} must be map-style (define __len__ and __getitem__)")
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -39,17 +38,21 @@ class IndexedDataset(Dataset):
 
     def __getitem__(self, index):
         if isinstance(index, list):
-            raise ValueError(f"IndexedDataset got a list of {len(index)} indices as one item: a batch sampler "
-                             f"(mombs.MixedOrderBatchSampler yields whole batches) was passed to the DataLoader "
-                             f"as sampler=. Pass DataLoader(dataset, batch_sampler=sampler), with no "
-                             f"batch_size, shuffle or drop_last; read_batch(indices) reads a batch at once")
+            raise ValueError(
+                f"IndexedDataset got a list of {len(index)} indices as one item: a batch sampler "
+                f"(mombs.MixedOrderBatchSampler yields whole batches) was passed to the DataLoader "
+                f"as sampler=. Pass DataLoader(dataset, batch_sampler=sampler), with no "
+                f"batch_size, shuffle or drop_last; read_batch(indices) reads a batch at once"
+            )
         try:
             item = self.dataset[index]
         except IndexError as err:
             n = len(self.dataset)
             if isinstance(index, numbers.Integral) and not -n <= index < n:
-                raise IndexError(f"index {index} is outside the data set of {n} samples: was the sampler "
-                                 f"built for a data set of another size?") from err
+                raise IndexError(
+                    f"index {index} is outside the data set of {n} samples: was the sampler "
+                    f"built for a data set of another size?"
+                ) from err
             raise
         return (index, *item) if isinstance(item, tuple) else (index, item)
 

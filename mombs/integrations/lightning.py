@@ -43,8 +43,9 @@ import torch
 try:
     import lightning.pytorch as pl
 except ImportError as err:  # the extra is optional; say which one to install
-    raise ImportError("mombs.integrations.lightning needs PyTorch Lightning (lightning >= 2.2): "
-                      "pip install 'mombs[lightning]'") from err
+    raise ImportError(
+        "mombs.integrations.lightning needs PyTorch Lightning (lightning >= 2.2): pip install 'mombs[lightning]'"
+    ) from err
 
 from ..assessor import DifficultyAssessor
 from ..planner import replica_layout
@@ -133,8 +134,9 @@ class MoMBSCallback(pl.Callback):
             bypass the sampler (see :meth:`setup` and :meth:`on_train_start`).
     """
 
-    def __init__(self, assessor: DifficultyAssessor | Callable, *, loss_key: str = "sample_loss",
-                 indices_key: str = "indices"):
+    def __init__(
+        self, assessor: DifficultyAssessor | Callable, *, loss_key: str = "sample_loss", indices_key: str = "indices"
+    ):
         _check_key("loss_key", loss_key)
         _check_key("indices_key", indices_key)
         if loss_key == indices_key:
@@ -146,8 +148,10 @@ class MoMBSCallback(pl.Callback):
         elif callable(assessor):
             self._assessor, self._build = None, assessor
         else:
-            raise ValueError(f"assessor={assessor!r} must be a mombs.DifficultyAssessor or a function "
-                             f"(trainer, pl_module) -> DifficultyAssessor")
+            raise ValueError(
+                f"assessor={assessor!r} must be a mombs.DifficultyAssessor or a function "
+                f"(trainer, pl_module) -> DifficultyAssessor"
+            )
         self.loss_key, self.indices_key = loss_key, indices_key
         self._trainer: pl.Trainer | None = None
         # The last epoch whose end_epoch() ran: Lightning may call on_train_epoch_end
@@ -165,8 +169,10 @@ class MoMBSCallback(pl.Callback):
     def assessor(self) -> DifficultyAssessor:
         """The driven assessor (built by then, when a function was given)."""
         if self._assessor is None:
-            raise RuntimeError("the assessor is built in setup(), at the start of trainer.fit(); "
-                               "read callback.assessor from a hook (e.g. train_dataloader) instead")
+            raise RuntimeError(
+                "the assessor is built in setup(), at the start of trainer.fit(); "
+                "read callback.assessor from a hook (e.g. train_dataloader) instead"
+            )
         return self._assessor
 
     @property
@@ -182,8 +188,10 @@ class MoMBSCallback(pl.Callback):
         if not isinstance(assessor, DifficultyAssessor):
             raise ValueError(f"{name} returned {assessor!r}; it must return a mombs.DifficultyAssessor")
         if not isinstance(assessor.sampler, MixedOrderBatchSampler):
-            raise ValueError(f"{name}.sampler={assessor.sampler!r} must be a mombs.MixedOrderBatchSampler: "
-                             f"build the assessor with sampler=MixedOrderBatchSampler(...)")
+            raise ValueError(
+                f"{name}.sampler={assessor.sampler!r} must be a mombs.MixedOrderBatchSampler: "
+                f"build the assessor with sampler=MixedOrderBatchSampler(...)"
+            )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Builds the assessor if a function was given and checks the Trainer.
@@ -206,22 +214,28 @@ class MoMBSCallback(pl.Callback):
         connector = getattr(trainer, "_accelerator_connector", None)
         uses_dist_sampler = getattr(connector, "use_distributed_sampler", False)
         if trainer.world_size > 1 and uses_dist_sampler:
-            raise ValueError(f"Trainer(use_distributed_sampler=True) with world_size={trainer.world_size}: "
-                             f"Lightning would replace the MixedOrderBatchSampler by a new one around a "
-                             f"DistributedSampler, which the assessor does not feed. Pass "
-                             f"Trainer(use_distributed_sampler=False); the sampler shards the epoch itself")
+            raise ValueError(
+                f"Trainer(use_distributed_sampler=True) with world_size={trainer.world_size}: "
+                f"Lightning would replace the MixedOrderBatchSampler by a new one around a "
+                f"DistributedSampler, which the assessor does not feed. Pass "
+                f"Trainer(use_distributed_sampler=False); the sampler shards the epoch itself"
+            )
         sampler = self.sampler
         if (sampler.num_replicas, sampler.rank) != (trainer.world_size, trainer.global_rank):
-            raise ValueError(f"the sampler has num_replicas={sampler.num_replicas}, rank={sampler.rank} but "
-                             f"this Trainer process has world_size={trainer.world_size}, global_rank="
-                             f"{trainer.global_rank}. Build it once the process group exists: pass "
-                             f"MoMBSCallback a function (trainer, pl_module) -> DifficultyAssessor, called in "
-                             f"setup(), or give MixedOrderBatchSampler num_replicas= and rank=")
+            raise ValueError(
+                f"the sampler has num_replicas={sampler.num_replicas}, rank={sampler.rank} but "
+                f"this Trainer process has world_size={trainer.world_size}, global_rank="
+                f"{trainer.global_rank}. Build it once the process group exists: pass "
+                f"MoMBSCallback a function (trainer, pl_module) -> DifficultyAssessor, called in "
+                f"setup(), or give MixedOrderBatchSampler num_replicas= and rank="
+            )
         model = self.assessor.model
         if not any(m is model for m in pl_module.modules()):
-            raise ValueError(f"assessor.model ({type(model).__name__}) is not a submodule of the "
-                             f"LightningModule ({type(pl_module).__name__}): the assessor would measure a "
-                             f"network that is not being trained. Build it on the module's own network")
+            raise ValueError(
+                f"assessor.model ({type(model).__name__}) is not a submodule of the "
+                f"LightningModule ({type(pl_module).__name__}): the assessor would measure a "
+                f"network that is not being trained. Build it on the module's own network"
+            )
         self.assessor.open()  # the train-* schedules' hook, taken off again in teardown()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -260,9 +274,12 @@ class MoMBSCallback(pl.Callback):
         before = self.sampler.epoch
         self._catch_up(trainer.current_epoch)
         if self.sampler.epoch != before:
-            warnings.warn(f"the restored epoch {before} was finished only once training had started: epoch "
-                          f"{self.sampler.epoch} may be planned from the scores before that epoch's assessment",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"the restored epoch {before} was finished only once training had started: epoch "
+                f"{self.sampler.epoch} may be planned from the scores before that epoch's assessment",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _check_loaders(self, loaders: list) -> None:
         sampler = self.sampler
@@ -270,26 +287,34 @@ class MoMBSCallback(pl.Callback):
             if getattr(dl, "batch_sampler", None) is sampler:
                 n = len(dl.dataset) if hasattr(dl.dataset, "__len__") else None
                 if n is not None and n != sampler.num_samples_total:
-                    raise ValueError(f"the train dataloader's data set has {n} samples but the sampler was "
-                                     f"built for {sampler.num_samples_total}")
+                    raise ValueError(
+                        f"the train dataloader's data set has {n} samples but the sampler was "
+                        f"built for {sampler.num_samples_total}"
+                    )
                 return
         for dl in loaders:
             inner = getattr(getattr(dl, "batch_sampler", None), "sampler", None)
             if getattr(dl, "sampler", None) is sampler or inner is sampler:
-                raise ValueError("the MixedOrderBatchSampler was passed to the DataLoader as sampler=; it "
-                                 "yields whole batches: pass DataLoader(dataset, batch_sampler=sampler) and "
-                                 "no batch_size, shuffle or drop_last")
+                raise ValueError(
+                    "the MixedOrderBatchSampler was passed to the DataLoader as sampler=; it "
+                    "yields whole batches: pass DataLoader(dataset, batch_sampler=sampler) and "
+                    "no batch_size, shuffle or drop_last"
+                )
         for dl in loaders:
             if isinstance(getattr(dl, "batch_sampler", None), MixedOrderBatchSampler):
-                raise RuntimeError("the train dataloader's batch_sampler is a MixedOrderBatchSampler, but not "
-                                   "the assessor's: Lightning rebuilds a custom batch sampler when "
-                                   "use_distributed_sampler=True and several processes run, or the data "
-                                   "loader was built with another sampler. Pass "
-                                   "Trainer(use_distributed_sampler=False) and "
-                                   "DataLoader(dataset, batch_sampler=assessor.sampler)")
+                raise RuntimeError(
+                    "the train dataloader's batch_sampler is a MixedOrderBatchSampler, but not "
+                    "the assessor's: Lightning rebuilds a custom batch sampler when "
+                    "use_distributed_sampler=True and several processes run, or the data "
+                    "loader was built with another sampler. Pass "
+                    "Trainer(use_distributed_sampler=False) and "
+                    "DataLoader(dataset, batch_sampler=assessor.sampler)"
+                )
         kinds = [type(dl).__name__ for dl in loaders]
-        raise ValueError(f"no train dataloader draws its batches from the assessor's sampler (found "
-                         f"{kinds}); build it as DataLoader(dataset, batch_sampler=assessor.sampler)")
+        raise ValueError(
+            f"no train dataloader draws its batches from the assessor's sampler (found "
+            f"{kinds}); build it as DataLoader(dataset, batch_sampler=assessor.sampler)"
+        )
 
     # ------------------------------------------------------------------ #
     # the epoch
@@ -321,42 +346,57 @@ class MoMBSCallback(pl.Callback):
             self._ended_epoch = self.assessor.epoch
         self.assessor.start_epoch(epoch)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         """Hands the step's per-sample losses and indices to ``assessor.observe``.
 
         Raises:
             ValueError: the ``training_step`` output lacks the two entries, or
                 they are not ``(B,)`` losses and ``(B,)`` integer indices.
         """
-        if outputs is None or (isinstance(outputs, Mapping) and outputs.get("loss") is None
-                               and self.loss_key not in outputs and self.indices_key not in outputs):
+        if outputs is None or (
+            isinstance(outputs, Mapping)
+            and outputs.get("loss") is None
+            and self.loss_key not in outputs
+            and self.indices_key not in outputs
+        ):
             return  # training_step returned None: Lightning skipped the step
         if not isinstance(outputs, Mapping) or self.loss_key not in outputs or self.indices_key not in outputs:
             got = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
-            raise ValueError(f"training_step must return a dict with {self.loss_key!r}: the (B,) per-sample "
-                             f"losses (reduction='none') and {self.indices_key!r}: the (B,) data set indices "
-                             f"of the batch, beside 'loss'; got {got}. Return e.g. {{'loss': "
-                             f"per_sample.mean(), {self.loss_key!r}: per_sample, {self.indices_key!r}: idx}} "
-                             f"or set MoMBSCallback(loss_key=..., indices_key=...)")
+            raise ValueError(
+                f"training_step must return a dict with {self.loss_key!r}: the (B,) per-sample "
+                f"losses (reduction='none') and {self.indices_key!r}: the (B,) data set indices "
+                f"of the batch, beside 'loss'; got {got}. Return e.g. {{'loss': "
+                f"per_sample.mean(), {self.loss_key!r}: per_sample, {self.indices_key!r}: idx}} "
+                f"or set MoMBSCallback(loss_key=..., indices_key=...)"
+            )
         loss, indices = outputs[self.loss_key], outputs[self.indices_key]
         if not torch.is_tensor(loss) or loss.ndim != 1 or not loss.is_floating_point():
-            got = (f"shape {tuple(loss.shape)} and dtype {loss.dtype}" if torch.is_tensor(loss)
-                   else type(loss).__name__)
-            raise ValueError(f"training_step output {self.loss_key!r} must be a (B,) float tensor of "
-                             f"per-sample losses (reduction='none'), got {got}")
+            got = f"shape {tuple(loss.shape)} and dtype {loss.dtype}" if torch.is_tensor(loss) else type(loss).__name__
+            raise ValueError(
+                f"training_step output {self.loss_key!r} must be a (B,) float tensor of "
+                f"per-sample losses (reduction='none'), got {got}"
+            )
         idx = indices.detach() if torch.is_tensor(indices) else np.asarray(indices)
-        integer = (not idx.is_floating_point() and not idx.is_complex() and idx.dtype != torch.bool
-                   if torch.is_tensor(idx) else np.issubdtype(idx.dtype, np.integer))
+        integer = (
+            not idx.is_floating_point() and not idx.is_complex() and idx.dtype != torch.bool
+            if torch.is_tensor(idx)
+            else np.issubdtype(idx.dtype, np.integer)
+        )
         if not integer:
-            raise ValueError(f"training_step output {self.indices_key!r} must be ({loss.shape[0]},) integer "
-                             f"data set indices, one per loss, got shape {tuple(idx.shape)} and dtype "
-                             f"{idx.dtype}: the batch carries no indices; wrap the data set in "
-                             f"mombs.IndexedDataset to get them")
+            raise ValueError(
+                f"training_step output {self.indices_key!r} must be ({loss.shape[0]},) integer "
+                f"data set indices, one per loss, got shape {tuple(idx.shape)} and dtype "
+                f"{idx.dtype}: the batch carries no indices; wrap the data set in "
+                f"mombs.IndexedDataset to get them"
+            )
         if idx.ndim != 1 or idx.shape[0] != loss.shape[0]:
-            raise ValueError(f"training_step output {self.indices_key!r} must be ({loss.shape[0]},) integer "
-                             f"data set indices, one per loss in {self.loss_key!r}, got shape "
-                             f"{tuple(idx.shape)}; return the batch's (B,) indices (idx.reshape(-1) for (B, 1))")
+            raise ValueError(
+                f"training_step output {self.indices_key!r} must be ({loss.shape[0]},) integer "
+                f"data set indices, one per loss in {self.loss_key!r}, got shape "
+                f"{tuple(idx.shape)}; return the batch's (B,) indices (idx.reshape(-1) for (B, 1))"
+            )
         self.assessor.observe(idx, loss)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -371,8 +411,9 @@ class MoMBSCallback(pl.Callback):
 
     def _epoch_batches(self) -> int:
         s = self.sampler
-        return replica_layout(s.num_samples_total, s.batch_size, num_replicas=s.num_replicas,
-                              drop_last=s.drop_last)["batches_per_replica"]
+        return replica_layout(s.num_samples_total, s.batch_size, num_replicas=s.num_replicas, drop_last=s.drop_last)[
+            "batches_per_replica"
+        ]
 
     def _batches_done(self) -> int | None:
         """Batches of the current epoch the training loop has consumed (``None``: unknown).
@@ -409,9 +450,12 @@ class MoMBSCallback(pl.Callback):
             return {}
         assessor = self.assessor.state_dict()
         assessor["tracker"] = self._tracker_state()
-        return {"version": _STATE_VERSION, "assessor": assessor,
-                "sampler": self.sampler.state_dict(batches_done=self._batches_done()),
-                "ended_epoch": self._ended_epoch}
+        return {
+            "version": _STATE_VERSION,
+            "assessor": assessor,
+            "sampler": self.sampler.state_dict(batches_done=self._batches_done()),
+            "ended_epoch": self._ended_epoch,
+        }
 
     def _restore_now(self, sampler_state: dict, ended_epoch: int) -> dict:
         """The sampler state to load when the checkpoint is restored.
@@ -452,8 +496,10 @@ class MoMBSCallback(pl.Callback):
             return
         keys = ("num_samples", "batch_size", "num_replicas", "seed", "order")
         self._loader_copies = [
-            holder for holder in sampler_holders(loops["state_dict"].get("combined_loader", []))
-            if all(holder[SAMPLER_KEY].get(k) == saved.get(k) for k in keys)]
+            holder
+            for holder in sampler_holders(loops["state_dict"].get("combined_loader", []))
+            if all(holder[SAMPLER_KEY].get(k) == saved.get(k) for k in keys)
+        ]
         ended = int(mine.get("ended_epoch", -1))
         if ended >= int(saved["epoch"]) or int(saved["batches_done"]) >= self._epoch_batches():
             overwrite(self._loader_copies, self._restore_now(saved, ended))
@@ -472,8 +518,9 @@ class MoMBSCallback(pl.Callback):
         self.assessor.load_state_dict(state_dict["assessor"])
         saved = state_dict["sampler"]
         self.sampler.load_state_dict(self._restore_now(saved, self._ended_epoch))
-        self._finish_restored = (self._ended_epoch < int(saved["epoch"])
-                                 and int(saved["batches_done"]) >= self._epoch_batches())
+        self._finish_restored = (
+            self._ended_epoch < int(saved["epoch"]) and int(saved["batches_done"]) >= self._epoch_batches()
+        )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Ends a restored epoch whose batches were all trained but which was not assessed yet.

@@ -81,8 +81,9 @@ try:
     from transformers import Trainer, TrainerCallback
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 except ImportError as err:  # the extra is optional; say which one to install
-    raise ImportError("mombs.integrations.transformers needs transformers (>= 4.40) and accelerate: "
-                      "pip install 'mombs[transformers]'") from err
+    raise ImportError(
+        "mombs.integrations.transformers needs transformers (>= 4.40) and accelerate: pip install 'mombs[transformers]'"
+    ) from err
 
 from ..assessor import DifficultyAssessor
 from ..noise import default_output_fn
@@ -120,18 +121,22 @@ def sequence_classification_loss(outputs, labels: torch.Tensor, *, label_smoothi
     """
     logits = default_output_fn(outputs)
     if logits.ndim != 2 or labels.ndim == 0 or labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"sequence_classification_loss needs (B, C) logits and labels with B rows, got logits "
-                         f"{tuple(logits.shape)} and labels {tuple(labels.shape)}; pass per_sample_loss_fn= "
-                         f"for other outputs")
+        raise ValueError(
+            f"sequence_classification_loss needs (B, C) logits and labels with B rows, got logits "
+            f"{tuple(logits.shape)} and labels {tuple(labels.shape)}; pass per_sample_loss_fn= "
+            f"for other outputs"
+        )
     if logits.shape[1] == 1:
         return (logits[:, 0].float() - labels.reshape(logits.shape[0], -1)[:, 0].float()) ** 2
     if labels.ndim == 1 and not labels.is_floating_point():
         return F.cross_entropy(logits.float(), labels.long(), reduction="none", label_smoothing=label_smoothing)
     if labels.shape == logits.shape:
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(dim=1)
-    raise ValueError(f"labels {tuple(labels.shape)} ({labels.dtype}) fit no classification of logits "
-                     f"{tuple(logits.shape)}: single-label wants (B,) integers, multi-label (B, C) floats; "
-                     f"pass per_sample_loss_fn= for other targets")
+    raise ValueError(
+        f"labels {tuple(labels.shape)} ({labels.dtype}) fit no classification of logits "
+        f"{tuple(logits.shape)}: single-label wants (B,) integers, multi-label (B, C) floats; "
+        f"pass per_sample_loss_fn= for other targets"
+    )
 
 
 # ---------------------------------------------------------------------- #
@@ -153,12 +158,16 @@ class _IndexedItems(Dataset):
 
     def _tag(self, index, item) -> dict:
         if not isinstance(item, Mapping):
-            raise ValueError(f"train_dataset item {index} is a {type(item).__name__}; MoMBSTrainer needs items "
-                             f"that are mappings of model inputs and labels (dicts, as Hugging Face datasets "
-                             f"return them)")
+            raise ValueError(
+                f"train_dataset item {index} is a {type(item).__name__}; MoMBSTrainer needs items "
+                f"that are mappings of model inputs and labels (dicts, as Hugging Face datasets "
+                f"return them)"
+            )
         if self.key in item:
-            raise ValueError(f"train_dataset item {index} already has a {self.key!r} field, the name MoMBSTrainer "
-                             f"adds the index under; pass index_key= another name")
+            raise ValueError(
+                f"train_dataset item {index} already has a {self.key!r} field, the name MoMBSTrainer "
+                f"adds the index under; pass index_key= another name"
+            )
         return {**item, self.key: int(index)}
 
     def __getitem__(self, index) -> dict:
@@ -185,17 +194,21 @@ class _IndexCollator:
 
     def __call__(self, features) -> dict:
         indices = torch.tensor([f[self.key] for f in features], dtype=torch.long)
-        rest = [{k: v for k, v in f.items() if k != self.key and (self.keep is None or k in self.keep)}
-                for f in features]
+        rest = [
+            {k: v for k, v in f.items() if k != self.key and (self.keep is None or k in self.keep)} for f in features
+        ]
         if rest and not rest[0]:
             fields = sorted(k for k in features[0] if k != self.key)
-            raise ValueError(f"no field of the training items ({fields}) is an argument of "
-                             f"{self.model_name}.forward ({sorted(self.keep or ())}); rename them, or set "
-                             f"TrainingArguments(remove_unused_columns=False)")
+            raise ValueError(
+                f"no field of the training items ({fields}) is an argument of "
+                f"{self.model_name}.forward ({sorted(self.keep or ())}); rename them, or set "
+                f"TrainingArguments(remove_unused_columns=False)"
+            )
         batch = self.collate_fn(rest)
         if not isinstance(batch, Mapping):
-            raise ValueError(f"data_collator returned a {type(batch).__name__}; MoMBSTrainer needs a mapping "
-                             f"of model inputs")
+            raise ValueError(
+                f"data_collator returned a {type(batch).__name__}; MoMBSTrainer needs a mapping of model inputs"
+            )
         return {**batch, self.key: indices}
 
 
@@ -208,16 +221,20 @@ class _BatchSplit:
     def __call__(self, batch):
         if not isinstance(batch, Mapping) or self.key not in batch:
             got = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-            raise ValueError(f"the training batch has no {self.key!r} entry (it has {got}); "
-                             f"MoMBSTrainer.get_train_dataloader adds it, so an overridden get_train_dataloader "
-                             f"must keep it")
+            raise ValueError(
+                f"the training batch has no {self.key!r} entry (it has {got}); "
+                f"MoMBSTrainer.get_train_dataloader adds it, so an overridden get_train_dataloader "
+                f"must keep it"
+            )
         inputs = dict(batch)
         indices = inputs.pop(self.key)
         missing = [name for name in self.label_names if name not in inputs]
         if missing:
-            raise ValueError(f"the training batch has no {missing} (label_names={self.label_names}); per-sample "
-                             f"losses need the targets: set TrainingArguments(label_names=...) to the batch's "
-                             f"label fields")
+            raise ValueError(
+                f"the training batch has no {missing} (label_names={self.label_names}); per-sample "
+                f"losses need the targets: set TrainingArguments(label_names=...) to the batch's "
+                f"label fields"
+            )
         if len(self.label_names) == 1:
             targets = inputs.pop(self.label_names[0])
         else:
@@ -276,7 +293,7 @@ class MoMBSTrainerCallback(TrainerCallback):
     def __init__(self, assessor: DifficultyAssessor, sampler: MixedOrderBatchSampler):
         self.assessor, self.sampler = assessor, sampler
         self.epoch: int | None = None  # the epoch whose start_epoch ran last
-        self.ended = False             # whether that epoch's end_epoch ran too
+        self.ended = False  # whether that epoch's end_epoch ran too
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         # state.epoch counts the epochs done: exactly e + 1.0 after epoch e's last
@@ -297,8 +314,9 @@ class MoMBSTrainerCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_hyper_param_search:
             # The checkpoint then lives in a trial's run folder, which callbacks are not told.
-            warnings.warn("MoMBSTrainerCallback does not save mombs' state during a hyperparameter search",
-                          stacklevel=2)
+            warnings.warn(
+                "MoMBSTrainerCallback does not save mombs' state during a hyperparameter search", stacklevel=2
+            )
             return
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         # Other ranks may get here before the main process has made the folder.
@@ -312,14 +330,20 @@ class MoMBSTrainerCallback(TrainerCallback):
         (``batches_done=0``): on a resume the Trainer itself skips the batches
         already trained, and skipping them in the sampler too would skip twice.
         """
-        return {"version": _STATE_VERSION, "epoch": self.epoch, "ended": self.ended,
-                "assessor": self.assessor.state_dict(), "sampler": self.sampler.state_dict(batches_done=0)}
+        return {
+            "version": _STATE_VERSION,
+            "epoch": self.epoch,
+            "ended": self.ended,
+            "assessor": self.assessor.state_dict(),
+            "sampler": self.sampler.state_dict(batches_done=0),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restores :meth:`state_dict`."""
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"mombs state version {state.get('version')!r} is not {_STATE_VERSION}, the one "
-                             f"this mombs writes")
+            raise ValueError(
+                f"mombs state version {state.get('version')!r} is not {_STATE_VERSION}, the one this mombs writes"
+            )
         # The assessor first: once it holds scores it hands them to the sampler,
         # and the sampler's own state must win (it holds the scores this epoch
         # was planned from, not ones that include this epoch's partial losses).
@@ -336,8 +360,11 @@ class MoMBSTrainerCallback(TrainerCallback):
         """
         path = os.path.join(checkpoint, _state_file(args))
         if not os.path.isfile(path):
-            warnings.warn(f"{checkpoint} holds no {_state_file(args)} (a checkpoint of a run without mombs?); "
-                          f"the sampler and the assessor start afresh", stacklevel=2)
+            warnings.warn(
+                f"{checkpoint} holds no {_state_file(args)} (a checkpoint of a run without mombs?); "
+                f"the sampler and the assessor start afresh",
+                stacklevel=2,
+            )
             return False
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return True
@@ -396,15 +423,24 @@ class MoMBSTrainer(Trainer):
     # divide it by the accumulation steps (read by the installed 5.x training_step).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, sampler: MixedOrderBatchSampler, at: str, assessor_options: Mapping | None = None,
-                 per_sample_loss_fn: Callable | None = None, index_key: str = INDEX_KEY, **kwargs):
+    def __init__(
+        self,
+        *args,
+        sampler: MixedOrderBatchSampler,
+        at: str,
+        assessor_options: Mapping | None = None,
+        per_sample_loss_fn: Callable | None = None,
+        index_key: str = INDEX_KEY,
+        **kwargs,
+    ):
         if not isinstance(sampler, MixedOrderBatchSampler):
             raise ValueError(f"sampler={sampler!r} must be a mombs.MixedOrderBatchSampler")
         if not isinstance(at, str) or not at:
             raise ValueError(f"at={at!r} must be the name of a submodule (model.named_modules())")
         if assessor_options is not None and not isinstance(assessor_options, Mapping):
-            raise ValueError(f"assessor_options={assessor_options!r} must be a dict of DifficultyAssessor "
-                             f"arguments or None")
+            raise ValueError(
+                f"assessor_options={assessor_options!r} must be a dict of DifficultyAssessor arguments or None"
+            )
         if per_sample_loss_fn is not None and not callable(per_sample_loss_fn):
             raise ValueError(f"per_sample_loss_fn={per_sample_loss_fn!r} must be callable or None")
         if not isinstance(index_key, str) or not index_key:
@@ -419,7 +455,8 @@ class MoMBSTrainer(Trainer):
         # this flag (untested here: only the installed version is).
         self.model_accepts_loss_kwargs = False
         self.per_sample_loss_fn = per_sample_loss_fn or partial(
-            sequence_classification_loss, label_smoothing=float(self.args.label_smoothing_factor))
+            sequence_classification_loss, label_smoothing=float(self.args.label_smoothing_factor)
+        )
         self._split = _BatchSplit(index_key, list(self.label_names))
         self.assessor = self._create_assessor(at, dict(assessor_options or {}))
         self.mombs_callback = MoMBSTrainerCallback(self.assessor, sampler)
@@ -431,51 +468,74 @@ class MoMBSTrainer(Trainer):
     def _check_setup(self) -> None:
         args, sampler = self.args, self.sampler
         if self.model_init is not None:
-            raise ValueError("model_init= is not supported by MoMBSTrainer: the assessor measures the model it "
-                             "was built with; pass model=")
+            raise ValueError(
+                "model_init= is not supported by MoMBSTrainer: the assessor measures the model it "
+                "was built with; pass model="
+            )
         if self.compute_loss_func is not None:
-            raise ValueError("compute_loss_func= is not supported by MoMBSTrainer, whose loss is the mean of "
-                             "per-sample losses; pass per_sample_loss_fn=(outputs, targets) -> (B,) instead")
+            raise ValueError(
+                "compute_loss_func= is not supported by MoMBSTrainer, whose loss is the mean of "
+                "per-sample losses; pass per_sample_loss_fn=(outputs, targets) -> (B,) instead"
+            )
         if self.train_dataset is None:
             raise ValueError("train_dataset=None: MoMBSTrainer plans the training set's batches and needs it")
         if not hasattr(self.train_dataset, "__len__") or not hasattr(self.train_dataset, "__getitem__"):
-            raise ValueError(f"train_dataset={type(self.train_dataset).__name__} must be map-style "
-                             f"(__len__ and __getitem__); an IterableDataset has no indices to plan")
+            raise ValueError(
+                f"train_dataset={type(self.train_dataset).__name__} must be map-style "
+                f"(__len__ and __getitem__); an IterableDataset has no indices to plan"
+            )
         first = self.train_dataset[0] if len(self.train_dataset) else {}
         if not isinstance(first, Mapping):
-            raise ValueError(f"train_dataset items are {type(first).__name__}s; MoMBSTrainer needs mappings of "
-                             f"model inputs and labels (dicts, as Hugging Face datasets return them)")
+            raise ValueError(
+                f"train_dataset items are {type(first).__name__}s; MoMBSTrainer needs mappings of "
+                f"model inputs and labels (dicts, as Hugging Face datasets return them)"
+            )
         if self.index_key in first:
-            raise ValueError(f"train_dataset items already have a {self.index_key!r} field, the name the index "
-                             f"is added under; pass index_key= another name")
+            raise ValueError(
+                f"train_dataset items already have a {self.index_key!r} field, the name the index "
+                f"is added under; pass index_key= another name"
+            )
         if len(self.train_dataset) != sampler.num_samples_total:
-            raise ValueError(f"sampler covers {sampler.num_samples_total} samples but train_dataset has "
-                             f"{len(self.train_dataset)}; build the sampler over the training set")
+            raise ValueError(
+                f"sampler covers {sampler.num_samples_total} samples but train_dataset has "
+                f"{len(self.train_dataset)}; build the sampler over the training set"
+            )
         if sampler.batch_size != args.train_batch_size:
-            raise ValueError(f"sampler.batch_size={sampler.batch_size} but the arguments' train_batch_size is "
-                             f"{args.train_batch_size} (per_device_train_batch_size="
-                             f"{args.per_device_train_batch_size}, n_gpu={args.n_gpu}); the sampler makes the "
-                             f"batches, so set the two equal")
+            raise ValueError(
+                f"sampler.batch_size={sampler.batch_size} but the arguments' train_batch_size is "
+                f"{args.train_batch_size} (per_device_train_batch_size="
+                f"{args.per_device_train_batch_size}, n_gpu={args.n_gpu}); the sampler makes the "
+                f"batches, so set the two equal"
+            )
         if (sampler.num_replicas, sampler.rank) != (args.world_size, args.process_index):
-            raise ValueError(f"sampler has num_replicas={sampler.num_replicas}, rank={sampler.rank} but this "
-                             f"process is {args.process_index} of {args.world_size}; build the sampler after "
-                             f"TrainingArguments (which starts torch.distributed), or pass "
-                             f"num_replicas=args.world_size, rank=args.process_index")
+            raise ValueError(
+                f"sampler has num_replicas={sampler.num_replicas}, rank={sampler.rank} but this "
+                f"process is {args.process_index} of {args.world_size}; build the sampler after "
+                f"TrainingArguments (which starts torch.distributed), or pass "
+                f"num_replicas=args.world_size, rank=args.process_index"
+            )
         if bool(args.dataloader_drop_last) != sampler.drop_last:
-            raise ValueError(f"dataloader_drop_last={args.dataloader_drop_last} but sampler.drop_last="
-                             f"{sampler.drop_last}; the sampler decides, so set the two equal")
+            raise ValueError(
+                f"dataloader_drop_last={args.dataloader_drop_last} but sampler.drop_last="
+                f"{sampler.drop_last}; the sampler decides, so set the two equal"
+            )
         if args.auto_find_batch_size:
             raise ValueError("auto_find_batch_size=True is not supported: the sampler's batch size is fixed")
         strategy = getattr(args, "train_sampling_strategy", "random")
         if strategy != "random" or getattr(args, "group_by_length", False):
-            raise ValueError(f"train_sampling_strategy={strategy!r} would be ignored: the mombs sampler decides "
-                             f"the order; leave it at 'random'")
+            raise ValueError(
+                f"train_sampling_strategy={strategy!r} would be ignored: the mombs sampler decides "
+                f"the order; leave it at 'random'"
+            )
         if getattr(getattr(args, "accelerator_config", None), "split_batches", False):
-            raise ValueError("accelerator_config.split_batches=True is not supported: the sampler's batches "
-                             "are already per process")
+            raise ValueError(
+                "accelerator_config.split_batches=True is not supported: the sampler's batches are already per process"
+            )
         if not self.label_names:
-            raise ValueError(f"{type(self.model).__name__}.forward names no labels argument; set "
-                             f"TrainingArguments(label_names=[...]) to the batch's label fields")
+            raise ValueError(
+                f"{type(self.model).__name__}.forward names no labels argument; set "
+                f"TrainingArguments(label_names=[...]) to the batch's label fields"
+            )
 
     def _keep_columns(self) -> frozenset | None:
         """The fields ``remove_unused_columns`` keeps, as the Trainer chooses them, or ``None``."""
@@ -490,23 +550,32 @@ class MoMBSTrainer(Trainer):
         return frozenset(named | {"label", "label_ids"} | set(self.label_names))
 
     def _create_assessor(self, at: str, options: dict) -> DifficultyAssessor:
-        valid = [name for name in inspect.signature(DifficultyAssessor.__init__).parameters
-                 if name not in ("self", *_RESERVED_OPTIONS)]
+        valid = [
+            name
+            for name in inspect.signature(DifficultyAssessor.__init__).parameters
+            if name not in ("self", *_RESERVED_OPTIONS)
+        ]
         reserved = sorted(set(options) & set(_RESERVED_OPTIONS))
         if reserved:
-            raise ValueError(f"assessor_options may not set {reserved}: MoMBSTrainer sets them (at= is its own "
-                             f"argument)")
+            raise ValueError(
+                f"assessor_options may not set {reserved}: MoMBSTrainer sets them (at= is its own argument)"
+            )
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise ValueError(f"assessor_options has unknown names {unknown}; valid: {valid}")
         options.setdefault("loss_fn", self.per_sample_loss_fn)
         if getattr(getattr(self.model, "config", None), "problem_type", None) == "multi_label_classification":
             options.setdefault("activation", "sigmoid")
-        collate = _IndexCollator(self.data_collator, self.index_key, self._keep_columns(),
-                                 type(self.model).__name__)
-        return DifficultyAssessor(_KeywordModel(self.model), _IndexedItems(self.train_dataset, self.index_key),
-                                  at=at, sampler=self.sampler, collate_fn=collate, batch_fn=self._split,
-                                  **options)
+        collate = _IndexCollator(self.data_collator, self.index_key, self._keep_columns(), type(self.model).__name__)
+        return DifficultyAssessor(
+            _KeywordModel(self.model),
+            _IndexedItems(self.train_dataset, self.index_key),
+            at=at,
+            sampler=self.sampler,
+            collate_fn=collate,
+            batch_fn=self._split,
+            **options,
+        )
 
     # ------------------------------------------------------------------ #
     # the Trainer's hooks
@@ -523,8 +592,10 @@ class MoMBSTrainer(Trainer):
         (seed, epoch) generator, so no random state needs synchronising.
         """
         if self.train_dataset is not self.assessor.dataset.dataset:
-            raise ValueError("train_dataset was replaced after MoMBSTrainer was built; the sampler and the "
-                             "assessor were built for the first one: build a new trainer")
+            raise ValueError(
+                "train_dataset was replaced after MoMBSTrainer was built; the sampler and the "
+                "assessor were built for the first one: build a new trainer"
+            )
         args = self.args
         params = {
             "batch_sampler": self.sampler,
@@ -542,8 +613,15 @@ class MoMBSTrainer(Trainer):
             if context is not None:
                 params["multiprocessing_context"] = context
         loader = DataLoader(self.assessor.dataset, **params)
-        return prepare_data_loader(loader, device=args.device, num_processes=1, process_index=0,
-                                   put_on_device=True, rng_types=None, dispatch_batches=False)
+        return prepare_data_loader(
+            loader,
+            device=args.device,
+            num_processes=1,
+            process_index=0,
+            put_on_device=True,
+            rng_types=None,
+            dispatch_batches=False,
+        )
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """The mean of the batch's per-sample losses, which the assessor observes.

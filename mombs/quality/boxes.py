@@ -68,13 +68,15 @@ def _check_inputs(detections, given_boxes) -> list[tuple[np.ndarray, np.ndarray,
     out = []
     for i, (det, gt) in enumerate(zip(detections, given_boxes)):
         if not hasattr(det, "keys") or "boxes" not in det or "scores" not in det:
-            raise ValueError(f"detections[{i}] must be a mapping with 'boxes' (d, 4) and 'scores' (d,), "
-                             f"got {type(det).__name__}")
+            raise ValueError(
+                f"detections[{i}] must be a mapping with 'boxes' (d, 4) and 'scores' (d,), got {type(det).__name__}"
+            )
         boxes = _boxes("detections", det["boxes"], i)
         conf = np.asarray(det["scores"], dtype=np.float64).reshape(-1)
         if conf.shape != (len(boxes),) or (conf.size and (conf.min() < 0 or conf.max() > 1)):
-            raise ValueError(f"detections[{i}]['scores'] must be ({len(boxes)},) confidences in [0, 1], "
-                             f"got shape {conf.shape}")
+            raise ValueError(
+                f"detections[{i}]['scores'] must be ({len(boxes)},) confidences in [0, 1], got shape {conf.shape}"
+            )
         out.append((boxes, conf, _boxes("given_boxes", gt, i)))
     return out
 
@@ -116,8 +118,12 @@ def box_issue_scores(detections, given_boxes, *, cover_iou: float = 0.1) -> dict
             rows = np.arange(len(gt))
             hit = iou[rows, best] >= cover_iou
             badloc[i] = float((conf[best] * (1.0 - iou[rows, best]) * hit).max(initial=0.0))
-    return {"overlooked": overlooked, "badly_located": badloc, "spurious": spurious,
-            "box_issue": np.maximum(np.maximum(overlooked, badloc), spurious)}
+    return {
+        "overlooked": overlooked,
+        "badly_located": badloc,
+        "spurious": spurious,
+        "box_issue": np.maximum(np.maximum(overlooked, badloc), spurious),
+    }
 
 
 def box_issue_kind(scores: dict, *, threshold: float = 0.5) -> np.ndarray:

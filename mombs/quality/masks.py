@@ -40,16 +40,18 @@ def _check(prob, given) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(prob)
     g = np.asarray(given)
     if p.ndim != 4 or p.shape[1] < 2:
-        raise ValueError(f"prob must be (N, K, H, W) per-pixel class probabilities with K >= 2, "
-                         f"got shape {p.shape}")
+        raise ValueError(f"prob must be (N, K, H, W) per-pixel class probabilities with K >= 2, got shape {p.shape}")
     if g.shape != (p.shape[0], *p.shape[2:]):
-        raise ValueError(f"given must be the (N, H, W) = {(p.shape[0], *p.shape[2:])} integer masks of prob's "
-                         f"images, got shape {g.shape}")
+        raise ValueError(
+            f"given must be the (N, H, W) = {(p.shape[0], *p.shape[2:])} integer masks of prob's "
+            f"images, got shape {g.shape}"
+        )
     if not np.issubdtype(g.dtype, np.integer) and g.dtype != bool:
         raise ValueError(f"given must hold integer class indices, got dtype {g.dtype}")
     if g.size and (int(g.min()) < 0 or int(g.max()) >= p.shape[1]):
-        raise ValueError(f"given must lie in [0, {p.shape[1]}) (prob has {p.shape[1]} classes), got "
-                         f"[{int(g.min())}, {int(g.max())}]")
+        raise ValueError(
+            f"given must lie in [0, {p.shape[1]}) (prob has {p.shape[1]} classes), got [{int(g.min())}, {int(g.max())}]"
+        )
     if not np.isfinite(p).all():
         raise ValueError("prob holds NaN or infinite values")
     return p.astype(np.float32, copy=False), g.astype(np.int64, copy=False)
@@ -114,10 +116,13 @@ def mask_issue_scores(prob, given, *, border: int = 2, cleanlab: bool | None = N
     p_given = np.take_along_axis(p, g[:, None], axis=1)[:, 0]
     count = region.reshape(n, -1).sum(1)
     err = ((1.0 - p_given) * region).reshape(n, -1).sum(1, dtype=np.float64)
-    scores = {"disagreement": 1.0 - dice,
-              "region_error": np.where(count > 0, err / np.maximum(count, 1), 0.0),
-              "area": np.abs(np.log((a_pred + 1) / (a_given + 1))),
-              "predicted_area": a_pred, "given_area": a_given}
+    scores = {
+        "disagreement": 1.0 - dice,
+        "region_error": np.where(count > 0, err / np.maximum(count, 1), 0.0),
+        "area": np.abs(np.log((a_pred + 1) / (a_given + 1))),
+        "predicted_area": a_pred,
+        "given_area": a_given,
+    }
     if cleanlab is not False:
         try:
             from cleanlab.segmentation.rank import get_label_quality_scores

@@ -46,15 +46,29 @@ def eval_pass(assessor) -> tuple[np.ndarray, np.ndarray]:
 
     if not isinstance(assessor, DifficultyAssessor):
         raise ValueError(f"assessor must be a mombs.DifficultyAssessor, got {type(assessor).__name__}")
-    device = (_normal_device(assessor.device) if assessor.device is not None
-              else next(assessor.model.parameters()).device)
+    device = (
+        _normal_device(assessor.device) if assessor.device is not None else next(assessor.model.parameters()).device
+    )
     (_, loss), (_, unc) = assessment_pass(
-        assessor.model, assessor.dataset, at=assessor.at, k=assessor.k, alpha=assessor.alpha,
-        loss_fn=assessor.loss_fn, output_fn=assessor.output_fn, uncertainty_fn=assessor.uncertainty_fn,
-        activation=assessor.activation, batch_size=assessor.batch_size, num_workers=assessor.num_workers,
-        collate_fn=assessor.collate_fn, batch_fn=assessor.batch_fn, device=device,
+        assessor.model,
+        assessor.dataset,
+        at=assessor.at,
+        k=assessor.k,
+        alpha=assessor.alpha,
+        loss_fn=assessor.loss_fn,
+        output_fn=assessor.output_fn,
+        uncertainty_fn=assessor.uncertainty_fn,
+        activation=assessor.activation,
+        batch_size=assessor.batch_size,
+        num_workers=assessor.num_workers,
+        collate_fn=assessor.collate_fn,
+        batch_fn=assessor.batch_fn,
+        device=device,
         generator=torch.Generator(device=device).manual_seed(assessor.seed + PASS_SEED_OFFSET),
-        chunk_rows=assessor.chunk_rows, loader=assessor.assessment_loader, forward_fn=assessor.forward_fn)
+        chunk_rows=assessor.chunk_rows,
+        loader=assessor.assessment_loader,
+        forward_fn=assessor.forward_fn,
+    )
     return loss, unc
 
 
@@ -70,15 +84,28 @@ def _dataset_labels(assessor) -> np.ndarray:
         except (RuntimeError, ValueError):
             value = None
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"the data set's item {i} has target {type(y).__name__}"
-                             f"{tuple(getattr(y, 'shape', ()))}, not one class label: give labels=, or, for "
-                             f"masks or boxes, scores= from mombs.quality.mask_issue_scores or box_issue_scores")
+            raise ValueError(
+                f"the data set's item {i} has target {type(y).__name__}"
+                f"{tuple(getattr(y, 'shape', ()))}, not one class label: give labels=, or, for "
+                f"masks or boxes, scores= from mombs.quality.mask_issue_scores or box_issue_scores"
+            )
         labels.append(int(value))
     return np.asarray(labels, dtype=np.int64)
 
 
-def measure_label_issues(assessor, labels=None, *, scores=None, score: str = "auto", kind=None,
-                         wrong_label=None, sources=None, history=None, out_dir=None, images=None) -> DataQuality:
+def measure_label_issues(
+    assessor,
+    labels=None,
+    *,
+    scores=None,
+    score: str = "auto",
+    kind=None,
+    wrong_label=None,
+    sources=None,
+    history=None,
+    out_dir=None,
+    images=None,
+) -> DataQuality:
     """The label-issue table of the current model: one eval-mode pass, then the table ``diagnose`` writes.
 
     Args:
@@ -109,15 +136,23 @@ def measure_label_issues(assessor, labels=None, *, scores=None, score: str = "au
     loss, unc = eval_pass(assessor)
     if scores is None:
         lab = _dataset_labels(assessor) if labels is None else labels
-        q = data_quality(loss, unc, np.asarray(lab), history=history, wrong_label=wrong_label, score=score,
-                         sources=sources)
+        q = data_quality(
+            loss, unc, np.asarray(lab), history=history, wrong_label=wrong_label, score=score, sources=sources
+        )
     else:
         if labels is not None:
             raise ValueError("give labels= (class labels) or scores= (masks, boxes), not both")
         if not hasattr(scores, "keys") or not scores:
             raise ValueError(f"scores must be a non-empty mapping of name -> (N,) array, got {scores!r}")
-        q = dense_quality(loss, unc, scores, score=next(iter(scores)) if score == "auto" else score, kind=kind,
-                          wrong_label=wrong_label, sources=sources)
+        q = dense_quality(
+            loss,
+            unc,
+            scores,
+            score=next(iter(scores)) if score == "auto" else score,
+            kind=kind,
+            wrong_label=wrong_label,
+            sources=sources,
+        )
     if out_dir is not None:
         write_table(q, out_dir)
         write_report(q, out_dir, images=images if scores is None else None, title="data quality (eval-mode pass)")

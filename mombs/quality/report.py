@@ -19,8 +19,12 @@ from .table import DataQuality
 __all__ = ["write_report"]
 
 
-_QUADRANT_COLORS = {"poorly-labeled": "#d62728", "under-represented": "#ff7f0e",
-                    "well-represented": "#2ca02c", "overfitted": "#1f77b4"}
+_QUADRANT_COLORS = {
+    "poorly-labeled": "#d62728",
+    "under-represented": "#ff7f0e",
+    "well-represented": "#2ca02c",
+    "overfitted": "#1f77b4",
+}
 
 
 def _data_map(quality: DataQuality, path: Path) -> None:
@@ -29,11 +33,19 @@ def _data_map(quality: DataQuality, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for q in QUADRANTS:
         m = t["quadrant"] == q
-        ax.scatter(t["loss"][m], t["uncertainty"][m], s=4, alpha=0.5, color=_QUADRANT_COLORS[q],
-                   label=f"{q} ({int(m.sum())})")
+        ax.scatter(
+            t["loss"][m], t["uncertainty"][m], s=4, alpha=0.5, color=_QUADRANT_COLORS[q], label=f"{q} ({int(m.sum())})"
+        )
     f = t["flagged"]
-    ax.scatter(t["loss"][f], t["uncertainty"][f], s=14, facecolors="none", edgecolors="k", linewidths=0.4,
-               label=f"flagged ({int(f.sum())})")
+    ax.scatter(
+        t["loss"][f],
+        t["uncertainty"][f],
+        s=14,
+        facecolors="none",
+        edgecolors="k",
+        linewidths=0.4,
+        label=f"flagged ({int(f.sum())})",
+    )
     ax.set_xscale("symlog", linthresh=1e-2)
     ax.set_xlabel("loss (higher = worse fit)")
     ax.set_ylabel("uncertainty (higher = less sure)")
@@ -53,8 +65,15 @@ def _cartography_map(quality: DataQuality, path: Path) -> None:
     if color is not None:
         fig.colorbar(sc, ax=ax, label="correctness")
     f = t["flagged"]
-    ax.scatter(t["variability"][f], t["confidence"][f], s=14, facecolors="none", edgecolors="r",
-               linewidths=0.4, label=f"flagged ({int(f.sum())})")
+    ax.scatter(
+        t["variability"][f],
+        t["confidence"][f],
+        s=14,
+        facecolors="none",
+        edgecolors="r",
+        linewidths=0.4,
+        label=f"flagged ({int(f.sum())})",
+    )
     ax.set_xlabel("variability")
     ax.set_ylabel("confidence (lower = worse)")
     ax.set_title("dataset cartography")
@@ -82,16 +101,18 @@ def _grid(images, quality: DataQuality, rows: np.ndarray, title: str, path: Path
         img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
         pred = t["predicted_label"][r] if "predicted_label" in t else None
-        ax.set_title(f"#{t['index'][r]} y={t['given_label'][r]}" + (f" p={pred}" if pred is not None else ""),
-                     fontsize=6)
+        ax.set_title(
+            f"#{t['index'][r]} y={t['given_label'][r]}" + (f" p={pred}" if pred is not None else ""), fontsize=6
+        )
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_report(quality: DataQuality, out_dir, *, images=None, per_quadrant: int = 16,
-                 title: str = "data quality", pictures=None) -> Path:
+def write_report(
+    quality: DataQuality, out_dir, *, images=None, per_quadrant: int = 16, title: str = "data quality", pictures=None
+) -> Path:
     """Writes ``report.md`` with the data maps, per-class counts and picture grids.
 
     Figures: ``data_map.png`` (loss vs uncertainty, by quadrant, flagged
@@ -126,16 +147,24 @@ def write_report(quality: DataQuality, out_dir, *, images=None, per_quadrant: in
     out.mkdir(parents=True, exist_ok=True)
     t = quality.table
     s = quality.summary()
-    lines = [f"# {title}", "",
-             f"{s['samples']} samples; {s['flagged']} flagged as likely wrong labels.", "",
-             f"- label-issue score: `{quality.score}` (higher = more likely a wrong label)",
-             f"- flag: {quality.flag_rule}", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"{s['samples']} samples; {s['flagged']} flagged as likely wrong labels.",
+        "",
+        f"- label-issue score: `{quality.score}` (higher = more likely a wrong label)",
+        f"- flag: {quality.flag_rule}",
+        "",
+    ]
     if quality.missing:
         lines += ["**Missing:**", ""] + [f"- {m}" for m in quality.missing] + [""]
     if "known_noise" in s:
         k = s["known_noise"]
-        lines += [f"Known noise: {k['wrong']} wrong labels; the flag has precision {k['precision']:.3f}, "
-                  f"recall {k['recall']:.3f}; the score has AUROC {k['auroc']:.3f}, AP {k['ap']:.3f}.", ""]
+        lines += [
+            f"Known noise: {k['wrong']} wrong labels; the flag has precision {k['precision']:.3f}, "
+            f"recall {k['recall']:.3f}; the score has AUROC {k['auroc']:.3f}, AP {k['ap']:.3f}.",
+            "",
+        ]
     _data_map(quality, out / "data_map.png")
     lines += ["## Data map", "", "![loss vs uncertainty](data_map.png)", ""]
     if "confidence" in t:
@@ -150,9 +179,28 @@ def write_report(quality: DataQuality, out_dir, *, images=None, per_quadrant: in
         lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows] + [""]
     lines += ["## Most suspect labels", ""]
     top = quality.top(10)
-    show = [c for c in ("index", "path", "case", "slice", "image_id", "given_label", "predicted_label",
-                        "quadrant", "loss", "uncertainty", "aum", "confidence", "suspected_error", "corruption",
-                        "label_issue_score", "flagged") if c in t]
+    show = [
+        c
+        for c in (
+            "index",
+            "path",
+            "case",
+            "slice",
+            "image_id",
+            "given_label",
+            "predicted_label",
+            "quadrant",
+            "loss",
+            "uncertainty",
+            "aum",
+            "confidence",
+            "suspected_error",
+            "corruption",
+            "label_issue_score",
+            "flagged",
+        )
+        if c in t
+    ]
     lines += ["| " + " | ".join(show) + " |", "|" + "---|" * len(show)]
     for r in top:
         cells = [f"{t[c][r]:.4g}" if isinstance(t[c][r], (float, np.floating)) else str(t[c][r]) for c in show]

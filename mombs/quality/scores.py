@@ -154,22 +154,32 @@ def detection_metrics(score, flagged, truth) -> dict[str, float]:
         raise ValueError(f"score must have shape (N,), got {s.shape}")
     for name, arr in (("flagged", f), ("truth", t)):
         if arr.shape != s.shape or arr.dtype != bool:
-            raise ValueError(f"{name} must be a ({s.shape[0]},) bool array, got shape {arr.shape} "
-                             f"and dtype {arr.dtype}")
+            raise ValueError(
+                f"{name} must be a ({s.shape[0]},) bool array, got shape {arr.shape} and dtype {arr.dtype}"
+            )
     if not np.isfinite(s).all():
         raise ValueError(f"score contains {int((~np.isfinite(s)).sum())} non-finite value(s)")
     tp = int((f & t).sum())
     precision = tp / f.sum() if f.any() else float("nan")
     recall = tp / t.sum() if t.any() else float("nan")
-    f1 = (2 * precision * recall / (precision + recall)
-          if f.any() and t.any() and precision + recall > 0 else (0.0 if f.any() and t.any() else float("nan")))
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if f.any() and t.any() and precision + recall > 0
+        else (0.0 if f.any() and t.any() else float("nan"))
+    )
     k = int(t.sum())
     top = np.argsort(-s, kind="stable")[:k]
     auroc, ap = _ranking_scores(t, s)
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-            "auroc": auroc, "ap": ap,
-            "precision_at_k": float(t[top].mean()) if k else float("nan"),
-            "flagged": int(f.sum()), "wrong": k}
+    return {
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "auroc": auroc,
+        "ap": ap,
+        "precision_at_k": float(t[top].mean()) if k else float("nan"),
+        "flagged": int(f.sum()),
+        "wrong": k,
+    }
 
 
 def noise_detection(member, scores: dict, flagged) -> dict:
@@ -194,11 +204,15 @@ def noise_detection(member, scores: dict, flagged) -> dict:
     member = np.asarray(member, dtype=bool)
     flagged = np.asarray(flagged, dtype=bool)
     if member.ndim != 1 or flagged.shape != member.shape:
-        raise ValueError(f"member and flagged must be (N,) bool arrays of one length, got shapes "
-                         f"{member.shape} and {flagged.shape}")
-    out = {"precision": float(member[flagged].mean()) if flagged.any() else None,
-           "recall": float(flagged[member].mean()) if member.any() else None,
-           "base_rate": float(member.mean()), "flagged": int(flagged.sum())}
+        raise ValueError(
+            f"member and flagged must be (N,) bool arrays of one length, got shapes {member.shape} and {flagged.shape}"
+        )
+    out = {
+        "precision": float(member[flagged].mean()) if flagged.any() else None,
+        "recall": float(flagged[member].mean()) if member.any() else None,
+        "base_rate": float(member.mean()),
+        "flagged": int(flagged.sum()),
+    }
     for name, s in scores.items():
         s = np.asarray(s, dtype=np.float64)
         if s.shape != member.shape:

@@ -22,11 +22,12 @@ def _logits_labels(logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must have shape (B, C) with C >= 2, got {tuple(logits.shape)}")
     if labels.shape != (logits.shape[0],) or labels.dtype.is_floating_point:
-        raise ValueError(f"labels must be (B,) = ({logits.shape[0]},) integers, got shape "
-                         f"{tuple(labels.shape)} and dtype {labels.dtype}")
+        raise ValueError(
+            f"labels must be (B,) = ({logits.shape[0]},) integers, got shape "
+            f"{tuple(labels.shape)} and dtype {labels.dtype}"
+        )
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got [{int(labels.min())}, "
-                         f"{int(labels.max())}]")
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got [{int(labels.min())}, {int(labels.max())}]")
     return logits.detach(), labels.long()
 
 

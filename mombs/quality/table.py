@@ -29,8 +29,16 @@ from .scores import (
     detection_metrics,
 )
 
-__all__ = ["DENSE_FLAGS", "DataQuality", "HISTORY_KEYS", "SCORES", "data_quality", "dense_quality", "dense_score",
-           "write_table"]
+__all__ = [
+    "DENSE_FLAGS",
+    "DataQuality",
+    "HISTORY_KEYS",
+    "SCORES",
+    "data_quality",
+    "dense_quality",
+    "dense_score",
+    "write_table",
+]
 
 #: The per-epoch arrays :func:`data_quality` reads from a history, each ``(E, N)``.
 HISTORY_KEYS = ("train_loss", "prob_given", "margin", "pred", "uncertainty")
@@ -70,8 +78,10 @@ def _check_history(history, n: int) -> dict[str, np.ndarray]:
         arr = np.asarray(history[key])
         if key == "pred":
             if arr.ndim != 2 or arr.shape[1] != n or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"history['pred'] must be an (E, {n}) integer array (-1 where unseen), "
-                                 f"got shape {arr.shape} and dtype {arr.dtype}")
+                raise ValueError(
+                    f"history['pred'] must be an (E, {n}) integer array (-1 where unseen), "
+                    f"got shape {arr.shape} and dtype {arr.dtype}"
+                )
         else:
             arr = _history_array(f"history[{key!r}]", arr, n)
         if shape is not None and arr.shape[0] != shape:
@@ -178,9 +188,15 @@ class DataQuality:
     def summary(self) -> dict:
         """Counts and settings, JSON-ready."""
         quad = self.table["quadrant"]
-        out = {"samples": len(self), "flagged": int(self.table["flagged"].sum()), "score": self.score,
-               "flag_rule": self.flag_rule, "quadrant_counts": {q: int((quad == q).sum()) for q in QUADRANTS},
-               "columns": self.columns, "missing": list(self.missing)}
+        out = {
+            "samples": len(self),
+            "flagged": int(self.table["flagged"].sum()),
+            "score": self.score,
+            "flag_rule": self.flag_rule,
+            "quadrant_counts": {q: int((quad == q).sum()) for q in QUADRANTS},
+            "columns": self.columns,
+            "missing": list(self.missing),
+        }
         if "wrong_label" in self.table:
             wrong = self.table["wrong_label"]
             out["known_noise"] = detection_metrics(self.table["label_issue_score"], self.table["flagged"], wrong)
@@ -195,9 +211,20 @@ class DataQuality:
         return pd.DataFrame(self.table)
 
 
-def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wrong_label=None,
-                 score: str = "auto", aum_threshold: float = 0.0, loss_quantile: float = 0.5,
-                 uncertainty_quantile: float = 0.5, sources=None) -> DataQuality:
+def data_quality(
+    loss,
+    uncertainty,
+    labels,
+    *,
+    history=None,
+    predicted=None,
+    wrong_label=None,
+    score: str = "auto",
+    aum_threshold: float = 0.0,
+    loss_quantile: float = 0.5,
+    uncertainty_quantile: float = 0.5,
+    sources=None,
+) -> DataQuality:
     """A table of every sample's label-issue score, flag and quadrant, from one run's signals.
 
     Args:
@@ -236,8 +263,7 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
     """
     lab = np.asarray(labels)
     if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer) or lab.size == 0:
-        raise ValueError(f"labels must be a non-empty (N,) integer array, got shape {lab.shape} "
-                         f"and dtype {lab.dtype}")
+        raise ValueError(f"labels must be a non-empty (N,) integer array, got shape {lab.shape} and dtype {lab.dtype}")
     if lab.min() < 0:
         raise ValueError(f"labels must be >= 0, got {lab.min()}")
     n = lab.shape[0]
@@ -267,8 +293,13 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
             raise ValueError(f"wrong_label must be a ({n},) bool array, got shape {w.shape} and dtype {w.dtype}")
         table["wrong_label"] = w
     quadrant_score = (_compute_ranks(loss) - _compute_ranks(unc)) / n
-    table.update(loss=loss, uncertainty=unc, difficulty=difficulty_scores(loss, unc),
-                 quadrant=np.asarray(QUADRANTS, dtype=object)[q.codes], quadrant_score=quadrant_score)
+    table.update(
+        loss=loss,
+        uncertainty=unc,
+        difficulty=difficulty_scores(loss, unc),
+        quadrant=np.asarray(QUADRANTS, dtype=object)[q.codes],
+        quadrant_score=quadrant_score,
+    )
     if "train_loss" in hist:
         table["mean_loss"] = _seen_mean(hist["train_loss"])
     if "uncertainty" in hist:
@@ -283,22 +314,28 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
     else:
         missing.append("aum: the history has no margin")
     if history is None:
-        missing = ["the per-epoch history (train_loss, prob_given, margin, pred): without it there is no "
-                   "AUM, no cartography map and no per-epoch prediction; train with the history kept "
-                   "(mombs train --set history=true, or DifficultyAssessor(..., keep_history=True) "
-                   "and mombs.quality.given_label_margin/given_label_prob in your own loop)"]
+        missing = [
+            "the per-epoch history (train_loss, prob_given, margin, pred): without it there is no "
+            "AUM, no cartography map and no per-epoch prediction; train with the history kept "
+            "(mombs train --set history=true, or DifficultyAssessor(..., keep_history=True) "
+            "and mombs.quality.given_label_margin/given_label_prob in your own loop)"
+        ]
 
     if score == "auto":
         score = "aum" if "aum" in table and not np.isnan(table["aum"]).all() else "loss"
     needs = {"aum": "aum", "combined": "aum", "confidence": "confidence"}.get(score)
     if needs is not None and needs not in table:
-        raise ValueError(f"score={score!r} needs the per-epoch history ({needs}); give history= with "
-                         f"{'margin' if needs == 'aum' else 'prob_given'}, or use score='loss' or 'quadrant'")
+        raise ValueError(
+            f"score={score!r} needs the per-epoch history ({needs}); give history= with "
+            f"{'margin' if needs == 'aum' else 'prob_given'}, or use score='loss' or 'quadrant'"
+        )
 
     if score == "quadrant":
         issue, flagged = quadrant_score, q.mask("poorly-labeled")
-        rule = (f"poorly-labeled quadrant: loss above its {loss_quantile:g} quantile and uncertainty "
-                f"at or below its {uncertainty_quantile:g} quantile")
+        rule = (
+            f"poorly-labeled quadrant: loss above its {loss_quantile:g} quantile and uncertainty "
+            f"at or below its {uncertainty_quantile:g} quantile"
+        )
     elif score == "loss":
         issue, flagged = loss, loss > math.log(2.0)
         rule = "loss > ln 2 (for cross-entropy: the given label's probability is below 1/2)"
@@ -319,8 +356,10 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
         k = int((aum < aum_threshold).sum())
         flagged = np.zeros(n, dtype=bool)
         flagged[np.argsort(-issue, kind="stable")[:k]] = True
-        rule = (f"the top {k} by the combined score (mean rank of quadrant_score and -AUM), "
-                f"k = the samples with AUM < {aum_threshold:g}")
+        rule = (
+            f"the top {k} by the combined score (mean rank of quadrant_score and -AUM), "
+            f"k = the samples with AUM < {aum_threshold:g}"
+        )
     issue = np.asarray(issue, dtype=np.float64)
     order = np.argsort(-issue, kind="stable")
     rank = np.empty(n, dtype=np.int64)
@@ -333,8 +372,16 @@ def data_quality(loss, uncertainty, labels, *, history=None, predicted=None, wro
 #: The flag of each per-image score :func:`dense_quality` can rank by: a score at or
 #: above the threshold is flagged. Scores not named here (``loss``,
 #: ``difficulty``, ``quadrant_score``) flag the poorly-labeled quadrant.
-DENSE_FLAGS = {"disagreement": 0.5, "region_error": 0.5, "cleanlab": 0.5, "box_issue": 0.5, "overlooked": 0.5,
-               "badly_located": 0.5, "spurious": 0.5, "area": math.log(2.0)}
+DENSE_FLAGS = {
+    "disagreement": 0.5,
+    "region_error": 0.5,
+    "cleanlab": 0.5,
+    "box_issue": 0.5,
+    "overlooked": 0.5,
+    "badly_located": 0.5,
+    "spurious": 0.5,
+    "area": math.log(2.0),
+}
 
 
 def dense_score(name: str, scores: dict, loss, uncertainty) -> np.ndarray:
@@ -359,8 +406,21 @@ def dense_score(name: str, scores: dict, loss, uncertainty) -> np.ndarray:
     raise ValueError(f"score={name!r} is not known; choose one of {[*scores, 'loss', 'difficulty', 'quadrant_score']}")
 
 
-def dense_quality(loss, uncertainty, scores, *, score: str, kind=None, wrong_label=None, corruption=None,
-                  sources=None, info=None, flag_by: str | None = None, loss_quantile: float = 0.5, uncertainty_quantile: float = 0.5) -> DataQuality:
+def dense_quality(
+    loss,
+    uncertainty,
+    scores,
+    *,
+    score: str,
+    kind=None,
+    wrong_label=None,
+    corruption=None,
+    sources=None,
+    info=None,
+    flag_by: str | None = None,
+    loss_quantile: float = 0.5,
+    uncertainty_quantile: float = 0.5,
+) -> DataQuality:
     """A table of every image's label-issue score, flag and quadrant, for masks or boxes.
 
     The counterpart of :func:`data_quality` for images whose label is a mask or
@@ -412,8 +472,13 @@ def dense_quality(loss, uncertainty, scores, *, score: str, kind=None, wrong_lab
     quadrant_score = (_compute_ranks(loss) - _compute_ranks(unc)) / n
     table: dict[str, np.ndarray] = {"index": np.arange(n)}
     table.update(_check_sources(sources, n))
-    table.update(loss=loss, uncertainty=unc, difficulty=difficulty_scores(loss, unc),
-                 quadrant=np.asarray(QUADRANTS, dtype=object)[q.codes], quadrant_score=quadrant_score)
+    table.update(
+        loss=loss,
+        uncertainty=unc,
+        difficulty=difficulty_scores(loss, unc),
+        quadrant=np.asarray(QUADRANTS, dtype=object)[q.codes],
+        quadrant_score=quadrant_score,
+    )
     table.update(cols)
     for name, v in (info or {}).items():
         arr = np.asarray(v)
@@ -438,13 +503,17 @@ def dense_quality(loss, uncertainty, scores, *, score: str, kind=None, wrong_lab
     flag_by = score if flag_by is None and score in DENSE_FLAGS else flag_by
     if flag_by is not None:
         if flag_by not in DENSE_FLAGS or flag_by not in table:
-            raise ValueError(f"flag_by={flag_by!r} must be a column of this table with a threshold in "
-                             f"DENSE_FLAGS; choose one of {[c for c in cols if c in DENSE_FLAGS]}")
+            raise ValueError(
+                f"flag_by={flag_by!r} must be a column of this table with a threshold in "
+                f"DENSE_FLAGS; choose one of {[c for c in cols if c in DENSE_FLAGS]}"
+            )
         flagged, rule = table[flag_by] >= DENSE_FLAGS[flag_by], f"{flag_by} >= {DENSE_FLAGS[flag_by]:.3g}"
     else:
         flagged = q.mask("poorly-labeled")
-        rule = (f"poorly-labeled quadrant: loss above its {loss_quantile:g} quantile and uncertainty "
-                f"at or below its {uncertainty_quantile:g} quantile")
+        rule = (
+            f"poorly-labeled quadrant: loss above its {loss_quantile:g} quantile and uncertainty "
+            f"at or below its {uncertainty_quantile:g} quantile"
+        )
     order = np.argsort(-issue, kind="stable")
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(1, n + 1)
@@ -490,8 +559,10 @@ def write_table(quality: DataQuality, out_dir, *, name: str = "data_quality", pa
         if parquet:
             raise ImportError("Parquet output needs pyarrow: pip install 'mombs[quality]'") from err
         return paths
-    arrays = {c: (pa.array(quality.table[c].astype(str)) if quality.table[c].dtype == object
-                  else pa.array(quality.table[c])) for c in cols}
+    arrays = {
+        c: (pa.array(quality.table[c].astype(str)) if quality.table[c].dtype == object else pa.array(quality.table[c]))
+        for c in cols
+    }
     pq.write_table(pa.table(arrays), out / f"{name}.parquet")
     paths["parquet"] = out / f"{name}.parquet"
     return paths

@@ -41,8 +41,20 @@ RECIPES = {
 }
 
 #: Run-config options that only some tasks take (each recipe's ``takes``).
-TASK_OPTIONS = ("imbalance", "img_max", "noise_file", "image_size", "noise_mix", "windows", "train_fraction",
-                "weights", "normalize", "annotations", "foreground_only", "intensity_window")
+TASK_OPTIONS = (
+    "imbalance",
+    "img_max",
+    "noise_file",
+    "image_size",
+    "noise_mix",
+    "windows",
+    "train_fraction",
+    "weights",
+    "normalize",
+    "annotations",
+    "foreground_only",
+    "intensity_window",
+)
 
 #: The task of a run config that names none (every run made before tasks existed).
 DEFAULT_TASK = "classification"

@@ -28,12 +28,14 @@ STRATEGY_REGISTRY: dict[str, type] = {}
 
 def register_strategy(name: str) -> Callable[[type], type]:
     """Class decorator: make a strategy available to :func:`create_strategy` as ``name``."""
+
     def deco(cls):
         if name in STRATEGY_REGISTRY:
             raise ValueError(f"strategy {name!r} is registered twice")
         cls.name = name
         STRATEGY_REGISTRY[name] = cls
         return cls
+
     return deco
 
 
@@ -64,8 +66,16 @@ class Strategy:
         check_int("pivot_epoch", pivot_epoch, 0)
         self.pivot_epoch = pivot_epoch
 
-    def create_sampler(self, data_source, batch_size: int, *, seed: int = 0, drop_last: bool = False,
-                       num_replicas: int | None = None, rank: int | None = None):
+    def create_sampler(
+        self,
+        data_source,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
         """The batch sampler for ``DataLoader(dataset, batch_sampler=...)``.
 
         It has ``set_epoch``, ``set_scores``, ``state_dict`` and
@@ -74,8 +84,16 @@ class Strategy:
         """
         from ..sampler import MixedOrderBatchSampler
 
-        return MixedOrderBatchSampler(data_source, batch_size, order=self.order, pivot_epoch=self.pivot_epoch,
-                                      drop_last=drop_last, seed=seed, num_replicas=num_replicas, rank=rank)
+        return MixedOrderBatchSampler(
+            data_source,
+            batch_size,
+            order=self.order,
+            pivot_epoch=self.pivot_epoch,
+            drop_last=drop_last,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
 
     def start_epoch(self, epoch: int, *, num_epochs: int, losses: np.ndarray | None) -> None:
         """Called before each epoch with the per-sample losses as they stand then.

@@ -41,8 +41,7 @@ class HardExampleRetrain(Strategy):
             raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
         self.fraction = float(fraction)
 
-    def create_sampler(self, data_source, batch_size, *, seed=0, drop_last=False, num_replicas=None,
-                       rank=None):
+    def create_sampler(self, data_source, batch_size, *, seed=0, drop_last=False, num_replicas=None, rank=None):
         import torch
 
         from .ohem_sampler import HardExampleBatchSampler
@@ -50,7 +49,15 @@ class HardExampleRetrain(Strategy):
         dist = torch.distributed
         world = num_replicas or (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
         if world > 1:
-            raise ValueError(f"num_replicas={world}: the ohem sampler is single-process; under "
-                             f"torch.distributed every rank would train on the whole data set")
-        return HardExampleBatchSampler(data_source, batch_size, fraction=self.fraction,
-                                       pivot_epoch=self.pivot_epoch, drop_last=drop_last, seed=seed)
+            raise ValueError(
+                f"num_replicas={world}: the ohem sampler is single-process; under "
+                f"torch.distributed every rank would train on the whole data set"
+            )
+        return HardExampleBatchSampler(
+            data_source,
+            batch_size,
+            fraction=self.fraction,
+            pivot_epoch=self.pivot_epoch,
+            drop_last=drop_last,
+            seed=seed,
+        )

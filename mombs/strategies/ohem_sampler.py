@@ -31,9 +31,16 @@ class HardExampleBatchSampler(Sampler[list[int]]):
         seed: seed of the shuffles, ``>= 0``.
     """
 
-    def __init__(self, data_source, batch_size: int, *, fraction: float = 0.1,
-                 pivot_epoch: int = DEFAULT_PIVOT_EPOCH,
-                 drop_last: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        data_source,
+        batch_size: int,
+        *,
+        fraction: float = 0.1,
+        pivot_epoch: int = DEFAULT_PIVOT_EPOCH,
+        drop_last: bool = False,
+        seed: int = 0,
+    ):
         n = data_source if is_int(data_source) else len(data_source)
         check_int("len(data_source)", n, 0)
         if not is_real(fraction) or not 0 < fraction <= 1:
@@ -58,23 +65,25 @@ class HardExampleBatchSampler(Sampler[list[int]]):
         """``(N,)`` scores, higher = harder (the loss rank); a copy is kept."""
         arr = _check_scores(scores)
         if arr.shape[0] != self.num_samples_total:
-            raise ValueError(f"scores has {arr.shape[0]} entries but this sampler was built for "
-                             f"{self.num_samples_total} samples")
+            raise ValueError(
+                f"scores has {arr.shape[0]} entries but this sampler was built for {self.num_samples_total} samples"
+            )
         self._scores = np.array(arr, copy=True)
 
     def _batches(self) -> list[np.ndarray]:
         n, b = self.num_samples_total, self.batch_size
         if not planned(self.epoch, self.pivot_epoch) or self._scores is None:
-            return list(plan_batches(np.zeros(n), b, order="random", seed=self.seed, epoch=self.epoch,
-                                     drop_last=self.drop_last))
+            return list(
+                plan_batches(np.zeros(n), b, order="random", seed=self.seed, epoch=self.epoch, drop_last=self.drop_last)
+            )
         # Stable, by descending score: tied losses (common in half precision)
         # are ordered by position, not by the sort kernel.
-        hard = np.argsort(-self._scores, kind="stable")[:int(round(self.fraction * n))]
+        hard = np.argsort(-self._scores, kind="stable")[: int(round(self.fraction * n))]
         items = np.concatenate([np.arange(n), hard])
         rng = np.random.default_rng([self.seed, self.epoch, 0x0E])
         items = items[rng.permutation(items.size)]
         stop = (items.size // b) * b if self.drop_last else items.size
-        return [items[i:i + b] for i in range(0, stop, b)]
+        return [items[i : i + b] for i in range(0, stop, b)]
 
     def __iter__(self):
         for batch in self._batches():
@@ -86,14 +95,19 @@ class HardExampleBatchSampler(Sampler[list[int]]):
     def state_dict(self) -> dict:
         """The epoch, the seed and the scores (a tensor, for ``weights_only`` loads).
         Batches are replayed per epoch: resume at an epoch boundary."""
-        return {"epoch": self.epoch, "seed": self.seed,
-                "scores": None if self._scores is None else torch.from_numpy(self._scores.copy())}
+        return {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "scores": None if self._scores is None else torch.from_numpy(self._scores.copy()),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restores :meth:`state_dict`; a state saved with another seed is refused (the constructor's is the run's)."""
         if state.get("seed") != self.seed:
-            raise ValueError(f"state seed={state.get('seed')!r} differs from this sampler's seed={self.seed!r}; "
-                             f"build the sampler with the run's settings")
+            raise ValueError(
+                f"state seed={state.get('seed')!r} differs from this sampler's seed={self.seed!r}; "
+                f"build the sampler with the run's settings"
+            )
         self.epoch = int(state["epoch"])
         s = state.get("scores")
         self._scores = None if s is None else _check_scores(s.numpy() if torch.is_tensor(s) else np.asarray(s))

@@ -14,6 +14,7 @@ class RandomBatches(Strategy):
 @register_strategy("mixed")
 class MixedOrder(Strategy):
     """MoMBS: every batch carries the same summed loss + uncertainty rank."""
+
     measure = "both"
     order = "mixed"
 
@@ -21,6 +22,7 @@ class MixedOrder(Strategy):
 @register_strategy("mixed-loss")
 class MixedOrderLoss(Strategy):
     """MoMBS with the loss rank alone (ablation Mo+l)."""
+
     measure = "loss"
     order = "mixed"
 
@@ -28,6 +30,7 @@ class MixedOrderLoss(Strategy):
 @register_strategy("mixed-uncertainty")
 class MixedOrderUncertainty(Strategy):
     """MoMBS with the uncertainty rank alone (ablation Mo+u)."""
+
     measure = "uncertainty"
     order = "mixed"
 
@@ -36,6 +39,7 @@ class MixedOrderUncertainty(Strategy):
 class MixedOrderEntropy(Strategy):
     """MoMBS with the plain entropy of the training forward's prediction in place
     of the K-pass disturbed uncertainty (``K = 1``, no noise, no extra pass)."""
+
     measure = "both"
     order = "mixed"
     schedule = "train-entropy"
@@ -44,5 +48,6 @@ class MixedOrderEntropy(Strategy):
 @register_strategy("anti")
 class AntiOrder(Strategy):
     """Hard with hard, easy with easy: the opposite of MoMBS (ablation)."""
+
     measure = "both"
     order = "anti"

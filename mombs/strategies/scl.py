@@ -97,5 +97,6 @@ class SelfPacedMixture(_SelfPaced):
         import torch
 
         mid = lam / loss.clamp_min(1e-12) - 1.0
-        return torch.where(loss <= lam / 2, torch.ones_like(loss),
-                           torch.where(loss >= lam, torch.zeros_like(loss), mid))
+        return torch.where(
+            loss <= lam / 2, torch.ones_like(loss), torch.where(loss >= lam, torch.zeros_like(loss), mid)
+        )

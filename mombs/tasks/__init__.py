@@ -23,6 +23,7 @@ from .base import TASKS, TaskAdapter, create_task, register_task
 from . import classification  # noqa: F401  (registers the adapter)
 from . import segmentation  # noqa: F401  (registers the adapter; MONAI is imported at first use)
 from . import detection  # noqa: F401  (registers the adapter; torchvision is imported at first use)
+
 # isort: on
 from .classification import per_sample_loss
 

@@ -27,12 +27,18 @@ def per_sample_loss(outputs, target: torch.Tensor) -> torch.Tensor:
             (``(B, 1)`` labels for ``(B, C)`` logits, say), naming both shapes.
     """
     logits = default_output_fn(outputs)
-    if (torch.is_tensor(target) and torch.is_tensor(logits) and not target.is_floating_point()
-            and target.ndim != logits.ndim - 1):
-        raise ValueError(f"classification labels must be (B,) class indices (or (B, *S) for dense (B, C, *S) "
-                         f"logits), got labels of shape {tuple(target.shape)} for logits of shape "
-                         f"{tuple(logits.shape)}" + ("; squeeze the last dimension (y.squeeze(1))"
-                                                      if target.ndim == 2 and target.shape[1] == 1 else ""))
+    if (
+        torch.is_tensor(target)
+        and torch.is_tensor(logits)
+        and not target.is_floating_point()
+        and target.ndim != logits.ndim - 1
+    ):
+        raise ValueError(
+            f"classification labels must be (B,) class indices (or (B, *S) for dense (B, C, *S) "
+            f"logits), got labels of shape {tuple(target.shape)} for logits of shape "
+            f"{tuple(logits.shape)}"
+            + ("; squeeze the last dimension (y.squeeze(1))" if target.ndim == 2 and target.shape[1] == 1 else "")
+        )
     loss = F.cross_entropy(logits, target, reduction="none")
     return loss.reshape(loss.shape[0], -1).mean(dim=1) if loss.ndim > 1 else loss
 

@@ -67,8 +67,17 @@ import torch.nn.functional as F
 from .._checks import check_int
 from .base import TaskAdapter, register_task
 
-__all__ = ["DETECTION", "anchor_binary_entropy", "collate_detection", "detection_losses",
-           "rpn_forward", "rpn_objectness_loss", "rpn_objectness_map", "rpn_uncertainty", "seeded_torch_rng"]
+__all__ = [
+    "DETECTION",
+    "anchor_binary_entropy",
+    "collate_detection",
+    "detection_losses",
+    "rpn_forward",
+    "rpn_objectness_loss",
+    "rpn_objectness_map",
+    "rpn_uncertainty",
+    "seeded_torch_rng",
+]
 
 _EPS = 1e-12
 
@@ -124,8 +133,10 @@ def collate_detection(batch) -> tuple:
 def _check_detector(model) -> None:
     missing = [name for name in ("transform", "backbone", "rpn") if not hasattr(model, name)]
     if missing or not hasattr(model.rpn, "head") or not hasattr(model.rpn, "anchor_generator"):
-        raise ValueError(f"model={type(model).__name__} is not a torchvision GeneralizedRCNN (Faster R-CNN): "
-                         f"it needs .transform, .backbone and .rpn with .head and .anchor_generator")
+        raise ValueError(
+            f"model={type(model).__name__} is not a torchvision GeneralizedRCNN (Faster R-CNN): "
+            f"it needs .transform, .backbone and .rpn with .head and .anchor_generator"
+        )
 
 
 def _rpn_maps(rpn, image_list, features):
@@ -199,17 +210,24 @@ def rpn_forward(model, images) -> dict:
     inside = _inside(anchors, image_list.image_sizes)
     if objectness.shape[0] != b:  # tiled copies of the disturbed block's output
         inside = inside.repeat(objectness.shape[0] // b, 1)
-    return {"objectness": objectness, "in_image": inside, "anchors": anchors,
-            "image_sizes": [tuple(int(s) for s in hw) for hw in image_list.image_sizes],
-            "original_sizes": original, "rpn": model.rpn}
+    return {
+        "objectness": objectness,
+        "in_image": inside,
+        "anchors": anchors,
+        "image_sizes": [tuple(int(s) for s in hw) for hw in image_list.image_sizes],
+        "original_sizes": original,
+        "rpn": model.rpn,
+    }
 
 
 def rpn_objectness_map(outputs: dict) -> torch.Tensor:
     """The adapter's prediction: ``(N, A)`` objectness logits, NaN for anchors
     centred outside their image (:func:`anchor_binary_entropy` skips them)."""
     if not isinstance(outputs, dict) or "objectness" not in outputs or "in_image" not in outputs:
-        raise TypeError("outputs must be what rpn_forward returns (task='detection' uses it; "
-                        "a forward_fn of your own must return the same dict)")
+        raise TypeError(
+            "outputs must be what rpn_forward returns (task='detection' uses it; "
+            "a forward_fn of your own must return the same dict)"
+        )
     return outputs["objectness"].masked_fill(~outputs["in_image"], float("nan"))
 
 
@@ -295,13 +313,17 @@ def rpn_objectness_loss(outputs: dict, targets, *, seed: int | None = 0) -> torc
         ValueError: for outputs or targets of the wrong form or count, or a bad seed.
     """
     if not isinstance(outputs, dict) or "rpn" not in outputs or "anchors" not in outputs:
-        raise ValueError("outputs must be what rpn_forward returns (task='detection' uses it; "
-                         "a forward_fn of your own must return the same dict)")
+        raise ValueError(
+            "outputs must be what rpn_forward returns (task='detection' uses it; "
+            "a forward_fn of your own must return the same dict)"
+        )
     seed = None if seed is None else _check_seed(seed)
     objectness, anchors = outputs["objectness"], outputs["anchors"]
     if objectness.shape[0] != len(anchors):
-        raise ValueError(f"outputs hold {objectness.shape[0]} rows for {len(anchors)} images: the loss "
-                         f"needs an undisturbed forward, not tiled copies")
+        raise ValueError(
+            f"outputs hold {objectness.shape[0]} rows for {len(anchors)} images: the loss "
+            f"needs an undisturbed forward, not tiled copies"
+        )
     rpn = outputs["rpn"]
     boxes = _target_boxes(targets, outputs["original_sizes"], outputs["image_sizes"], objectness.device)
     labels, _ = rpn.assign_targets_to_anchors(anchors, boxes)
@@ -341,8 +363,10 @@ def detection_losses(model, images, targets, *, seed: int | None = None) -> tupl
     """
     _check_detector(model)
     if not model.training:
-        raise ValueError("detection_losses needs the model in train mode (model.train()); for eval-mode "
-                         "signals use rpn_forward and rpn_objectness_loss")
+        raise ValueError(
+            "detection_losses needs the model in train mode (model.train()); for eval-mode "
+            "signals use rpn_forward and rpn_objectness_loss"
+        )
     seed = None if seed is None else _check_seed(seed)
     images = _images_list(images)
     device = images[0].device if images else torch.device("cpu")
@@ -369,8 +393,9 @@ def detection_losses(model, images, targets, *, seed: int | None = None) -> tupl
     return losses, sums / counts.clamp_min(1)
 
 
-def rpn_uncertainty(model, images, *, at: str, k: int = 8, alpha: float = 0.3, seed: int = 0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def rpn_uncertainty(
+    model, images, *, at: str, k: int = 8, alpha: float = 0.3, seed: int = 0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The K-pass RPN objectness uncertainty of each image.
 
     :func:`mombs.feature_noise_uncertainty` with this module's parts: the
@@ -395,16 +420,33 @@ def rpn_uncertainty(model, images, *, at: str, k: int = 8, alpha: float = 0.3, s
     from ..noise import feature_noise_uncertainty
 
     _check_detector(model)
-    return feature_noise_uncertainty(model, images if torch.is_tensor(images) else list(images), at=at, k=k,
-                                     alpha=alpha, activation="sigmoid", generator=generator, seed=seed,
-                                     output_fn=rpn_objectness_map, uncertainty_fn=anchor_binary_entropy,
-                                     forward_fn=rpn_forward)
+    return feature_noise_uncertainty(
+        model,
+        images if torch.is_tensor(images) else list(images),
+        at=at,
+        k=k,
+        alpha=alpha,
+        activation="sigmoid",
+        generator=generator,
+        seed=seed,
+        output_fn=rpn_objectness_map,
+        uncertainty_fn=anchor_binary_entropy,
+        forward_fn=rpn_forward,
+    )
 
 
 #: The registered adapter: :func:`rpn_objectness_loss` (seed 0),
 #: :func:`rpn_objectness_map` as the prediction, sigmoid, and
 #: :func:`anchor_binary_entropy`; its passes run :func:`rpn_forward` and batch
 #: items with :func:`collate_detection`.
-DETECTION = register_task(TaskAdapter("detection", loss_fn=rpn_objectness_loss, output_fn=rpn_objectness_map,
-                                      activation="sigmoid", uncertainty_fn=anchor_binary_entropy,
-                                      forward_fn=rpn_forward, collate_fn=collate_detection))
+DETECTION = register_task(
+    TaskAdapter(
+        "detection",
+        loss_fn=rpn_objectness_loss,
+        output_fn=rpn_objectness_map,
+        activation="sigmoid",
+        uncertainty_fn=anchor_binary_entropy,
+        forward_fn=rpn_forward,
+        collate_fn=collate_detection,
+    )
+)

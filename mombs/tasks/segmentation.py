@@ -39,8 +39,15 @@ def _dice_loss(include_background: bool, sigmoid: bool, smooth_nr: float, smooth
         from monai.losses import DiceLoss
     except ImportError as err:
         raise ImportError("the segmentation task needs MONAI: pip install 'mombs[seg]'") from err
-    return DiceLoss(include_background=include_background, to_onehot_y=not sigmoid, sigmoid=sigmoid,
-                    softmax=not sigmoid, smooth_nr=smooth_nr, smooth_dr=smooth_dr, reduction="none")
+    return DiceLoss(
+        include_background=include_background,
+        to_onehot_y=not sigmoid,
+        sigmoid=sigmoid,
+        softmax=not sigmoid,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        reduction="none",
+    )
 
 
 def _check_weight(name: str, value) -> float:
@@ -57,20 +64,31 @@ def _as_label_map(logits: torch.Tensor, target) -> torch.Tensor:
         target = target.unsqueeze(1)
     if target.shape[0] != logits.shape[0] or target.shape[1] != 1 or target.shape[2:] != logits.shape[2:]:
         want = (logits.shape[0], 1, *logits.shape[2:])
-        raise ValueError(f"target has shape {tuple(target.shape)}; for logits {tuple(logits.shape)} it must be "
-                         f"class indices {want} or {(want[0], *want[2:])}")
+        raise ValueError(
+            f"target has shape {tuple(target.shape)}; for logits {tuple(logits.shape)} it must be "
+            f"class indices {want} or {(want[0], *want[2:])}"
+        )
     if target.numel():
         lo, hi = torch.aminmax(target.detach())
         top = max(logits.shape[1] - 1, 1)  # one sigmoid channel: targets in {0, 1}
         if lo < 0 or hi > top:
-            raise ValueError(f"target values lie in [{lo.item()}, {hi.item()}]; with {logits.shape[1]} "
-                             f"output channel(s) they must lie in [0, {top}]")
+            raise ValueError(
+                f"target values lie in [{lo.item()}, {hi.item()}]; with {logits.shape[1]} "
+                f"output channel(s) they must lie in [0, {top}]"
+            )
     return target
 
 
-def per_image_dice_ce(outputs, target: torch.Tensor, *, include_background: bool = True,
-                      lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth_nr: float = 1e-5,
-                      smooth_dr: float = 1e-5) -> torch.Tensor:
+def per_image_dice_ce(
+    outputs,
+    target: torch.Tensor,
+    *,
+    include_background: bool = True,
+    lambda_dice: float = 1.0,
+    lambda_ce: float = 1.0,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+) -> torch.Tensor:
     """Dice + cross-entropy with one value per image, higher = worse fit.
 
     ``loss_b = lambda_dice * mean_c(1 - Dice_bc) + lambda_ce * mean_pixels(CE_b)``,
@@ -126,5 +144,6 @@ def per_image_dice_ce(outputs, target: torch.Tensor, *, include_background: bool
 #: the mean prediction as uncertainty. For other loss settings pass
 #: ``loss_fn=functools.partial(per_image_dice_ce, include_background=False)``
 #: to the assessor.
-SEGMENTATION = register_task(TaskAdapter("segmentation", loss_fn=per_image_dice_ce, activation="auto",
-                                         uncertainty_fn=None))
+SEGMENTATION = register_task(
+    TaskAdapter("segmentation", loss_fn=per_image_dice_ce, activation="auto", uncertainty_fn=None)
+)

@@ -58,23 +58,47 @@ def build(cfg: RunConfig, recipe, data, device: torch.device) -> Components:
     if cfg.optimizer == "adam":
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                              weight_decay=cfg.weight_decay, nesterov=True)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+        )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     strategy = create_strategy(cfg.strategy, pivot_epoch=cfg.pivot_epoch)
     train_set = IndexedDataset(parts.train_data)
     sampler = strategy.create_sampler(train_set, cfg.batch_size, seed=cfg.seed)
     collate_fn = create_task(parts.task).collate_fn
     # Its own generator: a DataLoader draws a base seed from the global RNG otherwise.
-    loader = DataLoader(train_set, batch_sampler=sampler, generator=torch.Generator().manual_seed(cfg.seed),
-                        **({"collate_fn": collate_fn} if collate_fn is not None else {}))
+    loader = DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        **({"collate_fn": collate_fn} if collate_fn is not None else {}),
+    )
     assessor = None
     if strategy.measure is not None:
-        assessor = DifficultyAssessor(model, train_set, at=parts.at, sampler=sampler,
-                                      schedule=strategy.schedule or cfg.schedule, k=cfg.k, alpha=cfg.alpha,
-                                      measure=strategy.measure, pivot_epoch=cfg.pivot_epoch, task=parts.task,
-                                      head=parts.head, batch_size=recipe.assess_batch_size,
-                                      device=device, seed=cfg.seed)
-    return Components(parts=parts, optimizer=opt, scheduler=sched, strategy=strategy, train_set=train_set,
-                      sampler=sampler, loader=loader, assessor=assessor,
-                      augment_gen=torch.Generator().manual_seed(cfg.seed + 1) if parts.augment else None)
+        assessor = DifficultyAssessor(
+            model,
+            train_set,
+            at=parts.at,
+            sampler=sampler,
+            schedule=strategy.schedule or cfg.schedule,
+            k=cfg.k,
+            alpha=cfg.alpha,
+            measure=strategy.measure,
+            pivot_epoch=cfg.pivot_epoch,
+            task=parts.task,
+            head=parts.head,
+            batch_size=recipe.assess_batch_size,
+            device=device,
+            seed=cfg.seed,
+        )
+    return Components(
+        parts=parts,
+        optimizer=opt,
+        scheduler=sched,
+        strategy=strategy,
+        train_set=train_set,
+        sampler=sampler,
+        loader=loader,
+        assessor=assessor,
+        augment_gen=torch.Generator().manual_seed(cfg.seed + 1) if parts.augment else None,
+    )

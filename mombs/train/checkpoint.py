@@ -53,11 +53,13 @@ def save_checkpoint(path: Path, obj: dict) -> None:
         try:
             back = _read(tmp)
         except Exception as err:  # whatever torch raises for a bad file
-            raise OSError(f"checkpoint {tmp} does not read back ({type(err).__name__}: {err}); "
-                          f"the previous checkpoints are kept") from err
+            raise OSError(
+                f"checkpoint {tmp} does not read back ({type(err).__name__}: {err}); the previous checkpoints are kept"
+            ) from err
         if back["key"] != obj["key"] or back["epoch"] != obj["epoch"]:
-            raise OSError(f"checkpoint {tmp} reads back as another one (epoch {back['epoch']}); "
-                          f"the previous checkpoints are kept")
+            raise OSError(
+                f"checkpoint {tmp} reads back as another one (epoch {back['epoch']}); the previous checkpoints are kept"
+            )
         if path.exists():  # only once the new one is known good
             os.replace(path, prev)
 
@@ -87,16 +89,23 @@ def load_checkpoint(path: Path, key: str) -> dict | None:
         except Exception as err:  # torch raises EOFError, OSError, RuntimeError, UnpicklingError, ...
             corrupt = candidate.with_name(candidate.name + ".corrupt")
             os.replace(candidate, corrupt)
-            warnings.warn(f"checkpoint {candidate} cannot be read ({type(err).__name__}: {err}); "
-                          f"moved to {corrupt.name}, resuming from the previous checkpoint if there is one",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"checkpoint {candidate} cannot be read ({type(err).__name__}: {err}); "
+                f"moved to {corrupt.name}, resuming from the previous checkpoint if there is one",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             continue
         if ck.get("key") != key:
             foreign = candidate.with_name(candidate.name + ".foreign")
             os.replace(candidate, foreign)
-            warnings.warn(f"checkpoint {candidate} belongs to another run (key {ck.get('key')!r}, this run's is "
-                          f"{key!r}); moved to {foreign.name}, resuming from the previous checkpoint if there "
-                          f"is one", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"checkpoint {candidate} belongs to another run (key {ck.get('key')!r}, this run's is "
+                f"{key!r}); moved to {foreign.name}, resuming from the previous checkpoint if there "
+                f"is one",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             continue
         if candidate != path:
             warnings.warn(f"resuming from {candidate} (epoch {ck['epoch']})", RuntimeWarning, stacklevel=2)
@@ -111,6 +120,11 @@ def remove_checkpoints(path: Path) -> None:
     """
     path = Path(path)
     prev = previous_checkpoint(path)
-    for p in (path, prev, path.with_suffix(path.suffix + ".tmp"), path.with_name(path.name + ".corrupt"),
-              prev.with_name(prev.name + ".corrupt")):
+    for p in (
+        path,
+        prev,
+        path.with_suffix(path.suffix + ".tmp"),
+        path.with_name(path.name + ".corrupt"),
+        prev.with_name(prev.name + ".corrupt"),
+    ):
         p.unlink(missing_ok=True)

@@ -23,10 +23,21 @@ __all__ = ["DEFAULT_PIVOT_EPOCH", "RunConfig", "run_dir_name"]
 _NOT_IN_KEY = ("device", "threads", "tags", "data_dir", "test_every")
 #: Fields added with segmentation and detection: in a run's key only when set,
 #: so that the keys (and folder names) of every run made before them stay.
-_KEY_IF_SET = {"task": DEFAULT_TASK, "image_size": None, "noise_mix": None, "windows": None,
-               "optimizer": "sgd", "train_fraction": None, "test_fraction": None, "weights": None,
-               "normalize": None, "annotations": None, "foreground_only": None, "intensity_window": None,
-               "history": False}
+_KEY_IF_SET = {
+    "task": DEFAULT_TASK,
+    "image_size": None,
+    "noise_mix": None,
+    "windows": None,
+    "optimizer": "sgd",
+    "train_fraction": None,
+    "test_fraction": None,
+    "weights": None,
+    "normalize": None,
+    "annotations": None,
+    "foreground_only": None,
+    "intensity_window": None,
+    "history": False,
+}
 _OPTIMIZERS = ("sgd", "adam")
 #: How images are scaled: by the training set's own mean and std, ImageNet's, or not at all.
 _NORMALIZATIONS = ("dataset", "imagenet", "none")
@@ -88,44 +99,44 @@ class RunConfig:
     """
 
     task: str = DEFAULT_TASK
-    dataset: str | None = None        # None: the task's default (its recipe's defaults)
+    dataset: str | None = None  # None: the task's default (its recipe's defaults)
     data_dir: str | None = None
-    subset: int | None = None          # training images kept (seeded), before the LT cut
-    imbalance: float | None = None     # long-tailed rho, e.g. 0.01
-    img_max: int | None = None         # images of the largest class in the LT cut
-    noise: str = "none"                # none | symmetric | pair | human
+    subset: int | None = None  # training images kept (seeded), before the LT cut
+    imbalance: float | None = None  # long-tailed rho, e.g. 0.01
+    img_max: int | None = None  # images of the largest class in the LT cut
+    noise: str = "none"  # none | symmetric | pair | human
     noise_rate: float = 0.0
-    noise_file: str | None = None      # CIFAR-100_human.pt for noise="human"
+    noise_file: str | None = None  # CIFAR-100_human.pt for noise="human"
     val_fraction: float = 0.1
-    image_size: int | None = None      # dense tasks: slice side in pixels
-    noise_mix: dict | None = None      # dense tasks: weights of the annotation corruptions
-    windows: str | None = None         # dense tasks: CT windows as channels, "lung" or "three"
+    image_size: int | None = None  # dense tasks: slice side in pixels
+    noise_mix: dict | None = None  # dense tasks: weights of the annotation corruptions
+    windows: str | None = None  # dense tasks: CT windows as channels, "lung" or "three"
     train_fraction: float | None = None  # share of the training slices (patients) kept, where taken
     test_fraction: float | None = None  # your data without a test split: the share drawn for testing
-    weights: str | None = None         # a local state-dict file to start the model from
-    normalize: str | None = None       # images: "dataset" (its mean/std), "imagenet" or "none"
-    annotations: str | None = None     # COCO: the instances JSON file in data_dir (if there are several)
+    weights: str | None = None  # a local state-dict file to start the model from
+    normalize: str | None = None  # images: "dataset" (its mean/std), "imagenet" or "none"
+    annotations: str | None = None  # COCO: the instances JSON file in data_dir (if there are several)
     foreground_only: bool | None = None  # volumes: train on slices with foreground only
     intensity_window: list | None = None  # volumes: [lo, hi] clip before scaling (None: per-volume z-score)
-    model: str | None = None           # None: the task's default
-    loss: str | None = None            # None: the task's default
+    model: str | None = None  # None: the task's default
+    loss: str | None = None  # None: the task's default
     strategy: str = "random"
     pivot_epoch: int = DEFAULT_PIVOT_EPOCH
-    schedule: str | None = None        # None: the task's default (its recipe's defaults; mombs.schedule)
-    k: int | None = None               # None: the task's default (K disturbed predictions per sample)
-    alpha: float | None = None         # None: the task's default (noise half-width, 1 + U(-alpha, alpha))
+    schedule: str | None = None  # None: the task's default (its recipe's defaults; mombs.schedule)
+    k: int | None = None  # None: the task's default (K disturbed predictions per sample)
+    alpha: float | None = None  # None: the task's default (noise half-width, 1 + U(-alpha, alpha))
     batch_size: int = 16
     epochs: int = 20
-    optimizer: str = "sgd"             # sgd (Nesterov) or adam (AdamW: weight_decay decoupled)
+    optimizer: str = "sgd"  # sgd (Nesterov) or adam (AdamW: weight_decay decoupled)
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    augment: bool | None = None        # None: crop+flip for CIFAR, nothing otherwise
-    test_every: int = 5                # test accuracy every n epochs (and at the end)
+    augment: bool | None = None  # None: crop+flip for CIFAR, nothing otherwise
+    test_every: int = 5  # test accuracy every n epochs (and at the end)
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
-    history: bool = False              # keep per-sample, per-epoch training signals (history.npz)
+    history: bool = False  # keep per-sample, per-epoch training signals (history.npz)
     tags: dict = field(default_factory=dict)
 
     def resolved(self) -> RunConfig:
@@ -171,7 +182,7 @@ class RunConfig:
         for name in ("batch_size", "epochs", "k", "test_every"):
             check_int(name, getattr(self, name), 1)
         check_int("pivot_epoch", self.pivot_epoch, 0)
-        check_int("seed", self.seed, 0, 2 ** 32)
+        check_int("seed", self.seed, 0, 2**32)
         check_int("threads", self.threads, 1, optional=True)
         check_int("subset", self.subset, 1, optional=True)
         check_int("img_max", self.img_max, 1, optional=True)
@@ -180,15 +191,29 @@ class RunConfig:
             raise ValueError(f"history={self.history!r} must be true or false")
         check_real("imbalance", self.imbalance, 0, 1, low_open=True, high_open=False, optional=True)
         check_real("train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=False, optional=True)
-        check_real("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True,
-                   why=": choices need a validation split")
+        check_real(
+            "val_fraction",
+            self.val_fraction,
+            0,
+            1,
+            low_open=True,
+            high_open=True,
+            why=": choices need a validation split",
+        )
         check_real("test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True, optional=True)
         check_real("noise_rate", self.noise_rate, 0, 1, low_open=False, high_open=True)
         check_real("alpha", self.alpha, 0, 1, low_open=False, high_open=True)
         check_real("lr", self.lr, 0, math.inf, low_open=True, high_open=True)
         if self.optimizer == "sgd":
-            check_real("momentum", self.momentum, 0, 1, low_open=True, high_open=True,
-                       why=": the runner's SGD uses Nesterov momentum, which needs momentum > 0")
+            check_real(
+                "momentum",
+                self.momentum,
+                0,
+                1,
+                low_open=True,
+                high_open=True,
+                why=": the runner's SGD uses Nesterov momentum, which needs momentum > 0",
+            )
         check_real("weight_decay", self.weight_decay, 0, math.inf, low_open=False, high_open=True)
         if self.augment is not None and not isinstance(self.augment, bool):
             raise ValueError(f"augment={self.augment!r} must be true, false or null (null: crop+flip for CIFAR)")
@@ -209,8 +234,10 @@ class RunConfig:
         if self.intensity_window is not None:
             w = self.intensity_window
             if not isinstance(w, (list, tuple)) or len(w) != 2 or not all(is_real(v) for v in w) or not w[0] < w[1]:
-                raise ValueError(f"intensity_window={w!r} must be [lo, hi] with lo < hi (say [-1000, 400] "
-                                 f"for a CT lung window), or null for a per-volume z-score")
+                raise ValueError(
+                    f"intensity_window={w!r} must be [lo, hi] with lo < hi (say [-1000, 400] "
+                    f"for a CT lung window), or null for a per-volume z-score"
+                )
             self.intensity_window = [float(v) for v in w]
         _check_device(self.device)
         self._check_task_options(recipe)
@@ -225,12 +252,16 @@ class RunConfig:
         readers = {t: get_recipe(t).reads_data_dir for t in RECIPES}
         if self.dataset is None:
             said = "; ".join(f"task={t!r}: {', '.join(names)}" for t, names in readers.items() if names)
-            raise ValueError(f"data_dir={self.data_dir!r} needs a dataset that reads it; give dataset= one of "
-                             f"{said} (docs/your-data.md)")
+            raise ValueError(
+                f"data_dir={self.data_dir!r} needs a dataset that reads it; give dataset= one of "
+                f"{said} (docs/your-data.md)"
+            )
         if self.dataset in recipe.choices["dataset"] and self.dataset not in recipe.reads_data_dir:
-            raise ValueError(f"data_dir={self.data_dir!r} is not read by dataset={self.dataset!r}, which needs "
-                             f"no files; drop data_dir, or give a dataset that reads it: "
-                             f"{', '.join(recipe.reads_data_dir)}")
+            raise ValueError(
+                f"data_dir={self.data_dir!r} is not read by dataset={self.dataset!r}, which needs "
+                f"no files; drop data_dir, or give a dataset that reads it: "
+                f"{', '.join(recipe.reads_data_dir)}"
+            )
 
     def _check_task_options(self, recipe) -> None:
         """Refuses an option of other tasks, naming the tasks that take it."""
@@ -238,8 +269,7 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and name not in recipe.takes:
                 takers = " or ".join(f"task={t!r}" for t in sorted(RECIPES) if name in get_recipe(t).takes)
-                raise ValueError(f"{name}={value!r} does not apply to task={self.task!r}; "
-                                 f"it is an option of {takers}")
+                raise ValueError(f"{name}={value!r} does not apply to task={self.task!r}; it is an option of {takers}")
 
     def _check_pivot(self) -> None:
         """A strategy that plans from the pivot needs a planned epoch."""
@@ -249,7 +279,8 @@ class RunConfig:
                 f"pivot_epoch={self.pivot_epoch} leaves no planned epoch in epochs={self.epochs}: "
                 f"strategy={self.strategy!r} plans epochs from the pivot on and the last epoch is "
                 f"{self.epochs - 1}; set pivot_epoch to at most {self.epochs - 1} (the default is "
-                f"{DEFAULT_PIVOT_EPOCH}) or epochs to at least {self.pivot_epoch + 1}")
+                f"{DEFAULT_PIVOT_EPOCH}) or epochs to at least {self.pivot_epoch + 1}"
+            )
 
     def outcome_fields(self) -> dict:
         """The fields that change the run's outcome (all but device, threads, tags, ...),

@@ -20,13 +20,26 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     dx = torch.randint(0, 9, (b,), generator=gen).tolist()
     dy = torch.randint(0, 9, (b,), generator=gen).tolist()
     flip = torch.rand(b, generator=gen) < 0.5
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
     return torch.where(flip.to(x.device)[:, None, None, None], out.flip(3), out)
 
 
-def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, device,
-                    num_samples: int, fit_fn, augment_gen: torch.Generator | None = None,
-                    signals: bool = False, signal_fn=None, step_fn=None) -> dict:
+def train_one_epoch(
+    model,
+    loader,
+    *,
+    loss_fn,
+    optimizer,
+    strategy,
+    assessor,
+    device,
+    num_samples: int,
+    fit_fn,
+    augment_gen: torch.Generator | None = None,
+    signals: bool = False,
+    signal_fn=None,
+    step_fn=None,
+) -> dict:
     """One pass over ``loader``: the public sampler's batches, the assessor's bookkeeping.
 
     Args:
@@ -97,13 +110,14 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
         # per-sample losses and of the objective (a detector's holds terms the
         # per-sample losses do not), so that a diverged run stops here, named
         # as such, before the optimizer steps on it or the assessor records it.
-        batch_loss, objective_value = torch.stack([per_sample.detach().sum().double(),
-                                                   loss.detach().double()]).tolist()
+        batch_loss, objective_value = torch.stack([per_sample.detach().sum().double(), loss.detach().double()]).tolist()
         if not (math.isfinite(batch_loss) and math.isfinite(objective_value)):
-            raise FloatingPointError(f"training diverged: step {step} of the epoch gave a non-finite loss "
-                                     f"(per-sample sum {batch_loss}, objective {objective_value}); lower lr, "
-                                     f"or for detectors trained from scratch use optimizer=adam with lr "
-                                     f"around 1e-4")
+            raise FloatingPointError(
+                f"training diverged: step {step} of the epoch gave a non-finite loss "
+                f"(per-sample sum {batch_loss}, objective {objective_value}); lower lr, "
+                f"or for detectors trained from scratch use optimizer=adam with lr "
+                f"around 1e-4"
+            )
         if assessor is not None:
             assessor.observe(idx, per_sample)
         optimizer.step()
@@ -118,8 +132,11 @@ def train_one_epoch(model, loader, *, loss_fn, optimizer, strategy, assessor, de
             sig["loss"][batch] = per_sample.detach().float().cpu().numpy()
             for k, v in (signal_fn(logits, yb) if signal_fn is not None else {}).items():
                 if k not in sig:
-                    sig[k] = (np.full(num_samples, -1, dtype=np.int32) if not v.dtype.is_floating_point
-                              else np.full(num_samples, np.nan, dtype=np.float32))
+                    sig[k] = (
+                        np.full(num_samples, -1, dtype=np.int32)
+                        if not v.dtype.is_floating_point
+                        else np.full(num_samples, np.nan, dtype=np.float32)
+                    )
                 sig[k][batch] = v.cpu().numpy()
     out = {"train_loss": total_loss / max(total, 1), "fit": fit, "seen": seen}
     if sig is not None:

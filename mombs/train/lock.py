@@ -50,11 +50,14 @@ def run_lock(folder):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise RunFolderLocked(f"run folder {folder} is being written by another mombs process ({holder}); "
-                                  f"wait for it to finish or stop it, then run the same command again") from None
+            raise RunFolderLocked(
+                f"run folder {folder} is being written by another mombs process ({holder}); "
+                f"wait for it to finish or stop it, then run the same command again"
+            ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0
+        )
         try:
             yield
         finally:

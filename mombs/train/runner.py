@@ -58,15 +58,24 @@ def _resume(c: Components, ckpt_path: Path, cfg: RunConfig, out: Path) -> tuple[
     return ck["epoch"] + 1, ck["log"], ck["best"], history
 
 
-def _checkpoint(c: Components, path: Path, cfg: RunConfig, epoch: int, log: list, best: dict,
-                history: dict) -> None:
-    save_checkpoint(path, {
-        "key": cfg.key(), "epoch": epoch, "model": c.model.state_dict(), "opt": c.optimizer.state_dict(),
-        "sched": c.scheduler.state_dict(), "sampler": c.sampler.state_dict(), "log": log, "best": best,
-        "aug_gen": c.augment_gen.get_state() if c.augment_gen is not None else None,
-        "assessor": c.assessor.state_dict() if c.assessor is not None else None,
-        # Tensors, so that the checkpoint still loads with weights_only=True.
-        "history": {k: [torch.from_numpy(v) for v in rows] for k, rows in history.items()}})
+def _checkpoint(c: Components, path: Path, cfg: RunConfig, epoch: int, log: list, best: dict, history: dict) -> None:
+    save_checkpoint(
+        path,
+        {
+            "key": cfg.key(),
+            "epoch": epoch,
+            "model": c.model.state_dict(),
+            "opt": c.optimizer.state_dict(),
+            "sched": c.scheduler.state_dict(),
+            "sampler": c.sampler.state_dict(),
+            "log": log,
+            "best": best,
+            "aug_gen": c.augment_gen.get_state() if c.augment_gen is not None else None,
+            "assessor": c.assessor.state_dict() if c.assessor is not None else None,
+            # Tensors, so that the checkpoint still loads with weights_only=True.
+            "history": {k: [torch.from_numpy(v) for v in rows] for k, rows in history.items()},
+        },
+    )
 
 
 def _record_history(history: dict, stats: dict, c: Components) -> None:
@@ -95,8 +104,11 @@ _RERUN_MAY_CHANGE = ("device", "threads", "tags", "data_dir")
 def _set_aside(path: Path, why: str) -> None:
     aside = path.with_name(path.name + ".corrupt")
     os.replace(path, aside)
-    warnings.warn(f"{path} {why}; moved to {aside.name}, and the run resumes from its checkpoint if it has one",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"{path} {why}; moved to {aside.name}, and the run resumes from its checkpoint if it has one",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 #: The arrays a run writes once it has trained; a run killed while writing them leaves them behind.
@@ -138,8 +150,10 @@ def _finished(out: Path, cfg: RunConfig) -> dict | None:
         _set_aside(path, f"cannot be read ({type(err).__name__}: {err})")
         return None
     if res.get("key") not in (None, cfg.key()):
-        raise ValueError(f"{out} holds the finished run {res.get('key')!r}, not this one ({cfg.key()!r}): "
-                         f"give this run its own folder")
+        raise ValueError(
+            f"{out} holds the finished run {res.get('key')!r}, not this one ({cfg.key()!r}): "
+            f"give this run its own folder"
+        )
     remove_checkpoints(out / "checkpoint.pt")
     return res
 
@@ -160,17 +174,24 @@ def _check_same_run(out: Path, cfg: RunConfig) -> None:
     now = dataclasses.asdict(cfg.resolved())
     changed = [k for k in now if k not in _RERUN_MAY_CHANGE and before.get(k) != now[k]]
     if not changed and saved_key != cfg.key():  # the same options on another data folder (or other data in it)
-        if before.get("data_dir") and now["data_dir"] and \
-                os.path.realpath(before["data_dir"]) == os.path.realpath(now["data_dir"]):
-            raise ValueError(f"{out} holds a run on data_dir={now['data_dir']!r} as it was then; files in it "
-                             f"were added, removed or changed since, so this is another run. Give it another "
-                             f"folder (--out), or remove this one to start over")
+        if (
+            before.get("data_dir")
+            and now["data_dir"]
+            and os.path.realpath(before["data_dir"]) == os.path.realpath(now["data_dir"])
+        ):
+            raise ValueError(
+                f"{out} holds a run on data_dir={now['data_dir']!r} as it was then; files in it "
+                f"were added, removed or changed since, so this is another run. Give it another "
+                f"folder (--out), or remove this one to start over"
+            )
         changed = ["data_dir"]
     if changed:
         was = ", ".join(f"{k}={before.get(k)!r}" for k in changed)
         asked = ", ".join(f"{k}={now[k]!r}" for k in changed)
-        raise ValueError(f"{out} holds a run with {was}; this command asks {asked}. Give it another folder "
-                         f"(--out), or remove this one to start over")
+        raise ValueError(
+            f"{out} holds a run with {was}; this command asks {asked}. Give it another folder "
+            f"(--out), or remove this one to start over"
+        )
 
 
 def _epoch_losses(c: Components) -> np.ndarray | None:
@@ -224,8 +245,7 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus=None) -> dict
             return finished
         _check_same_run(out, cfg)
         _set_aside_damaged_arrays(out)
-        atomic_json(out / "config.json", {"config": dataclasses.asdict(cfg), "key": cfg.key(),
-                                          "data": data.describe()})
+        atomic_json(out / "config.json", {"config": dataclasses.asdict(cfg), "key": cfg.key(), "data": data.describe()})
         if getattr(data, "splits", None):  # which files (cases, images) each split holds: a rerun reads the same
             atomic_json(out / "splits.json", data.splits)
         c = build(cfg, recipe, data, device)
@@ -235,8 +255,11 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus=None) -> dict
         finally:
             if c.assessor is not None:
                 c.assessor.close()  # its hooks come off the model even when training fails
-        results = summarize_run(FinishedRun(cfg=cfg, recipe=recipe, data=data, parts=c.parts,
-                                            train_set=c.train_set, log=log, best=best, out=out))
+        results = summarize_run(
+            FinishedRun(
+                cfg=cfg, recipe=recipe, data=data, parts=c.parts, train_set=c.train_set, log=log, best=best, out=out
+            )
+        )
         if history:
             _write_history(out, history, getattr(data, "sources", None))
         atomic_json(results_path, results)
@@ -244,8 +267,9 @@ def run(cfg: RunConfig, out_dir, *, progress: bool = False, corpus=None) -> dict
     return results
 
 
-def _train(cfg: RunConfig, c: Components, data, out: Path, ckpt_path: Path, device: torch.device,
-           progress: bool) -> tuple[list, dict, dict]:
+def _train(
+    cfg: RunConfig, c: Components, data, out: Path, ckpt_path: Path, device: torch.device, progress: bool
+) -> tuple[list, dict, dict]:
     """The epochs from the last checkpoint on; ``(log, best, history)``."""
     start, log, best, history = _resume(c, ckpt_path, cfg, out)
     parts = c.parts
@@ -267,10 +291,21 @@ def _train(cfg: RunConfig, c: Components, data, out: Path, ckpt_path: Path, devi
                 if hasattr(stepper, "set_epoch"):
                     stepper.set_epoch(epoch)
             c.strategy.start_epoch(epoch, num_epochs=cfg.epochs, losses=_epoch_losses(c))
-            stats = train_one_epoch(parts.model, c.loader, loss_fn=parts.loss_fn, optimizer=c.optimizer,
-                                    strategy=c.strategy, assessor=c.assessor, device=device,
-                                    num_samples=len(c.train_set), fit_fn=parts.fit_fn, augment_gen=c.augment_gen,
-                                    signals=cfg.history, signal_fn=parts.signal_fn, step_fn=parts.step_fn)
+            stats = train_one_epoch(
+                parts.model,
+                c.loader,
+                loss_fn=parts.loss_fn,
+                optimizer=c.optimizer,
+                strategy=c.strategy,
+                assessor=c.assessor,
+                device=device,
+                num_samples=len(c.train_set),
+                fit_fn=parts.fit_fn,
+                augment_gen=c.augment_gen,
+                signals=cfg.history,
+                signal_fn=parts.signal_fn,
+                step_fn=parts.step_fn,
+            )
             c.scheduler.step()
             if c.assessor is not None:
                 c.assessor.end_epoch()
@@ -278,8 +313,13 @@ def _train(cfg: RunConfig, c: Components, data, out: Path, ckpt_path: Path, devi
                 _record_history(history, stats, c)
             val_score, _ = parts.evaluate(parts.model, parts.val)
             fit, seen = stats["fit"], stats["seen"]
-            rec = {"epoch": epoch, "lr": c.optimizer.param_groups[0]["lr"], "train_loss": stats["train_loss"],
-                   "train_fit": float(fit[seen].mean()), f"val_{m}": val_score}
+            rec = {
+                "epoch": epoch,
+                "lr": c.optimizer.param_groups[0]["lr"],
+                "train_loss": stats["train_loss"],
+                "train_fit": float(fit[seen].mean()),
+                f"val_{m}": val_score,
+            }
             if hasattr(c.sampler, "uses_scores"):  # the ohem sampler has no plan to report
                 rec["planned"] = bool(c.sampler.uses_scores(epoch))
             if noisy_mask is not None and noisy_mask.any():
@@ -292,8 +332,11 @@ def _train(cfg: RunConfig, c: Components, data, out: Path, ckpt_path: Path, devi
             with open(out / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             if val_score > best["val"]:
-                best = {"val": val_score, "epoch": epoch,
-                        "state": {k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()}}
+                best = {
+                    "val": val_score,
+                    "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()},
+                }
             _checkpoint(c, ckpt_path, cfg, epoch, log, best, history)
             if bar is not None:
                 bar.update(1)

@@ -23,8 +23,15 @@ from ..assessment import assessment_pass
 from ..difficulty import QuadrantResult, quadrants
 from ..envinfo import environment_info
 
-__all__ = ["FLAGGED_PER_QUADRANT", "FinishedRun", "best_state", "final_assessment", "flagged_picks",
-           "source_arrays", "summarize_run"]
+__all__ = [
+    "FLAGGED_PER_QUADRANT",
+    "FinishedRun",
+    "best_state",
+    "final_assessment",
+    "flagged_picks",
+    "source_arrays",
+    "summarize_run",
+]
 
 #: Offset of the final assessment pass's seed from the run's: its draws are its own.
 FINAL_PASS_SEED_OFFSET = 77
@@ -100,9 +107,16 @@ def final_assessment(run: FinishedRun) -> tuple[np.ndarray, np.ndarray, Quadrant
     cfg, parts = run.cfg, run.parts
     device = run.device
     (_, loss), (_, unc) = assessment_pass(
-        parts.model, run.train_set, at=parts.at, k=cfg.k, alpha=cfg.alpha, task=parts.task,
-        batch_size=run.recipe.assess_batch_size, device=device,
-        generator=torch.Generator(device=device).manual_seed(cfg.seed + FINAL_PASS_SEED_OFFSET))
+        parts.model,
+        run.train_set,
+        at=parts.at,
+        k=cfg.k,
+        alpha=cfg.alpha,
+        task=parts.task,
+        batch_size=run.recipe.assess_batch_size,
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(cfg.seed + FINAL_PASS_SEED_OFFSET),
+    )
     return loss, unc, quadrants(loss, unc)
 
 
@@ -133,8 +147,10 @@ def source_arrays(sources: dict | None, rows=None) -> dict:
     """
     if not sources:
         return {}
-    return {f"source_{k}": (np.asarray(v) if rows is None else np.asarray(v)[np.asarray(rows, dtype=np.int64)])
-            for k, v in sources.items()}
+    return {
+        f"source_{k}": (np.asarray(v) if rows is None else np.asarray(v)[np.asarray(rows, dtype=np.int64)])
+        for k, v in sources.items()
+    }
 
 
 def _stamp_sources(out: Path, sources: dict | None) -> None:
@@ -161,15 +177,30 @@ def summarize_run(run: FinishedRun) -> dict:
     """
     cfg, recipe, log = run.cfg, run.recipe, run.log
     m = recipe.metric
-    res = {"task": cfg.task, "metric": m, "dataset": run.data.name, "strategy": cfg.strategy, "loss": cfg.loss,
-           "batch_size": cfg.batch_size, "seed": cfg.seed, "model": cfg.model, "epochs": cfg.epochs,
-           "pivot_epoch": cfg.pivot_epoch, "best_val_epoch": run.best["epoch"], f"val_{m}": log[-1][f"val_{m}"]}
+    res = {
+        "task": cfg.task,
+        "metric": m,
+        "dataset": run.data.name,
+        "strategy": cfg.strategy,
+        "loss": cfg.loss,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "model": cfg.model,
+        "epochs": cfg.epochs,
+        "pivot_epoch": cfg.pivot_epoch,
+        "best_val_epoch": run.best["epoch"],
+        f"val_{m}": log[-1][f"val_{m}"],
+    }
     res.update(recipe.summarize(run))
     _stamp_sources(run.out, getattr(run.data, "sources", None))
-    res.update({
-        "curves": {k.format(metric=m): [r.get(k.format(metric=m)) for r in log] for k in _CURVES},
-        "seconds": float(sum(r["seconds"] for r in log)),
-        "config": dataclasses.asdict(cfg), "key": cfg.key(), "data": run.data.describe(),
-        "environment": environment_info(cfg.device),
-    })
+    res.update(
+        {
+            "curves": {k.format(metric=m): [r.get(k.format(metric=m)) for r in log] for k in _CURVES},
+            "seconds": float(sum(r["seconds"] for r in log)),
+            "config": dataclasses.asdict(cfg),
+            "key": cfg.key(),
+            "data": run.data.describe(),
+            "environment": environment_info(cfg.device),
+        }
+    )
     return res

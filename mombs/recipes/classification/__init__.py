@@ -23,8 +23,11 @@ NOISES = ("none", "symmetric", "pair", "human")
 
 #: The recipe's functions whose modules import torch, by module: bound with
 #: :func:`~mombs.recipes.lazy`, so that checking a config imports none of them.
-_LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_extras"),
-         "report": ("report_notes", "report_figures", "run_figures")}
+_LAZY = {
+    "training": ("create_model", "parts"),
+    "summary": ("summarize", "row_extras"),
+    "report": ("report_notes", "report_figures", "run_figures"),
+}
 
 
 def training_images(cfg):
@@ -42,12 +45,18 @@ def training_images(cfg):
 ASSESSMENT = {"schedule": "reuse-loss", "k": 8, "alpha": 0.3}
 
 RECIPE = Recipe(
-    name="classification", metric="top1",
+    name="classification",
+    metric="top1",
     defaults={"dataset": "fashion-mnist", "model": "small_cnn", "loss": "ce", **ASSESSMENT},
     choices={"dataset": DATASETS, "model": MODEL_NAMES, "loss": LOSS_NAMES, "noise": NOISES},
     takes=("imbalance", "img_max", "noise_file", "image_size", "weights", "normalize"),
-    assess_batch_size=512, check=check, load=load_corpus,
+    assess_batch_size=512,
+    check=check,
+    load=load_corpus,
     columns={"many": "many %", "medium": "med. %", "few": "few %"},
-    training_images=training_images, label_table=True,
-    reads_data_dir=("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"), own_data=("imagefolder", "csv"),
-    **{name: lazy(f"{__name__}.{module}", name) for module, names in _LAZY.items() for name in names})
+    training_images=training_images,
+    label_table=True,
+    reads_data_dir=("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"),
+    own_data=("imagefolder", "csv"),
+    **{name: lazy(f"{__name__}.{module}", name) for module, names in _LAZY.items() for name in names},
+)

@@ -19,10 +19,16 @@ _LAYOUT = {
     100: ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
 }
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("collections", "OrderedDict"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("builtins", "list"),
+    ("builtins", "dict"),
+    ("builtins", "tuple"),
+    ("collections", "OrderedDict"),
     ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
 }
 
@@ -44,9 +50,11 @@ def _unpickle(path: Path) -> dict:
 
 def _how_to_get(num_classes: int) -> str:
     folder = _LAYOUT[num_classes][0]
-    return (f"download and extract the python version of CIFAR-{num_classes} (folder {folder}) "
-            f"yourself and pass the folder that contains it as data_dir / --data-dir; "
-            f"mombs never downloads data")
+    return (
+        f"download and extract the python version of CIFAR-{num_classes} (folder {folder}) "
+        f"yourself and pass the folder that contains it as data_dir / --data-dir; "
+        f"mombs never downloads data"
+    )
 
 
 def load_cifar(num_classes: int, split: str = "train", data_dir=".") -> tuple[np.ndarray, np.ndarray]:
@@ -109,10 +117,11 @@ def load_cifar100n(path) -> dict[str, np.ndarray]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-100N file {path} not found; get CIFAR-100_human.pt from the "
-                                f"CIFAR-N release and pass its path; mombs never downloads data")
-    safe = [np.ndarray, np.dtype, type(np.dtype(np.int64)), type(np.dtype(np.int32)),
-            type(np.dtype(np.uint8))]
+        raise FileNotFoundError(
+            f"CIFAR-100N file {path} not found; get CIFAR-100_human.pt from the "
+            f"CIFAR-N release and pass its path; mombs never downloads data"
+        )
+    safe = [np.ndarray, np.dtype, type(np.dtype(np.int64)), type(np.dtype(np.int32)), type(np.dtype(np.uint8))]
     try:
         safe.append(np._core.multiarray._reconstruct)
     except AttributeError:  # numpy < 2

@@ -32,8 +32,7 @@ from .names import wants_rgb
 if TYPE_CHECKING:  # torch is imported where data is built: a config is checked without it
     import torch
 
-__all__ = ["BUILT_IN", "Corpus", "DATASETS", "FILE_DATASETS", "TRAIN_CLASS_SIZES", "check_data_dir",
-           "load_corpus"]
+__all__ = ["BUILT_IN", "Corpus", "DATASETS", "FILE_DATASETS", "TRAIN_CLASS_SIZES", "check_data_dir", "load_corpus"]
 
 #: The data sets this package reads itself, into memory.
 BUILT_IN = ("digits", "fashion-mnist", "cifar10", "cifar100")
@@ -66,13 +65,17 @@ def check_data_dir(dataset: str, data_dir) -> None:
     """
     if data_dir is not None:
         if not Path(data_dir).is_dir():
-            raise ValueError(f"data_dir={str(data_dir)!r} is not an existing folder; give the folder that "
-                             f"holds the {dataset} files, or leave data_dir out for the default places")
+            raise ValueError(
+                f"data_dir={str(data_dir)!r} is not an existing folder; give the folder that "
+                f"holds the {dataset} files, or leave data_dir out for the default places"
+            )
     elif dataset == "fashion-mnist" and os.environ.get("MOMBS_DATA"):
         env = os.environ["MOMBS_DATA"]
         if not Path(env).is_dir():
-            raise ValueError(f"MOMBS_DATA={env!r} (environment variable) is not an existing folder; "
-                             f"point it at the Fashion-MNIST files or unset it")
+            raise ValueError(
+                f"MOMBS_DATA={env!r} (environment variable) is not an existing folder; "
+                f"point it at the Fashion-MNIST files or unset it"
+            )
 
 
 @dataclass
@@ -110,9 +113,14 @@ class Corpus:
     def describe(self) -> dict:
         import torch
 
-        d = {"name": self.name, "num_classes": self.num_classes, "train": int(len(self.y_train)),
-             "val": int(len(self.y_val)), "test": int(len(self.y_test)),
-             "train_class_counts": np.bincount(self.y_train_clean, minlength=self.num_classes).tolist()}
+        d = {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "train": int(len(self.y_train)),
+            "val": int(len(self.y_val)),
+            "test": int(len(self.y_test)),
+            "train_class_counts": np.bincount(self.y_train_clean, minlength=self.num_classes).tolist(),
+        }
         if self.noisy_train is not None:
             d["train_noise_rate"] = float(self.noisy_train.mean())
         if self.data_dir is not None:
@@ -164,16 +172,20 @@ def _load_files(cfg) -> Corpus:
     if cfg.image_size is None:
         if len(set(sizes)) > 1:
             j = next(i for i, s in enumerate(sizes) if s != sizes[0])
-            raise ValueError(f"images differ in size ({table.paths[0]} is {sizes[0][0]}x{sizes[0][1]}, "
-                             f"{table.paths[j]} is {sizes[j][0]}x{sizes[j][1]}); set image_size to resize "
-                             f"every image to one square side")
+            raise ValueError(
+                f"images differ in size ({table.paths[0]} is {sizes[0][0]}x{sizes[0][1]}, "
+                f"{table.paths[j]} is {sizes[j][0]}x{sizes[j][1]}); set image_size to resize "
+                f"every image to one square side"
+            )
         shape = (sizes[0][1], sizes[0][0])
     else:
         shape = (cfg.image_size, cfg.image_size)
     idx = assign_splits(table, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed)
     channels = channels_of(modes, rgb=wants_rgb(cfg.model) or cfg.normalize == "imagenet")
-    x = {s: ImageFiles(table.root, table.paths[idx[s]], channels=channels, image_shape=shape, size=cfg.image_size)
-         for s in SPLITS}
+    x = {
+        s: ImageFiles(table.root, table.paths[idx[s]], channels=channels, image_shape=shape, size=cfg.image_size)
+        for s in SPLITS
+    }
     mean = std = None
     if cfg.normalize in (None, "dataset"):
         n = len(x["train"])
@@ -185,11 +197,23 @@ def _load_files(cfg) -> Corpus:
     for images in x.values():
         images.set_normalization(mean, std)
     y = {s: table.labels[idx[s]] for s in SPLITS}
-    return Corpus(cfg.dataset, len(table.classes), x["train"], y["train"], y["train"].copy(), None,
-                  x["val"], y["val"], x["test"], y["test"], None,
-                  sources={"path": table.paths[idx["train"]]},
-                  splits={s: table.paths[idx[s]].tolist() for s in SPLITS},
-                  classes=list(table.classes), data_dir=str(cfg.data_dir))
+    return Corpus(
+        cfg.dataset,
+        len(table.classes),
+        x["train"],
+        y["train"],
+        y["train"].copy(),
+        None,
+        x["val"],
+        y["val"],
+        x["test"],
+        y["test"],
+        None,
+        sources={"path": table.paths[idx["train"]]},
+        splits={s: table.paths[idx[s]].tolist() for s in SPLITS},
+        classes=list(table.classes),
+        data_dir=str(cfg.data_dir),
+    )
 
 
 def load_corpus(cfg) -> Corpus:
@@ -249,5 +273,17 @@ def load_corpus(cfg) -> Corpus:
     train_names = _names(cfg.dataset, "train", tr_idx)
     # No splits.json for a public set: its splits follow from the seed, and listing
     # Fashion-MNIST's 70,000 names would add 1.5 MB to every run folder.
-    return Corpus(cfg.dataset, num_classes, norm(x_train), y_train, y_clean, noisy,
-                  norm(x_val), y_val, norm(x_test), yte, groups, sources={"path": train_names})
+    return Corpus(
+        cfg.dataset,
+        num_classes,
+        norm(x_train),
+        y_train,
+        y_clean,
+        noisy,
+        norm(x_val),
+        y_val,
+        norm(x_test),
+        yte,
+        groups,
+        sources={"path": train_names},
+    )

@@ -13,11 +13,15 @@ __all__ = ["DEFAULT_FASHION_MNIST_DIR", "find_fashion_mnist", "load_fashion_mnis
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
-_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-_HOW_TO_GET = ("install Debian's package (apt-get install dataset-fashion-mnist), or put the four "
-               "IDX files (optionally .gz) from the Fashion-MNIST release in a folder and pass it "
-               "as data_dir / --data-dir or $MOMBS_DATA")
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_HOW_TO_GET = (
+    "install Debian's package (apt-get install dataset-fashion-mnist), or put the four "
+    "IDX files (optionally .gz) from the Fashion-MNIST release in a folder and pass it "
+    "as data_dir / --data-dir or $MOMBS_DATA"
+)
 
 
 def _candidates(data_dir) -> list[Path]:
@@ -62,13 +66,16 @@ def _read_idx(path: Path, expect_dims: int) -> np.ndarray:
     except (OSError, EOFError) as err:
         raise ValueError(f"cannot read {path}: {err}; {_HOW_TO_GET}") from err
     if len(raw) < 4 + 4 * expect_dims or raw[0:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != expect_dims:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes with {expect_dims} dimension(s) "
-                         f"(corrupt or wrong file); {_HOW_TO_GET}")
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(expect_dims)]
+        raise ValueError(
+            f"{path} is not an IDX file of unsigned bytes with {expect_dims} dimension(s) "
+            f"(corrupt or wrong file); {_HOW_TO_GET}"
+        )
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(expect_dims)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * expect_dims)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path} holds {data.size} bytes of data but its header says {dims} "
-                         f"(truncated or corrupt); {_HOW_TO_GET}")
+        raise ValueError(
+            f"{path} holds {data.size} bytes of data but its header says {dims} (truncated or corrupt); {_HOW_TO_GET}"
+        )
     return data.reshape(dims).copy()  # writable, unlike the frombuffer view
 
 
@@ -104,8 +111,10 @@ def load_fashion_mnist(split: str = "train", data_dir=None) -> tuple[np.ndarray,
     images = _read_idx(img_path, 3)
     labels = _read_idx(lbl_path, 1).astype(np.int64)
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
-        raise ValueError(f"{img_path} ({images.shape}) and {lbl_path} ({labels.shape}) do not form "
-                         f"a Fashion-MNIST split; {_HOW_TO_GET}")
+        raise ValueError(
+            f"{img_path} ({images.shape}) and {lbl_path} ({labels.shape}) do not form "
+            f"a Fashion-MNIST split; {_HOW_TO_GET}"
+        )
     if labels.size and labels.max() > 9:
         raise ValueError(f"{lbl_path} has label {labels.max()} outside 0..9 (corrupt file)")
     return images, labels

@@ -26,9 +26,23 @@ import numpy as np
 if TYPE_CHECKING:  # imported on first use by __getattr__ below, for checkers and readers
     from .image_files import ImageFiles, LabelledImages
 
-__all__ = ["DEFAULT_TEST_FRACTION", "FILE_DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "SPLITS", "FileTable",
-           "ImageFiles", "LabelledImages", "assign_splits", "channel_stats", "channels_of", "read_csv", "read_files",
-           "read_image_folder", "scan_images"]
+__all__ = [
+    "DEFAULT_TEST_FRACTION",
+    "FILE_DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SPLITS",
+    "FileTable",
+    "ImageFiles",
+    "LabelledImages",
+    "assign_splits",
+    "channel_stats",
+    "channels_of",
+    "read_csv",
+    "read_files",
+    "read_image_folder",
+    "scan_images",
+]
 
 #: Data sets read from the user's files.
 FILE_DATASETS = ("imagefolder", "csv")
@@ -132,23 +146,30 @@ def read_image_folder(data_dir) -> FileTable:
     """
     root = Path(data_dir)
     if not root.is_dir():
-        raise ValueError(f"data_dir={str(data_dir)!r} is not an existing folder; give the folder that holds "
-                         f"one sub-folder per class")
+        raise ValueError(
+            f"data_dir={str(data_dir)!r} is not an existing folder; give the folder that holds one sub-folder per class"
+        )
     entries = [e for e in os.listdir(root) if not e.startswith(".")]
     if not entries:
-        raise ValueError(f"data_dir={str(data_dir)!r} is empty; put one sub-folder of images per class in it "
-                         f"(data_dir/cat/1.png, data_dir/dog/2.png, ...)")
+        raise ValueError(
+            f"data_dir={str(data_dir)!r} is empty; put one sub-folder of images per class in it "
+            f"(data_dir/cat/1.png, data_dir/dog/2.png, ...)"
+        )
     folders = _class_folders(root)
     if not folders:
-        raise ValueError(f"data_dir={str(data_dir)!r} has no class folders ({len(entries)} files, no "
-                         f"sub-folder); ImageFolder reads one sub-folder per class: data_dir/cat/1.png, ...")
+        raise ValueError(
+            f"data_dir={str(data_dir)!r} has no class folders ({len(entries)} files, no "
+            f"sub-folder); ImageFolder reads one sub-folder per class: data_dir/cat/1.png, ..."
+        )
     extensions, _ = _folder_api()
     given = "train" in folders and set(folders) <= set(SPLITS)
     if given:
         classes = _class_folders(root / "train")
         if not classes:
-            raise ValueError(f"{str(root / 'train')!r} has no class folders; put one sub-folder per class in "
-                             f"train/ (and in val/ and test/)")
+            raise ValueError(
+                f"{str(root / 'train')!r} has no class folders; put one sub-folder per class in "
+                f"train/ (and in val/ and test/)"
+            )
         for s in folders:
             extra = sorted(set(_class_folders(root / s)) - set(classes))
             if extra:
@@ -157,21 +178,23 @@ def read_image_folder(data_dir) -> FileTable:
         classes = folders
     class_to_idx = {c: i for i, c in enumerate(classes)}
     files, split = [], []
-    for s in (folders if given else [None]):
+    for s in folders if given else [None]:
         found = _folder_files(root / s if s else root, class_to_idx, root, extensions)
         files += found
         split += [s] * len(found)
     if not files:
-        raise ValueError(f"data_dir={str(data_dir)!r} holds no image files ({', '.join(extensions)}) in its "
-                         f"class folders")
+        raise ValueError(
+            f"data_dir={str(data_dir)!r} holds no image files ({', '.join(extensions)}) in its class folders"
+        )
     labels = np.array([y for _, y in files], dtype=np.int64)
     train_labels = labels[np.array(split) == "train"] if given else labels
     empty = [classes[c] for c in range(len(classes)) if not (train_labels == c).any()]
     if empty:
         where = "train/" if given else "data_dir"
         raise ValueError(f"class folder(s) {_listing(empty)} in {where} of {str(data_dir)!r} hold no images")
-    return FileTable(root, np.array([p for p, _ in files], dtype=str), labels,
-                     np.array(split, dtype=str) if given else None, classes)
+    return FileTable(
+        root, np.array([p for p, _ in files], dtype=str), labels, np.array(split, dtype=str) if given else None, classes
+    )
 
 
 def _int_label(text: str) -> int | None:
@@ -203,26 +226,33 @@ def read_csv(data_dir) -> FileTable:
     """
     path = Path(data_dir)
     if not path.is_file():
-        raise ValueError(f"data_dir={str(data_dir)!r} is not an existing file; dataset='csv' reads a CSV file "
-                         f"with the columns path,label (and optionally split)")
+        raise ValueError(
+            f"data_dir={str(data_dir)!r} is not an existing file; dataset='csv' reads a CSV file "
+            f"with the columns path,label (and optionally split)"
+        )
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip() for c in (reader.fieldnames or [])]
             if "path" not in columns or "label" not in columns:
-                raise ValueError(f"{str(path)!r} has the columns {columns}; it needs 'path' and 'label' "
-                                 f"(and optionally 'split')")
+                raise ValueError(
+                    f"{str(path)!r} has the columns {columns}; it needs 'path' and 'label' (and optionally 'split')"
+                )
             reader.fieldnames = columns
             rows = [(reader.line_num, row) for row in reader]
     except UnicodeDecodeError as err:
-        raise ValueError(f"{str(path)!r} is not a UTF-8 text file (byte {err.start}: {err.reason}); "
-                         f"dataset='csv' reads a CSV file with the columns path,label") from None
+        raise ValueError(
+            f"{str(path)!r} is not a UTF-8 text file (byte {err.start}: {err.reason}); "
+            f"dataset='csv' reads a CSV file with the columns path,label"
+        ) from None
     except csv.Error as err:
         raise ValueError(f"{str(path)!r} is not a CSV file that parses (line {reader.line_num}: {err})") from None
     extra = next(((line, row[None]) for line, row in rows if row.get(None)), None)
     if extra:  # more fields than the header names: an unquoted comma in a path, or a shifted row
-        raise ValueError(f"{str(path)!r} line {extra[0]} has {len(columns) + len(extra[1])} fields but the header "
-                         f"names {len(columns)} ({','.join(columns)}); quote a path that holds a comma")
+        raise ValueError(
+            f"{str(path)!r} line {extra[0]} has {len(columns) + len(extra[1])} fields but the header "
+            f"names {len(columns)} ({','.join(columns)}); quote a path that holds a comma"
+        )
     if not rows:
         raise ValueError(f"{str(path)!r} has a header and no rows; list one image per line")
     paths, texts, splits, line_of = [], [], [], {}
@@ -231,17 +261,21 @@ def read_csv(data_dir) -> FileTable:
         if not p:
             raise ValueError(f"{str(path)!r} line {line}: the path is empty")
         if p in line_of:
-            raise ValueError(f"{str(path)!r} line {line}: path {p!r} is listed twice (lines {line_of[p]} "
-                             f"and {line}); give each file once")
+            raise ValueError(
+                f"{str(path)!r} line {line}: path {p!r} is listed twice (lines {line_of[p]} "
+                f"and {line}); give each file once"
+            )
         line_of[p] = line
         if not label:
-            raise ValueError(f"{str(path)!r} line {line} ({p}): the label is empty; it is neither an integer "
-                             f"nor a class name")
+            raise ValueError(
+                f"{str(path)!r} line {line} ({p}): the label is empty; it is neither an integer nor a class name"
+            )
         if "split" in columns:
             s = (row.get("split") or "").strip().lower()
             if s not in SPLITS:
-                raise ValueError(f"{str(path)!r} line {line} ({p}): split {row.get('split')!r} is not one of "
-                                 f"{', '.join(SPLITS)}")
+                raise ValueError(
+                    f"{str(path)!r} line {line} ({p}): split {row.get('split')!r} is not one of {', '.join(SPLITS)}"
+                )
             splits.append(s)
         paths.append(p)
         texts.append(label)
@@ -249,26 +283,30 @@ def read_csv(data_dir) -> FileTable:
     if all(v is not None for v in ints):
         if min(ints) < 0:
             i = int(np.argmin(ints))
-            raise ValueError(f"{str(path)!r} line {rows[i][0]} ({paths[i]}): label {texts[i]!r} is negative; "
-                             f"integer labels are class ids 0, 1, ...")
+            raise ValueError(
+                f"{str(path)!r} line {rows[i][0]} ({paths[i]}): label {texts[i]!r} is negative; "
+                f"integer labels are class ids 0, 1, ..."
+            )
         labels = np.array(ints, dtype=np.int64)
         classes = [str(c) for c in range(int(labels.max()) + 1)]
     else:
         if any(v is not None for v in ints):
             i = next(j for j, v in enumerate(ints) if v is not None)
             k = next(j for j, v in enumerate(ints) if v is None)
-            raise ValueError(f"{str(path)!r} mixes integer labels ({texts[i]!r}, line {rows[i][0]}) and class "
-                             f"names ({texts[k]!r}, line {rows[k][0]}); use one or the other")
+            raise ValueError(
+                f"{str(path)!r} mixes integer labels ({texts[i]!r}, line {rows[i][0]}) and class "
+                f"names ({texts[k]!r}, line {rows[k][0]}); use one or the other"
+            )
         classes = sorted(set(texts))
         ids = {c: i for i, c in enumerate(classes)}
         labels = np.array([ids[t] for t in texts], dtype=np.int64)
     root = path.parent
     missing = [p for p in paths if not (root / p).is_file()]
     if missing:
-        raise ValueError(f"{str(path)!r}: {len(missing)} path(s) do not exist (relative to {str(root)!r}): "
-                         f"{_listing(missing)}")
-    return FileTable(root, np.array(paths, dtype=str), labels,
-                     np.array(splits, dtype=str) if splits else None, classes)
+        raise ValueError(
+            f"{str(path)!r}: {len(missing)} path(s) do not exist (relative to {str(root)!r}): {_listing(missing)}"
+        )
+    return FileTable(root, np.array(paths, dtype=str), labels, np.array(splits, dtype=str) if splits else None, classes)
 
 
 def _draw(pool: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -288,8 +326,9 @@ def _draw(pool: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.
     return np.sort(picked)
 
 
-def assign_splits(table: FileTable, *, val_fraction: float, test_fraction: float | None,
-                  seed: int) -> dict[str, np.ndarray]:
+def assign_splits(
+    table: FileTable, *, val_fraction: float, test_fraction: float | None, seed: int
+) -> dict[str, np.ndarray]:
     """The indices of each split: the given ones, the others drawn from the training files.
 
     Where the data gives no test split, ``test_fraction`` (default
@@ -307,18 +346,22 @@ def assign_splits(table: FileTable, *, val_fraction: float, test_fraction: float
     """
     given = set(table.split.tolist()) if table.split is not None else set()
     if "test" in given and test_fraction is not None:
-        raise ValueError(f"test_fraction={test_fraction!r} has no use: the data gives its test split; "
-                         f"leave test_fraction out")
+        raise ValueError(
+            f"test_fraction={test_fraction!r} has no use: the data gives its test split; leave test_fraction out"
+        )
     n = len(table.paths)
     split = table.split if table.split is not None else np.full(n, "train")
     if "train" not in set(split.tolist()):
-        raise ValueError(f"the data's given splits ({', '.join(sorted(given))}) hold no training file; "
-                         f"mark some files split=train")
+        raise ValueError(
+            f"the data's given splits ({', '.join(sorted(given))}) hold no training file; mark some files split=train"
+        )
     rng = np.random.default_rng([seed, 0xF11E])
     out = {s: np.flatnonzero(split == s) for s in SPLITS}
     pool = out["train"]
-    for s, fraction in (("test", DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction),
-                        ("val", val_fraction)):
+    for s, fraction in (
+        ("test", DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction),
+        ("val", val_fraction),
+    ):
         if s not in given:
             drawn = _draw(pool, table.labels, fraction, rng)
             out[s] = drawn
@@ -326,8 +369,10 @@ def assign_splits(table: FileTable, *, val_fraction: float, test_fraction: float
     out["train"] = pool
     for s in SPLITS:
         if out[s].size == 0:
-            raise ValueError(f"the {s} split is empty: {n} image(s) are too few to give train, val and test "
-                             f"files; add images or give the splits")
+            raise ValueError(
+                f"the {s} split is empty: {n} image(s) are too few to give train, val and test "
+                f"files; add images or give the splits"
+            )
     return {s: out[s].astype(np.int64) for s in SPLITS}
 
 
@@ -358,8 +403,11 @@ def scan_images(root: Path, paths) -> tuple[list[str], list[tuple[int, int]]]:
                 sizes.append(im.size)
                 im.verify()
         except Exception as err:  # noqa: BLE001 - any failure to open is the file's fault; name it
-            why = "not an image Pillow can read" if isinstance(err, Image.UnidentifiedImageError) \
+            why = (
+                "not an image Pillow can read"
+                if isinstance(err, Image.UnidentifiedImageError)
                 else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'broken'}"
+            )
             bad.append(f"{p} ({why})")
     if bad:
         raise ValueError(f"{len(bad)} of {len(paths)} image(s) do not decode: {_listing(bad)}")

@@ -33,8 +33,9 @@ class ImageFiles(Dataset):
         mean, std: ``(C,)`` per-channel normalization (``None``: none).
     """
 
-    def __init__(self, root, paths, *, channels: int, image_shape: tuple[int, int], size: int | None = None,
-                 mean=None, std=None):
+    def __init__(
+        self, root, paths, *, channels: int, image_shape: tuple[int, int], size: int | None = None, mean=None, std=None
+    ):
         self.root, self.paths = Path(root), np.asarray(paths, dtype=str)
         self.channels, self.size = int(channels), size
         self.shape = (len(self.paths), self.channels, *image_shape)

@@ -25,8 +25,7 @@ def long_tailed_counts(img_max: int, num_classes: int, imbalance: float = 0.01) 
     return np.maximum(1, np.floor(img_max * imbalance ** (c / (num_classes - 1)))).astype(np.int64)
 
 
-def long_tailed_indices(labels, imbalance: float = 0.01, *, img_max: int | None = None,
-                        seed: int = 0) -> np.ndarray:
+def long_tailed_indices(labels, imbalance: float = 0.01, *, img_max: int | None = None, seed: int = 0) -> np.ndarray:
     """Indices of a seeded long-tailed subset of a balanced labelled set.
 
     Args:
@@ -59,6 +58,8 @@ def shot_groups(train_counts, many: int = 100, few: int = 20) -> dict[str, np.nd
     The usual thresholds are 100 and 20 training images (Liu et al., OLTR).
     """
     counts = np.asarray(train_counts)
-    return {"many": np.flatnonzero(counts > many),
-            "medium": np.flatnonzero((counts <= many) & (counts >= few)),
-            "few": np.flatnonzero(counts < few)}
+    return {
+        "many": np.flatnonzero(counts > many),
+        "medium": np.flatnonzero((counts <= many) & (counts >= few)),
+        "few": np.flatnonzero(counts < few),
+    }

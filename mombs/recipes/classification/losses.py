@@ -42,7 +42,7 @@ class GCELoss(nn.Module):
 
     def forward(self, logits, target):
         p = F.softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1).clamp_min(1e-7)
-        return (1 - p ** self.q) / self.q
+        return (1 - p**self.q) / self.q
 
 
 class SCELoss(nn.Module):
@@ -87,8 +87,7 @@ class LDAMLoss(nn.Module):
             (beta = 0.9999); ``None`` for no re-weighting. Call :meth:`set_epoch`.
     """
 
-    def __init__(self, class_counts, max_margin: float = 0.5, scale: float = 30.0,
-                 drw_epoch: int | None = None):
+    def __init__(self, class_counts, max_margin: float = 0.5, scale: float = 30.0, drw_epoch: int | None = None):
         super().__init__()
         counts = torch.as_tensor(class_counts, dtype=torch.float32)
         margins = counts.clamp_min(1) ** -0.25

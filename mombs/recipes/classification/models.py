@@ -13,13 +13,27 @@ from .resnet import resnet32
 from .small_cnn import SmallCNN
 from .torchvision_models import efficientnet_b0, resnet18, resnet50, torchvision_head
 
-__all__ = ["FEATURE_MODULE", "HEAD_PREFIX", "MODELS", "SmallCNN", "classifier_head", "create_model",
-           "load_weights", "resnet32", "wants_rgb"]
+__all__ = [
+    "FEATURE_MODULE",
+    "HEAD_PREFIX",
+    "MODELS",
+    "SmallCNN",
+    "classifier_head",
+    "create_model",
+    "load_weights",
+    "resnet32",
+    "wants_rgb",
+]
 
 #: Model builders by name; each takes ``num_classes`` and ``in_channels``. Its keys
 #: are :data:`.names.MODEL_NAMES`, which a config is checked against without torch.
-MODELS = {"small_cnn": SmallCNN, "resnet32": resnet32, "resnet18": resnet18, "resnet50": resnet50,
-          "efficientnet_b0": efficientnet_b0}
+MODELS = {
+    "small_cnn": SmallCNN,
+    "resnet32": resnet32,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "efficientnet_b0": efficientnet_b0,
+}
 
 #: For each model, the submodule whose output MoMBS disturbs by default: the
 #: pooled backbone features, before the classifier (``shared/METHOD.md`` §1).
@@ -32,13 +46,23 @@ MODELS = {"small_cnn": SmallCNN, "resnet32": resnet32, "resnet18": resnet18, "re
 #: No point adds information, so the cheapest one stays: only the classifier
 #: runs K times. torchvision's models pool at ``avgpool`` (``(B, C, 1, 1)``),
 #: the same place: only their flatten and classifier run K times.
-FEATURE_MODULE = {"small_cnn": "pool", "resnet32": "pool", "resnet18": "avgpool", "resnet50": "avgpool",
-                  "efficientnet_b0": "avgpool"}
+FEATURE_MODULE = {
+    "small_cnn": "pool",
+    "resnet32": "pool",
+    "resnet18": "avgpool",
+    "resnet50": "avgpool",
+    "efficientnet_b0": "avgpool",
+}
 
 #: The state-dict prefix of each model's classifier head: replaced, not
 #: loaded, when a weights file's head does not fit ``num_classes``.
-HEAD_PREFIX = {"small_cnn": "fc.", "resnet32": "fc.", "resnet18": "fc.", "resnet50": "fc.",
-               "efficientnet_b0": "classifier."}
+HEAD_PREFIX = {
+    "small_cnn": "fc.",
+    "resnet32": "fc.",
+    "resnet18": "fc.",
+    "resnet50": "fc.",
+    "efficientnet_b0": "classifier.",
+}
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3):
@@ -87,31 +111,49 @@ def load_weights(model: torch.nn.Module, path, *, head: str) -> list[str]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read is the file's; say which and why
-        raise ValueError(f"weights={str(path)!r} cannot be read as a state dict with torch.load(weights_only="
-                         f"True) ({type(err).__name__}: {_first_line(err)})") from err
+        raise ValueError(
+            f"weights={str(path)!r} cannot be read as a state dict with torch.load(weights_only="
+            f"True) ({type(err).__name__}: {_first_line(err)})"
+        ) from err
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
-    if not isinstance(state, Mapping) or not state or not all(
-            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise ValueError(f"weights={str(path)!r} holds a {type(state).__name__}, not a state dict (a mapping "
-                         f"of parameter names to tensors, as model.state_dict() gives)")
+    if (
+        not isinstance(state, Mapping)
+        or not state
+        or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())
+    ):
+        raise ValueError(
+            f"weights={str(path)!r} holds a {type(state).__name__}, not a state dict (a mapping "
+            f"of parameter names to tensors, as model.state_dict() gives)"
+        )
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]
     # BatchNorm's step counters are bookkeeping: a file from older torch may lack them.
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
     dropped = [k for k in wrong + missing if k.startswith(head)]
-    beyond = ([f"{k} (missing)" for k in missing if not k.startswith(head)]
-              + [f"{k} (not in the model)" for k in unexpected]
-              + [f"{k} ({tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model)"
-                 for k in wrong if not k.startswith(head)])
+    beyond = (
+        [f"{k} (missing)" for k in missing if not k.startswith(head)]
+        + [f"{k} (not in the model)" for k in unexpected]
+        + [
+            f"{k} ({tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model)"
+            for k in wrong
+            if not k.startswith(head)
+        ]
+    )
     if beyond:
-        raise ValueError(f"weights={str(path)!r} does not fit model {type(model).__name__} beyond its head "
-                         f"({head[:-1]}): {len(beyond)} key(s) differ: {_listing(beyond)}")
+        raise ValueError(
+            f"weights={str(path)!r} does not fit model {type(model).__name__} beyond its head "
+            f"({head[:-1]}): {len(beyond)} key(s) differ: {_listing(beyond)}"
+        )
     if dropped:
-        warnings.warn(f"weights={str(path)!r}: the classifier head does not fit this model's classes; "
-                      f"{', '.join(dropped)} start(s) from a fresh init instead", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"weights={str(path)!r}: the classifier head does not fit this model's classes; "
+            f"{', '.join(dropped)} start(s) from a fresh init instead",
+            UserWarning,
+            stacklevel=2,
+        )
     model.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=False)
     return dropped

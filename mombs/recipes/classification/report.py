@@ -13,11 +13,14 @@ __all__ = ["report_figures", "report_notes", "run_figures"]
 
 def report_notes(results: list[dict]) -> dict:
     """The report's wording for classification runs."""
-    return {"what": "Top-1 is the test accuracy of the final epoch", "flipped": "truly flipped labels",
-            "memorization": "the share of flipped labels the network reproduces in its last training pass "
-                            "(memorization).",
-            "metric_name": "top-1", "metric_title": "accuracy",
-            "memorization_axis": "% of noisy labels fit in the training pass"}
+    return {
+        "what": "Top-1 is the test accuracy of the final epoch",
+        "flipped": "truly flipped labels",
+        "memorization": "the share of flipped labels the network reproduces in its last training pass (memorization).",
+        "metric_name": "top-1",
+        "metric_title": "accuracy",
+        "memorization_axis": "% of noisy labels fit in the training pass",
+    }
 
 
 def _per_class(results, out: Path) -> str:
@@ -31,8 +34,11 @@ def _per_class(results, out: Path) -> str:
         acc = np.array([[np.nan if v is None else v for v in pc] for pc in by[s]], dtype=float)
         mean = np.nanmean(acc, axis=0)
         ax.bar(np.arange(len(mean)) + i * width, 100 * mean, width, label=s)
-    ax.set(xlabel="class (training set ordered as given; long-tail: head to tail)", ylabel="test top-1 %",
-           title="per-class accuracy (mean over seeds and batch sizes)")
+    ax.set(
+        xlabel="class (training set ordered as given; long-tail: head to tail)",
+        ylabel="test top-1 %",
+        title="per-class accuracy (mean over seeds and batch sizes)",
+    )
     ax.legend(fontsize=7)
     return save(fig, out / "per_class.png")
 
@@ -53,6 +59,12 @@ def run_figures(res: dict, out: Path) -> list[str]:
     tail = counts[z["y_clean"]] < np.median(counts) if counts.min() < counts.max() else None
     member = noisy if noisy is not None else tail
     what = "label flipped" if noisy is not None else "tail class"
-    fig = scatter_figure(z["loss"], z["uncertainty"], z["codes"], member, what,
-                         f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}")
+    fig = scatter_figure(
+        z["loss"],
+        z["uncertainty"],
+        z["codes"],
+        member,
+        what,
+        f"{res['dataset']} {res['strategy']} B={res['batch_size']} seed {res['seed']}",
+    )
     return [save(fig, out / f"scatter-{res['strategy']}-b{res['batch_size']}.png", tight=False)]

@@ -21,7 +21,7 @@ class _BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         short = x
         if self.stride != 1 or self.pad:
-            short = x[:, :, ::self.stride, ::self.stride]
+            short = x[:, :, :: self.stride, :: self.stride]
             short = F.pad(short, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
         return F.relu(out + short)
 

@@ -23,8 +23,9 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.features = nn.Sequential(*_block(in_channels, 32), nn.MaxPool2d(2),
-                                      *_block(32, 64), nn.MaxPool2d(2), *_block(64, 128))
+        self.features = nn.Sequential(
+            *_block(in_channels, 32), nn.MaxPool2d(2), *_block(32, 64), nn.MaxPool2d(2), *_block(64, 128)
+        )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(128, num_classes)
 

@@ -28,21 +28,34 @@ def summarize(run: FinishedRun) -> dict:
     data, parts = run.data, run.parts
     top1, pred = evaluate(run.model, parts.test)
     y_test = data.y_test
-    per_class = [float((pred[y_test == k] == k).mean()) if (y_test == k).any() else None
-                 for k in range(data.num_classes)]
+    per_class = [
+        float((pred[y_test == k] == k).mean()) if (y_test == k).any() else None for k in range(data.num_classes)
+    ]
     with best_state(run) as swapped:
         top1_best_val = evaluate(run.model, parts.test)[0] if swapped else top1
     loss, unc, q = final_assessment(run)
     noisy = data.noisy_train
-    atomic_npz(run.out / "assessment.npz", loss=loss, uncertainty=unc, codes=q.codes,
-               noisy=noisy if noisy is not None else np.zeros(0, bool),
-               y=data.y_train, y_clean=data.y_train_clean)
-    res = {"top1": top1, "top1_best_val": top1_best_val, "per_class_top1": per_class,
-           "train_size": int(len(data.y_train)), "quadrant_counts": q.counts}
+    atomic_npz(
+        run.out / "assessment.npz",
+        loss=loss,
+        uncertainty=unc,
+        codes=q.codes,
+        noisy=noisy if noisy is not None else np.zeros(0, bool),
+        y=data.y_train,
+        y_clean=data.y_train_clean,
+    )
+    res = {
+        "top1": top1,
+        "top1_best_val": top1_best_val,
+        "per_class_top1": per_class,
+        "train_size": int(len(data.y_train)),
+        "quadrant_counts": q.counts,
+    }
     if noisy is not None and noisy.any():
         res["noisy_fit"] = run.log[-1].get("noisy_fit")
-        res["noise_detection"] = noise_detection(noisy, {"difficulty": difficulty_scores(loss, unc), "loss": loss},
-                                                 q.mask("poorly-labeled"))
+        res["noise_detection"] = noise_detection(
+            noisy, {"difficulty": difficulty_scores(loss, unc), "loss": loss}, q.mask("poorly-labeled")
+        )
     if data.shot_groups is not None:
         res["shot_top1"] = {}
         for g, classes in data.shot_groups.items():

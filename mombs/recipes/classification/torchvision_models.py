@@ -16,8 +16,10 @@ __all__ = ["TORCHVISION_MODELS", "efficientnet_b0", "resnet18", "resnet50", "tor
 
 def _build(name: str, num_classes: int, in_channels: int) -> nn.Module:
     if in_channels != 3:
-        raise ValueError(f"model={name!r} takes 3-channel images, got in_channels={in_channels}; the "
-                         f"classification reader repeats grey images to 3 channels for it")
+        raise ValueError(
+            f"model={name!r} takes 3-channel images, got in_channels={in_channels}; the "
+            f"classification reader repeats grey images to 3 channels for it"
+        )
     try:
         import torchvision.models as tvm
     except ImportError as err:

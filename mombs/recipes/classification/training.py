@@ -58,7 +58,7 @@ def evaluate(model, split, batch_size: int | None = None) -> tuple[float, np.nda
     preds = []
     with torch.no_grad():
         for s in range(0, len(y), batch_size):
-            preds.append(model(x[s:s + batch_size]).argmax(1).cpu())
+            preds.append(model(x[s : s + batch_size]).argmax(1).cpu())
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
     return float((pred == y.cpu().numpy()).mean()) if len(pred) else float("nan"), pred
 
@@ -82,8 +82,11 @@ def training_signals(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.T
         when another class wins); ``pred``: ``(B,)`` the argmax.
     """
     logits = logits.detach().float()
-    return {"prob_given": _given_label_prob(logits, y), "margin": _given_label_margin(logits, y),
-            "pred": logits.argmax(1)}
+    return {
+        "prob_given": _given_label_prob(logits, y),
+        "margin": _given_label_margin(logits, y),
+        "pred": logits.argmax(1),
+    }
 
 
 def create_model(cfg, data) -> torch.nn.Module:
@@ -101,18 +104,34 @@ def parts(cfg, data, model, device) -> TaskParts:
     In-memory images go to ``device`` whole; images read from files stay
     data sets of ``(x, y)`` items, each batch moved to ``device`` as it is read.
     """
+
     def on_device(x, y):
         return x.to(device), torch.as_tensor(y).to(device)
 
     if torch.is_tensor(data.x_train):
-        train, val, test = (TensorDataset(*on_device(data.x_train, data.y_train)), on_device(data.x_val, data.y_val),
-                            on_device(data.x_test, data.y_test))
+        train, val, test = (
+            TensorDataset(*on_device(data.x_train, data.y_train)),
+            on_device(data.x_val, data.y_val),
+            on_device(data.x_test, data.y_test),
+        )
     else:
-        train, val, test = (LabelledImages(data.x_train, data.y_train), LabelledImages(data.x_val, data.y_val),
-                            LabelledImages(data.x_test, data.y_test))
+        train, val, test = (
+            LabelledImages(data.x_train, data.y_train),
+            LabelledImages(data.x_val, data.y_val),
+            LabelledImages(data.x_test, data.y_test),
+        )
     counts = np.bincount(data.y_train, minlength=data.num_classes)
     return TaskParts(
-        model=model, at=FEATURE_MODULE[cfg.model], train_data=train, val=val, test=test, evaluate=evaluate,
-        loss_fn=create_loss(cfg.loss, class_counts=counts, epochs=cfg.epochs).to(device), fit_fn=class_fit,
-        task="classification", signal_fn=training_signals, head=classifier_head(cfg.model, model),
-        augment=cfg.augment if cfg.augment is not None else cfg.dataset in _AUGMENTED)
+        model=model,
+        at=FEATURE_MODULE[cfg.model],
+        train_data=train,
+        val=val,
+        test=test,
+        evaluate=evaluate,
+        loss_fn=create_loss(cfg.loss, class_counts=counts, epochs=cfg.epochs).to(device),
+        fit_fn=class_fit,
+        task="classification",
+        signal_fn=training_signals,
+        head=classifier_head(cfg.model, model),
+        augment=cfg.augment if cfg.augment is not None else cfg.dataset in _AUGMENTED,
+    )

@@ -22,8 +22,11 @@ NOISES = ("none", "annotation")
 
 #: The recipe's functions whose modules import torch, by module: bound with
 #: :func:`~mombs.recipes.lazy`, so that checking a config imports none of them.
-_LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_extras"),
-         "report": ("report_notes", "report_figures", "run_figures", "issue_pictures")}
+_LAZY = {
+    "training": ("create_model", "parts"),
+    "summary": ("summarize", "row_extras"),
+    "report": ("report_notes", "report_figures", "run_figures", "issue_pictures"),
+}
 
 #: The assessment a detection run makes unless told otherwise, chosen by measurement
 #: (issue 22): one plain eval pass (k=1, alpha=0: the predictive entropy, no disturbance)
@@ -46,13 +49,19 @@ ISSUE_SCORE = "spurious"
 ISSUE_FLAG = "spurious"
 
 RECIPE = Recipe(
-    name="detection", metric="froc",
+    name="detection",
+    metric="froc",
     defaults={"dataset": "synthetic-det", "model": "tiny", "loss": "rpn", **ASSESSMENT},
     choices={"dataset": DET_DATASETS, "model": DET_MODELS, "loss": DET_LOSSES, "noise": NOISES},
     takes=("image_size", "noise_mix", "windows", "train_fraction", "annotations", "weights"),
     # Each of the K disturbed passes runs the RPN on every image of the batch.
-    issue_score=ISSUE_SCORE, issue_flag=ISSUE_FLAG,
-    assess_batch_size=16, check=check, load=load_det_corpus,
+    issue_score=ISSUE_SCORE,
+    issue_flag=ISSUE_FLAG,
+    assess_batch_size=16,
+    check=check,
+    load=load_det_corpus,
     columns={"sens@0.5": "sens@0.5FP %", "sens@1": "sens@1FP %", "sens@2": "sens@2FP %"},
-    reads_data_dir=("deeplesion", "coco"), own_data=("coco",),
-    **{name: lazy(f"{__name__}.{module}", name) for module, names in _LAZY.items() for name in names})
+    reads_data_dir=("deeplesion", "coco"),
+    own_data=("coco",),
+    **{name: lazy(f"{__name__}.{module}", name) for module, names in _LAZY.items() for name in names},
+)

@@ -46,8 +46,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["COCO_MAX_SIZE", "COCO_SPLITS", "COCO_TEST_FRACTION", "CocoImage", "CocoImages", "CocoSet",
-           "coco_splits", "find_annotations", "read_coco"]
+__all__ = [
+    "COCO_MAX_SIZE",
+    "COCO_SPLITS",
+    "COCO_TEST_FRACTION",
+    "CocoImage",
+    "CocoImages",
+    "CocoSet",
+    "coco_splits",
+    "find_annotations",
+    "read_coco",
+]
 
 #: The largest default ``image_size``: the longest image side, capped at this.
 COCO_MAX_SIZE = 512
@@ -61,8 +70,10 @@ BOX_TOLERANCE = 1.0
 _SHOW = 3
 #: Pillow modes read as one grey channel (the rest are converted to RGB).
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-_WHAT = ("a folder holding a COCO instances JSON file (images, annotations, categories) and its images, "
-         "file_name relative to it or to its images/ folder")
+_WHAT = (
+    "a folder holding a COCO instances JSON file (images, annotations, categories) and its images, "
+    "file_name relative to it or to its images/ folder"
+)
 
 
 @dataclass
@@ -154,8 +165,9 @@ def _pixels(path: str, channels: int) -> np.ndarray:
 
 
 def _json_files(data_dir: str) -> list:
-    return sorted(f for f in os.listdir(data_dir)
-                  if f.lower().endswith(".json") and os.path.isfile(os.path.join(data_dir, f)))
+    return sorted(
+        f for f in os.listdir(data_dir) if f.lower().endswith(".json") and os.path.isfile(os.path.join(data_dir, f))
+    )
 
 
 def find_annotations(data_dir, annotations: str | None = None) -> str:
@@ -168,22 +180,21 @@ def find_annotations(data_dir, annotations: str | None = None) -> str:
             several without ``annotations``; ``annotations`` not a file there.
     """
     if not isinstance(data_dir, str) or not os.path.isdir(data_dir):
-        raise ValueError(f"data_dir={data_dir!r} must be the folder of dataset='coco': {_WHAT}. "
-                         f"Nothing is downloaded.")
+        raise ValueError(f"data_dir={data_dir!r} must be the folder of dataset='coco': {_WHAT}. Nothing is downloaded.")
     if not os.listdir(data_dir):
         raise ValueError(f"data_dir={data_dir!r} is empty; dataset='coco' reads {_WHAT}")
     found = _json_files(data_dir)
     if annotations is not None:
         path = os.path.join(data_dir, annotations)
         if not os.path.isfile(path):
-            raise ValueError(f"annotations={annotations!r} is not a file in data_dir={data_dir!r}; "
-                             f"its JSON files: {found}")
+            raise ValueError(
+                f"annotations={annotations!r} is not a file in data_dir={data_dir!r}; its JSON files: {found}"
+            )
         return path
     if not found:
         raise ValueError(f"data_dir={data_dir!r} holds no .json file; dataset='coco' reads {_WHAT}")
     if len(found) > 1:
-        raise ValueError(f"data_dir={data_dir!r} holds several JSON files {found}; "
-                         f"set annotations to the one to read")
+        raise ValueError(f"data_dir={data_dir!r} holds several JSON files {found}; set annotations to the one to read")
     return os.path.join(data_dir, found[0])
 
 
@@ -210,8 +221,9 @@ def _load_json(path: str) -> dict:
         raise ValueError(f"{path}: not a JSON file that parses ({err})") from None
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc, dict) or k not in doc]
     if missing:
-        raise ValueError(f"{path}: lacks {missing}; a COCO instances file holds 'images', 'annotations' "
-                         f"and 'categories'")
+        raise ValueError(
+            f"{path}: lacks {missing}; a COCO instances file holds 'images', 'annotations' and 'categories'"
+        )
     for k in ("images", "annotations", "categories"):
         if not isinstance(doc[k], list):
             raise ValueError(f"{path}: {k!r} must be a list, got {type(doc[k]).__name__}")
@@ -223,19 +235,32 @@ def _load_json(path: str) -> dict:
 
 def _check_entries(path: str, doc: dict) -> None:
     """Images and categories: ids, file names, sizes, splits."""
-    bad = [f"#{i} {e!r}"[:120] for i, e in enumerate(doc["images"])
-           if not isinstance(e, dict) or not _is_id(e.get("id")) or not isinstance(e.get("file_name"), str)
-           or not e.get("file_name")]
+    bad = [
+        f"#{i} {e!r}"[:120]
+        for i, e in enumerate(doc["images"])
+        if not isinstance(e, dict)
+        or not _is_id(e.get("id"))
+        or not isinstance(e.get("file_name"), str)
+        or not e.get("file_name")
+    ]
     _refuse(path, "images lack an integer 'id' or a 'file_name'", bad)
-    bad = [f"image {e['id']}: {e.get('width')!r} x {e.get('height')!r}" for e in doc["images"]
-           if ("width" in e or "height" in e) and not (_is_size(e.get("width")) and _is_size(e.get("height")))]
+    bad = [
+        f"image {e['id']}: {e.get('width')!r} x {e.get('height')!r}"
+        for e in doc["images"]
+        if ("width" in e or "height" in e) and not (_is_size(e.get("width")) and _is_size(e.get("height")))
+    ]
     _refuse(path, "images have a 'width' or 'height' that is not a positive integer", bad)
-    bad = [f"#{i} {e!r}"[:120] for i, e in enumerate(doc["categories"]) if not isinstance(e, dict)
-           or not _is_id(e.get("id"))]
+    bad = [
+        f"#{i} {e!r}"[:120]
+        for i, e in enumerate(doc["categories"])
+        if not isinstance(e, dict) or not _is_id(e.get("id"))
+    ]
     _refuse(path, "categories lack an integer 'id'", bad)
-    for what, ids in (("image", [e["id"] for e in doc["images"]]),
-                      ("category", [e["id"] for e in doc["categories"]]),
-                      ("image file_name", [e["file_name"] for e in doc["images"]])):
+    for what, ids in (
+        ("image", [e["id"] for e in doc["images"]]),
+        ("category", [e["id"] for e in doc["categories"]]),
+        ("image file_name", [e["file_name"] for e in doc["images"]]),
+    ):
         seen, dup = set(), []
         for v in ids:
             if v in seen:
@@ -256,38 +281,59 @@ def _check_annotations(path: str, doc: dict, image_ids: set, category_ids: set) 
     _refuse(path, "annotations are not objects", bad)
     kept = [a for a in doc["annotations"] if not a.get("iscrowd", 0)]
     crowd = len(doc["annotations"]) - len(kept)
-    _refuse(path, "annotations name an unknown image_id",
-            [f"annotation {a.get('id')!r}: image_id {a.get('image_id')!r}" for a in kept
-             if a.get("image_id") not in image_ids])
-    _refuse(path, f"annotations name a category_id not in 'categories' {sorted(category_ids)}",
-            [f"annotation {a.get('id')!r}: category_id {a.get('category_id')!r}" for a in kept
-             if a.get("category_id") not in category_ids])
+    _refuse(
+        path,
+        "annotations name an unknown image_id",
+        [
+            f"annotation {a.get('id')!r}: image_id {a.get('image_id')!r}"
+            for a in kept
+            if a.get("image_id") not in image_ids
+        ],
+    )
+    _refuse(
+        path,
+        f"annotations name a category_id not in 'categories' {sorted(category_ids)}",
+        [
+            f"annotation {a.get('id')!r}: category_id {a.get('category_id')!r}"
+            for a in kept
+            if a.get("category_id") not in category_ids
+        ],
+    )
 
     def form(b) -> bool:
-        return isinstance(b, (list, tuple)) and len(b) == 4 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)
+        return (
+            isinstance(b, (list, tuple))
+            and len(b) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)
+        )
 
-    _refuse(path, "annotations lack a 'bbox' of 4 finite numbers [x, y, width, height]",
-            [f"annotation {a.get('id')!r}: {a.get('bbox')!r}" for a in kept if not form(a.get("bbox"))])
-    _refuse(path, "boxes have a non-positive width or height",
-            [f"annotation {a.get('id')!r}: bbox {a['bbox']!r}" for a in kept
-             if a["bbox"][2] <= 0 or a["bbox"][3] <= 0])
+    _refuse(
+        path,
+        "annotations lack a 'bbox' of 4 finite numbers [x, y, width, height]",
+        [f"annotation {a.get('id')!r}: {a.get('bbox')!r}" for a in kept if not form(a.get("bbox"))],
+    )
+    _refuse(
+        path,
+        "boxes have a non-positive width or height",
+        [f"annotation {a.get('id')!r}: bbox {a['bbox']!r}" for a in kept if a["bbox"][2] <= 0 or a["bbox"][3] <= 0],
+    )
     return kept, crowd
 
 
 def _image_root(path: str, data_dir: str, images: list) -> str:
     """The first of ``data_dir``, ``data_dir/images`` that holds every file; else a message."""
     roots = [data_dir, os.path.join(data_dir, "images")]
-    missing = [[e["file_name"] for e in images if not os.path.isfile(os.path.join(r, e["file_name"]))]
-               for r in roots]
+    missing = [[e["file_name"] for e in images if not os.path.isfile(os.path.join(r, e["file_name"]))] for r in roots]
     for r, m in zip(roots, missing):
         if not m:
             return r
     best = 0 if len(missing[0]) <= len(missing[1]) else 1
     bad = missing[best]
     more = f", and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
-    raise ValueError(f"{path}: {len(bad)} of {len(images)} image files are missing from {roots[best]} "
-                     f"(looked in {roots[1 - best]} too): {', '.join(map(repr, bad[:_SHOW]))}{more}")
+    raise ValueError(
+        f"{path}: {len(bad)} of {len(images)} image files are missing from {roots[best]} "
+        f"(looked in {roots[1 - best]} too): {', '.join(map(repr, bad[:_SHOW]))}{more}"
+    )
 
 
 def _check_files(path: str, root: str, images: list) -> list:
@@ -306,8 +352,11 @@ def _check_files(path: str, root: str, images: list) -> list:
             continue
         out.append((size[0], size[1], mode in _GREY_MODES))
     _refuse(path, "image files do not decode", bad)
-    bad = [f"{e['file_name']!r}: {w} x {h} in the file, {e['width']} x {e['height']} in the JSON"
-           for e, (w, h, _) in zip(images, out) if "width" in e and (e["width"], e["height"]) != (w, h)]
+    bad = [
+        f"{e['file_name']!r}: {w} x {h} in the file, {e['width']} x {e['height']} in the JSON"
+        for e, (w, h, _) in zip(images, out)
+        if "width" in e and (e["width"], e["height"]) != (w, h)
+    ]
     _refuse(path, "image files differ in size from their JSON 'width' and 'height'", bad)
     return out
 
@@ -360,15 +409,23 @@ def read_coco(data_dir, annotations: str | None = None) -> CocoSet:
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, W)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, H)
-        out.append(CocoImage(e["file_name"], int(e["id"]), os.path.join(root, e["file_name"]), int(W), int(H),
-                             bool(grey), boxes.astype(np.float32),
-                             np.asarray([label[a["category_id"]] for a in anns], dtype=np.int64),
-                             e.get("split")))
+        out.append(
+            CocoImage(
+                e["file_name"],
+                int(e["id"]),
+                os.path.join(root, e["file_name"]),
+                int(W),
+                int(H),
+                bool(grey),
+                boxes.astype(np.float32),
+                np.asarray([label[a["category_id"]] for a in anns], dtype=np.int64),
+                e.get("split"),
+            )
+        )
     return CocoSet(path, root, out, [(int(c["id"]), str(c.get("name", c["id"]))) for c in cats], crowd)
 
 
-def coco_splits(coco: CocoSet, *, val_fraction: float, test_fraction: float | None = None,
-                seed: int = 0) -> dict:
+def coco_splits(coco: CocoSet, *, val_fraction: float, test_fraction: float | None = None, seed: int = 0) -> dict:
     """Which images are training, validation and test ones.
 
     Images carrying a ``"split"`` field keep it. Otherwise
@@ -389,21 +446,29 @@ def coco_splits(coco: CocoSet, *, val_fraction: float, test_fraction: float | No
     n = len(coco.images)
     if coco.images[0].split is not None:
         if test_fraction is not None:
-            raise ValueError(f"test_fraction={test_fraction!r} has no effect: the images of "
-                             f"{coco.annotations} carry a 'split' field; leave it null")
+            raise ValueError(
+                f"test_fraction={test_fraction!r} has no effect: the images of "
+                f"{coco.annotations} carry a 'split' field; leave it null"
+            )
         split = np.asarray([im.split for im in coco.images])
         out = {s: np.flatnonzero(split == s).astype(np.int64) for s in COCO_SPLITS}
         empty = [s for s in COCO_SPLITS if not out[s].size]
         if empty:
-            raise ValueError(f"{coco.annotations}: no image has 'split' {empty}; each of {list(COCO_SPLITS)} "
-                             f"needs at least one")
+            raise ValueError(
+                f"{coco.annotations}: no image has 'split' {empty}; each of {list(COCO_SPLITS)} needs at least one"
+            )
         return out
     tf = COCO_TEST_FRACTION if test_fraction is None else float(test_fraction)
     n_test, n_val = max(1, round(tf * n)), max(1, round(val_fraction * n))
     if n - n_test - n_val < 1:
-        raise ValueError(f"{coco.annotations}: {n} images leave none for training after {n_test} test "
-                         f"(test_fraction={tf!r}) and {n_val} validation (val_fraction={val_fraction!r}) ones")
+        raise ValueError(
+            f"{coco.annotations}: {n} images leave none for training after {n_test} test "
+            f"(test_fraction={tf!r}) and {n_val} validation (val_fraction={val_fraction!r}) ones"
+        )
     perm = np.random.default_rng([int(seed), 0xC0C0]).permutation(n)
-    test, val = np.sort(perm[:n_test]), np.sort(perm[n_test:n_test + n_val])
-    return {"train": np.sort(perm[n_test + n_val:]).astype(np.int64), "val": val.astype(np.int64),
-            "test": test.astype(np.int64)}
+    test, val = np.sort(perm[:n_test]), np.sort(perm[n_test : n_test + n_val])
+    return {
+        "train": np.sort(perm[n_test + n_val :]).astype(np.int64),
+        "val": val.astype(np.int64),
+        "test": test.astype(np.int64),
+    }

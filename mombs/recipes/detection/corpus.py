@@ -16,8 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DET_DATASETS", "DET_LOSSES", "DET_NOISE_DEFAULTS", "DET_SYNTHETIC_DEFAULT_TRAIN",
-           "DET_SYNTHETIC_EVAL_SIZES", "DetCorpus", "check_det_data_dir", "det_noise_options", "load_det_corpus"]
+__all__ = [
+    "DET_DATASETS",
+    "DET_LOSSES",
+    "DET_NOISE_DEFAULTS",
+    "DET_SYNTHETIC_DEFAULT_TRAIN",
+    "DET_SYNTHETIC_EVAL_SIZES",
+    "DetCorpus",
+    "check_det_data_dir",
+    "det_noise_options",
+    "load_det_corpus",
+]
 
 #: Detection data set names understood by :func:`load_det_corpus`.
 DET_DATASETS = ("synthetic-det", "deeplesion", "coco")
@@ -38,8 +47,10 @@ DET_NOISE_DEFAULTS = {"shifted": 0.1, "resized": 0.1, "spurious": 0.05}
 #: The default image side: the synthetic set's slices, DeepLesion's native 512.
 DET_DEFAULT_SIZE = {"synthetic-det": 64, "deeplesion": 512}
 
-_DEEPLESION_WHERE = ("DeepLesion (NIH Clinical Center, https://nihcc.app.box.com/v/DeepLesion): a folder "
-                     "holding DL_info.csv and Images_png/ (the Images_png_*.zip parts unzipped into one folder)")
+_DEEPLESION_WHERE = (
+    "DeepLesion (NIH Clinical Center, https://nihcc.app.box.com/v/DeepLesion): a folder "
+    "holding DL_info.csv and Images_png/ (the Images_png_*.zip parts unzipped into one folder)"
+)
 
 
 def check_det_data_dir(dataset: str, data_dir, annotations: str | None = None) -> None:
@@ -61,11 +72,16 @@ def check_det_data_dir(dataset: str, data_dir, annotations: str | None = None) -
         return
     if dataset != "deeplesion":
         return
-    ok = isinstance(data_dir, str) and os.path.isfile(os.path.join(data_dir, "DL_info.csv")) \
+    ok = (
+        isinstance(data_dir, str)
+        and os.path.isfile(os.path.join(data_dir, "DL_info.csv"))
         and os.path.isdir(os.path.join(data_dir, "Images_png"))
+    )
     if not ok:
-        raise ValueError(f"data_dir={data_dir!r} must be the folder of dataset='deeplesion': {_DEEPLESION_WHERE}. "
-                         f"Nothing is downloaded.")
+        raise ValueError(
+            f"data_dir={data_dir!r} must be the folder of dataset='deeplesion': {_DEEPLESION_WHERE}. "
+            f"Nothing is downloaded."
+        )
 
 
 def det_noise_options(noise: str, noise_rate: float, noise_mix: dict | None) -> dict:
@@ -92,17 +108,25 @@ def det_noise_options(noise: str, noise_rate: float, noise_mix: dict | None) -> 
             raise ValueError(f"noise_mix={noise_mix!r} must be a mapping over {list(DET_NOISE_DEFAULTS)}")
         unknown = sorted(set(noise_mix) - set(DET_NOISE_DEFAULTS))
         if unknown:
-            raise ValueError(f"noise_mix has unknown box corruption(s) {unknown}; valid for task='detection': "
-                             f"{list(DET_NOISE_DEFAULTS)} (missed boxes are noise_rate)")
+            raise ValueError(
+                f"noise_mix has unknown box corruption(s) {unknown}; valid for task='detection': "
+                f"{list(DET_NOISE_DEFAULTS)} (missed boxes are noise_rate)"
+            )
         for name, v in noise_mix.items():
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 <= v <= 1:
                 raise ValueError(f"noise_mix[{name!r}]={v!r} must be a number in [0, 1]")
             mix[name] = float(v)
     if noise_rate + mix["shifted"] + mix["resized"] > 1 + 1e-9:
-        raise ValueError(f"noise_rate={noise_rate!r} (missed) + shifted {mix['shifted']!r} + resized "
-                         f"{mix['resized']!r} must be at most 1: they are shares of the same lesions")
-    return {"missing_fraction": float(noise_rate), "shift_fraction": mix["shifted"],
-            "resize_fraction": mix["resized"], "spurious_fraction": mix["spurious"]}
+        raise ValueError(
+            f"noise_rate={noise_rate!r} (missed) + shifted {mix['shifted']!r} + resized "
+            f"{mix['resized']!r} must be at most 1: they are shares of the same lesions"
+        )
+    return {
+        "missing_fraction": float(noise_rate),
+        "shift_fraction": mix["shifted"],
+        "resize_fraction": mix["resized"],
+        "spurious_fraction": mix["spurious"],
+    }
 
 
 class _Picked:
@@ -171,9 +195,16 @@ class DetCorpus:
     def describe(self) -> dict:
         from .synthetic_det import DET_CORRUPTIONS
 
-        d = {"name": self.name, "task": "detection", "num_classes": self.num_classes,
-             "train": len(self.train), "val": len(self.val), "test": len(self.test),
-             "in_channels": self.in_channels, "image_size": self.image_size}
+        d = {
+            "name": self.name,
+            "task": "detection",
+            "num_classes": self.num_classes,
+            "train": len(self.train),
+            "val": len(self.val),
+            "test": len(self.test),
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+        }
         if self.noisy_train is not None:
             d["train_noise_rate"] = float(self.noisy_train.mean())
             d["train_missing_rate"] = float(self.missing_train.mean())
@@ -190,9 +221,18 @@ def _synthetic_eval(seed: int, size: int, windows: str, n_val: int, n_test: int)
     comparison draw them once per process."""
     from .synthetic_det import make_synthetic_det
 
-    data = make_synthetic_det(1, n_val, n_test, size=size,
-                              missing_fraction=0.0, shift_fraction=0.0, resize_fraction=0.0,
-                              spurious_fraction=0.0, seed=seed, windows=windows)
+    data = make_synthetic_det(
+        1,
+        n_val,
+        n_test,
+        size=size,
+        missing_fraction=0.0,
+        shift_fraction=0.0,
+        resize_fraction=0.0,
+        spurious_fraction=0.0,
+        seed=seed,
+        windows=windows,
+    )
     return data.val, data.test
 
 
@@ -205,17 +245,23 @@ def _synthetic(cfg) -> DetCorpus:
     tr = make_synthetic_det(full, 0, 0, size=size, seed=cfg.seed, windows=windows, **noise).train
     if cfg.train_fraction is not None:  # a prefix: the smaller regimes hold the same images and box noise
         tr = tr.subset(np.arange(max(1, int(round(cfg.train_fraction * full)))))
-    va, te = _synthetic_eval(cfg.seed, size, windows, DET_SYNTHETIC_EVAL_SIZES["val"],
-                             DET_SYNTHETIC_EVAL_SIZES["test"])
+    va, te = _synthetic_eval(cfg.seed, size, windows, DET_SYNTHETIC_EVAL_SIZES["val"], DET_SYNTHETIC_EVAL_SIZES["test"])
     noisy = cfg.noise == "annotation"
     # Copies of the cached arrays: nothing a run does reaches the next run's data.
-    return DetCorpus(cfg.dataset, 2, int(tr.images.shape[1]), size, BoxDataset(tr.images, tr.boxes),
-                     BoxDataset(va.images.copy(), [b.copy() for b in va.clean_boxes]),
-                     BoxDataset(te.images.copy(), [b.copy() for b in te.clean_boxes]),
-                     clean_boxes_train=tr.clean_boxes, noisy_train=tr.noisy.copy() if noisy else None,
-                     missing_train=tr.missing.copy() if noisy else None,
-                     corruption=tr.corruption.copy() if noisy else None,
-                     sources={"path": np.asarray([f"synthetic-det/train#{i}" for i in range(len(tr))])})
+    return DetCorpus(
+        cfg.dataset,
+        2,
+        int(tr.images.shape[1]),
+        size,
+        BoxDataset(tr.images, tr.boxes),
+        BoxDataset(va.images.copy(), [b.copy() for b in va.clean_boxes]),
+        BoxDataset(te.images.copy(), [b.copy() for b in te.clean_boxes]),
+        clean_boxes_train=tr.clean_boxes,
+        noisy_train=tr.noisy.copy() if noisy else None,
+        missing_train=tr.missing.copy() if noisy else None,
+        corruption=tr.corruption.copy() if noisy else None,
+        sources={"path": np.asarray([f"synthetic-det/train#{i}" for i in range(len(tr))])},
+    )
 
 
 def _deeplesion(cfg) -> DetCorpus:
@@ -236,10 +282,18 @@ def _deeplesion(cfg) -> DetCorpus:
     noisy = np.asarray([bool(np.any(s.noisy)) for s in slices], dtype=bool)
     val, test = DeepLesion(cfg.data_dir, "val", **opts), DeepLesion(cfg.data_dir, "test", **opts)
     names = [s.file_name for s in slices]
-    return DetCorpus(cfg.dataset, 2, 3, size, train_set, val, test, possibly_noisy=noisy,
-                     sources={"path": np.asarray(names)},
-                     splits={"train": names, "val": [s.file_name for s in val.slices],
-                             "test": [s.file_name for s in test.slices]})
+    return DetCorpus(
+        cfg.dataset,
+        2,
+        3,
+        size,
+        train_set,
+        val,
+        test,
+        possibly_noisy=noisy,
+        sources={"path": np.asarray(names)},
+        splits={"train": names, "val": [s.file_name for s in val.slices], "test": [s.file_name for s in test.slices]},
+    )
 
 
 def _coco(cfg) -> DetCorpus:
@@ -250,7 +304,7 @@ def _coco(cfg) -> DetCorpus:
     train = split["train"]
     if cfg.train_fraction is not None:  # one seeded order: the smaller shares are nested in the larger
         order = np.random.default_rng([cfg.seed, 0xC0C1]).permutation(train.size)
-        train = np.sort(train[order[:max(1, int(round(cfg.train_fraction * train.size)))]])
+        train = np.sort(train[order[: max(1, int(round(cfg.train_fraction * train.size)))]])
     if cfg.subset is not None:
         if cfg.subset > train.size:
             raise ValueError(f"subset={cfg.subset} exceeds the {train.size} training images of {coco.annotations}")
@@ -258,21 +312,32 @@ def _coco(cfg) -> DetCorpus:
     # One channel only for a model that takes it (the tiny one) and grey images only.
     channels = 1 if cfg.model == "tiny" and all(im.grey for im in coco.images) else 3
     size = cfg.image_size or min(COCO_MAX_SIZE, max(max(im.width, im.height) for im in coco.images))
-    parts = {"train": [coco.images[i] for i in train],
-             **{s: [coco.images[i] for i in split[s]] for s in ("val", "test")}}
+    parts = {
+        "train": [coco.images[i] for i in train],
+        **{s: [coco.images[i] for i in split[s]] for s in ("val", "test")},
+    }
     tr = parts["train"]
-    info = {"annotations_file": os.path.basename(coco.annotations),
-            "image_root": "data_dir" if coco.image_root == cfg.data_dir else "data_dir/images",
-            "split_by": "the images' 'split' field" if coco.images[0].split is not None else
-            f"drawn from seed {cfg.seed}",
-            "classes": [[k + 1, cid, name] for k, (cid, name) in enumerate(coco.categories)],
-            "crowd_skipped": coco.crowd_skipped,
-            "images_without_boxes": {s: sum(not len(im.boxes) for im in v) for s, v in parts.items()}}
-    return DetCorpus(cfg.dataset, len(coco.categories) + 1, channels, int(size),
-                     *(CocoImages(parts[s], channels) for s in ("train", "val", "test")),
-                     sources={"path": np.asarray([im.file_name for im in tr]),
-                              "image_id": np.asarray([im.image_id for im in tr], dtype=np.int64)},
-                     splits={s: [im.file_name for im in v] for s, v in parts.items()}, info=info)
+    info = {
+        "annotations_file": os.path.basename(coco.annotations),
+        "image_root": "data_dir" if coco.image_root == cfg.data_dir else "data_dir/images",
+        "split_by": "the images' 'split' field" if coco.images[0].split is not None else f"drawn from seed {cfg.seed}",
+        "classes": [[k + 1, cid, name] for k, (cid, name) in enumerate(coco.categories)],
+        "crowd_skipped": coco.crowd_skipped,
+        "images_without_boxes": {s: sum(not len(im.boxes) for im in v) for s, v in parts.items()},
+    }
+    return DetCorpus(
+        cfg.dataset,
+        len(coco.categories) + 1,
+        channels,
+        int(size),
+        *(CocoImages(parts[s], channels) for s in ("train", "val", "test")),
+        sources={
+            "path": np.asarray([im.file_name for im in tr]),
+            "image_id": np.asarray([im.image_id for im in tr], dtype=np.int64),
+        },
+        splits={s: [im.file_name for im in v] for s, v in parts.items()},
+        info=info,
+    )
 
 
 def load_det_corpus(cfg) -> DetCorpus:

@@ -46,12 +46,27 @@ import numpy as np
 
 from ..._checks import check_int, is_real
 
-__all__ = ["DL_INFO_COLUMNS", "DeepLesion", "KeySlice", "hu_from_png", "patient_subset", "read_dl_info",
-           "window_hu_to_range"]
+__all__ = [
+    "DL_INFO_COLUMNS",
+    "DeepLesion",
+    "KeySlice",
+    "hu_from_png",
+    "patient_subset",
+    "read_dl_info",
+    "window_hu_to_range",
+]
 
 #: The ``DL_info.csv`` columns this reader needs.
-DL_INFO_COLUMNS = ("File_name", "Patient_index", "Key_slice_index", "Bounding_boxes", "Possibly_noisy",
-                   "Slice_range", "Spacing_mm_px_", "Train_Val_Test")
+DL_INFO_COLUMNS = (
+    "File_name",
+    "Patient_index",
+    "Key_slice_index",
+    "Bounding_boxes",
+    "Possibly_noisy",
+    "Slice_range",
+    "Spacing_mm_px_",
+    "Train_Val_Test",
+)
 #: ``Train_Val_Test`` codes.
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
 #: 3DCE's single HU window.
@@ -59,9 +74,11 @@ DEFAULT_WINDOW = (-1024.0, 3071.0)
 #: What 16-bit DeepLesion PNGs hold above the Hounsfield unit.
 HU_OFFSET = 32768
 
-_WHERE = ("DeepLesion is not downloaded by mombs: get DL_info.csv and the Images_png_*.zip parts from "
-          "https://nihcc.app.box.com/v/DeepLesion and unzip the parts into one Images_png/ folder next to "
-          "DL_info.csv")
+_WHERE = (
+    "DeepLesion is not downloaded by mombs: get DL_info.csv and the Images_png_*.zip parts from "
+    "https://nihcc.app.box.com/v/DeepLesion and unzip the parts into one Images_png/ folder next to "
+    "DL_info.csv"
+)
 
 
 @dataclass(frozen=True)
@@ -125,8 +142,9 @@ def read_dl_info(path) -> list:
         reader = csv.DictReader(fh)
         missing = [c for c in DL_INFO_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path} lacks the column(s) {missing}; DL_info.csv has {list(DL_INFO_COLUMNS)} "
-                             f"among others")
+            raise ValueError(
+                f"{path} lacks the column(s) {missing}; DL_info.csv has {list(DL_INFO_COLUMNS)} among others"
+            )
         groups: dict = {}
         for r, row in enumerate(reader):
             name = row["File_name"].strip()
@@ -134,19 +152,38 @@ def read_dl_info(path) -> list:
                 raise ValueError(f"DL_info.csv row {r}: File_name={name!r} is not <series>_<slice>.png")
             box = np.asarray(_floats(row["Bounding_boxes"], 4, "Bounding_boxes", r)) - 1  # 1-based in the file
             lo, hi = (int(v) for v in _floats(row["Slice_range"], 2, "Slice_range", r))
-            entry = groups.setdefault(name, {
-                "series": name.rsplit("_", 1)[0], "patient": int(row["Patient_index"]),
-                "key": int(row["Key_slice_index"]), "range": (lo, hi),
-                "spacing": tuple(_floats(row["Spacing_mm_px_"], 3, "Spacing_mm_px_", r)),
-                "split": int(row["Train_Val_Test"]), "boxes": [], "noisy": [], "rows": []})
+            entry = groups.setdefault(
+                name,
+                {
+                    "series": name.rsplit("_", 1)[0],
+                    "patient": int(row["Patient_index"]),
+                    "key": int(row["Key_slice_index"]),
+                    "range": (lo, hi),
+                    "spacing": tuple(_floats(row["Spacing_mm_px_"], 3, "Spacing_mm_px_", r)),
+                    "split": int(row["Train_Val_Test"]),
+                    "boxes": [],
+                    "noisy": [],
+                    "rows": [],
+                },
+            )
             entry["boxes"].append(box)
             entry["noisy"].append(int(float(row["Possibly_noisy"])) > 0)
             entry["rows"].append(r)
-    return [KeySlice(file_name=name, series=e["series"], patient=e["patient"], key_slice=e["key"],
-                     slice_range=e["range"], spacing=e["spacing"],
-                     boxes=np.asarray(e["boxes"], dtype=np.float32).reshape(-1, 4),
-                     noisy=np.asarray(e["noisy"], dtype=bool), split=e["split"], rows=tuple(e["rows"]))
-            for name, e in groups.items()]
+    return [
+        KeySlice(
+            file_name=name,
+            series=e["series"],
+            patient=e["patient"],
+            key_slice=e["key"],
+            slice_range=e["range"],
+            spacing=e["spacing"],
+            boxes=np.asarray(e["boxes"], dtype=np.float32).reshape(-1, 4),
+            noisy=np.asarray(e["noisy"], dtype=bool),
+            split=e["split"],
+            rows=tuple(e["rows"]),
+        )
+        for name, e in groups.items()
+    ]
 
 
 def hu_from_png(path) -> np.ndarray:
@@ -170,8 +207,9 @@ def hu_from_png(path) -> np.ndarray:
                 raise ValueError(f"{path} is a {im.mode!r} PNG; DeepLesion slices are 16-bit grey ('I;16')")
             values = np.asarray(im, dtype=np.int64)
     except (OSError, SyntaxError) as err:  # Pillow: "image file is truncated", "cannot identify image file"
-        raise ValueError(f"{path}: the PNG cannot be read ({type(err).__name__}: {err}); the file is cut short "
-                         f"or damaged") from err
+        raise ValueError(
+            f"{path}: the PNG cannot be read ({type(err).__name__}: {err}); the file is cut short or damaged"
+        ) from err
     return (values - HU_OFFSET).astype(np.int32)
 
 
@@ -249,10 +287,21 @@ class DeepLesion:
         ValueError: for bad options (naming them).
     """
 
-    def __init__(self, root, split: str = "train", *, fraction: float = 1.0, seed: int = 0,
-                 window=DEFAULT_WINDOW, value_max: float = 255.0, neighbours: int = 1,
-                 norm_spacing: float | None = None, max_size: int | None = None, drop_noisy: bool = False,
-                 info_csv=None):
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        *,
+        fraction: float = 1.0,
+        seed: int = 0,
+        window=DEFAULT_WINDOW,
+        value_max: float = 255.0,
+        neighbours: int = 1,
+        norm_spacing: float | None = None,
+        max_size: int | None = None,
+        drop_noisy: bool = False,
+        info_csv=None,
+    ):
         if split not in SPLIT_CODES:
             raise ValueError(f"split={split!r} must be one of {list(SPLIT_CODES)}")
         window = tuple(window)
@@ -267,8 +316,9 @@ class DeepLesion:
             check_int("max_size", max_size, 1)
         self.root = os.fspath(root)
         self.images_dir = os.path.join(self.root, "Images_png")
-        records = [s for s in read_dl_info(info_csv or os.path.join(self.root, "DL_info.csv"))
-                   if s.split == SPLIT_CODES[split]]
+        records = [
+            s for s in read_dl_info(info_csv or os.path.join(self.root, "DL_info.csv")) if s.split == SPLIT_CODES[split]
+        ]
         if not os.path.isdir(self.images_dir):
             raise FileNotFoundError(f"{self.images_dir} not found. {_WHERE}")
         kept = patient_subset([s.patient for s in records], fraction, seed) if records else np.zeros(0)
@@ -314,11 +364,13 @@ class DeepLesion:
         factor = self.scale(rec, shape)
         if factor != 1.0:
             size = [max(1, int(round(s * factor))) for s in shape]
-            image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear",
-                                                    align_corners=False)[0]
+            image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
             boxes = _scale_boxes(boxes, shape, size)
-        return image, {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64),
-                       "noisy": torch.from_numpy(rec.noisy.copy())}
+        return image, {
+            "boxes": boxes,
+            "labels": torch.ones(len(boxes), dtype=torch.int64),
+            "noisy": torch.from_numpy(rec.noisy.copy()),
+        }
 
 
 def _scale_boxes(boxes, old_shape, new_shape):
@@ -330,7 +382,15 @@ def _scale_boxes(boxes, old_shape, new_shape):
 
 def _without_noisy(rec: KeySlice) -> KeySlice:
     keep = ~rec.noisy
-    return KeySlice(file_name=rec.file_name, series=rec.series, patient=rec.patient, key_slice=rec.key_slice,
-                    slice_range=rec.slice_range, spacing=rec.spacing, boxes=rec.boxes[keep],
-                    noisy=rec.noisy[keep], split=rec.split,
-                    rows=tuple(r for r, k in zip(rec.rows, keep) if k))
+    return KeySlice(
+        file_name=rec.file_name,
+        series=rec.series,
+        patient=rec.patient,
+        key_slice=rec.key_slice,
+        slice_range=rec.slice_range,
+        spacing=rec.spacing,
+        boxes=rec.boxes[keep],
+        noisy=rec.noisy[keep],
+        split=rec.split,
+        rows=tuple(r for r, k in zip(rec.rows, keep) if k),
+    )

@@ -99,12 +99,15 @@ def _detections(entry, i: int) -> tuple[np.ndarray, np.ndarray]:
         if rows.size == 0:
             return rows.reshape(0, 4), rows.reshape(0)
         if rows.ndim != 2 or rows.shape[1] != 5:
-            raise ValueError(f"detections[{i}] must be a dict with 'boxes' and 'scores', a (boxes, scores) "
-                             f"pair or (n, 5) rows (x1, y1, x2, y2, score); got shape {rows.shape}")
+            raise ValueError(
+                f"detections[{i}] must be a dict with 'boxes' and 'scores', a (boxes, scores) "
+                f"pair or (n, 5) rows (x1, y1, x2, y2, score); got shape {rows.shape}"
+            )
         boxes, scores = _boxes(rows[:, :4], "detections", i), rows[:, 4]
     if scores.shape[0] != boxes.shape[0] or not np.isfinite(scores).all():
-        raise ValueError(f"detections[{i}] has {boxes.shape[0]} boxes and {scores.shape[0]} scores; they must "
-                         f"match and be finite")
+        raise ValueError(
+            f"detections[{i}] has {boxes.shape[0]} boxes and {scores.shape[0]} scores; they must match and be finite"
+        )
     return boxes, scores
 
 
@@ -137,13 +140,14 @@ def froc_curve(detections, ground_truths, *, iou_threshold: float = 0.5) -> tupl
 def _checked(detections, ground_truths, iou_threshold, truth_name: str = "ground_truths") -> tuple[list, list]:
     """Per image ``(boxes, scores)`` and ground-truth boxes, after checking every argument
     (``truth_name``: what the caller calls its second argument, for the messages)."""
-    if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool) \
-            or not 0 < iou_threshold <= 1:
+    if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool) or not 0 < iou_threshold <= 1:
         raise ValueError(f"iou_threshold={iou_threshold!r} must be a number in (0, 1]")
     detections, ground_truths = list(detections), list(ground_truths)
     if len(detections) != len(ground_truths) or not detections:
-        raise ValueError(f"detections ({len(detections)} images) and {truth_name} ({len(ground_truths)} "
-                         f"images) must list the same images, at least one")
+        raise ValueError(
+            f"detections ({len(detections)} images) and {truth_name} ({len(ground_truths)} "
+            f"images) must list the same images, at least one"
+        )
     gts = [_boxes(g, truth_name, i) for i, g in enumerate(ground_truths)]
     return [_detections(d, i) for i, d in enumerate(detections)], gts
 
@@ -178,8 +182,11 @@ def unmatched_detection_score(detections, given_boxes, *, iou_threshold: float =
     for i, ((boxes, scores), given) in enumerate(zip(dets, gts)):
         if not boxes.shape[0]:
             continue
-        covered = (box_iou(boxes, given) >= iou_threshold).any(axis=1) if given.shape[0] else \
-            np.zeros(boxes.shape[0], dtype=bool)
+        covered = (
+            (box_iou(boxes, given) >= iou_threshold).any(axis=1)
+            if given.shape[0]
+            else np.zeros(boxes.shape[0], dtype=bool)
+        )
         if (~covered).any():
             out[i] = float(scores[~covered].max())
     return out
@@ -249,8 +256,9 @@ def _sens_at(fp_rate: np.ndarray, sens: np.ndarray, f: float) -> float:
     return float(sens[reached].max())  # the first point (0, 0) is always reached
 
 
-def froc(detections, ground_truths, *, fps=FROC_FPS, average_fps=FROC_AVERAGE_FPS,
-         iou_threshold: float = 0.5) -> FROCResult:
+def froc(
+    detections, ground_truths, *, fps=FROC_FPS, average_fps=FROC_AVERAGE_FPS, iou_threshold: float = 0.5
+) -> FROCResult:
     """FROC sensitivities at fixed false positives per image, as ULD papers report them.
 
     Args:
@@ -277,9 +285,17 @@ def froc(detections, ground_truths, *, fps=FROC_FPS, average_fps=FROC_AVERAGE_FP
     else:
         at = np.array([_sens_at(fp_rate, sens, f) for f in fps])
         average = float(np.mean([_sens_at(fp_rate, sens, f) for f in average_fps]))
-    return FROCResult(fps=fps, sensitivity=at, average=average, average_fps=average_fps,
-                      fp_per_image=fp_rate, curve_sensitivity=sens, thresholds=thresholds,
-                      n_images=n_images, n_lesions=n_lesions)
+    return FROCResult(
+        fps=fps,
+        sensitivity=at,
+        average=average,
+        average_fps=average_fps,
+        fp_per_image=fp_rate,
+        curve_sensitivity=sens,
+        thresholds=thresholds,
+        n_images=n_images,
+        n_lesions=n_lesions,
+    )
 
 
 def _rates(name: str, values) -> tuple:

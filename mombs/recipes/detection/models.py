@@ -36,8 +36,13 @@ import torch.nn as nn
 from ..._checks import check_int, is_int
 from .names import DET_MODELS
 
-__all__ = ["DET_FEATURE_MODULE", "DET_MODELS", "TinyDetectionBackbone", "create_detection_model",
-           "load_detection_weights"]
+__all__ = [
+    "DET_FEATURE_MODULE",
+    "DET_MODELS",
+    "TinyDetectionBackbone",
+    "create_detection_model",
+    "load_detection_weights",
+]
 
 #: For each model, the ``named_modules()`` name of the first backbone block's
 #: output, where MoMBS disturbs the features (module docstring).
@@ -62,8 +67,9 @@ def _require_torchvision():
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class TinyDetectionBackbone(nn.Module):
@@ -120,18 +126,38 @@ def _tiny(num_classes: int, in_channels: int, min_size: int, max_size: int, **kw
     roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
     # Windowed CT in [0, 1]: centre and scale every channel alike (the ImageNet
     # statistics torchvision defaults to mean nothing here).
-    defaults = {"image_mean": [0.5] * in_channels, "image_std": [0.25] * in_channels,
-                "rpn_pre_nms_top_n_train": 600, "rpn_pre_nms_top_n_test": 300,
-                "rpn_post_nms_top_n_train": 300, "rpn_post_nms_top_n_test": 100,
-                "box_batch_size_per_image": 128, "box_detections_per_img": 50}
-    return FasterRCNN(backbone, num_classes=None, min_size=min_size, max_size=max_size,
-                      rpn_anchor_generator=anchors, box_roi_pool=roi_pool,
-                      box_head=TwoMLPHead(out_channels * 7 * 7, representation),
-                      box_predictor=FastRCNNPredictor(representation, num_classes), **{**defaults, **kw})
+    defaults = {
+        "image_mean": [0.5] * in_channels,
+        "image_std": [0.25] * in_channels,
+        "rpn_pre_nms_top_n_train": 600,
+        "rpn_pre_nms_top_n_test": 300,
+        "rpn_post_nms_top_n_train": 300,
+        "rpn_post_nms_top_n_test": 100,
+        "box_batch_size_per_image": 128,
+        "box_detections_per_img": 50,
+    }
+    return FasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        box_head=TwoMLPHead(out_channels * 7 * 7, representation),
+        box_predictor=FastRCNNPredictor(representation, num_classes),
+        **{**defaults, **kw},
+    )
 
 
-def create_detection_model(name: str, *, num_classes: int = 2, in_channels: int = 3,
-                           min_size: int | None = None, max_size: int | None = None, **kw) -> nn.Module:
+def create_detection_model(
+    name: str,
+    *,
+    num_classes: int = 2,
+    in_channels: int = 3,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    **kw,
+) -> nn.Module:
     """A torchvision Faster R-CNN by name, untrained.
 
     Args:
@@ -178,13 +204,21 @@ def create_detection_model(name: str, *, num_classes: int = 2, in_channels: int 
     if name == "tiny":
         return _tiny(int(num_classes), int(in_channels), int(min_size), int(max_size), **kw)
     if in_channels != 3:
-        raise ValueError(f"in_channels={in_channels!r}: {name} takes 3-channel images (DeepLesion's key "
-                         f"slice with its neighbours); only 'tiny' takes other counts")
+        raise ValueError(
+            f"in_channels={in_channels!r}: {name} takes 3-channel images (DeepLesion's key "
+            f"slice with its neighbours); only 'tiny' takes other counts"
+        )
     from torchvision.models import detection
 
     build = getattr(detection, name)
-    return build(weights=None, weights_backbone=None, num_classes=int(num_classes), min_size=int(min_size),
-                 max_size=int(max_size), **kw)
+    return build(
+        weights=None,
+        weights_backbone=None,
+        num_classes=int(num_classes),
+        min_size=int(min_size),
+        max_size=int(max_size),
+        **kw,
+    )
 
 
 def _state_dict_of(path) -> dict:
@@ -193,33 +227,44 @@ def _state_dict_of(path) -> dict:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"weights={path!r} is not a file; give a local state-dict file "
-                         f"(torch.save(model.state_dict(), path))")
+        raise ValueError(
+            f"weights={path!r} is not a file; give a local state-dict file (torch.save(model.state_dict(), path))"
+        )
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors alike: the file is not what it should be
         why = str(err).split("WeightsUnpickler error:")[-1]  # torch's advice before it is about trust
         why = " ".join(why.split())[:100]
-        raise ValueError(f"weights={path!r} is not a file torch.load reads as a state dict with "
-                         f"weights_only=True ({type(err).__name__}: {why})") from None
+        raise ValueError(
+            f"weights={path!r} is not a file torch.load reads as a state dict with "
+            f"weights_only=True ({type(err).__name__}: {why})"
+        ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
             break
-    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                     for k, v in sd.items()):
-        raise ValueError(f"weights={path!r} holds {type(sd).__name__}, not a state dict (a mapping of "
-                         f"parameter names to tensors, as model.state_dict() gives)")
+    if (
+        not isinstance(sd, dict)
+        or not sd
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items())
+    ):
+        raise ValueError(
+            f"weights={path!r} holds {type(sd).__name__}, not a state dict (a mapping of "
+            f"parameter names to tensors, as model.state_dict() gives)"
+        )
     if all(k.startswith("module.") for k in sd):  # saved from a DistributedDataParallel wrapper
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
 def _misfit(target: dict, given: dict) -> list:
     """What keeps ``given`` from filling every entry of ``target``: missing keys and shape mismatches."""
     out = [f"missing {k!r}" for k in target if k not in given]
-    out += [f"{k!r} is {tuple(given[k].shape)}, the model's {tuple(v.shape)}"
-            for k, v in target.items() if k in given and given[k].shape != v.shape]
+    out += [
+        f"{k!r} is {tuple(given[k].shape)}, the model's {tuple(v.shape)}"
+        for k, v in target.items()
+        if k in given and given[k].shape != v.shape
+    ]
     return out
 
 
@@ -256,18 +301,22 @@ def load_detection_weights(model: nn.Module, path) -> str:
         model.load_state_dict(sd)
         return "detector"
     backbone = getattr(model, "backbone", None)
-    targets = [("backbone", backbone, ("backbone.", "")),
-               ("backbone.body", getattr(backbone, "body", None), ("backbone.body.", "body.", ""))]
+    targets = [
+        ("backbone", backbone, ("backbone.", "")),
+        ("backbone.body", getattr(backbone, "body", None), ("backbone.body.", "body.", "")),
+    ]
     for name, module, prefixes in targets:
         if module is None:
             continue
         want = module.state_dict()
         for prefix in prefixes:
-            given = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            given = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
             if not _misfit(want, given):
                 module.load_state_dict({k: given[k] for k in want})
                 return name
     why = _misfit(whole, sd) + [f"unexpected {k!r}" for k in sd if k not in whole]
-    raise ValueError(f"weights={path!r}: its {len(sd)} keys fit neither the {type(model).__name__} "
-                     f"({len(whole)} keys) nor its backbone: {'; '.join(why[:3])}"
-                     f"{f', and {len(why) - 3} more' if len(why) > 3 else ''}")
+    raise ValueError(
+        f"weights={path!r}: its {len(sd)} keys fit neither the {type(model).__name__} "
+        f"({len(whole)} keys) nor its backbone: {'; '.join(why[:3])}"
+        f"{f', and {len(why) - 3} more' if len(why) > 3 else ''}"
+    )

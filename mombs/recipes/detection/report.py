@@ -13,13 +13,16 @@ __all__ = ["issue_pictures", "report_figures", "report_notes", "run_figures"]
 
 def report_notes(results: list[dict]) -> dict:
     """The report's wording for detection runs."""
-    return {"what": "FROC is the test sensitivity (IoU >= 0.5) averaged at 0.5, 1 and 2 false positives per "
-                    "image, final epoch; sens@F FP: the sensitivity at F false positives per image",
-            "flipped": "training images with a lesion left without a box",
-            "memorization": "exp(-RPN objectness loss) of the images with any box noise in the last training "
-                            "pass (memorization).",
-            "metric_name": "FROC", "metric_title": "FROC (mean sensitivity at 0.5, 1, 2 FPs/image)",
-            "memorization_axis": "exp(-RPN loss) %, images with noisy boxes"}
+    return {
+        "what": "FROC is the test sensitivity (IoU >= 0.5) averaged at 0.5, 1 and 2 false positives per "
+        "image, final epoch; sens@F FP: the sensitivity at F false positives per image",
+        "flipped": "training images with a lesion left without a box",
+        "memorization": "exp(-RPN objectness loss) of the images with any box noise in the last training "
+        "pass (memorization).",
+        "metric_name": "FROC",
+        "metric_title": "FROC (mean sensitivity at 0.5, 1, 2 FPs/image)",
+        "memorization_axis": "exp(-RPN loss) %, images with noisy boxes",
+    }
 
 
 def _froc_curves(results, out: Path) -> str:
@@ -37,8 +40,12 @@ def _froc_curves(results, out: Path) -> str:
             ax.plot(fps, 100 * np.nanmean(sens, axis=0), marker=".", label=f"{s} (B={b}, {len(runs)} seeds)")
         for f in (0.5, 1, 2):
             ax.axvline(f, color="0.85", lw=0.8, zorder=0)
-        ax.set(xscale="log", xlabel="false positives per image (log scale)", ylabel="test sensitivity %",
-               title=f"FROC, {n} training images")
+        ax.set(
+            xscale="log",
+            xlabel="false positives per image (log scale)",
+            ylabel="test sensitivity %",
+            title=f"FROC, {n} training images",
+        )
         ax.legend(fontsize=7)
     return save(fig, out / "froc.png")
 
@@ -64,11 +71,27 @@ def _flagged_boxes_grid(res: dict, out: Path) -> str | None:
         for key, colour, style in (("clean", "lime", "-"), ("given", "red", "--"), ("det", "cyan", "-")):
             for x1, y1, x2, y2 in z[key][m]:
                 if np.isfinite(x1):
-                    ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
-                                           edgecolor=colour, linestyle=style, linewidth=0.8))
+                    ax.add_patch(
+                        Rectangle(
+                            (x1 - 0.5, y1 - 0.5),
+                            x2 - x1,
+                            y2 - y1,
+                            fill=False,
+                            edgecolor=colour,
+                            linestyle=style,
+                            linewidth=0.8,
+                        )
+                    )
 
-    return quadrant_grid(res, out, draw, DET_CORRUPTIONS, "images",
-                         "given boxes red dashed, clean boxes green, detections (score >= 0.5) cyan", 3)
+    return quadrant_grid(
+        res,
+        out,
+        draw,
+        DET_CORRUPTIONS,
+        "images",
+        "given boxes red dashed, clean boxes green, detections (score >= 0.5) cyan",
+        3,
+    )
 
 
 def run_figures(res: dict, out: Path) -> list[str]:
@@ -84,8 +107,24 @@ def issue_pictures(z: dict, quality, out: Path, per_grid: int) -> list:
         for key, colour, style in (("pic_clean", "lime", "-"), ("pic_given", "red", "--"), ("pic_det", "cyan", "-")):
             for x1, y1, x2, y2 in z[key][m]:
                 if np.isfinite(x1):
-                    ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
-                                           edgecolor=colour, linestyle=style, linewidth=0.8))
+                    ax.add_patch(
+                        Rectangle(
+                            (x1 - 0.5, y1 - 0.5),
+                            x2 - x1,
+                            y2 - y1,
+                            fill=False,
+                            edgecolor=colour,
+                            linestyle=style,
+                            linewidth=0.8,
+                        )
+                    )
 
-    return issue_grid(z, quality, out, draw, "given boxes red dashed, detections (score >= 0.5) cyan"
-                      + (", clean boxes green" if np.isfinite(z["pic_clean"]).any() else ""), per_grid)
+    return issue_grid(
+        z,
+        quality,
+        out,
+        draw,
+        "given boxes red dashed, detections (score >= 0.5) cyan"
+        + (", clean boxes green" if np.isfinite(z["pic_clean"]).any() else ""),
+        per_grid,
+    )

@@ -27,9 +27,14 @@ TABLE_FPS = ("0.5", "1", "2")
 
 def _froc_fields(dets, gts) -> dict:
     r = froc(dets, gts)
-    return {"average": r.average, "sens": {f"{f:g}": float(s) for f, s in zip(r.fps, r.sensitivity)},
-            "curve": [_sens_at(r.fp_per_image, r.curve_sensitivity, f) if r.n_lesions else float("nan")
-                      for f in FROC_CURVE_FPS], "lesions": r.n_lesions}
+    return {
+        "average": r.average,
+        "sens": {f"{f:g}": float(s) for f, s in zip(r.fps, r.sensitivity)},
+        "curve": [
+            _sens_at(r.fp_per_image, r.curve_sensitivity, f) if r.n_lesions else float("nan") for f in FROC_CURVE_FPS
+        ],
+        "lesions": r.n_lesions,
+    }
 
 
 def _padded(rows: list, width: int) -> np.ndarray:
@@ -38,7 +43,7 @@ def _padded(rows: list, width: int) -> np.ndarray:
     out = np.full((len(rows), m, width), np.nan, dtype=np.float32)
     for i, r in enumerate(rows):
         r = np.asarray(r, dtype=np.float32).reshape(-1, width)
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
     return out
 
 
@@ -49,14 +54,23 @@ def _flagged_examples(data, codes, loss, train_dets: list, train_given: list) ->
     dets, given = [train_dets[i] for i in picks], [train_given[i] for i in picks]
     image = _key_slices(data, picks)  # the key slice of 3 channels
     keep = [d["scores"] >= FLAGGED_SCORE for d in dets]
-    clean = [data.clean_boxes_train[i] for i in picks] if data.clean_boxes_train is not None else [
-        np.zeros((0, 4))] * len(picks)
-    return {"index": picks, "image": image, "given": _padded(given, 4), "clean": _padded(clean, 4),
-            "det": _padded([d["boxes"][k] for d, k in zip(dets, keep)], 4),
-            "det_scores": _padded([d["scores"][k][:, None] for d, k in zip(dets, keep)], 1)[..., 0],
-            "codes": codes[picks], "loss": loss[picks],
-            "corruption": data.corruption[picks] if data.corruption is not None else np.full(len(picks), -1),
-            "missing": data.missing_train[picks] if data.missing_train is not None else np.zeros(len(picks), bool)}
+    clean = (
+        [data.clean_boxes_train[i] for i in picks]
+        if data.clean_boxes_train is not None
+        else [np.zeros((0, 4))] * len(picks)
+    )
+    return {
+        "index": picks,
+        "image": image,
+        "given": _padded(given, 4),
+        "clean": _padded(clean, 4),
+        "det": _padded([d["boxes"][k] for d, k in zip(dets, keep)], 4),
+        "det_scores": _padded([d["scores"][k][:, None] for d, k in zip(dets, keep)], 1)[..., 0],
+        "codes": codes[picks],
+        "loss": loss[picks],
+        "corruption": data.corruption[picks] if data.corruption is not None else np.full(len(picks), -1),
+        "missing": data.missing_train[picks] if data.missing_train is not None else np.zeros(len(picks), bool),
+    }
 
 
 def _key_slices(data, picks) -> np.ndarray:
@@ -65,7 +79,7 @@ def _key_slices(data, picks) -> np.ndarray:
     h, w = max([m.shape[0] for m in mid] + [1]), max([m.shape[1] for m in mid] + [1])
     image = np.zeros((len(mid), h, w), dtype=np.float16)
     for i, m in enumerate(mid):
-        image[i, :m.shape[0], :m.shape[1]] = m
+        image[i, : m.shape[0], : m.shape[1]] = m
     return image
 
 
@@ -85,13 +99,23 @@ def _label_issues(run: FinishedRun, train_dets: list, train_given: list, loss, u
     pick = np.sort(np.argsort(-ranking, kind="stable")[:ISSUE_PICTURES])
     dets = [train_dets[i] for i in pick]
     keep = [d["scores"] >= FLAGGED_SCORE for d in dets]
-    clean = ([data.clean_boxes_train[i] for i in pick] if data.clean_boxes_train is not None
-             else [np.zeros((0, 4))] * len(pick))
-    atomic_npz(run.out / "label_issues.npz", **{f"score_{k}": v for k, v in scores.items()},
-               kind=box_issue_kind(scores), corruption_names=np.asarray(DET_CORRUPTIONS), pic_index=pick, pic_image=_key_slices(data, pick),
-               pic_given=_padded([train_given[i] for i in pick], 4), pic_clean=_padded(clean, 4),
-               pic_det=_padded([d["boxes"][k] for d, k in zip(dets, keep)], 4),
-               pic_det_scores=_padded([d["scores"][k][:, None] for d, k in zip(dets, keep)], 1)[..., 0])
+    clean = (
+        [data.clean_boxes_train[i] for i in pick]
+        if data.clean_boxes_train is not None
+        else [np.zeros((0, 4))] * len(pick)
+    )
+    atomic_npz(
+        run.out / "label_issues.npz",
+        **{f"score_{k}": v for k, v in scores.items()},
+        kind=box_issue_kind(scores),
+        corruption_names=np.asarray(DET_CORRUPTIONS),
+        pic_index=pick,
+        pic_image=_key_slices(data, pick),
+        pic_given=_padded([train_given[i] for i in pick], 4),
+        pic_clean=_padded(clean, 4),
+        pic_det=_padded([d["boxes"][k] for d, k in zip(dets, keep)], 4),
+        pic_det_scores=_padded([d["scores"][k][:, None] for d, k in zip(dets, keep)], 1)[..., 0],
+    )
     return scores
 
 
@@ -119,18 +143,30 @@ def summarize(run: FinishedRun) -> dict:
     train_dets, train_given = detect(model, data.train)  # one pass: the unmatched score and the pictures
     unmatched = unmatched_detection_score(train_dets, train_given)
     none = np.zeros(0, bool)
-    atomic_npz(run.out / "assessment.npz", loss=loss, uncertainty=unc, codes=q.codes, unmatched=unmatched,
-               noisy=data.noisy_train if data.noisy_train is not None else none,
-               missing=data.missing_train if data.missing_train is not None else none,
-               corruption=data.corruption if data.corruption is not None else np.zeros(0, np.int64),
-               possibly_noisy=data.possibly_noisy if data.possibly_noisy is not None else none)
+    atomic_npz(
+        run.out / "assessment.npz",
+        loss=loss,
+        uncertainty=unc,
+        codes=q.codes,
+        unmatched=unmatched,
+        noisy=data.noisy_train if data.noisy_train is not None else none,
+        missing=data.missing_train if data.missing_train is not None else none,
+        corruption=data.corruption if data.corruption is not None else np.zeros(0, np.int64),
+        possibly_noisy=data.possibly_noisy if data.possibly_noisy is not None else none,
+    )
     atomic_npz(run.out / "flagged.npz", **_flagged_examples(data, q.codes, loss, train_dets, train_given))
     issue_scores = _label_issues(run, train_dets, train_given, loss, unc)
-    res = {"froc": final["average"], "froc_best_val": best_val["average"],
-           "froc_fps_averaged": list(FROC_AVERAGE_FPS), "froc_sens": final["sens"],
-           "froc_sens_best_val": best_val["sens"],
-           "froc_curve": {"fps": list(FROC_CURVE_FPS), "sensitivity": final["curve"]},
-           "lesions": int(final["lesions"]), "train_size": int(n), "quadrant_counts": q.counts}
+    res = {
+        "froc": final["average"],
+        "froc_best_val": best_val["average"],
+        "froc_fps_averaged": list(FROC_AVERAGE_FPS),
+        "froc_sens": final["sens"],
+        "froc_sens_best_val": best_val["sens"],
+        "froc_curve": {"fps": list(FROC_CURVE_FPS), "sensitivity": final["curve"]},
+        "lesions": int(final["lesions"]),
+        "train_size": int(n),
+        "quadrant_counts": q.counts,
+    }
     scores = {"difficulty": difficulty_scores(loss, unc), "loss": loss, "uncertainty": unc, "unmatched": unmatched}
     poor = q.mask("poorly-labeled")
     if data.missing_train is not None and data.missing_train.any():
@@ -139,12 +175,15 @@ def summarize(run: FinishedRun) -> dict:
         found_by["target"] = "images with at least one lesion without a box"
         found_by["recall_by_corruption"] = {
             name: float(poor[data.corruption == i].mean())
-            for i, name in enumerate(DET_CORRUPTIONS) if i and (data.corruption == i).any()}
+            for i, name in enumerate(DET_CORRUPTIONS)
+            if i and (data.corruption == i).any()
+        }
         res["noise_detection"] = found_by
         res["noisy_detection"] = noise_detection(data.noisy_train, scores, poor)
         flag = run.recipe.issue_flag
         res["label_issue_detection"] = noise_detection(
-            data.noisy_train, {"loss": loss, **issue_scores}, issue_scores[flag] >= DENSE_FLAGS[flag])
+            data.noisy_train, {"loss": loss, **issue_scores}, issue_scores[flag] >= DENSE_FLAGS[flag]
+        )
         res["label_issue_detection"].update(score=run.recipe.issue_score, flag=f"{flag} >= {DENSE_FLAGS[flag]:g}")
     elif data.possibly_noisy is not None and data.possibly_noisy.any():
         res["possibly_noisy_detection"] = noise_detection(data.possibly_noisy, scores, poor)

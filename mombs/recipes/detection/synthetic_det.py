@@ -37,8 +37,15 @@ import numpy as np
 # The synthetic detection set is the segmentation recipe's synthetic CT slices, boxed.
 from ..segmentation.synthetic_ct import _check_count, _check_range, _make_split
 
-__all__ = ["BOX_KINDS", "BoxDataset", "DET_CORRUPTIONS", "LESION_STATUS", "DetSplit", "SyntheticDet",
-           "make_synthetic_det"]
+__all__ = [
+    "BOX_KINDS",
+    "BoxDataset",
+    "DET_CORRUPTIONS",
+    "LESION_STATUS",
+    "DetSplit",
+    "SyntheticDet",
+    "make_synthetic_det",
+]
 
 #: What a given box is: ``box_kind == k`` means ``BOX_KINDS[k]``.
 BOX_KINDS = ("clean", "shifted", "resized", "spurious")
@@ -125,11 +132,19 @@ class DetSplit:
         lesions = {k: v[keep] for k, v in self.lesions.items()}
         lesions["image"] = new_pos[lesions["image"]]
         pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
-        return DetSplit(images=self.images[idx], boxes=pick(self.boxes), box_kind=pick(self.box_kind),
-                        clean_boxes=pick(self.clean_boxes), instances=self.instances[idx],
-                        n_missed=self.n_missed[idx], n_shifted=self.n_shifted[idx],
-                        n_resized=self.n_resized[idx], n_spurious=self.n_spurious[idx],
-                        corruption=self.corruption[idx], lesions=lesions)
+        return DetSplit(
+            images=self.images[idx],
+            boxes=pick(self.boxes),
+            box_kind=pick(self.box_kind),
+            clean_boxes=pick(self.clean_boxes),
+            instances=self.instances[idx],
+            n_missed=self.n_missed[idx],
+            n_shifted=self.n_shifted[idx],
+            n_resized=self.n_resized[idx],
+            n_spurious=self.n_spurious[idx],
+            corruption=self.corruption[idx],
+            lesions=lesions,
+        )
 
     def dataset(self, *, clean: bool = False):
         """A torch data set of ``(image (C, H, W) float32, target)``, as torchvision's detectors take them.
@@ -189,10 +204,19 @@ def _from_seg(split, size: int) -> DetSplit:
         clean.append(_lesion_boxes(split.instances[i], table["label"][rows]))
     zeros = np.zeros(n, dtype=np.int64)
     lesions = {**table, "status": np.zeros(len(table["image"]), dtype=np.int64)}
-    return DetSplit(images=split.images, boxes=[b.copy() for b in clean],
-                    box_kind=[np.zeros(len(b), dtype=np.int64) for b in clean], clean_boxes=clean,
-                    instances=split.instances, n_missed=zeros.copy(), n_shifted=zeros.copy(),
-                    n_resized=zeros.copy(), n_spurious=zeros.copy(), corruption=zeros.copy(), lesions=lesions)
+    return DetSplit(
+        images=split.images,
+        boxes=[b.copy() for b in clean],
+        box_kind=[np.zeros(len(b), dtype=np.int64) for b in clean],
+        clean_boxes=clean,
+        instances=split.instances,
+        n_missed=zeros.copy(),
+        n_shifted=zeros.copy(),
+        n_resized=zeros.copy(),
+        n_spurious=zeros.copy(),
+        corruption=zeros.copy(),
+        lesions=lesions,
+    )
 
 
 def _clip_box(box: np.ndarray, size: int) -> np.ndarray:
@@ -216,9 +240,9 @@ def _corrupt(split: DetSplit, cfg: dict, seed: int) -> None:
     counts = [int(round(cfg[f] * n_les)) for f in ("missing_fraction", "shift_fraction", "resize_fraction")]
     order = rng.permutation(n_les)
     status = split.lesions["status"]
-    status[order[:counts[0]]] = 1
-    status[order[counts[0]:counts[0] + counts[1]]] = 2
-    status[order[counts[0] + counts[1]:sum(counts)]] = 3
+    status[order[: counts[0]]] = 1
+    status[order[counts[0] : counts[0] + counts[1]]] = 2
+    status[order[counts[0] + counts[1] : sum(counts)]] = 3
     lo_sh, hi_sh = cfg["shift_range"]
     lo_sc, hi_sc = cfg["scale_range"]
     for i in range(len(split)):
@@ -233,8 +257,11 @@ def _corrupt(split: DetSplit, cfg: dict, seed: int) -> None:
             if st == 2:  # moved by part of its size, in a random direction
                 mag = rng.uniform(lo_sh, hi_sh)
                 angle = rng.uniform(0, 2 * np.pi)
-                box = box + np.array([1, 0, 1, 0]) * mag * w * np.cos(angle) \
+                box = (
+                    box
+                    + np.array([1, 0, 1, 0]) * mag * w * np.cos(angle)
                     + np.array([0, 1, 0, 1]) * mag * h * np.sin(angle)
+                )
             elif st == 3:  # grown or shrunk about its centre
                 factor = np.exp(rng.uniform(np.log(lo_sc), np.log(hi_sc)))
                 factor = factor if rng.random() < 0.5 else 1 / factor
@@ -267,18 +294,31 @@ def _corrupt(split: DetSplit, cfg: dict, seed: int) -> None:
 
 
 def _check_fraction(name, value):
-    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) \
-            or not 0 <= value <= 1:
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not 0 <= value <= 1:
         raise ValueError(f"{name}={value!r} must be a number in [0, 1]")
     return float(value)
 
 
-def make_synthetic_det(n_train: int = 200, n_val: int = 50, n_test: int = 100, *, size: int = 64,
-                       missing_fraction: float = 0.3, shift_fraction: float = 0.1, resize_fraction: float = 0.1,
-                       spurious_fraction: float = 0.05, seed: int = 0, windows: str | None = "three",
-                       empty_fraction: float = 0.1, max_lesions: int = 4, radius_range: tuple = (0.04, 0.16),
-                       contrast_range: tuple = (60.0, 700.0), vessels_per_image: float = 6,
-                       shift_range: tuple = (0.4, 0.8), scale_range: tuple = (1.6, 2.2)) -> SyntheticDet:
+def make_synthetic_det(
+    n_train: int = 200,
+    n_val: int = 50,
+    n_test: int = 100,
+    *,
+    size: int = 64,
+    missing_fraction: float = 0.3,
+    shift_fraction: float = 0.1,
+    resize_fraction: float = 0.1,
+    spurious_fraction: float = 0.05,
+    seed: int = 0,
+    windows: str | None = "three",
+    empty_fraction: float = 0.1,
+    max_lesions: int = 4,
+    radius_range: tuple = (0.04, 0.16),
+    contrast_range: tuple = (60.0, 700.0),
+    vessels_per_image: float = 6,
+    shift_range: tuple = (0.4, 0.8),
+    scale_range: tuple = (1.6, 2.2),
+) -> SyntheticDet:
     """Builds a synthetic CT-like lesion detection set with planted box noise.
 
     Of the ``L`` training lesions, exactly ``round(missing_fraction * L)`` get
@@ -328,19 +368,29 @@ def make_synthetic_det(n_train: int = 200, n_val: int = 50, n_test: int = 100, *
     _check_count("max_lesions", max_lesions, 1)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed={seed!r} must be an integer >= 0")
-    fractions = {name: _check_fraction(name, value) for name, value in (
-        ("missing_fraction", missing_fraction), ("shift_fraction", shift_fraction),
-        ("resize_fraction", resize_fraction), ("spurious_fraction", spurious_fraction))}
+    fractions = {
+        name: _check_fraction(name, value)
+        for name, value in (
+            ("missing_fraction", missing_fraction),
+            ("shift_fraction", shift_fraction),
+            ("resize_fraction", resize_fraction),
+            ("spurious_fraction", spurious_fraction),
+        )
+    }
     if fractions["missing_fraction"] + fractions["shift_fraction"] + fractions["resize_fraction"] > 1 + 1e-9:
-        raise ValueError(f"missing_fraction + shift_fraction + resize_fraction = "
-                         f"{missing_fraction + shift_fraction + resize_fraction!r} must be at most 1")
-    if not isinstance(empty_fraction, (int, float)) or isinstance(empty_fraction, bool) \
-            or not 0 <= empty_fraction < 1:
+        raise ValueError(
+            f"missing_fraction + shift_fraction + resize_fraction = "
+            f"{missing_fraction + shift_fraction + resize_fraction!r} must be at most 1"
+        )
+    if not isinstance(empty_fraction, (int, float)) or isinstance(empty_fraction, bool) or not 0 <= empty_fraction < 1:
         raise ValueError(f"empty_fraction={empty_fraction!r} must be a number in [0, 1)")
     if windows not in ("lung", "three", None):
         raise ValueError(f"windows={windows!r} must be 'three', 'lung' or None")
-    if not isinstance(vessels_per_image, (int, float)) or isinstance(vessels_per_image, bool) \
-            or not vessels_per_image >= 0:
+    if (
+        not isinstance(vessels_per_image, (int, float))
+        or isinstance(vessels_per_image, bool)
+        or not vessels_per_image >= 0
+    ):
         raise ValueError(f"vessels_per_image={vessels_per_image!r} must be a number >= 0")
     radius_range, contrast_range = tuple(radius_range), tuple(contrast_range)
     shift_range, scale_range = tuple(shift_range), tuple(scale_range)
@@ -348,12 +398,25 @@ def make_synthetic_det(n_train: int = 200, n_val: int = 50, n_test: int = 100, *
     _check_range("contrast_range", contrast_range, 1e-9, 2000)
     _check_range("shift_range", shift_range, 1e-9, 2)
     _check_range("scale_range", scale_range, 1, 4)
-    cfg = dict(n_train=n_train, n_val=n_val, n_test=n_test, size=size, **fractions, seed=int(seed),
-               windows=windows, empty_fraction=float(empty_fraction), max_lesions=int(max_lesions),
-               radius_range=radius_range, contrast_range=contrast_range, vessels_per_image=vessels_per_image,
-               shift_range=shift_range, scale_range=scale_range)
-    splits = {name: _from_seg(_make_split(seed, name, n, size, cfg), size)
-              for name, n in (("train", n_train), ("val", n_val), ("test", n_test))}
+    cfg = dict(
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        size=size,
+        **fractions,
+        seed=int(seed),
+        windows=windows,
+        empty_fraction=float(empty_fraction),
+        max_lesions=int(max_lesions),
+        radius_range=radius_range,
+        contrast_range=contrast_range,
+        vessels_per_image=vessels_per_image,
+        shift_range=shift_range,
+        scale_range=scale_range,
+    )
+    splits = {
+        name: _from_seg(_make_split(seed, name, n, size, cfg), size)
+        for name, n in (("train", n_train), ("val", n_val), ("test", n_test))
+    }
     _corrupt(splits["train"], cfg, int(seed))
     return SyntheticDet(train=splits["train"], val=splits["val"], test=splits["test"], config=cfg)
-

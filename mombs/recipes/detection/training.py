@@ -112,7 +112,7 @@ def detect(model, dataset, indices=None, *, batch_size: int = EVAL_BATCH_SIZE) -
     dets, gts = [], []
     with torch.no_grad():
         for s in range(0, idx.size, batch_size):
-            items = [dataset[int(i)] for i in idx[s:s + batch_size]]
+            items = [dataset[int(i)] for i in idx[s : s + batch_size]]
             out = model([im.to(device) for im, _ in items])
             for (_, t), o in zip(items, out):
                 dets.append({"boxes": o["boxes"].cpu().numpy(), "scores": o["scores"].cpu().numpy()})
@@ -143,8 +143,13 @@ def create_model(cfg, data) -> torch.nn.Module:
     (:func:`~mombs.recipes.detection.models.load_detection_weights`)."""
     from .models import create_detection_model, load_detection_weights
 
-    model = create_detection_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                                   min_size=data.image_size, max_size=data.image_size)
+    model = create_detection_model(
+        cfg.model,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        min_size=data.image_size,
+        max_size=data.image_size,
+    )
     if cfg.weights is not None:
         load_detection_weights(model, cfg.weights)
     return model
@@ -155,6 +160,16 @@ def parts(cfg, data, model, device) -> TaskParts:
     evaluation splits, the seeded training step and the rest."""
     from .models import DET_FEATURE_MODULE
 
-    return TaskParts(model=model, at=DET_FEATURE_MODULE[cfg.model], train_data=data.train, val=data.val,
-                     test=data.test, evaluate=evaluate_detection, loss_fn=None, fit_fn=det_fit, task="detection",
-                     step_fn=DetectionStep(cfg.seed), head=getattr(model, "fc", None))
+    return TaskParts(
+        model=model,
+        at=DET_FEATURE_MODULE[cfg.model],
+        train_data=data.train,
+        val=data.val,
+        test=data.test,
+        evaluate=evaluate_detection,
+        loss_fn=None,
+        fit_fn=det_fit,
+        task="detection",
+        step_fn=DetectionStep(cfg.seed),
+        head=getattr(model, "fc", None),
+    )

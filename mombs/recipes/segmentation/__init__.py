@@ -21,8 +21,11 @@ NOISES = ("none", "annotation")
 
 #: The recipe's functions whose modules import torch, by module: bound with
 #: :func:`~mombs.recipes.lazy`, so that checking a config imports none of them.
-_LAZY = {"training": ("create_model", "parts"), "summary": ("summarize", "row_extras"),
-         "report": ("report_notes", "run_figures", "issue_pictures")}
+_LAZY = {
+    "training": ("create_model", "parts"),
+    "summary": ("summarize", "row_extras"),
+    "report": ("report_notes", "run_figures", "issue_pictures"),
+}
 
 #: The assessment a segmentation run makes unless told otherwise, chosen by measurement
 #: (issue 22): one plain eval pass (k=1, alpha=0: the predictive entropy, no disturbance)
@@ -45,13 +48,19 @@ ISSUE_SCORE = "loss"
 ISSUE_FLAG = "disagreement"
 
 RECIPE = Recipe(
-    name="segmentation", metric="dice",
+    name="segmentation",
+    metric="dice",
     defaults={"dataset": "synthetic-ct", "model": "unet", "loss": "dice-ce", **ASSESSMENT},
     choices={"dataset": SEG_DATASETS, "model": SEG_MODELS, "loss": SEG_LOSSES, "noise": NOISES},
     takes=("image_size", "noise_mix", "windows", "foreground_only", "intensity_window"),
     # Every slice's K disturbed predictions are whole maps: smaller batches than classification's.
-    issue_score=ISSUE_SCORE, issue_flag=ISSUE_FLAG,
-    assess_batch_size=32, check=check, load=load_seg_corpus,
+    issue_score=ISSUE_SCORE,
+    issue_flag=ISSUE_FLAG,
+    assess_batch_size=32,
+    check=check,
+    load=load_seg_corpus,
     columns={"small_dice": "small-lesion Dice %", "lesion_sensitivity": "lesion sens. %"},
-    reads_data_dir=("covid-ct", "medseg-covid", "msd", "nnunet"), own_data=("msd", "nnunet"),
-    **{name: lazy(f"{__name__}.{module}", name) for module, names in _LAZY.items() for name in names})
+    reads_data_dir=("covid-ct", "medseg-covid", "msd", "nnunet"),
+    own_data=("msd", "nnunet"),
+    **{name: lazy(f"{__name__}.{module}", name) for module, names in _LAZY.items() for name in names},
+)

@@ -19,8 +19,7 @@ from .decathlon import DECATHLON_DATASETS, check_task_folder
 if TYPE_CHECKING:  # torch is imported where data is built: a config is checked without it
     import torch
 
-__all__ = ["SEG_DATASETS", "SEG_LOSSES", "SYNTHETIC_EVAL_SIZES", "SegCorpus", "check_seg_data_dir",
-           "load_seg_corpus"]
+__all__ = ["SEG_DATASETS", "SEG_LOSSES", "SYNTHETIC_EVAL_SIZES", "SegCorpus", "check_seg_data_dir", "load_seg_corpus"]
 
 #: Segmentation data set names understood by :func:`load_seg_corpus`.
 SEG_DATASETS = ("synthetic-ct", "covid-ct", "medseg-covid", "msd", "nnunet")
@@ -34,11 +33,15 @@ SYNTHETIC_EVAL_SIZES = {"val": 100, "test": 200}
 SYNTHETIC_DEFAULT_TRAIN = 300
 
 _WHERE = {
-    "covid-ct": ("the COVID-19 CT Lung and Infection Segmentation Dataset (Ma et al., "
-                 "https://zenodo.org/record/3757476): a folder holding COVID-19-CT-Seg_20cases/ and "
-                 "Infection_Mask/"),
-    "medseg-covid": ("the MedSeg COVID-19 CT segmentation set (http://medicalsegmentation.com/covid19/): "
-                     "a folder holding tr_im.nii.gz and tr_mask.nii.gz"),
+    "covid-ct": (
+        "the COVID-19 CT Lung and Infection Segmentation Dataset (Ma et al., "
+        "https://zenodo.org/record/3757476): a folder holding COVID-19-CT-Seg_20cases/ and "
+        "Infection_Mask/"
+    ),
+    "medseg-covid": (
+        "the MedSeg COVID-19 CT segmentation set (http://medicalsegmentation.com/covid19/): "
+        "a folder holding tr_im.nii.gz and tr_mask.nii.gz"
+    ),
 }
 
 
@@ -56,8 +59,10 @@ def check_seg_data_dir(dataset: str, data_dir) -> None:
     if dataset not in _WHERE:
         return
     if data_dir is None or not os.path.isdir(data_dir):
-        raise ValueError(f"data_dir={data_dir!r} must be the folder of dataset={dataset!r}: {_WHERE[dataset]}. "
-                         f"Nothing is downloaded.")
+        raise ValueError(
+            f"data_dir={data_dir!r} must be the folder of dataset={dataset!r}: {_WHERE[dataset]}. "
+            f"Nothing is downloaded."
+        )
 
 
 @dataclass
@@ -102,10 +107,16 @@ class SegCorpus:
     def describe(self) -> dict:
         from .synthetic_ct import CORRUPTIONS, SIZE_GROUPS
 
-        d = {"name": self.name, "task": "segmentation", "num_classes": self.num_classes,
-             "train": int(len(self.y_train)), "val": int(len(self.y_val)), "test": int(len(self.y_test)),
-             "image_shape": list(self.x_train.shape[1:]),
-             "test_size_groups": {g: int((self.size_group_test == i).sum()) for i, g in enumerate(SIZE_GROUPS)}}
+        d = {
+            "name": self.name,
+            "task": "segmentation",
+            "num_classes": self.num_classes,
+            "train": int(len(self.y_train)),
+            "val": int(len(self.y_val)),
+            "test": int(len(self.y_test)),
+            "image_shape": list(self.x_train.shape[1:]),
+            "test_size_groups": {g: int((self.size_group_test == i).sum()) for i, g in enumerate(SIZE_GROUPS)},
+        }
         if self.noisy_train is not None:
             d["train_noise_rate"] = float(self.noisy_train.mean())
             d["train_corruptions"] = {c: int((self.corruption == i).sum()) for i, c in enumerate(CORRUPTIONS)}
@@ -127,8 +138,15 @@ def _synthetic_eval(seed: int, size: int, windows: str):
     seed in a process, the arms of a comparison, draw them once."""
     from .synthetic_ct import make_synthetic_ct
 
-    data = make_synthetic_ct(1, SYNTHETIC_EVAL_SIZES["val"], SYNTHETIC_EVAL_SIZES["test"], size=size,
-                             noise_fraction=0.0, seed=seed, windows=windows)
+    data = make_synthetic_ct(
+        1,
+        SYNTHETIC_EVAL_SIZES["val"],
+        SYNTHETIC_EVAL_SIZES["test"],
+        size=size,
+        noise_fraction=0.0,
+        seed=seed,
+        windows=windows,
+    )
     return data.val, data.test
 
 
@@ -139,17 +157,36 @@ def _synthetic(cfg) -> SegCorpus:
 
     n_train = cfg.subset if cfg.subset is not None else SYNTHETIC_DEFAULT_TRAIN
     size, windows = cfg.image_size or 64, cfg.windows or "lung"
-    tr = make_synthetic_ct(n_train, 0, 0, size=size,
-                           noise_fraction=cfg.noise_rate if cfg.noise == "annotation" else 0.0,
-                           noise_mix=cfg.noise_mix, seed=cfg.seed, windows=windows).train
+    tr = make_synthetic_ct(
+        n_train,
+        0,
+        0,
+        size=size,
+        noise_fraction=cfg.noise_rate if cfg.noise == "annotation" else 0.0,
+        noise_mix=cfg.noise_mix,
+        seed=cfg.seed,
+        windows=windows,
+    ).train
     va, te = _synthetic_eval(cfg.seed, size, windows)
     t = torch.from_numpy
     noisy = tr.noisy if cfg.noise == "annotation" else None
     # Copies of the cached arrays: nothing a run does reaches the next run's data.
-    return SegCorpus(cfg.dataset, 2, t(tr.images), t(tr.masks), tr.clean_masks, noisy,
-                     tr.corruption if noisy is not None else None, t(va.images.copy()), t(va.clean_masks.copy()),
-                     t(te.images.copy()), t(te.clean_masks.copy()), te.size_group.copy(), tr.size_group,
-                     sources={"path": np.asarray([f"synthetic-ct/train#{i}" for i in range(n_train)])})
+    return SegCorpus(
+        cfg.dataset,
+        2,
+        t(tr.images),
+        t(tr.masks),
+        tr.clean_masks,
+        noisy,
+        tr.corruption if noisy is not None else None,
+        t(va.images.copy()),
+        t(va.clean_masks.copy()),
+        t(te.images.copy()),
+        t(te.clean_masks.copy()),
+        te.size_group.copy(),
+        tr.size_group,
+        sources={"path": np.asarray([f"synthetic-ct/train#{i}" for i in range(n_train)])},
+    )
 
 
 def _public(cfg) -> SegCorpus:
@@ -160,8 +197,7 @@ def _public(cfg) -> SegCorpus:
     reader = read_covid_ct_seg if cfg.dataset == "covid-ct" else read_medseg_covid
     splits = {}
     for name in ("train", "val", "test"):
-        s = reader(cfg.data_dir, windows=cfg.windows or "lung", split=name, seed=cfg.seed,
-                   size=cfg.image_size)
+        s = reader(cfg.data_dir, windows=cfg.windows or "lung", split=name, seed=cfg.seed, size=cfg.image_size)
         splits[name] = (torch.from_numpy(np.ascontiguousarray(s.images())), s.masks)
         if name == "train":
             ids = s.slice_ids
@@ -175,11 +211,27 @@ def _public(cfg) -> SegCorpus:
     y_val, y_te = splits["val"][1], splits["test"][1]
     t = torch.from_numpy
     folder = f"{_MA_IMAGES}/" if cfg.dataset == "covid-ct" else ""
-    sources = {"path": np.asarray([f"{folder}{ids[i][0]}.nii.gz" for i in keep]),
-               "case": np.asarray([ids[i][0] for i in keep]),
-               "slice": np.asarray([ids[i][1] for i in keep], np.int64)}
-    return SegCorpus(cfg.dataset, 2, x_tr, t(y_tr), None, None, None, splits["val"][0], t(y_val),
-                     splits["test"][0], t(y_te), _size_groups(y_te), _size_groups(y_tr), sources=sources)
+    sources = {
+        "path": np.asarray([f"{folder}{ids[i][0]}.nii.gz" for i in keep]),
+        "case": np.asarray([ids[i][0] for i in keep]),
+        "slice": np.asarray([ids[i][1] for i in keep], np.int64),
+    }
+    return SegCorpus(
+        cfg.dataset,
+        2,
+        x_tr,
+        t(y_tr),
+        None,
+        None,
+        None,
+        splits["val"][0],
+        t(y_val),
+        splits["test"][0],
+        t(y_te),
+        _size_groups(y_te),
+        _size_groups(y_tr),
+        sources=sources,
+    )
 
 
 def _decathlon(cfg) -> SegCorpus:
@@ -189,8 +241,14 @@ def _decathlon(cfg) -> SegCorpus:
 
     val = cfg.val_fraction
     test = cfg.test_fraction if cfg.test_fraction is not None else DEFAULT_TEST_FRACTION
-    d = read_decathlon(cfg.data_dir, size=cfg.image_size, foreground_only=bool(cfg.foreground_only),
-                       intensity_window=cfg.intensity_window, fractions=(1 - val - test, val, test), seed=cfg.seed)
+    d = read_decathlon(
+        cfg.data_dir,
+        size=cfg.image_size,
+        foreground_only=bool(cfg.foreground_only),
+        intensity_window=cfg.intensity_window,
+        fractions=(1 - val - test, val, test),
+        seed=cfg.seed,
+    )
     tr = d.train
     keep = np.arange(len(tr.masks))
     if cfg.subset is not None:
@@ -199,11 +257,23 @@ def _decathlon(cfg) -> SegCorpus:
         keep = np.sort(np.random.default_rng([cfg.seed, 0x5E6]).choice(len(keep), cfg.subset, replace=False))
     t = torch.from_numpy
     y_tr = tr.masks[keep]
-    return SegCorpus(cfg.dataset, 2, t(np.ascontiguousarray(tr.images[keep])), t(y_tr), None, None, None,
-                     t(d.val.images), t(d.val.masks), t(d.test.images), t(d.test.masks),
-                     _size_groups(d.test.masks), _size_groups(y_tr),
-                     sources={"path": tr.path[keep], "case": tr.case[keep], "slice": tr.slice[keep]},
-                     splits=d.splits)
+    return SegCorpus(
+        cfg.dataset,
+        2,
+        t(np.ascontiguousarray(tr.images[keep])),
+        t(y_tr),
+        None,
+        None,
+        None,
+        t(d.val.images),
+        t(d.val.masks),
+        t(d.test.images),
+        t(d.test.masks),
+        _size_groups(d.test.masks),
+        _size_groups(y_tr),
+        sources={"path": tr.path[keep], "case": tr.case[keep], "slice": tr.slice[keep]},
+        splits=d.splits,
+    )
 
 
 def load_seg_corpus(cfg) -> SegCorpus:

@@ -31,8 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["THREE_WINDOWS", "LUNG_WINDOW", "SPLITS", "window_hu", "three_window", "split_by_patient", "CTSlices",
-           "ma_patient_id", "medseg_blocks", "read_covid_ct_seg", "read_medseg_covid"]
+__all__ = [
+    "THREE_WINDOWS",
+    "LUNG_WINDOW",
+    "SPLITS",
+    "window_hu",
+    "three_window",
+    "split_by_patient",
+    "CTSlices",
+    "ma_patient_id",
+    "medseg_blocks",
+    "read_covid_ct_seg",
+    "read_medseg_covid",
+]
 
 #: The paper's three HU windows (METHOD.md §6), one per input channel.
 THREE_WINDOWS = ((-174.0, 274.0), (-1493.0, 484.0), (-534.0, 1425.0))
@@ -41,10 +52,14 @@ LUNG_WINDOW = THREE_WINDOWS[1]
 SPLITS = ("train", "val", "test")
 
 _MA_IMAGES, _MA_MASKS = "COVID-19-CT-Seg_20cases", "Infection_Mask"
-_MA_HOW = ("get the 'COVID-19 CT Lung and Infection Segmentation Dataset' (Ma et al., 2021, Medical Physics; "
-           f"on Zenodo) and unpack it so that root holds {_MA_IMAGES}/ and {_MA_MASKS}/")
-_MEDSEG_HOW = ("get the MedSeg 'COVID-19 CT segmentation dataset' (medicalsegmentation.com: "
-               "tr_im.nii.gz and tr_mask.nii.gz) and put both files in root")
+_MA_HOW = (
+    "get the 'COVID-19 CT Lung and Infection Segmentation Dataset' (Ma et al., 2021, Medical Physics; "
+    f"on Zenodo) and unpack it so that root holds {_MA_IMAGES}/ and {_MA_MASKS}/"
+)
+_MEDSEG_HOW = (
+    "get the MedSeg 'COVID-19 CT segmentation dataset' (medicalsegmentation.com: "
+    "tr_im.nii.gz and tr_mask.nii.gz) and put both files in root"
+)
 
 
 def window_hu(hu, lo: float, hi: float) -> np.ndarray:
@@ -107,8 +122,11 @@ def split_by_patient(patient_ids, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> n
         ``(N,)`` array of ``"train"``, ``"val"`` or ``"test"``, one per item.
     """
     fractions = tuple(fractions)
-    if (len(fractions) != 3 or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f >= 0
-                                        for f in fractions) or abs(sum(fractions) - 1) > 1e-6):
+    if (
+        len(fractions) != 3
+        or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f >= 0 for f in fractions)
+        or abs(sum(fractions) - 1) > 1e-6
+    ):
         raise ValueError(f"fractions={fractions!r} must be three numbers >= 0 (train, val, test) summing to 1")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"seed={seed!r} must be an integer")
@@ -119,7 +137,7 @@ def split_by_patient(patient_ids, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> n
     n = unique.size
     raw = np.asarray(fractions) * n
     counts = np.floor(raw).astype(np.int64)
-    counts[np.argsort(-(raw - counts), kind="stable")[:n - counts.sum()]] += 1
+    counts[np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]] += 1
     # a split asked for should not come back empty just because of rounding
     for k in range(3):
         if fractions[k] > 0 and counts[k] == 0 and n >= sum(f > 0 for f in fractions):
@@ -130,7 +148,7 @@ def split_by_patient(patient_ids, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> n
     split_of = {}
     start = 0
     for name, c in zip(SPLITS, counts):
-        for p in order[start:start + c]:
+        for p in order[start : start + c]:
             split_of[p.item() if hasattr(p, "item") else p] = name
         start += c
     return np.asarray([split_of[p.item() if hasattr(p, "item") else p] for p in ids])
@@ -164,7 +182,7 @@ class CTSlices:
         return int(self.hu.shape[0])
 
     def __getitem__(self, i):
-        return _window_images(self.hu[i:i + 1] if i >= 0 else self.hu[[i]], self.windows)[0], self.masks[i]
+        return _window_images(self.hu[i : i + 1] if i >= 0 else self.hu[[i]], self.windows)[0], self.masks[i]
 
     def images(self) -> np.ndarray:
         """All images windowed: ``(N, C, H, W)`` float32."""
@@ -194,8 +212,10 @@ def voxels(img) -> np.ndarray:
     try:
         return np.asarray(img.dataobj, dtype=np.float32)
     except (EOFError, OSError, ValueError, zlib.error) as err:
-        raise ValueError(f"{img.get_filename()}: the NIfTI file's voxel data cannot be read "
-                         f"({type(err).__name__}: {err}); the file is cut short or damaged") from err
+        raise ValueError(
+            f"{img.get_filename()}: the NIfTI file's voxel data cannot be read "
+            f"({type(err).__name__}: {err}); the file is cut short or damaged"
+        ) from err
 
 
 def _load(path: Path, what: str, how: str):
@@ -214,6 +234,7 @@ def _resize(a: np.ndarray, size, order: int) -> np.ndarray:
     if size is None or a.shape == (size, size):
         return a
     from scipy import ndimage
+
     return ndimage.zoom(a, (size / a.shape[0], size / a.shape[1]), order=order)
 
 
@@ -243,9 +264,14 @@ def _assemble(parts, windows, split_names, patients, what):
     shapes = {p[0].shape[1:] for p in parts}
     if len(shapes) > 1:
         raise ValueError(f"{what} slices come in several sizes {sorted(shapes)}; pass size= to resample them")
-    return CTSlices(hu=np.concatenate([p[0] for p in parts]), masks=np.concatenate([p[1] for p in parts]),
-                    slice_ids=[sid for p in parts for sid in p[2]], patients=np.asarray(patients),
-                    split=np.asarray(split_names), windows=windows)
+    return CTSlices(
+        hu=np.concatenate([p[0] for p in parts]),
+        masks=np.concatenate([p[1] for p in parts]),
+        slice_ids=[sid for p in parts for sid in p[2]],
+        patients=np.asarray(patients),
+        split=np.asarray(split_names),
+        windows=windows,
+    )
 
 
 def _canonical_axial(img) -> np.ndarray:
@@ -261,6 +287,7 @@ def _canonical_axial(img) -> np.ndarray:
         io_orientation,
         ornt_transform,
     )
+
     data = voxels(img)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -295,9 +322,18 @@ def ma_patient_id(case: str) -> str:
     return case
 
 
-def read_covid_ct_seg(root, *, windows: str | None = "three", binary: bool = True, split: str | None = None,
-                      fractions=(0.6, 0.2, 0.2), seed: int = 0, slices: str = "lesion", size: int | None = None,
-                      non_hu: str = "warn") -> CTSlices:
+def read_covid_ct_seg(
+    root,
+    *,
+    windows: str | None = "three",
+    binary: bool = True,
+    split: str | None = None,
+    fractions=(0.6, 0.2, 0.2),
+    seed: int = 0,
+    slices: str = "lesion",
+    size: int | None = None,
+    non_hu: str = "warn",
+) -> CTSlices:
     """Reads the COVID-19 CT Lung and Infection Segmentation Dataset (Ma et al.).
 
     Every ``<case>.nii.gz`` in ``root/COVID-19-CT-Seg_20cases`` is paired with
@@ -338,13 +374,15 @@ def read_covid_ct_seg(root, *, windows: str | None = "three", binary: bool = Tru
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise FileNotFoundError(f"COVID-19 CT Lung and Infection Segmentation folder {d} not found; {_MA_HOW}")
-    cases = sorted(p.name[:-len(".nii.gz")] for p in img_dir.glob("*.nii.gz"))
+    cases = sorted(p.name[: -len(".nii.gz")] for p in img_dir.glob("*.nii.gz"))
     if not cases:
         raise FileNotFoundError(f"no *.nii.gz volumes in {img_dir}; {_MA_HOW}")
     for c in cases:  # every mask is checked before any volume is read: fail early, not after minutes
         if not (mask_dir / f"{c}.nii.gz").is_file():
-            raise FileNotFoundError(f"infection mask {mask_dir / (c + '.nii.gz')} for volume "
-                                    f"{img_dir / (c + '.nii.gz')} not found; {_MA_HOW}")
+            raise FileNotFoundError(
+                f"infection mask {mask_dir / (c + '.nii.gz')} for volume "
+                f"{img_dir / (c + '.nii.gz')} not found; {_MA_HOW}"
+            )
     case_split = dict(zip(cases, split_by_patient([ma_patient_id(c) for c in cases], fractions, seed)))
     parts, split_names, patients = [], [], []
     for c in cases:
@@ -387,14 +425,23 @@ def medseg_blocks(n: int, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> np.ndarra
     split_by_patient(["a"], fractions, seed)
     raw = np.asarray(fractions) * n
     counts = np.floor(raw).astype(np.int64)
-    counts[np.argsort(-(raw - counts), kind="stable")[:n - counts.sum()]] += 1
+    counts[np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]] += 1
     names = np.repeat(np.asarray(SPLITS), counts)
     return np.roll(names, int(np.random.default_rng([seed, 0x3ED5]).integers(n)))
 
 
-def read_medseg_covid(root, *, windows: str | None = "three", binary: bool = True, split: str | None = None,
-                      fractions=(0.6, 0.2, 0.2), seed: int = 0, slices: str = "lesion",
-                      size: int | None = None, non_hu: str = "warn") -> CTSlices:
+def read_medseg_covid(
+    root,
+    *,
+    windows: str | None = "three",
+    binary: bool = True,
+    split: str | None = None,
+    fractions=(0.6, 0.2, 0.2),
+    seed: int = 0,
+    slices: str = "lesion",
+    size: int | None = None,
+    non_hu: str = "warn",
+) -> CTSlices:
     """Reads the MedSeg COVID-19 slices (``tr_im.nii.gz``, ``tr_mask.nii.gz``).
 
     The files are a stack of 2-D slices, not one patient's volume, so no
@@ -423,8 +470,10 @@ def read_medseg_covid(root, *, windows: str | None = "three", binary: bool = Tru
     img_path, mask_path = root / "tr_im.nii.gz", root / "tr_mask.nii.gz"
     img, mimg = _load(img_path, "MedSeg image", _MEDSEG_HOW), _load(mask_path, "MedSeg mask", _MEDSEG_HOW)
     if img.shape[:3] != mimg.shape[:3] or len(img.shape) != 3:
-        raise ValueError(f"{img_path} has shape {img.shape} but {mask_path} has {mimg.shape}; "
-                         f"expected two (H, W, Z) stacks of the same shape")
+        raise ValueError(
+            f"{img_path} has shape {img.shape} but {mask_path} has {mimg.shape}; "
+            f"expected two (H, W, Z) stacks of the same shape"
+        )
     mask = np.rint(voxels(mimg)).astype(np.int64).transpose(2, 1, 0)
     vol = voxels(img).transpose(2, 1, 0)
     _check_hu(vol, img_path, non_hu)

@@ -39,8 +39,19 @@ from types import SimpleNamespace
 
 import numpy as np
 
-__all__ = ["DECATHLON_DATASETS", "DEFAULT_TEST_FRACTION", "SHOWN", "CaseFiles", "DecathlonSlices", "TaskFolder",
-           "VolumeSlices", "check_task_folder", "normalize_volume", "read_decathlon", "read_task_folder"]
+__all__ = [
+    "DECATHLON_DATASETS",
+    "DEFAULT_TEST_FRACTION",
+    "SHOWN",
+    "CaseFiles",
+    "DecathlonSlices",
+    "TaskFolder",
+    "VolumeSlices",
+    "check_task_folder",
+    "normalize_volume",
+    "read_decathlon",
+    "read_task_folder",
+]
 
 #: The data set names that read such a folder (one reader; ``nnunet`` is an alias of ``msd``).
 DECATHLON_DATASETS = ("msd", "nnunet")
@@ -49,8 +60,10 @@ DEFAULT_TEST_FRACTION = 0.2
 #: Bad files named in one message; the others are counted.
 SHOWN = 3
 
-_HOW = ("a Medical Segmentation Decathlon or nnU-Net raw task folder holding dataset.json, imagesTr/ and "
-        "labelsTr/ (docs/your-data.md)")
+_HOW = (
+    "a Medical Segmentation Decathlon or nnU-Net raw task folder holding dataset.json, imagesTr/ and "
+    "labelsTr/ (docs/your-data.md)"
+)
 _NIFTI = (".nii.gz", ".nii")
 
 
@@ -61,8 +74,10 @@ def check_task_folder(root) -> None:
         ValueError: ``root`` unset, missing, not a folder, empty, or without ``dataset.json``.
     """
     if root is None or not Path(root).exists():
-        raise ValueError(f"data_dir={None if root is None else str(root)!r} must be {_HOW}; it does not exist. "
-                         f"Nothing is downloaded.")
+        raise ValueError(
+            f"data_dir={None if root is None else str(root)!r} must be {_HOW}; it does not exist. "
+            f"Nothing is downloaded."
+        )
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data_dir={str(root)!r} is not a folder; it must be {_HOW}")
@@ -161,15 +176,18 @@ def _int_keys(meta_path, key: str, mapping) -> dict:
     try:
         return {int(k): str(v) for k, v in mapping.items()}
     except (TypeError, ValueError, AttributeError):
-        raise ValueError(f"{meta_path}: {key!r} must map integer keys to names, "
-                         f"e.g. {{\"0\": \"CT\"}}; got {mapping!r}") from None
+        raise ValueError(
+            f'{meta_path}: {key!r} must map integer keys to names, e.g. {{"0": "CT"}}; got {mapping!r}'
+        ) from None
 
 
 def _v2_labels(meta_path, mapping) -> dict:
     """nnU-Net v2's ``{"background": 0, "tumor": 1}`` (a region may list several values) as value -> name."""
     if "ignore" in mapping:
-        raise ValueError(f"{meta_path}: labels has 'ignore' (nnU-Net's unannotated pixels), which this reader "
-                         f"does not support; give those pixels a label or background")
+        raise ValueError(
+            f"{meta_path}: labels has 'ignore' (nnU-Net's unannotated pixels), which this reader "
+            f"does not support; give those pixels a label or background"
+        )
     out = {}
     for name, value in mapping.items():
         values = value if isinstance(value, list) else [value]
@@ -192,14 +210,16 @@ def _parse_json(meta_path: Path) -> dict:
     elif "channel_names" in meta:
         need = ("channel_names", "labels", "file_ending")
     else:
-        raise ValueError(f"{meta_path} has neither 'training' (MSD: training, labels, modality) nor "
-                         f"'channel_names' (nnU-Net v2: channel_names, labels, file_ending)")
+        raise ValueError(
+            f"{meta_path} has neither 'training' (MSD: training, labels, modality) nor "
+            f"'channel_names' (nnU-Net v2: channel_names, labels, file_ending)"
+        )
     missing = [k for k in need if k not in meta]
     if missing:
         raise ValueError(f"{meta_path} lacks {missing} (it needs {list(need)})")
     for k in need[1:]:
         if k == "file_ending" and not isinstance(meta[k], str):
-            raise ValueError(f"{meta_path}: file_ending={meta[k]!r} must be a string such as \".nii.gz\"")
+            raise ValueError(f'{meta_path}: file_ending={meta[k]!r} must be a string such as ".nii.gz"')
         if k != "file_ending" and (not isinstance(meta[k], dict) or not meta[k]):
             raise ValueError(f"{meta_path}: {k!r} must be a non-empty mapping, got {meta[k]!r}")
     return meta
@@ -212,25 +232,27 @@ def _channel_files(stem: str, ending: str, n: int) -> tuple:
 def _strip(name: str, endings) -> str:
     for e in endings:
         if name.endswith(e):
-            return name[:-len(e)]
+            return name[: -len(e)]
     return name
 
 
 def _msd_cases(root: Path, meta_path: Path, training, n_channels: int) -> list:
     if not isinstance(training, list):
-        raise ValueError(f"{meta_path}: 'training' must be a list of {{\"image\": ..., \"label\": ...}}")
+        raise ValueError(f'{meta_path}: \'training\' must be a list of {{"image": ..., "label": ...}}')
     cases = []
     for i, entry in enumerate(training):
-        if not (isinstance(entry, dict) and isinstance(entry.get("image"), str)
-                and isinstance(entry.get("label"), str)):
-            raise ValueError(f"{meta_path}: training[{i}]={entry!r} must be {{\"image\": path, \"label\": path}}")
+        if not (
+            isinstance(entry, dict) and isinstance(entry.get("image"), str) and isinstance(entry.get("label"), str)
+        ):
+            raise ValueError(f'{meta_path}: training[{i}]={entry!r} must be {{"image": path, "label": path}}')
         image, label = (posixpath.normpath(entry[k]) for k in ("image", "label"))
         images = (image,)
         if not (root / image).is_file():  # nnU-Net v1: the listed name, one file per channel
             stem = _strip(posixpath.basename(image), _NIFTI)
-            ending = image[len(posixpath.join(posixpath.dirname(image), stem)):]
-            per_channel = tuple(posixpath.join(posixpath.dirname(image), f"{stem}_{c:04d}{ending}")
-                                for c in range(n_channels))
+            ending = image[len(posixpath.join(posixpath.dirname(image), stem)) :]
+            per_channel = tuple(
+                posixpath.join(posixpath.dirname(image), f"{stem}_{c:04d}{ending}") for c in range(n_channels)
+            )
             if (root / per_channel[0]).is_file():
                 images = per_channel
         cases.append(CaseFiles(_strip(posixpath.basename(label), _NIFTI), images, label))
@@ -239,8 +261,9 @@ def _msd_cases(root: Path, meta_path: Path, training, n_channels: int) -> list:
 
 def _nnunet_cases(root: Path, meta_path: Path, ending, n_channels: int) -> list:
     if ending not in _NIFTI:
-        raise ValueError(f"{meta_path}: file_ending={ending!r} is not read; this reader reads NIfTI "
-                         f"({' or '.join(_NIFTI)})")
+        raise ValueError(
+            f"{meta_path}: file_ending={ending!r} is not read; this reader reads NIfTI ({' or '.join(_NIFTI)})"
+        )
     if not (root / "labelsTr").is_dir():
         raise ValueError(f"{root / 'labelsTr'} not found; data_dir must be {_HOW}")
     names = sorted(p.name for p in (root / "labelsTr").iterdir() if p.name.endswith(ending))
@@ -271,16 +294,28 @@ def read_task_folder(root) -> TaskFolder:
     if sorted(channels) != list(range(len(channels))):
         raise ValueError(f"{meta_path}: channel keys {sorted(channels)} must be 0, 1, ..., {len(channels) - 1}")
     channels = tuple(channels[c] for c in range(len(channels)))
-    cases = (_msd_cases(root, meta_path, meta["training"], len(channels)) if dialect == "msd"
-             else _nnunet_cases(root, meta_path, meta["file_ending"], len(channels)))
-    named_by = ("case {!r} of the training list in " + str(meta_path) if dialect == "msd"
-                else "a channel image of case {!r}, found in labelsTr/")
-    missing = [f"{root / p} not found ({named_by.format(c.case)})" for c in cases for p in (*c.images, c.label)
-               if not (root / p).is_file()]
+    cases = (
+        _msd_cases(root, meta_path, meta["training"], len(channels))
+        if dialect == "msd"
+        else _nnunet_cases(root, meta_path, meta["file_ending"], len(channels))
+    )
+    named_by = (
+        "case {!r} of the training list in " + str(meta_path)
+        if dialect == "msd"
+        else "a channel image of case {!r}, found in labelsTr/"
+    )
+    missing = [
+        f"{root / p} not found ({named_by.format(c.case)})"
+        for c in cases
+        for p in (*c.images, c.label)
+        if not (root / p).is_file()
+    ]
     _raise_all(missing, "files are missing")
     if len(cases) < 3:
-        raise ValueError(f"{meta_path}: {len(cases)} labelled case(s) found; at least 3 are needed "
-                         f"(one each for training, validation and test)")
+        raise ValueError(
+            f"{meta_path}: {len(cases)} labelled case(s) found; at least 3 are needed "
+            f"(one each for training, validation and test)"
+        )
     seen = set()
     for c in cases:
         if c.case in seen:
@@ -353,11 +388,14 @@ def _headers(task: TaskFolder) -> dict:
             want = 1 if len(c.images) == n_ch else n_ch
             got = 1 if len(img.shape) == 3 else (img.shape[3] if len(img.shape) == 4 else None)
             if got != want:
-                problems.append(f"{task.root / p} has shape {img.shape}; expected a 3-D volume"
-                                + (f" with {want} channels last ({list(task.channels)})" if want > 1 else ""))
+                problems.append(
+                    f"{task.root / p} has shape {img.shape}; expected a 3-D volume"
+                    + (f" with {want} channels last ({list(task.channels)})" if want > 1 else "")
+                )
             elif img.shape[:3] != label.shape[:3]:
-                problems.append(f"{lpath} has shape {label.shape[:3]} but its image {task.root / p} has "
-                                f"{img.shape[:3]}")
+                problems.append(
+                    f"{lpath} has shape {label.shape[:3]} but its image {task.root / p} has {img.shape[:3]}"
+                )
         shapes[c.case] = _canonical_shape(label)
     _raise_all(problems, "volumes are unusable")
     return shapes
@@ -375,15 +413,15 @@ def _read_case(task: TaskFolder, c: CaseFiles, window, allowed):
             img = nib.load(str(task.root / rel))
             return img, np.asarray(img.dataobj, dtype=np.float32)
         except Exception as err:  # gzip's EOFError, zlib.error, OSError, nibabel's errors ...
-            raise ValueError(f"cannot decode {task.root / rel}: {type(err).__name__}: {err} "
-                             f"(a truncated or corrupt file?)") from err
+            raise ValueError(
+                f"cannot decode {task.root / rel}: {type(err).__name__}: {err} (a truncated or corrupt file?)"
+            ) from err
 
     limg, ldata = decoded(c.label)
     mask = np.rint(_canonical_axial(SimpleNamespace(dataobj=ldata, affine=limg.affine))).astype(np.int64)
     bad = sorted(set(np.unique(mask).tolist()) - allowed)
     if bad:
-        raise ValueError(f"{task.root / c.label} has label values {bad} not in dataset.json's labels "
-                         f"{sorted(allowed)}")
+        raise ValueError(f"{task.root / c.label} has label values {bad} not in dataset.json's labels {sorted(allowed)}")
     vols = []
     for rel in c.images:
         img, data = decoded(rel)
@@ -394,8 +432,15 @@ def _read_case(task: TaskFolder, c: CaseFiles, window, allowed):
     return vols, mask
 
 
-def read_decathlon(root, *, size: int | None = None, foreground_only: bool = False, intensity_window=None,
-                   fractions=(0.6, 0.2, 0.2), seed: int = 0) -> DecathlonSlices:
+def read_decathlon(
+    root,
+    *,
+    size: int | None = None,
+    foreground_only: bool = False,
+    intensity_window=None,
+    fractions=(0.6, 0.2, 0.2),
+    seed: int = 0,
+) -> DecathlonSlices:
     """Reads a task folder's labelled cases as 2-D slices, split by case.
 
     Validation and test cases are drawn by
@@ -443,12 +488,15 @@ def read_decathlon(root, *, size: int | None = None, foreground_only: bool = Fal
             for c, hw in planes.items():
                 first.setdefault(hw, c)
             said = ", ".join(f"{h}x{w} (case {c!r})" for (h, w), c in first.items())
-            raise ValueError(f"the volumes' in-plane sizes differ: {said}; set image_size to resample every "
-                             f"slice to one size")
+            raise ValueError(
+                f"the volumes' in-plane sizes differ: {said}; set image_size to resample every slice to one size"
+            )
         h, w = next(iter(planes.values()))
         if h % 16 or w % 16:
-            raise ValueError(f"the volumes' in-plane size {h}x{w} is not a multiple of 16 (the U-Nets halve a "
-                             f"slice up to 4 times); set image_size to resample the slices")
+            raise ValueError(
+                f"the volumes' in-plane size {h}x{w} is not a multiple of 16 (the U-Nets halve a "
+                f"slice up to 4 times); set image_size to resample the slices"
+            )
     ids = [c.case for c in task.cases]
     split_of = dict(zip(ids, split_by_patient(ids, fractions, seed)))
     allowed = set(task.labels)
@@ -476,8 +524,11 @@ def read_decathlon(root, *, size: int | None = None, foreground_only: bool = Fal
             hint = " with foreground; set foreground_only=false or another seed" if foreground_only else ""
             raise ValueError(f"the {name} cases {sorted(c for c in ids if split_of[c] == name)} have no slice{hint}")
         out[name] = VolumeSlices(
-            images=np.concatenate([p[0] for p in ps]), masks=np.concatenate([p[1] for p in ps]),
-            case=np.asarray([p[2] for p in ps for _ in p[4]]), path=np.asarray([p[3] for p in ps for _ in p[4]]),
-            slice=np.concatenate([p[4] for p in ps]).astype(np.int64))
+            images=np.concatenate([p[0] for p in ps]),
+            masks=np.concatenate([p[1] for p in ps]),
+            case=np.asarray([p[2] for p in ps for _ in p[4]]),
+            path=np.asarray([p[3] for p in ps for _ in p[4]]),
+            slice=np.concatenate([p[4] for p in ps]).astype(np.int64),
+        )
     splits = {name: sorted(c for c in ids if split_of[c] == name) for name in parts}
     return DecathlonSlices(out["train"], out["val"], out["test"], splits, task.labels, task.channels, task.dialect)

@@ -36,8 +36,9 @@ def _label_map(x, name: str) -> torch.Tensor:
     """
     x = torch.as_tensor(x)
     if x.ndim < 2:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}; it must be (B, *S) or (B, 1, *S) labels, "
-                         f"or (B, C, *S) logits")
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}; it must be (B, *S) or (B, 1, *S) labels, or (B, C, *S) logits"
+        )
     if x.is_floating_point():
         if x.ndim < 3:
             raise ValueError(f"{name} is floating point of shape {tuple(x.shape)}: logits must be (B, C, *S)")
@@ -50,14 +51,17 @@ def _label_map(x, name: str) -> torch.Tensor:
 def _pair(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
     pred_map, target_map = _label_map(pred, "pred"), _label_map(target, "target")
     if target_map.shape != pred_map.shape:
-        raise ValueError(f"pred {tuple(torch.as_tensor(pred).shape)} and target "
-                         f"{tuple(torch.as_tensor(target).shape)} are not label maps of the same shape: "
-                         f"{tuple(pred_map.shape)} vs {tuple(target_map.shape)} as (B, 1, *S)")
+        raise ValueError(
+            f"pred {tuple(torch.as_tensor(pred).shape)} and target "
+            f"{tuple(torch.as_tensor(target).shape)} are not label maps of the same shape: "
+            f"{tuple(pred_map.shape)} vs {tuple(target_map.shape)} as (B, 1, *S)"
+        )
     return pred_map, target_map.to(pred_map.device)
 
 
-def dice_per_image(pred, target, *, num_classes: int | None = None, include_background: bool = False,
-                   ignore_empty: bool = True) -> torch.Tensor:
+def dice_per_image(
+    pred, target, *, num_classes: int | None = None, include_background: bool = False, ignore_empty: bool = True
+) -> torch.Tensor:
     """Dice of each image, averaged over its classes, by MONAI's ``DiceMetric``.
 
     Args:
@@ -94,10 +98,16 @@ def dice_per_image(pred, target, *, num_classes: int | None = None, include_back
     pred_map, target_map = _pair(pred, target)
     for name, m in (("pred", pred_map), ("target", target_map)):
         if m.numel() and (m.min() < 0 or m.max() >= num_classes):
-            raise ValueError(f"{name} holds labels in [{m.min().item()}, {m.max().item()}]; with "
-                             f"num_classes={num_classes} they must lie in [0, {num_classes - 1}]")
-    metric = DiceMetric(include_background=bool(include_background), reduction="none",
-                        ignore_empty=bool(ignore_empty), num_classes=int(num_classes))
+            raise ValueError(
+                f"{name} holds labels in [{m.min().item()}, {m.max().item()}]; with "
+                f"num_classes={num_classes} they must lie in [0, {num_classes - 1}]"
+            )
+    metric = DiceMetric(
+        include_background=bool(include_background),
+        reduction="none",
+        ignore_empty=bool(ignore_empty),
+        num_classes=int(num_classes),
+    )
     scores = metric(pred_map, target_map)  # (B, classes counted)
     return torch.nanmean(scores.float(), dim=1)
 
@@ -122,8 +132,10 @@ def _masks(pred, target) -> tuple[np.ndarray, np.ndarray]:
     p = torch.as_tensor(pred).detach().cpu()
     t = torch.as_tensor(target).detach().cpu()
     if p.shape != t.shape or p.ndim < 2:
-        raise ValueError(f"pred_mask {tuple(p.shape)} and target_mask {tuple(t.shape)} must be masks of "
-                         f"the same shape (B, *S) or (B, 1, *S)")
+        raise ValueError(
+            f"pred_mask {tuple(p.shape)} and target_mask {tuple(t.shape)} must be masks of "
+            f"the same shape (B, *S) or (B, 1, *S)"
+        )
     p, t = p.numpy() != 0, t.numpy() != 0
     if p.ndim > 2 and p.shape[1] == 1:
         p, t = p[:, 0], t[:, 0]

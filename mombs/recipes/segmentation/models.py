@@ -129,5 +129,7 @@ def seg_feature_module(model: nn.Module) -> str:
             name, level = f"{name}.1.submodule", level[1].submodule
         if name != "model":
             return name
-    raise ValueError(f"model={kind} is not a MONAI UNet or BasicUNet; name the encoder output "
-                     f"yourself (at=) from its named_modules()")
+    raise ValueError(
+        f"model={kind} is not a MONAI UNet or BasicUNet; name the encoder output "
+        f"yourself (at=) from its named_modules()"
+    )

@@ -27,24 +27,32 @@ def _label_issues(run: FinishedRun, loss: np.ndarray, unc: np.ndarray) -> tuple[
     x, given = data.x_train, data.y_train.numpy()
     parts, preds, fg = [], [], []
     for s, probs in predict_probs(run.model, x.to(device)):  # chunked: a whole set of maps may not fit
-        parts.append(mask_issue_scores(probs, given[s:s + len(probs)]))
+        parts.append(mask_issue_scores(probs, given[s : s + len(probs)]))
         preds.append(probs.argmax(1).astype(np.uint8))
         fg.append((1.0 - probs[:, 0]).astype(np.float16))
     scores = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     pred, fg_prob = np.concatenate(preds), np.concatenate(fg)
     ranking = dense_score(run.recipe.issue_score, scores, loss, unc)
     pick = np.sort(np.argsort(-ranking, kind="stable")[:ISSUE_PICTURES])
-    issue_map = mask_issue_map(np.stack([1.0 - fg_prob[pick], fg_prob[pick]], 1).astype(np.float32),
-                               np.minimum(given[pick], 1))
+    issue_map = mask_issue_map(
+        np.stack([1.0 - fg_prob[pick], fg_prob[pick]], 1).astype(np.float32), np.minimum(given[pick], 1)
+    )
     clean = data.y_train_clean[pick] if data.y_train_clean is not None else np.zeros_like(given[pick])
     from .synthetic_ct import CORRUPTIONS
 
-    z = {**{f"score_{k}": v for k, v in scores.items() if k in MASK_SCORES},
-         "predicted_area": scores["predicted_area"], "given_area": scores["given_area"], "kind": mask_issue_kind(scores),
-         "corruption_names": np.asarray(CORRUPTIONS),
-         "pic_index": pick, "pic_image": x[pick, 0].numpy().astype(np.float16),
-         "pic_given": given[pick].astype(np.uint8), "pic_pred": pred[pick], "pic_clean": clean.astype(np.uint8),
-         "pic_map": issue_map.astype(np.float16)}
+    z = {
+        **{f"score_{k}": v for k, v in scores.items() if k in MASK_SCORES},
+        "predicted_area": scores["predicted_area"],
+        "given_area": scores["given_area"],
+        "kind": mask_issue_kind(scores),
+        "corruption_names": np.asarray(CORRUPTIONS),
+        "pic_index": pick,
+        "pic_image": x[pick, 0].numpy().astype(np.float16),
+        "pic_given": given[pick].astype(np.uint8),
+        "pic_pred": pred[pick],
+        "pic_clean": clean.astype(np.uint8),
+        "pic_map": issue_map.astype(np.float16),
+    }
     atomic_npz(run.out / "label_issues.npz", **z)
     return scores, pred
 
@@ -53,10 +61,16 @@ def _flagged_examples(x, y_given, y_clean, pred, codes, loss, corruption) -> dic
     """The highest-loss slices of each quadrant, for the report's picture grid."""
     picks = flagged_picks(codes, loss)
     xs = x[picks].cpu().numpy()
-    return {"index": picks, "image": xs[:, 0].astype(np.float16), "given": y_given[picks].astype(np.uint8),
-            "clean": (y_clean[picks] if y_clean is not None else np.zeros_like(y_given[picks])).astype(np.uint8),
-            "pred": pred[picks].astype(np.uint8), "codes": codes[picks], "loss": loss[picks],
-            "corruption": corruption[picks] if corruption is not None else np.full(len(picks), -1)}
+    return {
+        "index": picks,
+        "image": xs[:, 0].astype(np.float16),
+        "given": y_given[picks].astype(np.uint8),
+        "clean": (y_clean[picks] if y_clean is not None else np.zeros_like(y_given[picks])).astype(np.uint8),
+        "pred": pred[picks].astype(np.uint8),
+        "codes": codes[picks],
+        "loss": loss[picks],
+        "corruption": corruption[picks] if corruption is not None else np.full(len(picks), -1),
+    }
 
 
 def summarize(run: FinishedRun) -> dict:
@@ -78,8 +92,11 @@ def summarize(run: FinishedRun) -> dict:
     with best_state(run) as swapped:
         dice_best_val = evaluate_segmentation(model, parts.test)[0] if swapped else dice
     groups = data.size_group_test
-    by_group = {g: mean_dice(per_image[groups == i]) if (groups == i).any() else None
-                for i, g in enumerate(SIZE_GROUPS) if g != "empty"}
+    by_group = {
+        g: mean_dice(per_image[groups == i]) if (groups == i).any() else None
+        for i, g in enumerate(SIZE_GROUPS)
+        if g != "empty"
+    }
     small = np.isin(groups, [SIZE_GROUPS.index("tiny"), SIZE_GROUPS.index("small")])
     found, total = lesion_sensitivity(pred, y_te.cpu().numpy())
     empty = groups == 0
@@ -88,30 +105,49 @@ def summarize(run: FinishedRun) -> dict:
     loss, unc, q = final_assessment(run)
     issue_scores, train_pred = _label_issues(run, loss, unc)
     noisy = data.noisy_train
-    atomic_npz(run.out / "assessment.npz", loss=loss, uncertainty=unc, codes=q.codes,
-               noisy=noisy if noisy is not None else np.zeros(0, bool),
-               corruption=data.corruption if data.corruption is not None else np.zeros(0, np.int64),
-               size_group=data.size_group_train)
-    atomic_npz(run.out / "flagged.npz", **_flagged_examples(
-        data.x_train, data.y_train.numpy(), data.y_train_clean, train_pred, q.codes, loss, data.corruption))
-    res = {"dice": dice, "dice_best_val": dice_best_val,
-           "small_dice": mean_dice(per_image[small]) if small.any() else None,
-           "dice_by_size": by_group, "lesion_sensitivity": found / total if total else None,
-           "lesions": int(total), "false_positive_empty": fp_empty,
-           "train_size": int(len(data.y_train)), "quadrant_counts": q.counts}
+    atomic_npz(
+        run.out / "assessment.npz",
+        loss=loss,
+        uncertainty=unc,
+        codes=q.codes,
+        noisy=noisy if noisy is not None else np.zeros(0, bool),
+        corruption=data.corruption if data.corruption is not None else np.zeros(0, np.int64),
+        size_group=data.size_group_train,
+    )
+    atomic_npz(
+        run.out / "flagged.npz",
+        **_flagged_examples(
+            data.x_train, data.y_train.numpy(), data.y_train_clean, train_pred, q.codes, loss, data.corruption
+        ),
+    )
+    res = {
+        "dice": dice,
+        "dice_best_val": dice_best_val,
+        "small_dice": mean_dice(per_image[small]) if small.any() else None,
+        "dice_by_size": by_group,
+        "lesion_sensitivity": found / total if total else None,
+        "lesions": int(total),
+        "false_positive_empty": fp_empty,
+        "train_size": int(len(data.y_train)),
+        "quadrant_counts": q.counts,
+    }
     if noisy is not None and noisy.any():
         res["noisy_fit"] = run.log[-1].get("noisy_fit")
         poor = q.mask("poorly-labeled")
-        found_by = noise_detection(noisy, {"difficulty": difficulty_scores(loss, unc), "loss": loss,
-                                           "uncertainty": unc}, poor)
+        found_by = noise_detection(
+            noisy, {"difficulty": difficulty_scores(loss, unc), "loss": loss, "uncertainty": unc}, poor
+        )
         found_by["recall_by_corruption"] = {
             name: float(poor[data.corruption == i].mean())
-            for i, name in enumerate(CORRUPTIONS) if i and (data.corruption == i).any()}
+            for i, name in enumerate(CORRUPTIONS)
+            if i and (data.corruption == i).any()
+        }
         res["noise_detection"] = found_by
         named = [k for k in ("disagreement", "region_error", "area", "cleanlab") if k in issue_scores]
         flag = run.recipe.issue_flag
         res["label_issue_detection"] = noise_detection(
-            noisy, {"loss": loss, **{k: issue_scores[k] for k in named}}, issue_scores[flag] >= DENSE_FLAGS[flag])
+            noisy, {"loss": loss, **{k: issue_scores[k] for k in named}}, issue_scores[flag] >= DENSE_FLAGS[flag]
+        )
         res["label_issue_detection"].update(score=run.recipe.issue_score, flag=f"{flag} >= {DENSE_FLAGS[flag]:g}")
     return res
 

@@ -22,8 +22,15 @@ import numpy as np
 
 from .covid_ct import _window_images
 
-__all__ = ["CORRUPTIONS", "SIZE_GROUPS", "DEFAULT_NOISE_MIX", "SegSplit", "SyntheticCT",
-           "make_synthetic_ct", "size_group_of"]
+__all__ = [
+    "CORRUPTIONS",
+    "SIZE_GROUPS",
+    "DEFAULT_NOISE_MIX",
+    "SegSplit",
+    "SyntheticCT",
+    "make_synthetic_ct",
+    "size_group_of",
+]
 
 #: Corruption codes: ``corruption == k`` means ``CORRUPTIONS[k]``.
 CORRUPTIONS = ("none", "missed", "eroded", "dilated", "shifted", "swapped")
@@ -98,6 +105,7 @@ class SegSplit:
         """
         import torch
         from torch.utils.data import TensorDataset
+
         masks = self.clean_masks if clean else self.masks
         return TensorDataset(torch.from_numpy(self.images), torch.from_numpy(masks))
 
@@ -136,10 +144,16 @@ def size_group_of(area, image_area: int) -> np.ndarray:
 
 
 def _check_range(name, value, lo, hi, *, integer=False):
-    ok = (isinstance(value, tuple) and len(value) == 2
-          and all(isinstance(v, (int, np.integer) if integer else (int, float, np.integer, np.floating))
-                  and not isinstance(v, bool) for v in value)
-          and lo <= value[0] <= value[1] <= hi)
+    ok = (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(
+            isinstance(v, (int, np.integer) if integer else (int, float, np.integer, np.floating))
+            and not isinstance(v, bool)
+            for v in value
+        )
+        and lo <= value[0] <= value[1] <= hi
+    )
     if not ok:
         kind = "integers" if integer else "numbers"
         raise ValueError(f"{name}={value!r} must be a tuple (low, high) of {kind} with {lo} <= low <= high <= {hi}")
@@ -174,7 +188,7 @@ def _apportion(total: int, shares: np.ndarray) -> np.ndarray:
     raw = total * shares
     counts = np.floor(raw).astype(np.int64)
     order = np.argsort(-(raw - counts), kind="stable")
-    counts[order[:total - counts.sum()]] += 1
+    counts[order[: total - counts.sum()]] += 1
     return counts
 
 
@@ -196,15 +210,37 @@ def _draw_image(rng, size, n_lesions, radius_px, contrast_hu, n_vessels):
 
     h = w = size
     hu = np.full((h, w), _AIR)
-    body = _blob(h, w, h / 2 + rng.normal(0, 0.01 * h), w / 2 + rng.normal(0, 0.01 * w),
-                 rng.uniform(0.32, 0.38) * h, rng.uniform(0.42, 0.47) * w, rng.normal(0, 0.05),
-                 rng.uniform(0, 0.03, 3), rng.uniform(0, 2 * np.pi, 3)) <= 1
+    body = (
+        _blob(
+            h,
+            w,
+            h / 2 + rng.normal(0, 0.01 * h),
+            w / 2 + rng.normal(0, 0.01 * w),
+            rng.uniform(0.32, 0.38) * h,
+            rng.uniform(0.42, 0.47) * w,
+            rng.normal(0, 0.05),
+            rng.uniform(0, 0.03, 3),
+            rng.uniform(0, 2 * np.pi, 3),
+        )
+        <= 1
+    )
     hu[body] = _SOFT
     lung = np.zeros((h, w), dtype=bool)
     for side in (-1, 1):
-        lung |= _blob(h, w, h * rng.uniform(0.47, 0.52), w * (0.5 + side * rng.uniform(0.19, 0.22)),
-                      rng.uniform(0.22, 0.26) * h, rng.uniform(0.12, 0.15) * w, side * rng.uniform(0, 0.15),
-                      rng.uniform(0, 0.06, 3), rng.uniform(0, 2 * np.pi, 3)) <= 1
+        lung |= (
+            _blob(
+                h,
+                w,
+                h * rng.uniform(0.47, 0.52),
+                w * (0.5 + side * rng.uniform(0.19, 0.22)),
+                rng.uniform(0.22, 0.26) * h,
+                rng.uniform(0.12, 0.15) * w,
+                side * rng.uniform(0, 0.15),
+                rng.uniform(0, 0.06, 3),
+                rng.uniform(0, 2 * np.pi, 3),
+            )
+            <= 1
+        )
     lung &= body
     # parenchyma texture: smoothed noise, so faint lesions compete with structure, not only pixel noise
     texture = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 1.2)
@@ -224,8 +260,17 @@ def _draw_image(rng, size, n_lesions, radius_px, contrast_hu, n_vessels):
             cy, cx = divmod(int(rng.choice(lung_pix)), w)
             rad = float(np.exp(rng.uniform(*np.log(radius_px))))
             aspect = rng.uniform(0.6, 1.0)
-            r = _blob(h, w, cy, cx, rad * aspect, rad, rng.uniform(0, np.pi),
-                      rng.uniform(0, 0.15, 3) * (rad > 3), rng.uniform(0, 2 * np.pi, 3))
+            r = _blob(
+                h,
+                w,
+                cy,
+                cx,
+                rad * aspect,
+                rad,
+                rng.uniform(0, np.pi),
+                rng.uniform(0, 0.15, 3) * (rad > 3),
+                rng.uniform(0, 2 * np.pi, 3),
+            )
             inside = (r <= 1) & lung
             area = int(inside.sum())
             # keep lesions visible as lesions: enough pixels in the lung, mostly not under an earlier one
@@ -242,7 +287,7 @@ def _draw_image(rng, size, n_lesions, radius_px, contrast_hu, n_vessels):
         instances[inside & (instances == 0)] = label
         rows.append((label, contrast, rad))
     hu = ndimage.gaussian_filter(hu, 0.5)  # partial volume: scanners blur every edge a little
-    hu += rng.normal(0, 12.0, (h, w))      # quantum noise
+    hu += rng.normal(0, 12.0, (h, w))  # quantum noise
     return hu.astype(np.float32), instances, rows
 
 
@@ -262,25 +307,34 @@ def _make_split(seed, split, n, size, cfg):
             table["area"].append(int((instances[i] == label).sum()))
             table["contrast"].append(contrast)
             table["radius"].append(rad)
-    lesions = {"image": np.asarray(table["image"], dtype=np.int64),
-               "label": np.asarray(table["label"], dtype=np.int64),
-               "area": np.asarray(table["area"], dtype=np.int64),
-               "contrast": np.asarray(table["contrast"], dtype=np.float64),
-               "radius": np.asarray(table["radius"], dtype=np.float64)}
+    lesions = {
+        "image": np.asarray(table["image"], dtype=np.int64),
+        "label": np.asarray(table["label"], dtype=np.int64),
+        "area": np.asarray(table["area"], dtype=np.int64),
+        "contrast": np.asarray(table["contrast"], dtype=np.float64),
+        "radius": np.asarray(table["radius"], dtype=np.float64),
+    }
     lesions["group"] = size_group_of(lesions["area"], size * size)
     clean = (instances > 0).astype(np.int64)
-    return SegSplit(images=_window_images(images, cfg["windows"]), masks=clean.copy(), clean_masks=clean,
-                    instances=instances, corruption=np.zeros(n, dtype=np.int64),
-                    swap_source=np.full(n, -1, dtype=np.int64),
-                    size_group=size_group_of(clean.sum(axis=(1, 2)), size * size), lesions=lesions)
+    return SegSplit(
+        images=_window_images(images, cfg["windows"]),
+        masks=clean.copy(),
+        clean_masks=clean,
+        instances=instances,
+        corruption=np.zeros(n, dtype=np.int64),
+        swap_source=np.full(n, -1, dtype=np.int64),
+        size_group=size_group_of(clean.sum(axis=(1, 2)), size * size),
+        lesions=lesions,
+    )
 
 
 def _shift(mask, dy, dx):
     """``mask`` moved by ``(dy, dx)`` pixels; what leaves the image is lost, nothing wraps around."""
     out = np.zeros_like(mask)
     h, w = mask.shape
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        mask[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
@@ -325,12 +379,24 @@ def _corrupt(split: SegSplit, n_noisy: int, mix: np.ndarray, seed: int, cfg) -> 
         split.corruption[i] = kind
 
 
-def make_synthetic_ct(n_train: int = 300, n_val: int = 100, n_test: int = 100, *, size: int = 64,
-                      noise_fraction: float = 0.3, noise_mix: dict | None = None, seed: int = 0,
-                      windows: str | None = "lung", empty_fraction: float = 0.1, max_lesions: int = 4,
-                      radius_range: tuple = (0.02, 0.16), contrast_range: tuple = (60.0, 700.0),
-                      vessels_per_image: float = 6, border_iterations: tuple = (1, 3),
-                      shift_pixels: tuple = (2, 5)) -> SyntheticCT:
+def make_synthetic_ct(
+    n_train: int = 300,
+    n_val: int = 100,
+    n_test: int = 100,
+    *,
+    size: int = 64,
+    noise_fraction: float = 0.3,
+    noise_mix: dict | None = None,
+    seed: int = 0,
+    windows: str | None = "lung",
+    empty_fraction: float = 0.1,
+    max_lesions: int = 4,
+    radius_range: tuple = (0.02, 0.16),
+    contrast_range: tuple = (60.0, 700.0),
+    vessels_per_image: float = 6,
+    border_iterations: tuple = (1, 3),
+    shift_pixels: tuple = (2, 5),
+) -> SyntheticCT:
     """Builds a synthetic CT-like lesion segmentation set with planted annotation noise.
 
     Each slice has air, a soft-tissue body and two lung fields with smoothed
@@ -388,16 +454,17 @@ def make_synthetic_ct(n_train: int = 300, n_val: int = 100, n_test: int = 100, *
     _check_count("max_lesions", max_lesions, 1)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed={seed!r} must be an integer >= 0")
-    if not isinstance(noise_fraction, (int, float)) or isinstance(noise_fraction, bool) \
-            or not 0 <= noise_fraction <= 1:
+    if not isinstance(noise_fraction, (int, float)) or isinstance(noise_fraction, bool) or not 0 <= noise_fraction <= 1:
         raise ValueError(f"noise_fraction={noise_fraction!r} must be a number in [0, 1]")
-    if not isinstance(empty_fraction, (int, float)) or isinstance(empty_fraction, bool) \
-            or not 0 <= empty_fraction < 1:
+    if not isinstance(empty_fraction, (int, float)) or isinstance(empty_fraction, bool) or not 0 <= empty_fraction < 1:
         raise ValueError(f"empty_fraction={empty_fraction!r} must be a number in [0, 1)")
     if windows not in ("lung", "three", None):
         raise ValueError(f"windows={windows!r} must be 'lung', 'three' or None")
-    if not isinstance(vessels_per_image, (int, float)) or isinstance(vessels_per_image, bool) \
-            or not vessels_per_image >= 0:
+    if (
+        not isinstance(vessels_per_image, (int, float))
+        or isinstance(vessels_per_image, bool)
+        or not vessels_per_image >= 0
+    ):
         raise ValueError(f"vessels_per_image={vessels_per_image!r} must be a number >= 0")
     radius_range, contrast_range = tuple(radius_range), tuple(contrast_range)
     border_iterations, shift_pixels = tuple(border_iterations), tuple(shift_pixels)
@@ -406,21 +473,41 @@ def make_synthetic_ct(n_train: int = 300, n_val: int = 100, n_test: int = 100, *
     _check_range("border_iterations", border_iterations, 1, size, integer=True)
     _check_range("shift_pixels", shift_pixels, 1, size // 2, integer=True)
     mix = _resolve_mix(DEFAULT_NOISE_MIX if noise_mix is None else noise_mix)
-    cfg = dict(n_train=n_train, n_val=n_val, n_test=n_test, size=size, noise_fraction=float(noise_fraction),
-               noise_mix=dict(zip(CORRUPTIONS[1:], mix.tolist())), seed=int(seed), windows=windows,
-               empty_fraction=float(empty_fraction), max_lesions=int(max_lesions), radius_range=radius_range,
-               contrast_range=contrast_range, vessels_per_image=vessels_per_image,
-               border_iterations=border_iterations, shift_pixels=shift_pixels)
+    cfg = dict(
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        size=size,
+        noise_fraction=float(noise_fraction),
+        noise_mix=dict(zip(CORRUPTIONS[1:], mix.tolist())),
+        seed=int(seed),
+        windows=windows,
+        empty_fraction=float(empty_fraction),
+        max_lesions=int(max_lesions),
+        radius_range=radius_range,
+        contrast_range=contrast_range,
+        vessels_per_image=vessels_per_image,
+        border_iterations=border_iterations,
+        shift_pixels=shift_pixels,
+    )
     train = _make_split(seed, "train", n_train, size, cfg)
     n_noisy = int(round(noise_fraction * n_train))
     n_lesion = int(train.clean_masks.any(axis=(1, 2)).sum())
     if n_noisy > n_lesion:
-        raise ValueError(f"noise_fraction={noise_fraction!r} asks for {n_noisy} corrupted masks but only "
-                         f"{n_lesion} of {n_train} training slices have a lesion to corrupt; lower "
-                         f"noise_fraction or empty_fraction (={empty_fraction!r})")
+        raise ValueError(
+            f"noise_fraction={noise_fraction!r} asks for {n_noisy} corrupted masks but only "
+            f"{n_lesion} of {n_train} training slices have a lesion to corrupt; lower "
+            f"noise_fraction or empty_fraction (={empty_fraction!r})"
+        )
     if mix[CORRUPTIONS.index("swapped") - 1] > 0 and n_lesion < 2 and n_noisy > 0:
-        raise ValueError(f"noise_mix gives 'swapped' a weight but only {n_lesion} training slice(s) have a "
-                         f"lesion; a swapped mask needs another one (raise n_train)")
+        raise ValueError(
+            f"noise_mix gives 'swapped' a weight but only {n_lesion} training slice(s) have a "
+            f"lesion; a swapped mask needs another one (raise n_train)"
+        )
     _corrupt(train, n_noisy, mix, seed, cfg)
-    return SyntheticCT(train=train, val=_make_split(seed, "val", n_val, size, cfg),
-                       test=_make_split(seed, "test", n_test, size, cfg), config=cfg)
+    return SyntheticCT(
+        train=train,
+        val=_make_split(seed, "val", n_val, size, cfg),
+        test=_make_split(seed, "test", n_test, size, cfg),
+        config=cfg,
+    )

@@ -74,7 +74,7 @@ def evaluate_segmentation(model, split, batch_size: int = EVAL_BATCH_SIZE) -> tu
     preds = []
     with torch.no_grad():
         for s in range(0, len(x), batch_size):
-            preds.append(model(x[s:s + batch_size]).argmax(1).to(torch.uint8).cpu())
+            preds.append(model(x[s : s + batch_size]).argmax(1).to(torch.uint8).cpu())
     pred = torch.cat(preds) if preds else torch.zeros((0, *y.shape[1:]), dtype=torch.uint8)
     dice = dice_per_image(pred.long(), y.cpu(), num_classes=2)
     return mean_dice(dice), pred.numpy()
@@ -95,7 +95,7 @@ def predict_probs(model, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE):
     model.eval()
     with torch.no_grad():
         for s in range(0, len(x), batch_size):
-            yield s, model(x[s:s + batch_size]).float().softmax(1).cpu().numpy()
+            yield s, model(x[s : s + batch_size]).float().softmax(1).cpu().numpy()
 
 
 def create_model(cfg, data) -> nn.Module:
@@ -115,7 +115,14 @@ def parts(cfg, data, model, device) -> TaskParts:
         return x.to(device), torch.as_tensor(y).to(device)
 
     return TaskParts(
-        model=model, at=seg_feature_module(model), train_data=TensorDataset(*on_device(data.x_train, data.y_train)),
-        val=on_device(data.x_val, data.y_val), test=on_device(data.x_test, data.y_test),
-        evaluate=evaluate_segmentation, loss_fn=DiceCELoss().to(device), fit_fn=dice_fit, task=SEG_TASK,
-        head=getattr(model, "fc", None))
+        model=model,
+        at=seg_feature_module(model),
+        train_data=TensorDataset(*on_device(data.x_train, data.y_train)),
+        val=on_device(data.x_val, data.y_val),
+        test=on_device(data.x_test, data.y_test),
+        evaluate=evaluate_segmentation,
+        loss_fn=DiceCELoss().to(device),
+        fit_fn=dice_fit,
+        task=SEG_TASK,
+        head=getattr(model, "fc", None),
+    )
