@@ -13,8 +13,10 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev]'
+	# --no-compile: Python compiles each module on its first import instead; writing
+	# bytecode for all of torch up front costs about half a minute that no test uses.
+	$(PY) -m pip install -q --no-compile $(TORCH_PINS)
+	$(PY) -m pip install -q --no-compile -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
