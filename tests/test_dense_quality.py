@@ -63,6 +63,17 @@ def test_mask_scores_on_hand_computed_cases():
     assert mask_issue_scores(_probs(fg), given, border=1, cleanlab=False)["region_error"][1] < 0.9
 
 
+def test_a_foreground_pixel_of_the_wrong_class_is_no_overlap():
+    prob = np.zeros((1, 3, 2, 2), dtype=np.float32)
+    prob[0, 0] = 1.0
+    prob[0, :, 0, 0] = [0.0, 0.1, 0.9]  # the model says class 2 where the mask says class 1
+    given = np.zeros((1, 2, 2), dtype=np.int64)
+    given[0, 0, 0] = 1
+    s = mask_issue_scores(prob, given, border=0, cleanlab=False)
+    assert s["disagreement"][0] == 1.0 and s["area"][0] == 0.0
+    assert s["region_error"][0] == pytest.approx(0.9)
+
+
 def test_cleanlab_mask_score_is_one_minus_cleanlabs():
     pytest.importorskip("cleanlab")
     from cleanlab.segmentation.rank import get_label_quality_scores

@@ -57,12 +57,9 @@ def _check(prob, given) -> tuple[np.ndarray, np.ndarray]:
     return p.astype(np.float32, copy=False), g.astype(np.int64, copy=False)
 
 
-def _areas(pred_fg: np.ndarray, given_fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = pred_fg.shape[0]
-    a_pred = pred_fg.reshape(n, -1).sum(1).astype(np.float64)
-    a_given = given_fg.reshape(n, -1).sum(1).astype(np.float64)
-    inter = (pred_fg & given_fg).reshape(n, -1).sum(1).astype(np.float64)
-    return a_pred, a_given, inter
+def _pixels(mask: np.ndarray) -> np.ndarray:
+    """``(N,)`` float64: the true pixels of each image of an ``(N, H, W)`` bool mask."""
+    return mask.reshape(mask.shape[0], -1).sum(1).astype(np.float64)
 
 
 def _ring(fg: np.ndarray, border: int) -> np.ndarray:
@@ -108,10 +105,12 @@ def mask_issue_scores(prob, given, *, border: int = 2, cleanlab: bool | None = N
     n = p.shape[0]
     pred = p.argmax(1)
     pred_fg, given_fg = pred > 0, g > 0
-    a_pred, a_given, inter = _areas(pred_fg, given_fg)
+    a_pred, a_given = _pixels(pred_fg), _pixels(given_fg)
     total = a_pred + a_given
-    same_class = ((pred == g) & given_fg).reshape(n, -1).sum(1).astype(np.float64)
-    dice = np.where(total > 0, 2 * np.minimum(inter, same_class) / np.maximum(total, 1), 1.0)
+    # foreground pixels predicted as their given class (with several foreground classes, a
+    # pixel of the wrong class is not an overlap)
+    agree = _pixels((pred == g) & given_fg)
+    dice = np.where(total > 0, 2 * agree / np.maximum(total, 1), 1.0)
     region = _ring(pred_fg | given_fg, border)
     p_given = np.take_along_axis(p, g[:, None], axis=1)[:, 0]
     count = region.reshape(n, -1).sum(1)
