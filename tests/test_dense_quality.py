@@ -224,33 +224,29 @@ def test_dense_table_ranks_flags_and_names_the_score():
     assert q.flag_rule.startswith("poorly-labeled quadrant")
 
 
-@pytest.mark.parametrize("task", ["segmentation", "detection"])
-def test_the_default_score_is_the_one_the_committed_choice_cells_pick(task):
+def _benchmark():
+    """``benchmarks/dense_label_issues.py`` as a module (it is a script, not a package)."""
     import importlib.util
     from pathlib import Path
-
-    from mombs.recipes import get_recipe
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "dense_label_issues.py"
     spec = importlib.util.spec_from_file_location("dense_label_issues", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_the_default_score_is_the_one_the_committed_choice_cells_pick(task):
+    from mombs.recipes import get_recipe
+
+    bench = _benchmark()
     pick = bench.choose(task)
     if not pick:
         pytest.skip(f"no committed choice cells for {task}")
     assert get_recipe(task).issue_score == pick["score"]
 
 
-def test_docs_quality_dense_tables_are_fresh():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    res = subprocess.run(
-        [sys.executable, str(root / "benchmarks" / "dense_label_issues.py"), "--table", "--check"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+def test_docs_quality_dense_tables_are_fresh(capsys):
+    bench = _benchmark()
+    assert bench.main(["--table", "--check"]) == 0, capsys.readouterr().out[-3000:]
