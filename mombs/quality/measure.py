@@ -41,14 +41,12 @@ def eval_pass(assessor) -> tuple[np.ndarray, np.ndarray]:
     """
     import torch
 
-    from ..assessment import _normal_device, assessment_pass
+    from ..assessment import assessment_pass
     from ..assessor import DifficultyAssessor
 
     if not isinstance(assessor, DifficultyAssessor):
         raise ValueError(f"assessor must be a mombs.DifficultyAssessor, got {type(assessor).__name__}")
-    device = (
-        _normal_device(assessor.device) if assessor.device is not None else next(assessor.model.parameters()).device
-    )
+    device = assessor._device()  # where the assessor's own passes run
     (_, loss), (_, unc) = assessment_pass(
         assessor.model,
         assessor.dataset,

@@ -63,25 +63,11 @@ def _scatter(res: dict, out: Path) -> str | None:
 
 def _flagged_boxes_grid(res: dict, out: Path) -> str | None:
     """Image, given boxes, clean boxes, detections."""
-    from matplotlib.patches import Rectangle
 
     from .synthetic_det import DET_CORRUPTIONS
 
     def draw(ax, z, m):
-        for key, colour, style in (("clean", "lime", "-"), ("given", "red", "--"), ("det", "cyan", "-")):
-            for x1, y1, x2, y2 in z[key][m]:
-                if np.isfinite(x1):
-                    ax.add_patch(
-                        Rectangle(
-                            (x1 - 0.5, y1 - 0.5),
-                            x2 - x1,
-                            y2 - y1,
-                            fill=False,
-                            edgecolor=colour,
-                            linestyle=style,
-                            linewidth=0.8,
-                        )
-                    )
+        _draw_boxes(ax, ((z["clean"][m], "lime", "-"), (z["given"][m], "red", "--"), (z["det"][m], "cyan", "-")))
 
     return quadrant_grid(
         res,
@@ -94,6 +80,26 @@ def _flagged_boxes_grid(res: dict, out: Path) -> str | None:
     )
 
 
+def _draw_boxes(ax, sets) -> None:
+    """Outlines ``(boxes (n, 4) NaN-padded, colour, line style)`` sets of ``(x1, y1, x2, y2)`` boxes on ``ax``."""
+    from matplotlib.patches import Rectangle
+
+    for boxes, colour, style in sets:
+        for x1, y1, x2, y2 in boxes:
+            if np.isfinite(x1):
+                ax.add_patch(
+                    Rectangle(
+                        (x1 - 0.5, y1 - 0.5),
+                        x2 - x1,
+                        y2 - y1,
+                        fill=False,
+                        edgecolor=colour,
+                        linestyle=style,
+                        linewidth=0.8,
+                    )
+                )
+
+
 def run_figures(res: dict, out: Path) -> list[str]:
     """One run's loss-uncertainty scatter by box corruption, and its quadrants' highest-loss images."""
     return [f for f in (_scatter(res, out), _flagged_boxes_grid(res, out)) if f]
@@ -101,23 +107,11 @@ def run_figures(res: dict, out: Path) -> list[str]:
 
 def issue_pictures(z: dict, quality, out: Path, per_grid: int) -> list:
     """``diagnose``'s grid: each suspect image with its given boxes and the detections."""
-    from matplotlib.patches import Rectangle
 
     def draw(ax, z, m):
-        for key, colour, style in (("pic_clean", "lime", "-"), ("pic_given", "red", "--"), ("pic_det", "cyan", "-")):
-            for x1, y1, x2, y2 in z[key][m]:
-                if np.isfinite(x1):
-                    ax.add_patch(
-                        Rectangle(
-                            (x1 - 0.5, y1 - 0.5),
-                            x2 - x1,
-                            y2 - y1,
-                            fill=False,
-                            edgecolor=colour,
-                            linestyle=style,
-                            linewidth=0.8,
-                        )
-                    )
+        _draw_boxes(
+            ax, ((z["pic_clean"][m], "lime", "-"), (z["pic_given"][m], "red", "--"), (z["pic_det"][m], "cyan", "-"))
+        )
 
     return issue_grid(
         z,
