@@ -410,21 +410,27 @@ def _ddp_main(out_dir: str) -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module)
-    s, t = cb.sampler, cb.assessor.tracker
-    with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as fh:
-        json.dump(
-            {
-                "rank": s.rank,
-                "world": s.num_replicas,
-                "seen": module.seen,
-                "plan": {e: [p[0], None if p[1] is None else p[1].tolist()] for e, p in module.plan.items()},
-                "scores": cb.assessor.scores().tolist(),
-                "loss": t.loss.tolist(),
-                "uncertainty": t.uncertainty.tolist(),
-            },
-            fh,
-        )
+    try:
+        trainer.fit(module)
+        s, t = cb.sampler, cb.assessor.tracker
+        with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as fh:
+            json.dump(
+                {
+                    "rank": s.rank,
+                    "world": s.num_replicas,
+                    "seen": module.seen,
+                    "plan": {e: [p[0], None if p[1] is None else p[1].tolist()] for e, p in module.plan.items()},
+                    "scores": cb.assessor.scores().tolist(),
+                    "loss": t.loss.tolist(),
+                    "uncertainty": t.uncertainty.tolist(),
+                },
+                fh,
+            )
+    finally:
+        # Lightning leaves the gloo group up after fit; torn down at interpreter exit, its threads
+        # can abort the process ("terminate called without an active exception", exit -6).
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @pytest.mark.distributed
