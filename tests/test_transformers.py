@@ -424,6 +424,8 @@ def _ddp_worker(rank, world, port, out_dir):
             fh,
         )
     torch.distributed.barrier()
+    # The Trainer leaves the gloo group up; torn down at interpreter exit, its threads can abort the process.
+    torch.distributed.destroy_process_group()
 
 
 @pytest.mark.distributed
