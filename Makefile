@@ -16,36 +16,45 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# --no-compile: no bytecode for every module of every package up front (about 28 s
 	# of a fresh install here); the tests write it for the modules they import (below).
 	$(PY) -m pip install -q --no-compile $(TORCH_PINS)
+	$(PY) -m pip install -q --no-compile -e '.[test]'
+	touch $@
+
+# The tools of lint, format-check, wheel-check and docs (the `dev` extra: `test` plus
+# build, twine, mkdocs, ruff, mypy), which `make test` does not need (about 20 s to install).
+$(VENV)/.dev-installed: $(VENV)/.installed
 	$(PY) -m pip install -q --no-compile -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.dev-installed
 
 # PYTHONDONTWRITEBYTECODE is unset for the tests: with it set (as on this machine
 # kind), every process a test starts would compile torch, mombs and the tests from source.
+# TEST_WORKERS pytest-xdist processes share the tests (2: this machine kind's cores;
+# 233 s serial against 151 s with two, measured here); TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # Ruff's rules and mypy on the library core and the integrations, as configured
 # in pyproject.toml ([tool.ruff], [tool.mypy]). Seconds with mypy's cache; a
 # first run (CI's) reads torch's types once.
-lint: $(VENV)/.installed
+lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 # Whether `ruff format` would change any file ([tool.ruff.format]); changes nothing.
-format-check: $(VENV)/.installed
+format-check: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check .
 
 # Builds the wheel and the sdist (twine check), installs the wheel into a new
 # virtual environment in a temporary folder and runs `mombs --help`,
 # `python -m mombs --help` and a one-epoch digits run from outside the checkout.
-wheel-check: $(VENV)/.installed
+wheel-check: $(VENV)/.dev-installed
 	MOMBS_WHEEL_CHECK=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_packaging.py -k "wheel or sdist"
 
 # The documentation site (mkdocs.yml) in site/, strict: a broken link or a
 # missing API reference fails. Offline: nothing is fetched.
-docs: $(VENV)/.installed
+docs: $(VENV)/.dev-installed
 	$(VENV)/bin/mkdocs build --strict --clean --site-dir site
 
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist

@@ -57,7 +57,16 @@ _HINT = re.compile(r"pip install 'mombs\[([a-z]+)\]'")
 
 
 def _requirement_names(extra: str) -> set[str]:
-    return {re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0].lower() for req in EXTRAS[extra]}
+    """The distributions ``extra`` installs, with ``mombs[other]`` expanded to ``other``'s."""
+    names = set()
+    for req in EXTRAS[extra]:
+        name = re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0].lower()
+        if name == "mombs":
+            for other in re.search(r"\[(.*)\]", req).group(1).split(","):
+                names |= _requirement_names(other.strip())
+        else:
+            names.add(name)
+    return names
 
 
 def _distribution(module: str) -> str:
@@ -116,10 +125,24 @@ def test_the_extra_named_for_each_module_installs_it():
     assert not wrong, wrong
 
 
-def test_dev_installs_every_extra():
-    dev = _requirement_names("dev")
-    lacking = {e: sorted(_requirement_names(e) - dev) for e in EXTRAS if e != "dev" and _requirement_names(e) - dev}
-    assert not lacking, lacking
+@pytest.mark.parametrize("extra", ["test", "dev"])
+def test_test_and_dev_install_every_extra(extra):
+    wide = _requirement_names(extra)
+    assert {"pytest", "pytest-xdist"} <= wide
+    lacking = {e: sorted(_requirement_names(e) - wide) for e in EXTRAS if e not in ("test", "dev")}
+    assert not any(lacking.values()), lacking
+
+
+def test_dev_adds_the_tools_of_lint_docs_and_the_wheel_check():
+    assert _requirement_names("dev") - _requirement_names("test") == {
+        "build",
+        "twine",
+        "mkdocs",
+        "mkdocs-material",
+        "mkdocstrings",
+        "ruff",
+        "mypy",
+    }
 
 
 def _message(node) -> str:
