@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from ._atomic import atomic_write
+from ._warning_line import warning_line
 from .train import RunConfig
 
 #: Options of ``compare`` that are not fields of a run.
@@ -306,16 +307,11 @@ def _diagnose(args) -> int:
     return 0
 
 
-def _warning_line(message, category, filename, lineno, line=None) -> str:
-    """A warning as the one line ``mombs: warning: ...`` (where it was raised is behind --debug)."""
-    return f"mombs: warning: {' '.join(str(message).split())}\n"
-
-
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     formatwarning = warnings.formatwarning
     if not _debugging(args):
-        warnings.formatwarning = _warning_line
+        warnings.formatwarning = warning_line
     try:
         return _main(args)
     finally:

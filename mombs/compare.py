@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import check_int
+from ._warning_line import warning_line
 from .recipes import DEFAULT_TASK, get_recipe
 from .strategies import STRATEGY_REGISTRY
 from .train import RunConfig, run_dir_name
@@ -139,13 +140,17 @@ def expand_grid(base: RunConfig, *, strategies, seeds, batch_sizes=None, losses=
     return configs
 
 
-def _worker_init(parent: int) -> None:
-    """Pool initializer: SIGINT is the parent's to handle.
+def _worker_init(parent: int, one_line_warnings: bool) -> None:
+    """Pool initializer: SIGINT is the parent's to handle, warnings print as the parent's do.
 
     The worker was started with SIGINT blocked (see :func:`_start_pool`), so a
     Ctrl-C that reached the whole process group while it was still importing
-    is pending, not fatal; ignoring it now discards it.
+    is pending, not fatal; ignoring it now discards it. A spawned worker starts
+    with Python's own two-line warnings; ``one_line_warnings`` (the command
+    line's setting in the parent) makes them ``mombs: warning: ...`` here too.
     """
+    if one_line_warnings:
+        warnings.formatwarning = warning_line
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent(parent)
@@ -190,7 +195,8 @@ def _start_pool(jobs: int):
     """
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        return mp.get_context("spawn").Pool(jobs, initializer=_worker_init, initargs=(os.getpid(),))
+        one_line = warnings.formatwarning is warning_line
+        return mp.get_context("spawn").Pool(jobs, initializer=_worker_init, initargs=(os.getpid(), one_line))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 

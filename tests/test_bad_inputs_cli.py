@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mombs import cli
-from mombs.compare import expand_grid, run_grid
+from mombs.compare import expand_grid, load_results, run_grid
 from mombs.train import RunConfig, run
 
 
@@ -417,6 +417,38 @@ def test_a_damaged_file_of_a_run_is_set_aside_named_in_one_line(
         assert npz["loss"].shape == (len(npz["loss"]),)
     if name != "results.json":  # resumed after epoch 0
         assert [json.loads(x)["epoch"] for x in (folder / "log.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_a_warning_raised_in_a_compare_worker_is_one_line_too(tmp_path, capfd, monkeypatch):
+    """With ``jobs=2`` the runs train in spawned workers, whose warnings read as the parent's."""
+    import mombs.report
+    import mombs.train.runner as runner
+
+    monkeypatch.delenv("MOMBS_DEBUG", raising=False)
+    monkeypatch.setattr(mombs.report, "write_report", lambda results, rows, out, title: out / "report.md")
+    opts = {"dataset": "digits", "subset": 120, "epochs": 2, "threads": 1, "strategies": "[random]"}
+    argv = ["compare", "--out", str(tmp_path), "--no-progress"]
+    argv += [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
+    original = runner._checkpoint
+
+    def checkpoint_then_ctrl_c(c, path, cfg_, e, *rest):
+        original(c, path, cfg_, e, *rest)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_ctrl_c)  # seed 0 stops after epoch 0
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--set", "seeds=[0]", "--set", "jobs=1"])
+    monkeypatch.setattr(runner, "_checkpoint", original)
+    (ckpt,) = (tmp_path / "runs").glob("*/checkpoint.pt")
+    ckpt.write_bytes(b"PK\x03\x04 cut short")
+    capfd.readouterr()
+    assert cli.main(argv + ["--set", "seeds=[0, 1]", "--set", "jobs=2"]) == 0
+    warned = [line for line in capfd.readouterr().err.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and re.search(
+        rf"^mombs: warning: checkpoint {re.escape(str(ckpt))} cannot be read \(.*\); moved to checkpoint\.pt\.corrupt",
+        warned[0],
+    ), warned
+    assert len(load_results(tmp_path)) == 2
 
 
 def _decathlon(root: Path, cut_case: int) -> Path:
