@@ -419,26 +419,18 @@ def test_a_damaged_file_of_a_run_is_set_aside_named_in_one_line(
         assert [json.loads(x)["epoch"] for x in (folder / "log.jsonl").read_text().splitlines()] == [0, 1]
 
 
-def test_a_warning_raised_in_a_compare_worker_is_one_line_too(tmp_path, capfd, monkeypatch):
+def test_a_warning_raised_in_a_compare_worker_is_one_line_too(tmp_path, capfd, monkeypatch, interrupt_after_epoch):
     """With ``jobs=2`` the runs train in spawned workers, whose warnings read as the parent's."""
     import mombs.report
-    import mombs.train.runner as runner
+    from mombs.train import run_dir_name
 
     monkeypatch.delenv("MOMBS_DEBUG", raising=False)
     monkeypatch.setattr(mombs.report, "write_report", lambda results, rows, out, title: out / "report.md")
-    opts = {"dataset": "digits", "subset": 120, "epochs": 2, "threads": 1, "strategies": "[random]"}
-    argv = ["compare", "--out", str(tmp_path), "--no-progress"]
+    opts = {"dataset": "digits", "subset": 120, "epochs": 2, "threads": 1}
+    cfg = _config(dict(opts, strategy="random", seed=0))  # seed 0 of the grid below, stopped after epoch 0
+    interrupt_after_epoch(cfg, tmp_path / "runs" / run_dir_name(cfg), 0)
+    argv = ["compare", "--out", str(tmp_path), "--no-progress", "--set", "strategies=[random]"]
     argv += [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
-    original = runner._checkpoint
-
-    def checkpoint_then_ctrl_c(c, path, cfg_, e, *rest):
-        original(c, path, cfg_, e, *rest)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(runner, "_checkpoint", checkpoint_then_ctrl_c)  # seed 0 stops after epoch 0
-    with pytest.raises(SystemExit):
-        cli.main(argv + ["--set", "seeds=[0]", "--set", "jobs=1"])
-    monkeypatch.setattr(runner, "_checkpoint", original)
     (ckpt,) = (tmp_path / "runs").glob("*/checkpoint.pt")
     ckpt.write_bytes(b"PK\x03\x04 cut short")
     capfd.readouterr()
